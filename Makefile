@@ -1,0 +1,56 @@
+# reproml: the two commands a newcomer needs are `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# uv from PATH, else a private copy installed with pip under .tools/ (nothing outside the project).
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+
+export UV_COMPILE_BYTECODE := 1
+export UV_PYTHON_DOWNLOADS := never
+export DVC_NO_ANALYTICS := 1
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help install run test test-slow check format benchmark clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install --quiet --disable-pip-version-check uv
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	$(BIN)/dvc config --local core.site_cache_dir "$(CURDIR)/.dvc/site_cache"
+	touch $@
+
+install: $(VENV)/.installed ## create .venv from uv.lock (bytecode compiled) and configure DVC for this clone
+
+run: install ## set up, run the whole pipeline on the bundled data (dvc repro), show the runs
+	$(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+	$(BIN)/reproml runs --limit 5
+
+test: install ## set up and run the default test suite (unit + integration, no slow tests)
+	$(BIN)/pytest
+
+test-slow: install ## the slow tests (full data, determinism of the whole pipeline)
+	$(BIN)/pytest -m slow
+
+check: install ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+benchmark: install ## pipeline overhead against a bare script, and CLI start-up time
+	$(BIN)/python benchmarks/pipeline_overhead.py
+
+clean: ## remove pipeline outputs and local MLflow state (keeps .venv and the DVC cache)
+	rm -rf data/ingested.parquet data/schema.json data/prepared models plots predictions mlflow.db mlartifacts .reproml

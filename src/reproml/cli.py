@@ -1,0 +1,94 @@
+"""`reproml`: one subcommand per DVC stage, plus the verbs people type.
+
+Only Typer and Rich are imported at start-up; each command imports the heavy libraries it needs,
+so `reproml --help` stays as quick as importing pandas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Reproducible training, tuning, tracking and monitoring for tabular models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+ROOT = Path(".")
+
+
+@app.callback()
+def main() -> None:
+    from reproml.env import keep_inside
+
+    keep_inside(ROOT)
+
+
+def _run_stage(name: str, stage: Callable[[Path], dict[str, Any]]) -> None:
+    from reproml.errors import ReproError
+
+    try:
+        with console.status(f"[bold]{name}[/bold] running"):
+            summary = stage(ROOT)
+    except ReproError as exc:
+        err.print(f"[bold red]reproml {name} failed:[/bold red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"[green]{name} done[/green]", summary, highlight=False)
+
+
+@app.command()
+def ingest() -> None:
+    """Load the data source named in params.yaml `data`, validate it, write data/ingested.parquet."""
+    from reproml.stages.ingest import run_ingest
+
+    _run_stage("ingest", run_ingest)
+
+
+@app.command()
+def prepare() -> None:
+    """Split into train/valid/test (and held-back production) by time, or seeded at random."""
+    from reproml.stages.prepare import run_prepare
+
+    _run_stage("prepare", run_prepare)
+
+
+@app.command()
+def train() -> None:
+    """Fit preprocessing + model on train, early-stop on valid; log the run and model to MLflow."""
+    from reproml.stages.train import run_train
+
+    _run_stage("train", run_train)
+
+
+@app.command()
+def evaluate() -> None:
+    """Metrics on every split, overfitting check, plots; logged into the training run."""
+    from reproml.stages.evaluate import run_evaluate
+
+    _run_stage("evaluate", run_evaluate)
+
+
+@app.command()
+def runs(limit: int = typer.Option(10, help="How many recent runs to show.")) -> None:
+    """Recent pipeline runs with their key metrics, data version and code version."""
+    from reproml.config import load_params
+    from reproml.errors import ReproError
+    from reproml.report import runs_table
+
+    try:
+        params = load_params(ROOT / "params.yaml")
+    except ReproError as exc:
+        err.print(f"[bold red]reproml runs failed:[/bold red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(runs_table(ROOT, params.mlflow.experiment_name, limit))
+
+
+if __name__ == "__main__":
+    app()

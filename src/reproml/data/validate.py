@@ -1,0 +1,87 @@
+"""Schema checks that stop a bad file before it becomes a dataset version.
+
+Each check raises `DataValidationError` naming the file, the column and what was expected, because
+the person reading it is looking at their CSV, not at our code.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from reproml.config import DataParams
+from reproml.errors import DataValidationError
+
+
+def _non_numeric_examples(column: pd.Series) -> list[str]:
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return []
+    parsed = pd.to_numeric(column, errors="coerce")
+    bad = column[parsed.isna() & column.notna()]
+    return [str(v) for v in bad.unique()[:3]]
+
+
+def validate_frame(
+    frame: pd.DataFrame,
+    data: DataParams,
+    numeric: list[str],
+    categorical: list[str],
+    name: str,
+) -> pd.DataFrame:
+    """Return the frame with typed columns (numbers as float, categories as strings, time parsed)."""
+    if frame.empty:
+        raise DataValidationError(f"{name}: no rows")
+    declared = {"data.numeric_columns": numeric, "data.categorical_columns": categorical}
+    for key, columns in declared.items():
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise DataValidationError(f"{name}: columns {missing} listed in {key} are not in the data")
+    frame = frame.copy()
+    for column in numeric:
+        examples = _non_numeric_examples(frame[column])
+        if examples:
+            raise DataValidationError(
+                f"{name}: column {column!r} is declared numeric but holds non-numeric strings "
+                f"such as {examples}"
+            )
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    for column in categorical:
+        values = frame[column]
+        frame[column] = values.astype("string").astype(object).where(values.notna(), None)
+    if data.time_column:
+        if data.time_column not in frame.columns:
+            raise DataValidationError(
+                f"{name}: time column {data.time_column!r} (data.time_column) not found; "
+                "set data.time_column: null for a random split"
+            )
+        try:
+            frame[data.time_column] = pd.to_datetime(frame[data.time_column])
+        except (ValueError, TypeError) as exc:
+            raise DataValidationError(
+                f"{name}: time column {data.time_column!r} holds values that are not dates: {exc}"
+            ) from None
+    empty = [c for c in [*numeric, *categorical] if frame[c].isna().all()]
+    if empty:
+        raise DataValidationError(f"{name}: feature columns {empty} are entirely missing")
+    if not numeric and not categorical:
+        raise DataValidationError(f"{name}: no feature columns left besides target and time")
+    target = frame[data.target].dropna()
+    if data.task == "classification":
+        classes = target.unique()
+        if len(classes) < 2:
+            raise DataValidationError(
+                f"{name}: target {data.target!r} has one class ({list(classes)}) among labelled "
+                "rows; classification needs at least two"
+            )
+        if len(classes) > 2:
+            raise DataValidationError(
+                f"{name}: target {data.target!r} has {len(classes)} classes; only binary "
+                "classification is supported"
+            )
+    else:
+        if not pd.api.types.is_numeric_dtype(target):
+            raise DataValidationError(
+                f"{name}: regression target {data.target!r} must be numeric, got {target.dtype}"
+            )
+        if target.nunique() < 2:
+            raise DataValidationError(f"{name}: regression target {data.target!r} is constant")
+    return frame

@@ -1,0 +1,26 @@
+"""Keep every file a run writes inside the project.
+
+MLflow's lock files, joblib's workers and tempfile go to $TMPDIR; matplotlib caches fonts under
+$HOME. Pointing both at `.reproml/` (git-ignored) before those libraries are imported keeps a run
+from leaving anything behind elsewhere on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+LOCAL_DIR = ".reproml"
+
+
+def keep_inside(root: Path) -> None:
+    base = (root / LOCAL_DIR).resolve()
+    tmp = base / "tmp"
+    mpl = base / "matplotlib"
+    for folder in (tmp, mpl):
+        folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = str(tmp)
+    os.environ.setdefault("MPLCONFIGDIR", str(mpl))
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    tempfile.tempdir = str(tmp)

@@ -1,0 +1,65 @@
+"""Atomic writes: a reader sees the old file or the whole new one, never half of either.
+
+Every stage output goes through here, so a crash or a validation error leaves no partial file that
+DVC could mistake for a result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `target`; rename it over `target` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_with(target: str | Path, writer: Callable[[Path], Any]) -> Path:
+    with atomic_path(target) as tmp:
+        writer(tmp)
+    return Path(target)
+
+
+def write_json(target: str | Path, payload: Any) -> Path:
+    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+    return write_with(target, lambda p: p.write_text(text))
+
+
+def write_text(target: str | Path, text: str) -> Path:
+    return write_with(target, lambda p: p.write_text(text))
+
+
+def write_parquet(target: str | Path, frame: pd.DataFrame) -> Path:
+    return write_with(target, lambda p: frame.to_parquet(p, index=False))
+
+
+def file_md5(path: str | Path) -> str:
+    """The md5 DVC 3 records for a single file (plain md5 of its bytes)."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())

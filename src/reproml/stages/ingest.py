@@ -1,0 +1,42 @@
+"""`ingest`: the configured source, validated, as data/ingested.parquet plus its schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from reproml import paths
+from reproml.io import write_json, write_parquet
+from reproml.stages.common import load
+
+
+def run_ingest(root: Path = Path(".")) -> dict[str, Any]:
+    from reproml.data.ingest import ingest
+
+    params = load(root)
+    result = ingest(params.data, params.prepare.exclude_columns, params.seed, root)
+    frame = result.frame
+    positive = None
+    if params.data.task == "classification":
+        classes = sorted(frame[params.data.target].unique().tolist())
+        positive = classes[-1]
+        frame[params.data.target] = (frame[params.data.target] == positive).astype("int8")
+    schema = {
+        "source": result.source,
+        "target": params.data.target,
+        "task": params.data.task,
+        "positive_class": positive,
+        "time_column": params.data.time_column,
+        "numeric": result.numeric_columns,
+        "categorical": result.categorical_columns,
+    }
+    summary = {
+        "rows": len(frame),
+        "rows_read": result.rows_read,
+        "rows_without_target": result.rows_without_target,
+        **result.notes,
+    }
+    write_parquet(root / paths.INGESTED, frame)
+    write_json(root / paths.SCHEMA, schema)
+    write_json(root / paths.METRICS / "ingest.json", summary)
+    return summary

@@ -1,0 +1,31 @@
+"""`prepare`: train/valid/test/production splits under data/prepared/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from reproml import paths
+from reproml.io import write_json, write_parquet
+from reproml.stages.common import load
+
+
+def run_prepare(root: Path = Path(".")) -> dict[str, Any]:
+    from reproml.data.split import SPLITS, split
+
+    params = load(root)
+    frame = pd.read_parquet(root / paths.INGESTED)
+    parts = split(frame, params.data.time_column, params.prepare, params.seed)
+    target = params.data.target
+    summary: dict[str, Any] = {}
+    for name in SPLITS:
+        part = parts[name]
+        summary[name] = {"rows": len(part)}
+        if params.data.task == "classification" and len(part):
+            summary[name]["positive_rate"] = round(float(part[target].mean()), 6)
+    for name in SPLITS:
+        write_parquet(root / paths.split_file(name), parts[name])
+    write_json(root / paths.METRICS / "prepare.json", summary)
+    return summary

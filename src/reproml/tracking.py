@@ -1,0 +1,157 @@
+"""The only module that talks to MLflow tracking.
+
+One MLflow run per pipeline execution: `train` opens it and logs params, lineage, datasets and the
+model; `evaluate` re-opens the same run (found by the md5 of the model file it evaluates) and adds
+metrics and plots. Runs end FINISHED only when the block succeeds: an exception ends them FAILED,
+SIGTERM or Ctrl-C ends them KILLED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+TAG_PREFIX = "reproml."
+MODEL_MD5_TAG = "reproml.model_md5"
+# log_batch accepts at most 100 params / 1000 metrics / 100 tags per call.
+BATCH = 100
+
+
+def tracking_uri(root: Path) -> str:
+    import os
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def setup(root: Path, experiment_name: str) -> str:
+    """Point MLflow at the project's store and return the experiment id (created if needed).
+
+    With the default local store, artifacts go to `mlartifacts/` in the project, not to the
+    process's working directory.
+    """
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    location = (root / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+    return str(mlflow.create_experiment(experiment_name, artifact_location=location))
+
+
+class _Terminated(SystemExit):
+    pass
+
+
+def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated(128 + signum)
+
+
+@contextlib.contextmanager
+def tracked_run(
+    experiment_id: str, run_id: str | None = None, run_name: str | None = None
+) -> Iterator[mlflow.ActiveRun]:
+    """Start (or resume) a run whose final status tells the truth about how the block ended."""
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name)
+    status = RunStatus.to_string(RunStatus.FAILED)
+    try:
+        yield run
+        status = RunStatus.to_string(RunStatus.FINISHED)
+    except (KeyboardInterrupt, SystemExit):
+        status = RunStatus.to_string(RunStatus.KILLED)
+        raise
+    finally:
+        mlflow.end_run(status=status)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def log_batch(
+    run_id: str,
+    params: dict[str, str] | None = None,
+    metrics: dict[str, float] | None = None,
+    tags: dict[str, str] | None = None,
+    step: int = 0,
+) -> None:
+    """Params, metrics and tags in as few round trips as MLflow allows."""
+    client = MlflowClient()
+    import time
+
+    now = int(time.time() * 1000)
+    p = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+    m = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
+    t = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
+    for start in range(0, max(len(p), len(m), len(t)), BATCH):
+        client.log_batch(
+            run_id,
+            metrics=m[start : start + BATCH],
+            params=p[start : start + BATCH],
+            tags=t[start : start + BATCH],
+        )
+
+
+def log_metric_series(run_id: str, name: str, values: list[float]) -> None:
+    """A per-round curve as one MLflow metric with steps, so the UI draws it."""
+    client = MlflowClient()
+    import time
+
+    now = int(time.time() * 1000)
+    series = [Metric(name, float(v), now, step) for step, v in enumerate(values, start=1)]
+    for start in range(0, len(series), 1000):
+        client.log_batch(run_id, metrics=series[start : start + 1000])
+
+
+def log_dataset(frame: Any, name: str, source: str, target: str, digest: str, context: str) -> None:
+    """An MLflow dataset input whose digest is the DVC md5 of the file it came from."""
+    import warnings
+
+    from mlflow.data.pandas_dataset import from_pandas
+
+    with warnings.catch_warnings():
+        # MLflow warns that a local path matches its local-artifact source twice; it is one source.
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = from_pandas(frame, source=source, targets=target, name=name, digest=digest)
+    mlflow.log_input(dataset, context=context)
+
+
+def find_run_for_model(experiment_id: str, model_md5: str) -> str | None:
+    """The newest run that logged the model file with this md5."""
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{MODEL_MD5_TAG}` = '{model_md5}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def log_sklearn_model(pipeline: Any, example: Any, code_dir: Path, requirements: list[str]) -> str:
+    """Log the fitted Pipeline with signature and input example; returns the model URI.
+
+    Serialized with skops, MLflow's safe default, trusting exactly the types this pipeline holds
+    (our `DateParts` and XGBoost's estimator); `code_paths` ships `reproml` so the model loads
+    where the package is not installed.
+    """
+    import skops.io
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example, pipeline.predict(example))
+    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))
+    info = mlflow.sklearn.log_model(
+        pipeline,
+        name="model",
+        signature=signature,
+        input_example=example,
+        code_paths=[str(code_dir)],
+        pip_requirements=requirements,
+        serialization_format="skops",
+        skops_trusted_types=trusted,
+    )
+    return str(info.model_uri)
