@@ -44,6 +44,13 @@ class DataParams(_Section):
     late_threshold_minutes: float = 15.0
 
     @model_validator(mode="after")
+    def _declared_once(self) -> DataParams:
+        both = sorted(set(self.numeric_columns) & set(self.categorical_columns))
+        if both:
+            raise ValueError(f"columns {both} are in both numeric_columns and categorical_columns")
+        return self
+
+    @model_validator(mode="after")
     def _bundled_targets(self) -> DataParams:
         if self.path is None:
             allowed = {"late": "classification", "arr_delay": "regression"}
@@ -169,6 +176,8 @@ def _describe(error: Any) -> str:
         return f"{path}: unknown key (value {error['input']!r}); check the spelling"
     if kind == "missing":
         return f"{path}: required value is missing"
+    if kind == "value_error":  # a cross-field check: its message already names the keys
+        return f"{path}: {error['msg'].removeprefix('Value error, ')}"
     return f"{path} = {error['input']!r}: {error['msg']}"
 
 

@@ -33,6 +33,15 @@ def _duplicates(names: list[str]) -> list[str]:
     return sorted(name for name, count in Counter(names).items() if count > 1)
 
 
+def _csv_header(path: Path) -> list[str]:
+    """The first non-blank line's fields, read as pandas will (a UTF-8 byte-order mark dropped)."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        for line in handle:
+            if line.strip():
+                return next(csv.reader(io.StringIO(line)), [])
+    return []
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """Read a user's CSV or Parquet file, refusing what pandas would silently repair.
 
@@ -48,14 +57,13 @@ def read_table(path: Path) -> pd.DataFrame:
         raise DataValidationError(f"{path}: file not found (data.path in params.yaml)")
     try:
         if kind == "csv":
-            with path.open(newline="") as handle:
-                header = next(csv.reader(io.StringIO(handle.readline())), [])
+            header = _csv_header(path)
             if not header:
                 raise DataValidationError(f"{path}: file is empty (no header row)")
             duplicated = _duplicates(header)
             if duplicated:
                 raise DataValidationError(f"{path}: duplicate column names {duplicated}")
-            return pd.read_csv(path, low_memory=False)
+            return pd.read_csv(path, low_memory=False, encoding="utf-8-sig")
         import pyarrow.parquet as pq
 
         names = pq.read_schema(path).names
@@ -112,12 +120,17 @@ def ingest(data: DataParams, excluded: list[str], seed: int, root: Path = Path("
     rows_read = len(frame)
     unlabelled = frame[label].isna()
     frame = frame.loc[~unlabelled]
+    notes: dict[str, int] = {}
+    if data.time_column:
+        # A row with no time belongs to no split; drop it visibly rather than lose it in prepare.
+        untimed = frame[data.time_column].isna()
+        notes["rows_without_time"] = int(untimed.sum())
+        frame = frame.loc[~untimed]
     if data.sample_rows is not None and data.sample_rows < len(frame):
         frame = frame.sample(n=data.sample_rows, random_state=seed)
     if data.time_column:
         frame = frame.sort_values(data.time_column, kind="stable")
     frame = frame.reset_index(drop=True)
-    notes = {}
     if data.path is None:
         notes["rows_without_weather"] = int(frame["temp"].isna().sum())
         frame["late"] = frame["late"].astype("int8")

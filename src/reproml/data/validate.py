@@ -69,7 +69,7 @@ def validate_frame(
         classes = target.unique()
         if len(classes) < 2:
             raise DataValidationError(
-                f"{name}: target {data.target!r} has one class ({list(classes)}) among labelled "
+                f"{name}: target {data.target!r} has one class ({classes.tolist()}) among labelled "
                 "rows; classification needs at least two"
             )
         if len(classes) > 2:

@@ -58,16 +58,10 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
             **{f"reproml.data.{path}": md5 for path, md5 in data_md5.items()},
         }
         tracking.log_batch(run_id, params=resolved, tags=tags)
-        target = params.data.target
-        tracking.log_dataset(
-            train, "train", str(paths.split_file("train")), target,
-            data_md5[str(paths.split_file("train"))], "training",
-        )  # fmt: skip
         test = pd.read_parquet(root / paths.split_file("test"))
-        tracking.log_dataset(
-            test, "test", str(paths.split_file("test")), target,
-            data_md5[str(paths.split_file("test"))], "testing",
-        )  # fmt: skip
+        for name, frame, context in (("train", train, "training"), ("test", test, "testing")):
+            path = str(paths.split_file(name))
+            tracking.log_dataset(run_id, frame, name, path, data_md5[path], context)
         trained = fit_model(train, valid, spec, params)
         write_with(root / paths.MODEL, lambda p: joblib.dump(trained.pipeline, p))
         history = {
@@ -79,7 +73,7 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
         model_md5 = file_md5(root / paths.MODEL)
         example = valid[spec.input_columns].head(5)
         model_uri = tracking.log_sklearn_model(
-            trained.pipeline, example, Path(__file__).parent, _requirements()
+            trained.pipeline, train[spec.input_columns], example, Path(__file__).parents[1], _requirements()
         )
         summary = {
             "fit_seconds": round(trained.fit_seconds, 3),

@@ -1,0 +1,94 @@
+"""Shared fixtures: a throw-away project directory with its own params.yaml, and tiny frames.
+
+Tests never touch the real project's mlflow.db, data or caches: each works in `tmp_path`, with
+MLflow pointed at a SQLite file there and temp files kept there too.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    yield
+
+
+def default_params() -> dict[str, Any]:
+    """The committed params.yaml as a mutable dict (tests change a copy)."""
+    return copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
+
+
+@pytest.fixture
+def make_project(tmp_path: Path) -> Callable[..., Path]:
+    """`make_project(params_dict, files={"data/raw/x.csv": frame_or_text})` -> project root."""
+
+    def build(params: dict[str, Any] | None = None, files: dict[str, Any] | None = None) -> Path:
+        root = tmp_path / "project"
+        (root / "data" / "raw").mkdir(parents=True, exist_ok=True)
+        (root / "params.yaml").write_text(yaml.safe_dump(params or default_params(), sort_keys=False))
+        for rel, content in (files or {}).items():
+            target = root / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, pd.DataFrame):
+                if target.suffix == ".parquet":
+                    content.to_parquet(target, index=False)
+                else:
+                    content.to_csv(target, index=False)
+            elif isinstance(content, bytes):
+                target.write_bytes(content)
+            else:
+                target.write_text(content)
+        return root
+
+    return build
+
+
+def tiny_frame(rows: int = 400, seed: int = 0, task: str = "classification") -> pd.DataFrame:
+    """A small frame with numeric, categorical, time and a learnable target."""
+    rng = np.random.default_rng(seed)
+    x1 = rng.normal(size=rows)
+    cat = rng.choice(["a", "b", "c"], size=rows)
+    when = pd.date_range("2021-01-01", periods=rows, freq="6h")
+    signal = x1 + (cat == "a") * 1.0 + rng.normal(scale=0.5, size=rows)
+    frame = pd.DataFrame(
+        {
+            "x1": x1,
+            "x2": rng.uniform(size=rows),
+            "cat": cat,
+            "when": when,
+        }
+    )
+    frame["y"] = (signal > 0.3).astype(int) if task == "classification" else signal * 10
+    return frame
+
+
+def user_data_params(
+    path: str, task: str = "classification", time_column: str | None = "when"
+) -> dict[str, Any]:
+    """Params for a user's own file `path` (relative to the project) with tiny_frame's columns."""
+    params = default_params()
+    params["data"].update({"path": path, "target": "y", "task": task, "time_column": time_column})
+    params["prepare"].update(
+        {
+            "split": "time" if time_column else "random",
+            "train_end": "2021-03-01",
+            "valid_end": "2021-03-20",
+            "test_end": "2021-04-10",
+            "exclude_columns": [],
+        }
+    )
+    return params
