@@ -1,0 +1,101 @@
+"""What DVC users do after the first run: force a re-run, try a parameter, compare.
+
+`dvc repro --force` must reproduce the same metrics, predictions and data versions; `dvc exp run -S`
+must produce a comparable experiment (and its own MLflow run); `dvc metrics diff` and
+`dvc plots diff` must work across the two.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from typing import Any
+
+import mlflow
+import pytest
+
+from tests.conftest import default_params
+from tests.project import Project
+
+pytestmark = pytest.mark.integration
+
+
+def params() -> dict[str, Any]:
+    p = default_params()
+    p["data"]["sample_rows"] = 6000
+    p["evaluate"]["importance_rows"] = 500
+    p["train"]["random_forest"]["n_estimators"] = 40
+    return p
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    proj = Project(tmp_path_factory.mktemp("experiments"), params())
+    proj.run("dvc", "repro")
+    proj.commit("baseline results")
+    return proj
+
+
+def outputs(project: Project) -> dict[str, Any]:
+    root = project.root
+    return {
+        "metrics": json.loads((root / "metrics" / "metrics.json").read_text()),
+        "predictions": hashlib.md5((root / "predictions" / "test.parquet").read_bytes()).hexdigest(),
+        "lock": {name: stage.get("outs") for name, stage in project.lock()["stages"].items()},
+    }
+
+
+def test_forced_repro_is_identical(project: Project) -> None:
+    first = outputs(project)
+    project.run("dvc", "repro", "--force")
+    second = outputs(project)
+    assert second["metrics"] == first["metrics"]
+    assert second["predictions"] == first["predictions"]
+    assert second["lock"] == first["lock"], "a forced re-run produced different data or model files"
+    assert project.run("git", "status", "--porcelain").stdout.strip() == ""
+
+
+def test_experiment_with_another_model_is_compared(project: Project) -> None:
+    project.run("dvc", "exp", "run", "-n", "rf", "-S", "train.model=random_forest")
+    shown = json.loads(project.run("dvc", "exp", "show", "--json").stdout)
+    models: dict[str, float] = {}
+    for commit in shown:
+        for row in [commit, *(e for group in commit.get("experiments") or [] for e in group["revs"])]:
+            data = row.get("data") or {}
+            model = (
+                data.get("params", {}).get("params.yaml", {}).get("data", {}).get("train", {}).get("model")
+            )
+            auc = data.get("metrics", {}).get("metrics/metrics.json", {}).get("data", {}).get("test", {})
+            if model and "roc_auc" in auc:
+                models[f"{row.get('name') or row['rev']}:{model}"] = auc["roc_auc"]
+    assert any(key.endswith(":xgboost") for key in models), models
+    assert any(key.startswith("rf:") and key.endswith(":random_forest") for key in models), models
+    rows = list(csv.DictReader(io.StringIO(project.run("dvc", "exp", "show", "--csv").stdout)))
+    assert {"Experiment", "test.roc_auc", "train.model"} <= set(rows[0])
+    assert {r["train.model"] for r in rows} == {"xgboost", "random_forest"}
+    assert "rf" in {r["Experiment"] for r in rows}
+
+
+def test_metrics_and_plots_diff_against_the_baseline(project: Project) -> None:
+    diff = json.loads(project.run("dvc", "metrics", "diff", "--json").stdout)
+    changed = diff["metrics/metrics.json"]
+    assert "test.roc_auc" in changed
+    assert changed["test.roc_auc"]["old"] != changed["test.roc_auc"]["new"]
+    out = project.root / "plots_diff"
+    done = project.run("dvc", "plots", "diff", "HEAD", "-o", str(out))
+    assert (out / "index.html").is_file(), done.stdout + done.stderr
+
+
+def test_each_pipeline_execution_is_one_mlflow_run(project: Project) -> None:
+    mlflow.set_tracking_uri(project.tracking_uri())
+    runs = mlflow.search_runs(experiment_names=["reproml"], output_format="list")
+    models = sorted(r.data.params["train.model"] for r in runs)
+    # baseline repro, forced repro, experiment
+    assert models == ["random_forest", "xgboost", "xgboost"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.data.tags.get("reproml.evaluated") == "true" for r in runs)
+    experiment = next(r for r in runs if r.data.params["train.model"] == "random_forest")
+    assert experiment.data.tags["reproml.git_dirty"] == "true"
+    assert "params.yaml" in json.loads(experiment.data.tags["reproml.git_dirty_paths"])
