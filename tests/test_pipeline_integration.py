@@ -16,6 +16,7 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+
 from tests.conftest import default_params
 from tests.project import Project
 
@@ -149,3 +150,12 @@ def test_nothing_is_written_outside_the_project(project: Project) -> None:
     assert leftovers == []
     assert not (project.root / "site_cache").exists()
     assert (project.root / ".dvc" / "site_cache").exists()
+
+
+def test_runs_table_shows_the_run_with_metrics_and_data_version(project: Project, pipeline_run: Any) -> None:
+    done = project.run("reproml", "runs")
+    tags, metrics = pipeline_run.data.tags, pipeline_run.data.metrics
+    assert pipeline_run.info.run_name in done.stdout
+    assert f"{metrics['test_roc_auc']:.4f}" in done.stdout
+    assert tags["reproml.data.data/ingested.parquet"][:10] in done.stdout
+    assert tags["reproml.git_commit"][:7] in done.stdout

@@ -124,7 +124,8 @@ class HistGradientBoostingParams(_Section):
 
 
 class LinearParams(_Section):
-    """Logistic regression (classification) or ridge-free linear regression (regression)."""
+    """Logistic regression (classification, inverse strength `C`) or ridge regression (regression,
+    alpha = 1 / C)."""
 
     C: Annotated[float, Field(gt=0.0)] = 1.0
     max_iter: PositiveInt = 1000

@@ -74,11 +74,14 @@ def fit_model(train: pd.DataFrame, valid: pd.DataFrame, spec: FeatureSpec, param
     elif model == "hist_gradient_boosting":
         estimator.fit(X_train, y_train, X_val=X_valid, y_val=y_valid)
         metric = "loss"
+        # Scores are negated losses with the initial (round 0) score first; keep one per round.
         history = {
-            "train": [float(-s) for s in estimator.train_score_],
-            "valid": [float(-s) for s in estimator.validation_score_],
+            "train": [float(-s) for s in estimator.train_score_[1:]],
+            "valid": [float(-s) for s in estimator.validation_score_[1:]],
         }
-        best = int(estimator.n_iter_)
+        # 0-based best round, as XGBoost reports it (HGB keeps its extra rounds; XGBoost predicts
+        # with trees up to its best round).
+        best = int(np.argmin(history["valid"]))
     else:
         estimator.fit(X_train, y_train)
         if model == "random_forest":

@@ -54,11 +54,15 @@ def validate_frame(
                 "set data.time_column: null for a random split"
             )
         try:
-            frame[data.time_column] = pd.to_datetime(frame[data.time_column])
+            when = pd.to_datetime(frame[data.time_column])
         except (ValueError, TypeError) as exc:
             raise DataValidationError(
                 f"{name}: time column {data.time_column!r} holds values that are not dates: {exc}"
             ) from None
+        if isinstance(when.dtype, pd.DatetimeTZDtype):
+            # Split cut-offs in params.yaml are plain dates: compare in UTC, without the zone.
+            when = when.dt.tz_convert(None)
+        frame[data.time_column] = when
     empty = [c for c in [*numeric, *categorical] if frame[c].isna().all()]
     if empty:
         raise DataValidationError(f"{name}: feature columns {empty} are entirely missing")
