@@ -53,3 +53,14 @@ def test_runs_with_no_runs_yet_prints_an_empty_table(make_project, monkeypatch: 
     result = CliRunner().invoke(cli.app, ["runs"])
     assert result.exit_code == 0, result.output
     assert "experiment 'reproml'" in result.output
+
+
+def test_data_stages_do_not_import_model_libraries() -> None:
+    """ingest and prepare run in their own processes; sklearn/MLflow would cost them seconds."""
+    heavy = ("mlflow", "xgboost", "sklearn", "scipy", "matplotlib")
+    probe = (
+        "import sys, reproml.stages.ingest, reproml.stages.prepare, reproml.data.ingest, "
+        f"reproml.data.split; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

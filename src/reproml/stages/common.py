@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reproml.config import Params, load_params
-from reproml.features import FeatureSpec
+
+if TYPE_CHECKING:  # features imports sklearn; ingest and prepare must not pay for it
+    from reproml.features import FeatureSpec
 
 
 def load(root: Path) -> Params:
@@ -15,6 +17,8 @@ def load(root: Path) -> Params:
 
 
 def feature_spec(params: Params, schema: dict[str, Any]) -> FeatureSpec:
+    from reproml.features import FeatureSpec
+
     excluded = set(params.prepare.exclude_columns)
     return FeatureSpec(
         numeric=[c for c in schema["numeric"] if c not in excluded],
