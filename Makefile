@@ -29,10 +29,13 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 
 install: $(VENV)/.installed ## create .venv from uv.lock (bytecode compiled) and configure DVC for this clone
 
-run: install ## set up, run the whole pipeline on the bundled data (dvc repro), show the runs
+run: install ## set up, run the pipeline on the bundled data (dvc repro), gate the challenger, show results
 	$(BIN)/dvc repro
+	$(BIN)/dvc push --quiet
+	$(BIN)/reproml promote
 	$(BIN)/dvc metrics show
 	$(BIN)/reproml runs --limit 5
+	$(BIN)/reproml registry
 
 test: install ## set up and run the default test suite (unit + integration, no slow tests)
 	$(BIN)/pytest
@@ -53,4 +56,4 @@ benchmark: install ## pipeline overhead against a bare script, and CLI start-up 
 	$(BIN)/python benchmarks/pipeline_overhead.py
 
 clean: ## remove pipeline outputs and local MLflow state (keeps .venv and the DVC cache)
-	rm -rf data/ingested.parquet data/schema.json data/prepared models plots predictions mlflow.db mlartifacts .reproml
+	rm -rf data/ingested.parquet data/schema.json data/prepared models plots predictions mlflow.db mlartifacts registry .reproml

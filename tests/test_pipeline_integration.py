@@ -53,9 +53,10 @@ def md5(path: Path) -> str:
 
 def test_repro_runs_every_stage_and_records_them(project: Project) -> None:
     out = project.first_repro.stdout  # type: ignore[attr-defined]
-    for stage in ("ingest", "prepare", "train", "evaluate"):
+    stages = ("ingest", "prepare", "train", "evaluate", "register")
+    for stage in stages:
         assert f"Running stage '{stage}'" in out
-    assert set(project.lock()["stages"]) == {"ingest", "prepare", "train", "evaluate"}
+    assert set(project.lock()["stages"]) == set(stages)
     ingest = json.loads((project.root / "metrics" / "ingest.json").read_text())
     assert ingest["rows"] == SAMPLE_ROWS
     assert ingest["rows_without_target"] > 0
@@ -153,9 +154,16 @@ def test_nothing_is_written_outside_the_project(project: Project) -> None:
 
 
 def test_runs_table_shows_the_run_with_metrics_and_data_version(project: Project, pipeline_run: Any) -> None:
-    done = project.run("reproml", "runs")
+    done = project.run("env", "COLUMNS=220", "reproml", "runs")  # Rich uses 80 columns off a terminal
     tags, metrics = pipeline_run.data.tags, pipeline_run.data.metrics
     assert pipeline_run.info.run_name in done.stdout
     assert f"{metrics['test_roc_auc']:.4f}" in done.stdout
     assert tags["reproml.data.data/ingested.parquet"][:10] in done.stdout
     assert tags["reproml.git_commit"][:7] in done.stdout
+
+
+def test_register_stage_made_the_run_a_challenger_version(project: Project, pipeline_run: Any) -> None:
+    registered = json.loads((project.root / "models" / "registered.json").read_text())
+    version = MlflowClient().get_model_version_by_alias(registered["model_name"], "challenger")
+    assert int(version.version) == registered["version"] == 1
+    assert version.run_id == pipeline_run.info.run_id

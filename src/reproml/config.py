@@ -150,7 +150,34 @@ class MlflowParams(_Section):
     experiment_name: str = "reproml"
 
 
+class RegisterParams(_Section):
+    """The `register` stage: which registered model a finished, evaluated run becomes a version of."""
+
+    model_name: str = Field(default="flights-late", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+
+
+class PromoteParams(_Section):
+    """The promotion gate: when a challenger may replace the champion.
+
+    The challenger must beat the champion on `metric` by more than `margin`, with a paired
+    bootstrap interval of the difference that excludes zero, and lose no more than
+    `slice_tolerance` on any slice of `slice_column` with at least `min_slice_rows` rows. The first
+    model is promoted only if its metric reaches `floor`.
+    """
+
+    metric: str | None = None  # null: ROC-AUC for classification, RMSE for regression
+    margin: Annotated[float, Field(ge=0.0)] = 0.002
+    confidence: Fraction = 0.95
+    bootstrap_samples: Annotated[int, Field(ge=100)] = 500
+    slice_column: str | None = "origin"
+    slice_tolerance: Annotated[float, Field(ge=0.0)] = 0.01
+    min_slice_rows: PositiveInt = 200
+    floor: float = 0.70
+
+
 class Params(_Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     seed: int = 42
     data: DataParams = DataParams()
     prepare: PrepareParams = PrepareParams()
@@ -158,6 +185,9 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     mlflow: MlflowParams = MlflowParams()
+    # `register` is also a method name on pydantic models; the YAML key stays the stage's name.
+    register_: RegisterParams = Field(default=RegisterParams(), alias="register")
+    promote: PromoteParams = PromoteParams()
 
     @model_validator(mode="after")
     def _model_fits_task(self) -> Params:
@@ -217,5 +247,5 @@ def flat_params(params: Params) -> dict[str, str]:
         else:
             out[prefix] = str(value)
 
-    walk("", params.model_dump(mode="json"))
+    walk("", params.model_dump(mode="json", by_alias=True))
     return out

@@ -42,6 +42,24 @@ def git_state(root: Path) -> dict[str, Any]:
     return {"commit": commit.strip(), "dirty": bool(dirty), "dirty_paths": dirty[:20]}
 
 
+# What decides a model besides data and params: the library code and the pipeline definition.
+CODE_PATHS = ("src", "dvc.yaml")
+
+
+def code_hash(root: Path) -> str:
+    """sha256 over the Python sources under src/ and dvc.yaml (paths and bytes, sorted).
+
+    A commit names the code only if the tree was clean; this names the code that actually ran, so
+    `reproduce` can tell a code difference from a data or params difference.
+    """
+    digest = hashlib.sha256()
+    files = [root / "dvc.yaml", *sorted((root / "src").rglob("*.py"))]
+    for path in files:
+        if path.is_file():
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def sha256_file(path: Path) -> str | None:
     if not path.is_file():
         return None

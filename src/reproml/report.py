@@ -49,3 +49,41 @@ def runs_table(root: Path, experiment_name: str, limit: int) -> Table:
             data.tags.get("reproml.git_commit", "")[:7] + dirty,
         )
     return table
+
+
+def registry_table(root: Path) -> Table:
+    from reproml.registry import history
+
+    def version(entry: dict | None) -> str:
+        return "-" if not entry else f"v{entry['version']}"
+
+    table = Table(title="Registry decisions (registry/records/)")
+    for header in ("time (UTC)", "model", "action", "challenger", "champion before", "improvement", "reason"):
+        table.add_column(header, overflow="fold")
+    for record in history(root):
+        gate = record.get("gate") or {}
+        improvement = gate.get("improvement")
+        table.add_row(
+            record["time"][:19].replace("T", " "),
+            record["model_name"],
+            record["action"],
+            version(record.get("challenger") or record.get("champion")),
+            version(record.get("champion") if record.get("challenger") else record.get("demoted")),
+            "-" if improvement is None else f"{improvement:+.4f}",
+            record["reason"],
+        )
+    return table
+
+
+def compare_table(rows: list, label_a: str, label_b: str) -> Table:
+    """`reproml compare`: rows of reproduce.compare_runs, the differing ones highlighted."""
+    table = Table(title=f"{label_a} vs {label_b}")
+    for header in ("", "key", label_a, label_b, "same?"):
+        table.add_column(header, overflow="fold")
+    section = None
+    for row in rows:
+        shown = row.section if row.section != section else ""
+        section = row.section
+        table.add_row(shown, row.key, row.a, row.b, "yes" if row.same else "DIFFERS",
+                      style=None if row.same else "bold yellow")  # fmt: skip
+    return table

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -23,6 +25,8 @@ from mlflow.tracking import MlflowClient
 
 TAG_PREFIX = "reproml."
 MODEL_MD5_TAG = "reproml.model_md5"
+# The resolved params.yaml, exactly (MLflow params are strings and lose types).
+PARAMS_ARTIFACT = "params.json"
 # log_batch accepts at most 100 params / 1000 metrics / 100 tags per call.
 BATCH = 100
 
@@ -56,13 +60,60 @@ def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _Terminated(128 + signum)
 
 
+def _process_start(pid: int) -> str | None:
+    """Start time of a live process (clock ticks since boot), or None if it is gone.
+
+    Paired with the pid it identifies a process even after its pid is reused.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def owner_tags() -> dict[str, str]:
+    pid = os.getpid()
+    return {
+        "reproml.host": socket.gethostname(),
+        "reproml.pid": str(pid),
+        "reproml.proc_start": str(_process_start(pid)),
+    }
+
+
+def mark_dead_runs(experiment_id: str) -> list[str]:
+    """End as KILLED the RUNNING runs whose process on this host is gone (`kill -9`, power loss).
+
+    MLflow leaves such runs RUNNING forever. Runs started on other hosts are left alone: their
+    process cannot be checked from here.
+    """
+    client = MlflowClient()
+    host = socket.gethostname()
+    killed = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if tags.get("reproml.host") != host or "reproml.pid" not in tags:
+            continue
+        if _process_start(int(tags["reproml.pid"])) == tags.get("reproml.proc_start"):
+            continue
+        client.set_tag(run.info.run_id, "reproml.killed_reason",
+                       f"process {tags['reproml.pid']} on {host} ended without ending the run")  # fmt: skip
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        killed.append(run.info.run_id)
+    return killed
+
+
 @contextlib.contextmanager
 def tracked_run(
     experiment_id: str, run_id: str | None = None, run_name: str | None = None
 ) -> Iterator[mlflow.ActiveRun]:
-    """Start (or resume) a run whose final status tells the truth about how the block ended."""
+    """Start (or resume) a run whose final status tells the truth about how the block ended.
+
+    Starting one first marks KILLED any run left RUNNING by a process that died on this host.
+    """
+    mark_dead_runs(experiment_id)
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name)
+    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name, tags=owner_tags())
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
         yield run

@@ -26,6 +26,7 @@ def _requirements() -> list[str]:
 
 def run_train(root: Path = Path(".")) -> dict[str, Any]:
     import joblib
+    import mlflow
 
     from reproml import lineage, tracking
     from reproml.train import fit_model
@@ -52,12 +53,14 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
             "reproml.git_dirty_paths": json.dumps(git["dirty_paths"]),
             "reproml.params_sha256": lineage.params_hash(resolved),
             "reproml.uv_lock_sha256": lineage.sha256_file(root / "uv.lock") or "",
+            "reproml.code_sha256": lineage.code_hash(root),
             "reproml.seed": str(params.seed),
             "reproml.data_source": schema["source"],
             "reproml.libraries": json.dumps(lineage.library_versions(), sort_keys=True),
             **{f"reproml.data.{path}": md5 for path, md5 in data_md5.items()},
         }
         tracking.log_batch(run_id, params=resolved, tags=tags)
+        mlflow.log_dict(params.model_dump(mode="json", by_alias=True), tracking.PARAMS_ARTIFACT)
         test = pd.read_parquet(root / paths.split_file("test"))
         for name, frame, context in (("train", train, "training"), ("test", test, "testing")):
             path = str(paths.split_file(name))
