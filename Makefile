@@ -13,7 +13,7 @@ export UV_PYTHON_DOWNLOADS := never
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install run test test-slow check format benchmark clean
+.PHONY: help install run test test-slow ui check format benchmark clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -24,6 +24,7 @@ help: ## list the targets
 
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --python $(PYTHON)
+	$(BIN)/python -m compileall -q src  # each DVC stage is a new process; spare it compiling reproml
 	$(BIN)/dvc config --local core.site_cache_dir "$(CURDIR)/.dvc/site_cache"
 	touch $@
 
@@ -40,8 +41,12 @@ run: install ## set up, run the pipeline on the bundled data (dvc repro), gate t
 test: install ## set up and run the default test suite (unit + integration, no slow tests)
 	$(BIN)/pytest
 
-test-slow: install ## the slow tests (full data, determinism of the whole pipeline)
+test-slow: install ## the slow tests (the main job on all 336,776 flights)
 	$(BIN)/pytest -m slow
+
+ui: install ## the MLflow UI for this project's runs and registry, at http://127.0.0.1:5000 (Ctrl-C stops it)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db \
+		--host 127.0.0.1 --port 5000 --workers 1
 
 check: install ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .
