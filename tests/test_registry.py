@@ -269,3 +269,64 @@ def test_a_live_run_of_another_process_is_left_alone(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(timeout=30)
+
+
+# --- the gate's other rules, with real models in a real store -------------------------------------
+
+
+def test_regression_worse_challenger_is_rejected(make_project) -> None:
+    """RMSE: lower is better, so the gate's direction flips."""
+    params = project_params(floor=1000.0)
+    params["data"]["task"] = "regression"
+    root = make_project(params, files={"data/raw/frame.parquet": tiny_frame(2000, seed=1, task="regression")})
+    pipeline(root)
+    first = run_promote(root)
+    assert first["action"] == "promote", first["reason"]
+    assert first["gate"]["metric"] == "rmse"
+    pipeline(root, **{"prepare.exclude_columns": ["x1"]})
+    record = run_promote(root)
+    assert record["action"] == "reject"
+    assert record["gate"]["challenger_value"] > record["gate"]["champion_value"]  # higher error
+    assert record["gate"]["improvement"] < 0
+    assert alias("champion") == 1
+
+
+def test_nan_metric_is_rejected(make_project) -> None:
+    """June-like test rows that are all one class make ROC-AUC undefined: no decision on NaN."""
+    frame = tiny_frame(2000, seed=1)
+    frame.loc[frame["when"] >= "2021-11-01", "y"] = 1
+    root = make_project(project_params(), files={"data/raw/frame.parquet": frame})
+    pipeline(root)
+    record = run_promote(root)
+    assert record["action"] == "reject"
+    assert "nan" in record["reason"].lower()
+    assert alias("champion") is None
+
+
+def regional_frame(rows: int = 2400, seed: int = 3) -> Any:
+    """In region 'R' the target follows x2; elsewhere it follows x1."""
+    import numpy as np
+
+    frame = tiny_frame(rows, seed=seed)
+    rng = np.random.default_rng(seed)
+    frame["region"] = rng.choice(["R", "S", "T", "U"], size=rows)
+    noise = rng.normal(scale=0.3, size=rows)
+    driver = np.where(frame["region"] == "R", frame["x2"] - 0.5, frame["x1"])
+    frame["y"] = (driver + noise > 0).astype(int)
+    return frame
+
+
+def test_challenger_better_overall_but_worse_on_a_slice_is_rejected(make_project) -> None:
+    params = project_params(slice_column="region", min_slice_rows=100)
+    params["prepare"]["exclude_columns"] = ["x1"]
+    root = make_project(params, files={"data/raw/frame.parquet": regional_frame()})
+    pipeline(root)  # knows x2 only: good in region R, poor elsewhere
+    run_promote(root, version=1, reason="baseline for the test")
+    pipeline(root, **{"prepare.exclude_columns": ["x2"]})  # knows x1 only: the reverse
+    record = run_promote(root)
+    assert record["gate"]["improvement"] > 0, "the challenger should be better overall"
+    assert record["action"] == "reject"
+    assert "region=R" in record["reason"]
+    judged = {s["value"]: s for s in record["gate"]["slices"]}
+    assert judged["R"]["judged"] and judged["R"]["improvement"] < -0.01
+    assert alias("champion") == 1
