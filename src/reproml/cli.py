@@ -124,6 +124,60 @@ def registry_history() -> None:
 
 
 @app.command()
+def reproduce(
+    run_id: str = typer.Argument(..., help="MLflow run id, or @champion / @challenger."),
+    keep: bool = typer.Option(False, "--keep", help="Keep the worktree under .reproml/reproduce/."),
+) -> None:
+    """Rebuild a run from its recorded lineage; print `identical` (exit 0) or what differs (exit 1)."""
+    from reproml.errors import ReproError
+    from reproml.reproduce import reproduce as rebuild
+    from reproml.reproduce import reproduction_table
+
+    try:
+        with console.status("[bold]reproduce[/bold] starting") as status:
+            result = rebuild(ROOT, run_id, keep=keep, progress=lambda m: status.update(f"[bold]{m}"))
+    except ReproError as exc:
+        err.print(f"[bold red]reproml reproduce refused:[/bold red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(reproduction_table(result))
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    if result.failure:
+        err.print(f"[bold red]rebuild failed:[/bold red] {result.failure}", highlight=False)
+    if result.kept:
+        console.print(
+            f"worktree kept at {result.kept}; remove it with `git worktree remove --force {result.kept}`",
+            highlight=False,
+        )
+    _skip_exit_collection()
+    if result.identical:
+        console.print("[bold green]identical[/bold green]")
+        return
+    console.print(f"[bold red]differs:[/bold red] {', '.join(result.differences)}", highlight=False)
+    raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    run_a: str = typer.Argument(..., help="MLflow run id (or @alias)."),
+    run_b: str = typer.Argument(..., help="MLflow run id (or @alias)."),
+    show_all: bool = typer.Option(False, "--all", help="Include equal params, libraries and all metrics."),
+) -> None:
+    """Params, metrics, data and code versions of two runs side by side; differences highlighted."""
+    from reproml.errors import ReproError
+    from reproml.report import compare_table
+    from reproml.reproduce import RunView, compare_runs, load_run
+
+    try:
+        a, b = (RunView.of(load_run(ROOT, ref)) for ref in (run_a, run_b))
+    except ReproError as exc:
+        err.print(f"[bold red]reproml compare failed:[/bold red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    rows = compare_runs(a, b, everything=show_all)
+    console.print(compare_table(rows, f"{a.name} ({a.run_id[:8]})", f"{b.name} ({b.run_id[:8]})"))
+
+
+@app.command()
 def runs(limit: int = typer.Option(10, help="How many recent runs to show.")) -> None:
     """Recent pipeline runs with their key metrics, data version and code version."""
     from reproml.config import load_params

@@ -236,8 +236,8 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     return parse_params(raw, str(path))
 
 
-def flat_params(params: Params) -> dict[str, str]:
-    """Resolved params as `section.key` strings, the form MLflow stores and compares."""
+def flatten(mapping: dict[str, Any]) -> dict[str, str]:
+    """Nested sections as `section.key` strings, the form MLflow stores and compares."""
     out: dict[str, str] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -247,5 +247,10 @@ def flat_params(params: Params) -> dict[str, str]:
         else:
             out[prefix] = str(value)
 
-    walk("", params.model_dump(mode="json", by_alias=True))
+    walk("", mapping)
     return out
+
+
+def flat_params(params: Params) -> dict[str, str]:
+    """Resolved params (defaults filled in) as `section.key` strings."""
+    return flatten(params.model_dump(mode="json", by_alias=True))

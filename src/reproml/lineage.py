@@ -38,7 +38,8 @@ def git_state(root: Path) -> dict[str, Any]:
     if commit is None or status is None:
         return {"commit": None, "dirty": True, "dirty_paths": ["(not a git repository with commits)"]}
     changed = [line[3:] for line in status.splitlines() if line.strip()]
-    dirty = [p for p in changed if not p.startswith(PIPELINE_WRITES)]
+    # DVC adds each new stage output to a .gitignore; ignore rules never change what is built.
+    dirty = [p for p in changed if not p.startswith(PIPELINE_WRITES) and Path(p).name != ".gitignore"]
     return {"commit": commit.strip(), "dirty": bool(dirty), "dirty_paths": dirty[:20]}
 
 

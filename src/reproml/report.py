@@ -84,6 +84,17 @@ def compare_table(rows: list, label_a: str, label_b: str) -> Table:
     for row in rows:
         shown = row.section if row.section != section else ""
         section = row.section
-        table.add_row(shown, row.key, row.a, row.b, "yes" if row.same else "DIFFERS",
-                      style=None if row.same else "bold yellow")  # fmt: skip
+        table.add_row(
+            shown,
+            row.key,
+            _brief(row.a),
+            _brief(row.b),
+            "yes" if row.same else "DIFFERS",
+            style=None if row.same else "bold yellow",
+        )
     return table
+
+
+def _brief(value: str) -> str:
+    """Hashes and other long values cut to what tells them apart at a glance."""
+    return value if len(value) <= 40 else value[:16] + "…"
