@@ -330,3 +330,13 @@ def test_challenger_better_overall_but_worse_on_a_slice_is_rejected(make_project
     judged = {s["value"]: s for s in record["gate"]["slices"]}
     assert judged["R"]["judged"] and judged["R"]["improvement"] < -0.01
     assert alias("champion") == 1
+
+
+def test_promoting_the_champion_again_is_a_no_op(project: Path) -> None:
+    """A second `make run` with nothing new must not fail or record a decision."""
+    pipeline(project)
+    run_promote(project)
+    again = run_promote(project)
+    assert again["action"] == "none"
+    assert "already the champion" in again["reason"]
+    assert len(registry.history(project)) == 1

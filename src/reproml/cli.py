@@ -6,6 +6,7 @@ so `reproml --help` stays as quick as importing pandas.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err = Console(stderr=True)
+# Off a terminal (make run | tee, CI logs) Rich would squeeze tables into 80 columns.
+_WIDTH = None if sys.stdout.isatty() else 160
+console = Console(width=_WIDTH)
+err = Console(stderr=True, width=_WIDTH)
 ROOT = Path(".")
 
 
@@ -104,7 +107,13 @@ def promote(
     """Gate the challenger against the champion; move `champion` only if it is clearly better."""
     from reproml.stages.register import run_promote
 
-    _run_stage("promote", lambda root: run_promote(root, version=version, reason=reason))
+    def decide(root: Path) -> dict[str, Any]:
+        record = run_promote(root, version=version, reason=reason)
+        # the full record (gate numbers, slices) is in the file; the terminal gets the verdict
+        keys = ("action", "challenger", "champion", "reason", "record")
+        return {key: record.get(key) for key in keys}
+
+    _run_stage("promote", decide)
 
 
 @app.command()

@@ -190,7 +190,13 @@ def promote(
     if champion is not None:
         check_source(client, champion, experiment_id)
     if champion is not None and champion.version == challenger.version:
-        raise RegistryError(f"version {challenger.version} is already the champion")
+        # e.g. a second `make run` with nothing new: no decision to make, nothing to record
+        return {
+            "action": "none",
+            "challenger": _describe(challenger),
+            "champion": _describe(champion),
+            "reason": f"version {challenger.version} is already the champion; nothing to decide",
+        }
     record: dict[str, Any] = {"challenger": _describe(challenger), "champion": _describe(champion)}
     if version is not None:
         record |= {"action": "force", "reason": f"forced by {getpass.getuser()}: {reason}"}
