@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +168,11 @@ def test_register_stage_made_the_run_a_challenger_version(project: Project, pipe
     version = MlflowClient().get_model_version_by_alias(registered["model_name"], "challenger")
     assert int(version.version) == registered["version"] == 1
     assert version.run_id == pipeline_run.info.run_id
+
+
+def test_bytecode_does_not_make_stages_stale(project: Project) -> None:
+    """`make install` compiles src/; .pyc files embed mtimes and differ per clone."""
+    project.run(str(Path(sys.executable)), "-m", "compileall", "-q", "src")
+    assert list((project.root / "src" / "reproml" / "data").glob("__pycache__/*.pyc"))
+    status = project.run("dvc", "status")
+    assert "Data and pipelines are up to date" in status.stdout, status.stdout
