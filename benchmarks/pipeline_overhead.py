@@ -498,7 +498,10 @@ def _stage_times(log: Path | None) -> dict[str, float]:
 def run_pipeline(ws: Workspace) -> PipelineRun:
     if ws.stage_log is not None:
         ws.stage_log.write_text("")
-    wall, _ = _run([str(ws.bin_dir / "dvc"), "repro", "--force"], ws.repo, ws.env, "dvc repro --force")
+    # `evaluate` as the target: ingest to evaluate, as the target is stated (register, which only
+    # talks to the registry, is not part of the work the bare script does)
+    command = [str(ws.bin_dir / "dvc"), "repro", "--force", "evaluate"]
+    wall, _ = _run(command, ws.repo, ws.env, "dvc repro --force evaluate")
     return PipelineRun(wall, _stage_times(ws.stage_log))
 
 
@@ -629,7 +632,9 @@ def report(
     timing = Table(title=f"Full pipeline vs bare script, seconds ({n} runs each, alternated)")
     for header in ("run", "median", "min", "max"):
         timing.add_column(header, justify="left" if header == "run" else "right")
-    timing.add_row("dvc repro --force (4 stages, DVC + MLflow)", _s(_med(pipe)), _s(min(pipe)), _s(max(pipe)))
+    timing.add_row(
+        "dvc repro --force evaluate (4 stages, DVC + MLflow)", _s(_med(pipe)), _s(min(pipe)), _s(max(pipe))
+    )
     timing.add_row("bare: load + fit + score (one process)", _s(_med(fit)), _s(min(fit)), _s(max(fit)))
     timing.add_row("bare: + permutation importance + plots", _s(_med(full)), _s(min(full)), _s(max(full)))
     timing.add_row("[dim]first dvc repro in the fresh copy (untimed warm-up)[/dim]", _s(first.wall), "", "")

@@ -340,3 +340,27 @@ def test_promoting_the_champion_again_is_a_no_op(project: Path) -> None:
     assert again["action"] == "none"
     assert "already the champion" in again["reason"]
     assert len(registry.history(project)) == 1
+
+
+def test_a_version_whose_run_did_not_finish_cannot_be_promoted(project: Path) -> None:
+    registered = pipeline(project)
+    MlflowClient().set_terminated(registered["run_id"], "KILLED")
+    with pytest.raises(ReproError, match="KILLED, not FINISHED"):
+        run_promote(project, version=registered["version"], reason="try anyway")
+    assert alias("champion") is None
+
+
+def test_the_newest_labelled_production_window_joins_the_evaluation(project: Path) -> None:
+    import pandas as pd
+
+    pipeline(project)
+    windows = project / registry.LABELLED_WINDOWS
+    windows.mkdir(parents=True)
+    valid = pd.read_parquet(project / "data" / "prepared" / "valid.parquet")
+    valid.head(50).to_parquet(windows / "2022-05.parquet")
+    pd.concat([valid] * 2).to_parquet(windows / "2022-06.parquet")  # newest
+    test_rows = len(pd.read_parquet(project / "data" / "prepared" / "test.parquet"))
+    record = run_promote(project)
+    assert set(record["eval_data"]) == {"data/prepared/test.parquet", "monitoring/labelled/2022-06.parquet"}
+    assert len(valid) > 100
+    assert record["gate"]["rows"] == test_rows + 2 * len(valid)

@@ -185,6 +185,12 @@ def promote(
     )
     if challenger is None:
         raise RegistryError(f"model {name!r} has no {CHALLENGER!r} version; run `dvc repro` first")
+    run_status = client.get_run(str(challenger.run_id)).info.status if challenger.run_id else "unknown"
+    if run_status != "FINISHED":
+        raise RegistryError(
+            f"version {challenger.version} comes from run {challenger.run_id} which is {run_status}, "
+            "not FINISHED; it cannot be promoted"
+        )
     champion = alias_version(client, name, CHAMPION)
     check_source(client, challenger, experiment_id)
     if champion is not None:
