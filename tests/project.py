@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from tests.conftest import default_params
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
 # Outputs of a previous run in the developer's tree; a fresh project starts without them.
@@ -27,6 +29,15 @@ def project_files() -> list[str]:
         cwd=REPO, capture_output=True, text=True, check=True,
     ).stdout.splitlines()  # fmt: skip
     return [f for f in listed if not f.startswith(SKIP) and (REPO / f).is_file()]
+
+
+def sampled_params(rows: int = 6000) -> dict[str, Any]:
+    """The committed params on a seeded sample of the real flights: a full repro in ~15 s."""
+    params = default_params()
+    params["data"]["sample_rows"] = rows
+    params["evaluate"]["importance_rows"] = 500
+    params["train"]["random_forest"]["n_estimators"] = 40
+    return params
 
 
 class Project:

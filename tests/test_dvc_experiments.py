@@ -16,23 +16,14 @@ from typing import Any
 import mlflow
 import pytest
 
-from tests.conftest import default_params
-from tests.project import Project
+from tests.project import Project, sampled_params
 
 pytestmark = pytest.mark.integration
 
 
-def params() -> dict[str, Any]:
-    p = default_params()
-    p["data"]["sample_rows"] = 6000
-    p["evaluate"]["importance_rows"] = 500
-    p["train"]["random_forest"]["n_estimators"] = 40
-    return p
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    proj = Project(tmp_path_factory.mktemp("experiments"), params())
+    proj = Project(tmp_path_factory.mktemp("experiments"), sampled_params())
     proj.run("dvc", "repro")
     proj.commit("baseline results")
     return proj

@@ -19,23 +19,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import default_params
-from tests.project import Project
+from tests.project import Project, sampled_params
 
 pytestmark = pytest.mark.integration
 
 SAMPLE_ROWS = 8000
 
 
-def sample_params() -> dict[str, Any]:
-    params = default_params()
-    params["data"]["sample_rows"] = SAMPLE_ROWS
-    params["evaluate"]["importance_rows"] = 1000
-    return params
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    proj = Project(tmp_path_factory.mktemp("pipeline"), sample_params())
+    proj = Project(tmp_path_factory.mktemp("pipeline"), sampled_params(SAMPLE_ROWS))
     proj.first_repro = proj.run("dvc", "repro")  # type: ignore[attr-defined]
     return proj
 

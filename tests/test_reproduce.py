@@ -34,25 +34,16 @@ from reproml.reproduce import (
     parse_dvc_config,
     reproduce,
 )
-from tests.conftest import default_params
-from tests.project import Project
+from tests.project import Project, sampled_params
 
 pytestmark = pytest.mark.integration
 
 TRAIN_SPLIT = "data/prepared/train.parquet"
 
 
-def params() -> dict[str, Any]:
-    p = default_params()
-    p["data"]["sample_rows"] = 6000
-    p["evaluate"]["importance_rows"] = 500
-    p["train"]["random_forest"]["n_estimators"] = 40
-    return p
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    proj = Project(tmp_path_factory.mktemp("reproduce"), params())
+    proj = Project(tmp_path_factory.mktemp("reproduce"), sampled_params())
     proj.env["COLUMNS"] = "200"  # Rich tables wide enough that values are not folded
     proj.run("dvc", "repro")
     proj.commit("baseline results")

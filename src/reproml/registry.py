@@ -185,6 +185,7 @@ def promote(
     )
     if challenger is None:
         raise RegistryError(f"model {name!r} has no {CHALLENGER!r} version; run `dvc repro` first")
+    check_source(client, challenger, experiment_id)
     run_status = client.get_run(str(challenger.run_id)).info.status if challenger.run_id else "unknown"
     if run_status != "FINISHED":
         raise RegistryError(
@@ -192,7 +193,6 @@ def promote(
             "not FINISHED; it cannot be promoted"
         )
     champion = alias_version(client, name, CHAMPION)
-    check_source(client, challenger, experiment_id)
     if champion is not None:
         check_source(client, champion, experiment_id)
     if champion is not None and champion.version == challenger.version:
