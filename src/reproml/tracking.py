@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -32,8 +33,6 @@ BATCH = 100
 
 
 def tracking_uri(root: Path) -> str:
-    import os
-
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
@@ -135,8 +134,6 @@ def log_batch(
 ) -> None:
     """Params, metrics and tags in as few round trips as MLflow allows."""
     client = MlflowClient()
-    import time
-
     now = int(time.time() * 1000)
     p = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
     m = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
@@ -153,8 +150,6 @@ def log_batch(
 def log_metric_series(run_id: str, name: str, values: list[float]) -> None:
     """A per-round curve as one MLflow metric with steps, so the UI draws it."""
     client = MlflowClient()
-    import time
-
     now = int(time.time() * 1000)
     series = [Metric(name, float(v), now, step) for step, v in enumerate(values, start=1)]
     for start in range(0, len(series), 1000):
