@@ -76,6 +76,44 @@ def prepare() -> None:
 
 
 @app.command()
+def tune() -> None:
+    """Optuna study over train.model's space on the valid split; writes models/best_params.json."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from reproml.errors import ReproError
+    from reproml.stages.tune import run_tune
+
+    columns = [
+        TextColumn("[bold]tune[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    ]
+    try:
+        with Progress(*columns, console=console, transient=False) as bar:
+            task = bar.add_task("tune", total=None, detail="starting")
+
+            def show(counts: Any) -> None:
+                best = "-" if counts.best is None else f"{counts.best:.5f}"
+                detail = f"pruned {counts.pruned} · failed {counts.failed} · best {best}"
+                bar.update(task, completed=counts.finished, detail=detail)
+
+            def run(root: Path) -> dict[str, Any]:
+                from reproml.config import load_params
+
+                bar.update(task, total=load_params(root / "params.yaml").tune.n_trials)
+                return run_tune(root, on_counts=show)
+
+            summary = run(ROOT)
+    except ReproError as exc:
+        err.print(f"[bold red]reproml tune failed:[/bold red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print("[green]tune done[/green]", summary, highlight=False)
+    _skip_exit_collection()
+
+
+@app.command()
 def train() -> None:
     """Fit preprocessing + model on train, early-stop on valid; log the run and model to MLflow."""
     from reproml.stages.train import run_train

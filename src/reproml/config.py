@@ -9,6 +9,7 @@ default is the worst kind of irreproducibility.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -140,6 +141,45 @@ class TrainParams(_Section):
     linear: LinearParams = LinearParams()
 
 
+PrunerName = Literal["none", "median", "successive_halving", "hyperband"]
+
+
+class TuneParams(_Section):
+    """The `tune` stage: an Optuna study over `train.model`'s search space, scored on the validation split.
+
+    The budget counts trials that ran to the end or were pruned; a trial that crashed or whose
+    process was killed is kept as FAIL and does not count. `storage: null` keeps studies in a
+    journal file in the project (`optuna/studies.journal`); a path names another journal file, and
+    an RDB URL (`sqlite:///...`, `postgresql://user@host/db`) a database. A password never goes in
+    params.yaml (params are logged): put the whole URL in `REPROML_TUNE_STORAGE` instead.
+    """
+
+    enabled: bool = True  # false: `train` uses the fixed params of `train.<model>`
+    study_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]+$")  # null: <model>-<data hash>
+    metric: str | None = None  # null: roc_auc (classification) / rmse (regression), on the valid split
+    direction: Literal["maximize", "minimize"] | None = None  # null: the metric's own direction
+    n_trials: PositiveInt | None = 40
+    timeout_s: Annotated[float, Field(gt=0.0)] | None = None
+    seed: int | None = None  # null: the top-level `seed`
+    startup_trials: PositiveInt = 10  # random trials before TPE models the space
+    pruner: PrunerName = "median"
+    report_every: PositiveInt = 10  # boosting rounds between pruning checks
+    workers: PositiveInt = 1
+    storage: str | None = None
+    warm_start: bool = True  # enqueue params.yaml's values, the champion's and the last study's best first
+
+    @model_validator(mode="after")
+    def _budget_and_storage(self) -> TuneParams:
+        if self.n_trials is None and self.timeout_s is None:
+            raise ValueError("tune needs a budget: set n_trials, timeout_s or both")
+        if self.storage and re.search(r"://[^/@]*:[^/@]*@", self.storage):
+            raise ValueError(
+                "tune.storage holds a password, and params are logged to MLflow: put the URL in the "
+                "REPROML_TUNE_STORAGE environment variable instead"
+            )
+        return self
+
+
 class EvaluateParams(_Section):
     overfit_margin: Annotated[float, Field(ge=0.0)] = 0.05
     importance_rows: PositiveInt = 5000
@@ -175,6 +215,50 @@ class PromoteParams(_Section):
     floor: float = 0.70
 
 
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class MonitorParams(_Section):
+    """`reproml monitor`: the data-quality gate, drift statistics and the retrain decision per batch.
+
+    A batch first passes the quality gate (schema, missing, infinite and unseen-category shares,
+    strings in numeric columns) or is quarantined. Under `min_rows` rows the verdict is
+    `insufficient_data`: distances on a few dozen rows are noise. Otherwise the verdict is
+    `retrain` when the champion's `metric` on the batch is worse than on its own test split by
+    more than `quality_margin` with a bootstrap interval that excludes zero, or when the share of
+    feature importance held by drifted features (distance at least `drift_effect_floor`) reaches
+    `drift_threshold`. A retrain verdict within `cooldown` of the last one, or beyond
+    `max_retrains` per `retrain_period`, becomes `retrain_held`. Days are the batch's own time
+    column (batch time, not wall time), so replaying history decides as production did.
+    """
+
+    metric: str | None = None  # null: ROC-AUC for classification, RMSE for regression
+    min_rows: PositiveInt = 1000
+    sample_rows: PositiveInt = 50_000  # larger batches: a uniform sample (seed: top-level `seed`)
+    reference_rows: PositiveInt = 20_000  # the champion's training split, sampled the same way
+    drift_effect_floor: Annotated[float, Field(gt=0.0)] = 0.1
+    drift_threshold: Share = 0.25
+    quality_margin: Annotated[float, Field(ge=0.0)] = 0.02
+    confidence: Fraction = 0.95
+    bootstrap_samples: Annotated[int, Field(ge=100)] = 500
+    cooldown_unit: Literal["days", "batches"] = "days"
+    cooldown: Annotated[int, Field(ge=0)] = 28
+    max_retrains: PositiveInt = 2
+    retrain_period: PositiveInt = 90
+    max_missing_share: Share = 0.5
+    max_inf_share: Share = 0.0
+    max_unseen_category_share: Share = 0.2
+
+    @model_validator(mode="after")
+    def _period_covers_cooldown(self) -> MonitorParams:
+        if self.retrain_period < self.cooldown:
+            raise ValueError(
+                f"retrain_period ({self.retrain_period}) is shorter than cooldown ({self.cooldown}): "
+                "one period could then hold at most one retrain and max_retrains would mean nothing"
+            )
+        return self
+
+
 class Params(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -182,12 +266,14 @@ class Params(_Section):
     data: DataParams = DataParams()
     prepare: PrepareParams = PrepareParams()
     features: FeatureParams = FeatureParams()
+    tune: TuneParams = TuneParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     mlflow: MlflowParams = MlflowParams()
     # `register` is also a method name on pydantic models; the YAML key stays the stage's name.
     register_: RegisterParams = Field(default=RegisterParams(), alias="register")
     promote: PromoteParams = PromoteParams()
+    monitor: MonitorParams = MonitorParams()
 
     @model_validator(mode="after")
     def _model_fits_task(self) -> Params:
@@ -198,6 +284,18 @@ class Params(_Section):
                 f"train.model={self.train.model!r} is for {wanted}; data.task is {self.data.task!r}"
             )
         return self
+
+
+def model_section(model: str) -> str:
+    """The `train.<section>` holding a model's params (logistic and linear share `linear`)."""
+    return "linear" if model in ("logistic", "linear") else model
+
+
+def with_model_params(params: Params, values: dict[str, Any], source: str) -> Params:
+    """`params` with `train.<model>` fields replaced (tuned values), validated like params.yaml."""
+    raw = params.model_dump(mode="json", by_alias=True)
+    raw["train"][model_section(params.train.model)].update(values)
+    return parse_params(raw, source)
 
 
 def _describe(error: Any) -> str:

@@ -9,6 +9,7 @@ SCHEMA = Path("data/schema.json")
 PREPARED = Path("data/prepared")
 MODEL = Path("models/model.joblib")
 HISTORY = Path("models/history.json")
+BEST_PARAMS = Path("models/best_params.json")  # written by `tune`, read by `train`
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 PREDICTIONS = Path("predictions/test.parquet")

@@ -156,6 +156,56 @@ def log_metric_series(run_id: str, name: str, values: list[float]) -> None:
         client.log_batch(run_id, metrics=series[start : start + 1000])
 
 
+def log_child_run(
+    experiment_id: str,
+    parent_run_id: str,
+    run_name: str,
+    status: str,
+    start_ms: int,
+    end_ms: int,
+    params: dict[str, str],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    series: dict[str, list[tuple[int, float]]] | None = None,
+) -> str:
+    """A finished child run written in one go, with the times and status of what it records.
+
+    Used for Optuna trials: they run in worker processes that never touch MLflow, and are logged
+    by the study's process once they end, so their status is exactly the trial's (a pruned trial
+    FINISHED, a failed one FAILED) and no worker can leave a run RUNNING.
+    """
+    client = MlflowClient()
+    run = client.create_run(
+        experiment_id,
+        start_time=start_ms,
+        tags={"mlflow.parentRunId": parent_run_id, "mlflow.runName": run_name, **tags},
+        run_name=run_name,
+    )
+    run_id = run.info.run_id
+    log_batch(run_id, params=params, metrics=metrics)
+    for name, points in (series or {}).items():
+        values = [Metric(name, float(v), end_ms, int(step)) for step, v in points]
+        for start in range(0, len(values), 1000):
+            client.log_batch(run_id, metrics=values[start : start + 1000])
+    client.set_terminated(run_id, status=status, end_time=end_ms)
+    return str(run_id)
+
+
+def child_tag_values(experiment_id: str, parent_filter: str, tag: str) -> set[str]:
+    """The values of `tag` on runs matching `parent_filter` (e.g. the trials already logged)."""
+    client = MlflowClient()
+    values: set[str] = set()
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string=parent_filter, max_results=1000, page_token=token
+        )
+        values.update(r.data.tags[tag] for r in page if tag in r.data.tags)
+        token = page.token
+        if not token:
+            return values
+
+
 def frame_schema(frame: pd.DataFrame) -> Any:
     """MLflow column schema from dtypes, with `required` false where any value is missing.
 

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from reproml import paths
-from reproml.config import flat_params
+from reproml.config import Params, flat_params, with_model_params
 from reproml.io import file_md5, read_json, write_json, write_with
 from reproml.stages.common import feature_spec, load
 
@@ -24,6 +24,42 @@ def _requirements() -> list[str]:
     return [f"{n}=={versions[n]}" for n in keep if n in versions] + [f"{n}=={v}" for n, v in extra.items()]
 
 
+def tuned_params(root: Path, params: Params) -> tuple[Params, dict[str, Any] | None]:
+    """params.yaml with the `tune` stage's best values for `train.model` applied, and what was read.
+
+    `tune.enabled: false` (or no best_params.json, for a project without the stage) keeps the fixed
+    params. A file tuned for another model is refused: the pipeline would train what was not tuned.
+    """
+    from reproml.errors import ReproError
+
+    path = root / paths.BEST_PARAMS
+    if not params.tune.enabled or not path.is_file():
+        return params, None
+    tuned = read_json(path)
+    if not tuned.get("enabled"):
+        return params, None
+    if tuned.get("model") != params.train.model:
+        raise ReproError(
+            f"{paths.BEST_PARAMS} holds params tuned for {tuned.get('model')!r}, but train.model is "
+            f"{params.train.model!r}; run `dvc repro` (or `reproml tune`) to tune it first"
+        )
+    return with_model_params(params, tuned["params"], str(paths.BEST_PARAMS)), tuned
+
+
+def _tune_run(experiment_id: str, study_name: str) -> str | None:
+    """The newest finished parent run of the study that produced best_params.json."""
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`reproml.stage` = 'tune' and tags.`reproml.study_name` = '{study_name}' "
+        "and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
 def run_train(root: Path = Path(".")) -> dict[str, Any]:
     import joblib
     import mlflow
@@ -31,7 +67,8 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
     from reproml import lineage, tracking
     from reproml.train import fit_model
 
-    params = load(root)
+    committed = load(root)
+    params, tuned = tuned_params(root, committed)
     schema = read_json(root / paths.SCHEMA)
     train = pd.read_parquet(root / paths.split_file("train"))
     valid = pd.read_parquet(root / paths.split_file("valid"))
@@ -39,6 +76,8 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
     resolved = flat_params(params)
     git = lineage.git_state(root)
     inputs = [paths.INGESTED, paths.SCHEMA, *(paths.split_file(s) for s in ("train", "valid", "test"))]
+    if tuned is not None:
+        inputs.append(paths.BEST_PARAMS)
     data_md5 = {str(p): file_md5(root / p) for p in inputs}
     experiment_id = tracking.setup(root, params.mlflow.experiment_name)
     commit = (git["commit"] or "nogit")[:7]
@@ -59,8 +98,23 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
             "reproml.libraries": json.dumps(lineage.library_versions(), sort_keys=True),
             **{f"reproml.data.{path}": md5 for path, md5 in data_md5.items()},
         }
+        if tuned is not None:
+            tune_run = _tune_run(experiment_id, tuned["study_name"]) or ""
+            tags |= {
+                "reproml.tuned": "true",
+                "reproml.tune_study": tuned["study_name"],
+                "reproml.tune_run_id": tune_run,
+                "reproml.tune_best_trial": str(tuned["best_trial"]),
+                "mlflow.note.content": (
+                    f"Params of `train.{params.train.model}` tuned by Optuna study `{tuned['study_name']}` "
+                    f"(best trial {tuned['best_trial']}, valid {tuned['metric']} {tuned['best_value']:.5f}); "
+                    f"its trials are nested under run {tune_run or '(not found)'}."
+                ),
+            }
+        # MLflow params are the effective ones (tuned values applied); params.json is params.yaml,
+        # what a rebuild starts from (it reads the same best_params.json, by md5).
         tracking.log_batch(run_id, params=resolved, tags=tags)
-        mlflow.log_dict(params.model_dump(mode="json", by_alias=True), tracking.PARAMS_ARTIFACT)
+        mlflow.log_dict(committed.model_dump(mode="json", by_alias=True), tracking.PARAMS_ARTIFACT)
         test = pd.read_parquet(root / paths.split_file("test"))
         for name, frame, context in (("train", train, "training"), ("test", test, "testing")):
             path = str(paths.split_file(name))

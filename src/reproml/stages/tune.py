@@ -1,0 +1,283 @@
+"""`tune`: an Optuna study over `train.model`'s space; writes models/best_params.json for `train`.
+
+The study lives in its storage (a journal file in the project by default), not in DVC: running the
+stage again with the same study name resumes it and only runs what the budget still lacks. The
+default name carries a hash of everything that makes trial values comparable (data versions,
+features, fixed params, metric, seed), so new data starts a new study, warm-started from the last.
+
+MLflow gets one parent run per invocation with one child run per trial, logged as trials end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from reproml import paths
+from reproml.config import Params, flatten, model_section
+from reproml.io import file_md5, write_json
+from reproml.stages.common import load
+
+TUNE_METRICS = paths.METRICS / "tune.json"
+TRIAL_STAGE = "tune-trial"
+
+
+def study_context(root: Path, params: Params, metric: str) -> dict[str, Any]:
+    """What makes two trials' values comparable: equal contexts may share a study."""
+    from reproml.tuning.space import distributions
+
+    model = params.train.model
+    section = params.train.model_dump(mode="json")[model_section(model)]
+    searched = set(distributions(model))
+    return {
+        "model": model,
+        "metric": metric,
+        "seed": params.tune.seed if params.tune.seed is not None else params.seed,
+        "target": params.data.target,
+        "task": params.data.task,
+        "exclude_columns": sorted(params.prepare.exclude_columns),
+        "features": params.features.model_dump(mode="json"),
+        "fixed": {k: v for k, v in section.items() if k not in searched},
+        "data": {
+            str(p): file_md5(root / p)
+            for p in (paths.SCHEMA, paths.split_file("train"), paths.split_file("valid"))
+        },
+    }
+
+
+def _fingerprint(context: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(context, sort_keys=True).encode()).hexdigest()
+
+
+def _champion_params(root: Path, params: Params) -> tuple[str, dict[str, Any]] | None:
+    """The registered champion's values for this model's space, when it is the same model."""
+    from mlflow.tracking import MlflowClient
+
+    from reproml import registry
+
+    client = MlflowClient()
+    version = registry.alias_version(client, params.register_.model_name, registry.CHAMPION)
+    if version is None or not version.run_id:
+        return None
+    logged = client.get_run(version.run_id).data.params
+    if logged.get("train.model") != params.train.model:
+        return None
+    prefix = f"train.{model_section(params.train.model)}."
+    values = {k.removeprefix(prefix): v for k, v in logged.items() if k.startswith(prefix)}
+    return f"champion v{version.version}", values
+
+
+def _trial_record(trial: Any, metric: str, study_name: str) -> dict[str, Any]:
+    state = trial.state.name
+    start = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
+    end = trial.datetime_complete.timestamp() if trial.datetime_complete else start
+    metrics = {"duration_s": round(end - start, 3)}
+    if trial.value is not None:
+        metrics[f"valid_{metric}"] = float(trial.value)
+    if "best_iteration" in trial.user_attrs:
+        metrics["best_iteration"] = float(trial.user_attrs["best_iteration"])
+    tags = {
+        "reproml.stage": TRIAL_STAGE,
+        "reproml.study_name": study_name,
+        "reproml.trial_number": str(trial.number),
+        "reproml.trial_state": state,
+        "reproml.pruned": str(state == "PRUNED").lower(),
+    }
+    for key in ("warm_start", "retry_of", "error", "interrupted"):
+        if key in trial.user_attrs:
+            tags[f"reproml.{key}"] = str(trial.user_attrs[key])
+    return {
+        "run_name": f"trial-{trial.number}",
+        "status": "FAILED" if state == "FAIL" else "FINISHED",
+        "start_ms": int(start * 1000),
+        "end_ms": int(end * 1000),
+        "params": {k: str(v) for k, v in trial.params.items()},
+        "metrics": metrics,
+        "tags": tags,
+        "series": {f"intermediate_{metric}": sorted(trial.intermediate_values.items())},
+    }
+
+
+def _log_plots(study: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    plots: dict[str, Callable[[Any], Any]] = {
+        "tuning/optimization_history.png": ovm.plot_optimization_history,
+        "tuning/param_importances.png": ovm.plot_param_importances,
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for name, draw in plots.items():
+            try:
+                axes = draw(study)
+            except (ValueError, RuntimeError):  # too few complete trials for importances
+                continue
+            figure = axes.figure
+            figure.set_size_inches(8, 5)
+            figure.tight_layout()
+            mlflow.log_figure(figure, name)
+            plt.close(figure)
+
+
+def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    params = load(root)
+    tune = params.tune
+    if not tune.enabled:
+        write_json(root / paths.BEST_PARAMS, {"enabled": False, "model": params.train.model})
+        write_json(root / TUNE_METRICS, {"enabled": False})
+        return {"enabled": False, "model": params.train.model}
+    import mlflow
+    import optuna
+
+    from reproml import lineage, tracking
+    from reproml.gate import metric_spec
+    from reproml.tuning import space, storage, study
+    from reproml.tuning.runner import WorkerConfig, load_data, run_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    metric = metric_spec(tune.metric, params.data.task)
+    direction: Literal["maximize", "minimize"] = tune.direction or (
+        "maximize" if metric.higher_is_better else "minimize"
+    )
+    context = study_context(root, params, metric.name)
+    fingerprint = _fingerprint(context)
+    model = params.train.model
+    spec = study.StudySpec(
+        name=tune.study_name or f"{model}-{fingerprint[:10]}",
+        model=model,
+        metric=metric,
+        direction=direction,
+        space=space.signature(model),
+        fingerprint=fingerprint,
+        context=context,
+        seed=int(context["seed"]),
+        startup_trials=tune.startup_trials,
+        pruner=tune.pruner,
+        report_every=tune.report_every,
+        max_rounds=params.train.xgboost.n_estimators,
+    )
+    info = storage.resolve(root, tune.storage)
+    if info.kind == "rdb" and info.location.startswith("sqlite") and tune.workers > 1:
+        raise storage.TuneError(
+            f"tune.workers={tune.workers} on SQLite storage {info.shown}: SQLite must not be shared by "
+            "parallel workers; use the journal file (tune.storage: null) or PostgreSQL/MySQL"
+        )
+    notes: list[str] = []
+    if info.kind == "journal":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            storage.repair_journal(Path(info.location))
+        notes += [str(w.message) for w in caught]
+        for note in notes:
+            warnings.warn(note, stacklevel=1)
+    with storage.study_session(info, spec.name):
+        store = storage.open_storage(info)
+        the_study, created = study.open_study(store, spec, info.shown)
+        interrupted = study.fail_interrupted(the_study)
+        queued: list[str] = []
+        if created and tune.warm_start:
+            candidates = [_champion_params(root, params)]
+            earlier = study.earlier_best(store, model, spec.name)
+            candidates.append((f"study {earlier[0]}", earlier[1]) if earlier else None)
+            section = params.train.model_dump(mode="json")[model_section(model)]
+            candidates.append(("params.yaml", section))
+            inside = [(src, space.within(model, vals)) for src, vals in (c for c in candidates if c)]
+            queued = study.warm_start(the_study, [(s, v) for s, v in inside if v is not None])
+        experiment_id = tracking.setup(root, params.mlflow.experiment_name)
+        trial_filter = f"tags.`reproml.study_name` = '{spec.name}' and tags.`reproml.stage` = '{TRIAL_STAGE}'"
+        logged = tracking.child_tag_values(experiment_id, trial_filter, "reproml.trial_number")
+        budget = study.Budget(tune.n_trials, time.time() + tune.timeout_s if tune.timeout_s else None)
+        before = study.counts(the_study)
+        started = time.perf_counter()
+        git = lineage.git_state(root)
+        with tracking.tracked_run(experiment_id, run_name=f"tune-{spec.name}") as run:
+            parent = run.info.run_id
+            tracking.log_batch(
+                parent,
+                params=flatten({"tune": tune.model_dump(mode="json"), "train": {"model": model}}),
+                tags={
+                    "reproml.stage": "tune",
+                    "reproml.study_name": spec.name,
+                    "reproml.study_created": str(created).lower(),
+                    "reproml.storage": info.shown,
+                    "reproml.metric": metric.name,
+                    "reproml.direction": direction,
+                    "reproml.warm_start": json.dumps(queued),
+                    "reproml.interrupted_trials": json.dumps(interrupted),
+                    "reproml.git_commit": git["commit"] or "",
+                    "mlflow.source.git.commit": git["commit"] or "",
+                    **{f"reproml.data.{p}": md5 for p, md5 in context["data"].items()},
+                },
+            )
+
+            def log_finished(trials: list[Any]) -> None:
+                for trial in trials:
+                    record = _trial_record(trial, metric.name, spec.name)
+                    tracking.log_child_run(experiment_id, parent, **record)
+
+            config = WorkerConfig(
+                root=root.resolve(),
+                params=params,
+                spec=spec,
+                info=info,
+                budget=budget,
+                threads=max(1, params.train.n_jobs // tune.workers),
+            )
+            final = run_study(
+                config,
+                tune.workers,
+                load_data(root, params),
+                on_counts or (lambda counts: None),
+                log_finished,
+                {int(n) for n in logged},
+            )
+            if final.best_trial is None:
+                raise storage.TuneError(f"study {spec.name!r} has no complete trial; nothing to train with")
+            best = the_study.best_trial
+            wall = time.perf_counter() - started
+            ran = final.finished - before.finished
+            summary = {
+                "best_value": float(best.value) if best.value is not None else float("nan"),
+                "best_trial": best.number,
+                "finished": final.finished,
+                "complete": final.complete,
+                "pruned": final.pruned,
+                "failed": final.failed,
+                "finished_this_run": ran,
+                "wall_s": round(wall, 2),
+                "trials_per_minute": round(60 * ran / wall, 2) if wall > 0 else 0.0,
+            }
+            tracking.log_batch(parent, metrics={k: float(v) for k, v in summary.items()})
+            mlflow.log_dict(
+                {"params": best.params, "value": best.value, "trial": best.number}, "best_params.json"
+            )
+            _log_plots(the_study)
+    write_json(
+        root / paths.BEST_PARAMS,
+        {
+            "enabled": True,
+            "model": model,
+            "study_name": spec.name,
+            "metric": metric.name,
+            "direction": direction,
+            "best_trial": best.number,
+            "best_value": best.value,
+            "params": best.params,
+        },
+    )
+    write_json(
+        root / TUNE_METRICS,
+        {k: summary[k] for k in ("best_value", "best_trial", "finished", "complete", "pruned")},
+    )
+    return {"study": spec.name, "storage": info.shown, "run_id": parent, "notes": notes, **summary}

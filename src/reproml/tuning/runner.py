@@ -1,0 +1,156 @@
+"""Workers on one study: this process runs one in a thread, `workers - 1` more run as processes.
+
+All workers talk only to the Optuna storage. This process also watches the storage and hands
+each newly finished trial and the running counts to callbacks (MLflow logging, the progress bar),
+so MLflow sees one writer and the bar is live whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from reproml import paths
+from reproml.config import Params
+from reproml.gate import metric_spec
+from reproml.io import read_json
+from reproml.tuning.objective import Objective, TuneData, prepare_data
+from reproml.tuning.storage import StorageInfo, TuneError, open_storage
+from reproml.tuning.study import Budget, Counts, StudySpec, counts, pruner, run_trials, sampler
+
+POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker process needs, picklable for `spawn`."""
+
+    root: Path
+    params: Params
+    spec: StudySpec
+    info: StorageInfo
+    budget: Budget
+    threads: int
+    index: int = 0
+
+
+def load_data(root: Path, params: Params) -> TuneData:
+    from reproml.stages.common import feature_spec
+
+    schema = read_json(root / paths.SCHEMA)
+    train = pd.read_parquet(root / paths.split_file("train"))
+    valid = pd.read_parquet(root / paths.split_file("valid"))
+    return prepare_data(train, valid, feature_spec(params, schema), params)
+
+
+def _work(config: WorkerConfig, data: TuneData, stop: Callable[[], bool]) -> int:
+    # Each worker's sampler gets its own seed, or all would propose the same first trials.
+    spec = replace(config.spec, seed=config.spec.seed + config.index)
+    storage = open_storage(config.info)
+    study = optuna.load_study(
+        study_name=spec.name, storage=storage, sampler=sampler(spec), pruner=pruner(spec)
+    )
+    metric = metric_spec(spec.metric.name, config.params.data.task)
+    objective = Objective(data, config.params, metric, config.threads, spec.report_every)
+    return run_trials(study, objective, config.budget, config.info, stop)
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker is killed when the `reproml tune` that started it dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def worker_main(config: WorkerConfig) -> None:
+    _die_with_parent()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _work(config, load_data(config.root, config.params), lambda: False)
+
+
+def run_study(
+    config: WorkerConfig,
+    workers: int,
+    data: TuneData,
+    on_counts: Callable[[Counts], None],
+    on_finished: Callable[[list[optuna.trial.FrozenTrial]], None],
+    already_reported: set[int],
+) -> Counts:
+    """Run `workers` workers to the budget; report progress and finished trials as they happen."""
+    watcher = optuna.load_study(study_name=config.spec.name, storage=open_storage(config.info))
+    stopping = threading.Event()
+    failure: list[BaseException] = []
+
+    def in_thread() -> None:
+        try:
+            _work(config, data, stopping.is_set)
+        except BaseException as exc:  # reported by the main thread
+            failure.append(exc)
+
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=worker_main, args=(replace(config, index=i),), name=f"tune-worker-{i}")
+        for i in range(1, workers)
+    ]
+    thread = threading.Thread(target=in_thread, name="tune-worker-0", daemon=True)
+    reported = set(already_reported)
+
+    def poll() -> Counts:
+        now = counts(watcher)
+        on_counts(now)
+        done = [
+            t
+            for t in watcher.get_trials(deepcopy=False)
+            if t.state.is_finished() and t.number not in reported
+        ]
+        if done:
+            on_finished(done)
+            reported.update(t.number for t in done)
+        return now
+
+    try:
+        for process in processes:
+            process.start()
+        thread.start()
+        while thread.is_alive() or any(p.is_alive() for p in processes):
+            time.sleep(POLL_SECONDS)
+            poll()
+        thread.join()
+        for process in processes:
+            process.join()
+    finally:
+        stopping.set()
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
+    final = poll()
+    if failure:
+        raise failure[0]
+    crashed = [p.name for p in processes if p.exitcode not in (0, None)]
+    if crashed:
+        raise TuneError(f"tune workers {', '.join(crashed)} exited with an error (see their output above)")
+    return final
+
+
+def describe(counts_now: Counts, budget: Budget) -> dict[str, Any]:
+    return {
+        "finished": counts_now.finished,
+        "complete": counts_now.complete,
+        "pruned": counts_now.pruned,
+        "failed": counts_now.failed,
+        "budget": budget.n_trials,
+        "best": counts_now.best,
+    }

@@ -1,0 +1,274 @@
+"""The study: create or resume it safely, warm-start it, and run trials to an exact budget.
+
+Resuming is refused, before anything is written, when the stored study was made for another
+direction, metric, search space or data: Optuna would otherwise keep the stored direction and mix
+incomparable values. Trials left RUNNING by a killed process are marked FAIL (they will never
+finish) and their parameters are queued again, so a crash loses no completed trial and no idea.
+
+Budget: `n_trials` counts trials that completed or were pruned. Workers claim a trial under a
+file lock that counts those plus the ones running, so N workers never overshoot it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import optuna
+from optuna.trial import TrialState
+
+from reproml.gate import MetricSpec
+from reproml.tuning.space import space_changes
+from reproml.tuning.storage import StorageInfo, TuneError, locked
+
+ATTR_PREFIX = "reproml."
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+# A worker that fails this many trials in a row stops: the objective is broken, not unlucky.
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """What a study is for; stored on it and checked on every resume."""
+
+    name: str
+    model: str
+    metric: MetricSpec
+    direction: Literal["maximize", "minimize"]
+    space: str
+    fingerprint: str
+    context: dict[str, Any]
+    seed: int
+    startup_trials: int
+    pruner: str
+    report_every: int
+    max_rounds: int
+
+    def attrs(self) -> dict[str, str]:
+        return {
+            "model": self.model,
+            "metric": self.metric.name,
+            "space": self.space,
+            "fingerprint": self.fingerprint,
+            "context": json.dumps(self.context, sort_keys=True),
+        }
+
+
+@dataclass(frozen=True)
+class Budget:
+    n_trials: int | None
+    deadline: float | None  # time.time() after which no trial starts
+
+
+@dataclass
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0
+    best: float | None = None
+    best_trial: int | None = None
+    numbers: list[int] = field(default_factory=list)
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+def sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, n_startup_trials=spec.startup_trials)
+
+
+def pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=spec.report_every)
+    if spec.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.report_every)
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=spec.report_every, max_resource=spec.max_rounds)
+    return optuna.pruners.NopPruner()
+
+
+def _stored(study: optuna.Study) -> dict[str, Any]:
+    attrs = study.user_attrs
+    return {k.removeprefix(ATTR_PREFIX): v for k, v in attrs.items() if k.startswith(ATTR_PREFIX)}
+
+
+def check_resumable(study: optuna.Study, spec: StudySpec, shown: str) -> None:
+    """Refuse a stored study made for another direction, metric, space or data; change nothing."""
+    refuse = f"study {spec.name!r} in {shown} cannot be resumed:"
+    stored_direction = study.direction.name.lower()
+    if stored_direction != spec.direction:
+        raise TuneError(
+            f"{refuse} it was created to {stored_direction} and tune asks to {spec.direction}. "
+            "Set tune.study_name to a new name (or null) to start another study"
+        )
+    stored = _stored(study)
+    if stored.get("metric") != spec.metric.name:
+        raise TuneError(
+            f"{refuse} it scores {stored.get('metric')!r}, tune.metric asks for {spec.metric.name!r}"
+        )
+    if stored.get("model") != spec.model:
+        raise TuneError(f"{refuse} it tunes {stored.get('model')!r}, train.model is {spec.model!r}")
+    if stored.get("space") != spec.space:
+        changes = space_changes(str(stored.get("space") or "{}"), spec.space)
+        raise TuneError(
+            f"{refuse} the search space changed since it was created ({'; '.join(changes)}). "
+            "Set tune.study_name to a new name (or null) to start another study"
+        )
+    if stored.get("fingerprint") != spec.fingerprint:
+        old = json.loads(str(stored.get("context") or "{}"))
+        differ = sorted(k for k in set(old) | set(spec.context) if old.get(k) != spec.context.get(k))
+        raise TuneError(
+            f"{refuse} it was run on other data or fixed params (differs in: {', '.join(differ) or '?'}); "
+            "its values are not comparable. Set tune.study_name to a new name (or null)"
+        )
+
+
+def open_study(storage: Any, spec: StudySpec, shown: str) -> tuple[optuna.Study, bool]:
+    """The stored study checked for a safe resume, or a new one; True when it was created."""
+    names = set(optuna.study.get_all_study_names(storage))
+    if spec.name in names:
+        study = optuna.load_study(
+            study_name=spec.name, storage=storage, sampler=sampler(spec), pruner=pruner(spec)
+        )
+        check_resumable(study, spec, shown)
+        return study, False
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        direction=spec.direction,
+        sampler=sampler(spec),
+        pruner=pruner(spec),
+    )
+    for key, value in spec.attrs().items():
+        study.set_user_attr(ATTR_PREFIX + key, value)
+    return study, True
+
+
+def fail_interrupted(study: optuna.Study) -> list[int]:
+    """Mark FAIL the trials a killed process left RUNNING, and queue their parameters again.
+
+    Safe only while this process holds the study's session lock: no live worker owns them.
+    """
+    storage = study._storage
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        failed.append(trial.number)
+        if trial.params:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    return failed
+
+
+def earlier_best(storage: Any, model: str, exclude: str) -> tuple[str, dict[str, Any]] | None:
+    """The best params of the most recent other study of the same model in this storage."""
+    summaries = [
+        s
+        for s in optuna.get_all_study_summaries(storage, include_best_trial=True)
+        if s.study_name != exclude
+        and s.user_attrs.get(ATTR_PREFIX + "model") == model
+        and s.best_trial is not None
+        and s.datetime_start is not None
+    ]
+    if not summaries:
+        return None
+    latest = max(summaries, key=lambda s: s.datetime_start or 0)
+    assert latest.best_trial is not None
+    return latest.study_name, dict(latest.best_trial.params)
+
+
+def warm_start(study: optuna.Study, candidates: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Enqueue each distinct candidate (already checked to lie in the space); returns their sources."""
+    seen: list[dict[str, Any]] = []
+    queued = []
+    for source, values in candidates:
+        if values in seen:
+            continue
+        seen.append(values)
+        study.enqueue_trial(values, user_attrs={"warm_start": source}, skip_if_exists=True)
+        queued.append(source)
+    return queued
+
+
+def counts(study: optuna.Study) -> Counts:
+    result = Counts()
+    best_value: float | None = None
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    for trial in study.get_trials(deepcopy=False):
+        state = trial.state
+        if state == TrialState.COMPLETE:
+            result.complete += 1
+            value = trial.value
+            if value is not None and (
+                best_value is None or (value > best_value if maximize else value < best_value)
+            ):
+                best_value, result.best_trial = value, trial.number
+        elif state == TrialState.PRUNED:
+            result.pruned += 1
+        elif state == TrialState.FAIL:
+            result.failed += 1
+        elif state == TrialState.RUNNING:
+            result.running += 1
+        elif state == TrialState.WAITING:
+            result.waiting += 1
+        result.numbers.append(trial.number)
+    result.best = best_value
+    return result
+
+
+def _claim(study: optuna.Study, budget: Budget, claim_lock: Any) -> optuna.Trial | None:
+    with locked(claim_lock):
+        if budget.deadline is not None and time.time() >= budget.deadline:
+            return None
+        if budget.n_trials is not None:
+            taken = len(study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING)))
+            if taken >= budget.n_trials:
+                return None
+        return study.ask()
+
+
+def run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    budget: Budget,
+    info: StorageInfo,
+    stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Ask, evaluate and tell until the budget is spent; returns how many trials this worker ran."""
+    claim_lock = info.lock_dir / f"{study.study_name}.claim"
+    ran = 0
+    failures = 0
+    while not stop():
+        trial = _claim(study, budget, claim_lock)
+        if trial is None:
+            break
+        ran += 1
+        trial.set_user_attr("worker_pid", os.getpid())
+        try:
+            value: float | None = objective(trial)
+            error = None if value == value else "the metric is undefined (NaN) on the validation split"
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            failures = 0
+            continue
+        except Exception as exc:
+            value, error = None, f"{type(exc).__name__}: {exc}"[:2000]
+        if error is None:
+            study.tell(trial, value)
+            failures = 0
+            continue
+        trial.set_user_attr("error", error)
+        study.tell(trial, state=TrialState.FAIL)
+        failures += 1
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            raise TuneError(
+                f"{failures} trials in a row failed in study {study.study_name!r}; the last: {error}"
+            )
+    return ran

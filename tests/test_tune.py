@@ -1,0 +1,325 @@
+"""The tuning library on tiny data, in process: spaces, objective, journal repair, resume rules, budget."""
+
+from __future__ import annotations
+
+import json
+import threading
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from reproml.config import Params, parse_params, with_model_params
+from reproml.features import FeatureSpec
+from reproml.gate import metric_spec
+from reproml.tuning import space, storage, study
+from reproml.tuning.objective import Objective, prepare_data
+from tests.conftest import default_params, tiny_frame
+
+SPEC = FeatureSpec(numeric=["x1", "x2"], categorical=["cat"], time_column="when", date_parts=["hour"])
+MODELS = ["xgboost", "hist_gradient_boosting", "random_forest", "logistic"]
+
+
+def make_params(model: str = "xgboost", task: str = "classification") -> Params:
+    raw = default_params()
+    raw["data"].update({"path": "data/raw/tiny.csv", "target": "y", "task": task, "time_column": "when"})
+    raw["prepare"]["exclude_columns"] = []
+    raw["train"].update({"model": model, "n_jobs": 1})
+    raw["train"]["xgboost"].update({"n_estimators": 200, "early_stopping_rounds": 10})
+    raw["train"]["random_forest"]["n_estimators"] = 20
+    return parse_params(raw)
+
+
+def make_spec(name: str = "s", model: str = "xgboost", direction: str = "maximize", **changes: Any) -> study.StudySpec:
+    spec = study.StudySpec(
+        name=name,
+        model=model,
+        metric=metric_spec(None, "classification"),
+        direction="maximize" if direction == "maximize" else "minimize",
+        space=space.signature(model),
+        fingerprint="f" * 64,
+        context={"data": "v1"},
+        seed=7,
+        startup_trials=3,
+        pruner="median",
+        report_every=5,
+        max_rounds=200,
+    )
+    return replace(spec, **changes)
+
+
+def journal(tmp_path: Path) -> storage.StorageInfo:
+    return storage.resolve(tmp_path, str(tmp_path / "studies.journal"))
+
+
+def objective(model: str = "xgboost") -> Objective:
+    params = make_params(model)
+    frame = tiny_frame(600, seed=3)
+    data = prepare_data(frame.iloc[:400], frame.iloc[400:], SPEC, params)
+    return Objective(data, params, metric_spec(None, "classification"), threads=1, report_every=5)
+
+
+# ----------------------------------------------------------------------------------------------
+# spaces
+
+
+@pytest.mark.parametrize("model", MODELS + ["linear"])
+def test_every_space_suggests_only_keys_its_params_section_accepts(model: str) -> None:
+    task = "regression" if model == "linear" else "classification"
+    params = make_params("xgboost" if model == "linear" else model, task)
+    params = params.model_copy(update={"train": params.train.model_copy(update={"model": model})})
+    values = space.SPACES[model](space.SpaceRecorder())
+    tuned = with_model_params(params, values, "test")  # raises on an unknown key or a bad value
+    section = tuned.train.model_dump()["linear" if model in ("logistic", "linear") else model]
+    assert all(section[k] == v for k, v in values.items())
+
+
+def test_signature_is_stable_and_names_what_changed() -> None:
+    assert space.signature("xgboost") == space.signature("xgboost")
+    stored = json.loads(space.signature("xgboost"))
+    stored["max_depth"]["attributes"]["high"] = 12
+    del stored["reg_lambda"]
+    changes = space.space_changes(json.dumps(stored), space.signature("xgboost"))
+    assert "reg_lambda added" in changes
+    assert any(c.startswith("max_depth:") for c in changes)
+
+
+def test_within_keeps_in_range_values_and_rejects_the_rest() -> None:
+    defaults = make_params().train.xgboost.model_dump()
+    picked = space.within("xgboost", defaults)
+    assert picked is not None and set(picked) == set(space.distributions("xgboost"))
+    assert picked["max_depth"] == defaults["max_depth"]
+    assert space.within("xgboost", {**defaults, "max_depth": 50}) is None
+    assert space.within("xgboost", {**defaults, "max_depth": "5"}) == picked  # MLflow params are strings
+    assert space.within("xgboost", {k: v for k, v in defaults.items() if k != "subsample"}) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# objective
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_objective_scores_each_model_on_the_validation_rows(model: str, tmp_path: Path) -> None:
+    the_study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    the_study.optimize(objective(model), n_trials=2)
+    values = [t.value for t in the_study.trials]
+    assert all(v is not None and 0.5 < v <= 1.0 for v in values)  # learnable target
+
+
+def test_xgboost_trials_report_rounds_and_can_be_pruned() -> None:
+    the_study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        pruner=optuna.pruners.ThresholdPruner(lower=0.999),  # prunes any trial at its first report
+    )
+    the_study.optimize(objective("xgboost"), n_trials=3)
+    states = {t.state for t in the_study.trials}
+    assert states == {TrialState.PRUNED}
+    assert all(t.intermediate_values and min(t.intermediate_values) == 5 for t in the_study.trials)
+
+
+# ----------------------------------------------------------------------------------------------
+# journal repair
+
+
+def _filled_journal(tmp_path: Path, trials: int = 3) -> tuple[storage.StorageInfo, Path]:
+    info = journal(tmp_path)
+    the_study, _ = study.open_study(storage.open_storage(info), make_spec(), info.shown)
+    the_study.optimize(lambda t: t.suggest_float("learning_rate", 0.01, 0.3), n_trials=trials)
+    return info, Path(info.location)
+
+
+def test_a_torn_last_record_is_backed_up_cut_off_and_warned_about(tmp_path: Path) -> None:
+    info, path = _filled_journal(tmp_path)
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"op_code":5,"worker_id":"x","trial_id":3,"sta')  # a crash mid-write
+    with pytest.warns(UserWarning, match="torn record"):
+        backup = storage.repair_journal(path)
+    assert backup is not None and backup.read_bytes().startswith(whole)
+    assert path.read_bytes() == whole
+    loaded = optuna.load_study(study_name="s", storage=storage.open_storage(info))
+    assert len(loaded.trials) == 3
+    loaded.optimize(lambda t: t.suggest_float("learning_rate", 0.01, 0.3), n_trials=1)  # appends cleanly
+    assert len(optuna.load_study(study_name="s", storage=storage.open_storage(info)).trials) == 4
+
+
+def test_an_unparseable_line_with_a_newline_at_the_end_is_also_cut(tmp_path: Path) -> None:
+    _, path = _filled_journal(tmp_path, trials=1)
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"op_code":5,"wor\n')
+    with pytest.warns(UserWarning):
+        assert storage.repair_journal(path) is not None
+    assert path.read_bytes() == whole
+
+
+def test_a_whole_journal_is_left_alone(tmp_path: Path) -> None:
+    _, path = _filled_journal(tmp_path, trials=1)
+    before = path.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert storage.repair_journal(path) is None
+    assert path.read_bytes() == before
+    assert list(tmp_path.glob("*.bak")) == []
+
+
+def test_corruption_in_the_middle_is_refused_not_guessed_at(tmp_path: Path) -> None:
+    _, path = _filled_journal(tmp_path, trials=2)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = b"garbage\n"
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(storage.TuneError, match="record 2 is not valid JSON"):
+        storage.repair_journal(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# resume rules
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"direction": "minimize"}, "created to maximize and tune asks to minimize"),
+        ({"space": space.signature("hist_gradient_boosting")}, "search space changed"),
+        ({"metric": metric_spec("log_loss", "classification")}, "scores 'roc_auc'"),
+        ({"fingerprint": "0" * 64, "context": {"data": "v2"}}, "differs in: data"),
+    ],
+)
+def test_resuming_a_changed_study_is_refused_and_leaves_it_untouched(
+    tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    info, path = _filled_journal(tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(storage.TuneError, match=message):
+        study.open_study(storage.open_storage(info), make_spec(**change), info.shown)
+    assert path.read_bytes() == before
+
+
+def test_resuming_the_same_study_keeps_its_trials(tmp_path: Path) -> None:
+    info, _ = _filled_journal(tmp_path)
+    resumed, created = study.open_study(storage.open_storage(info), make_spec(), info.shown)
+    assert not created and len(resumed.trials) == 3
+
+
+def test_interrupted_trials_fail_and_their_params_are_queued_again(tmp_path: Path) -> None:
+    info = journal(tmp_path)
+    the_study, _ = study.open_study(storage.open_storage(info), make_spec(), info.shown)
+    trial = the_study.ask()
+    trial.suggest_float("learning_rate", 0.01, 0.3)  # then the process dies: the trial stays RUNNING
+    resumed, _ = study.open_study(storage.open_storage(info), make_spec(), info.shown)
+    assert study.fail_interrupted(resumed) == [0]
+    states = [t.state for t in resumed.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.WAITING]
+    assert resumed.trials[1].params == {} and resumed.trials[1].user_attrs["retry_of"] == 0
+    assert resumed.trials[0].user_attrs["interrupted"] is True
+
+
+def test_warm_start_enqueues_distinct_candidates_in_order(tmp_path: Path) -> None:
+    info = journal(tmp_path)
+    the_study, _ = study.open_study(storage.open_storage(info), make_spec(), info.shown)
+    a = {"learning_rate": 0.05}
+    b = {"learning_rate": 0.1}
+    assert study.warm_start(the_study, [("champion v1", a), ("study old", a), ("params.yaml", b)]) == [
+        "champion v1",
+        "params.yaml",
+    ]
+    first = the_study.ask()
+    assert first.suggest_float("learning_rate", 0.01, 0.3) == 0.05
+
+
+def test_earlier_best_is_the_newest_other_study_of_the_same_model(tmp_path: Path) -> None:
+    info = journal(tmp_path)
+    store = storage.open_storage(info)
+    for name, value in (("old", 0.02), ("newer", 0.2)):
+        s, _ = study.open_study(store, make_spec(name=name), info.shown)
+        s.enqueue_trial({"learning_rate": value})
+        s.optimize(lambda t: t.suggest_float("learning_rate", 0.01, 0.3), n_trials=1)
+    other, _ = study.open_study(store, make_spec(name="rf", model="random_forest"), info.shown)
+    other.optimize(lambda t: t.suggest_float("max_features", 0.2, 1.0), n_trials=1)
+    assert study.earlier_best(store, "xgboost", exclude="current") == ("newer", {"learning_rate": 0.2})
+    assert study.earlier_best(store, "xgboost", exclude="newer") == ("old", {"learning_rate": 0.02})
+    assert study.earlier_best(store, "hist_gradient_boosting", exclude="x") is None
+
+
+# ----------------------------------------------------------------------------------------------
+# budget
+
+
+def test_concurrent_workers_finish_exactly_the_budget(tmp_path: Path) -> None:
+    info = journal(tmp_path)
+    spec = make_spec()
+    study.open_study(storage.open_storage(info), spec, info.shown)
+    budget = study.Budget(n_trials=9, deadline=None)
+
+    def quick(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("learning_rate", 0.01, 0.3)
+        if trial.number % 4 == 3:
+            raise optuna.TrialPruned()
+        return x
+
+    def work(seed: int) -> None:
+        s = optuna.load_study(study_name="s", storage=storage.open_storage(info), sampler=study.sampler(replace(spec, seed=seed)))
+        study.run_trials(s, quick, budget, info)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    final = study.counts(optuna.load_study(study_name="s", storage=storage.open_storage(info)))
+    assert final.finished == 9 and final.running == 0
+    assert final.pruned >= 1
+    assert sorted(final.numbers) == list(range(9))
+
+
+def test_failed_trials_do_not_count_and_a_broken_objective_stops(tmp_path: Path) -> None:
+    info = journal(tmp_path)
+    the_study, _ = study.open_study(storage.open_storage(info), make_spec(), info.shown)
+    calls = {"n": 0}
+
+    def flaky(trial: optuna.Trial) -> float:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("out of memory")
+        return trial.suggest_float("learning_rate", 0.01, 0.3)
+
+    study.run_trials(the_study, flaky, study.Budget(n_trials=3, deadline=None), info)
+    final = study.counts(the_study)
+    assert (final.complete, final.failed) == (3, 1)
+    assert the_study.trials[1].user_attrs["error"] == "RuntimeError: out of memory"
+
+    def broken(trial: optuna.Trial) -> float:
+        raise ValueError("bad feature")
+
+    with pytest.raises(storage.TuneError, match="3 trials in a row failed.*bad feature"):
+        study.run_trials(the_study, broken, study.Budget(n_trials=10, deadline=None), info)
+
+
+def test_a_study_is_tuned_by_one_session_at_a_time(tmp_path: Path) -> None:
+    info = journal(tmp_path)
+    with storage.study_session(info, "s"):
+        with pytest.raises(storage.TuneError, match="being tuned by another process"):
+            with storage.study_session(info, "s"):
+                pass
+    with storage.study_session(info, "s"):  # released
+        pass
+
+
+def test_a_password_never_reaches_params_and_is_masked_when_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = default_params()
+    raw["tune"]["storage"] = "postgresql://me:hunter2@db/optuna"
+    with pytest.raises(Exception, match="REPROML_TUNE_STORAGE"):
+        parse_params(raw)
+    monkeypatch.setenv(storage.STORAGE_ENV, "postgresql://me:hunter2@db/optuna")
+    info = storage.resolve(Path("."), None)
+    assert info.kind == "rdb" and "hunter2" not in info.shown and info.shown == "postgresql://me:***@db/optuna"
+
+
+def test_a_budget_is_required() -> None:
+    raw = default_params()
+    raw["tune"].update({"n_trials": None, "timeout_s": None})
+    with pytest.raises(Exception, match="tune needs a budget"):
+        parse_params(raw)
