@@ -37,6 +37,7 @@ def sampled_params(rows: int = 6000) -> dict[str, Any]:
     params["data"]["sample_rows"] = rows
     params["evaluate"]["importance_rows"] = 500
     params["train"]["random_forest"]["n_estimators"] = 40
+    params["tune"]["n_trials"] = 4
     return params
 
 

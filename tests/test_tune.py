@@ -34,7 +34,9 @@ def make_params(model: str = "xgboost", task: str = "classification") -> Params:
     return parse_params(raw)
 
 
-def make_spec(name: str = "s", model: str = "xgboost", direction: str = "maximize", **changes: Any) -> study.StudySpec:
+def make_spec(
+    name: str = "s", model: str = "xgboost", direction: str = "maximize", **changes: Any
+) -> study.StudySpec:
     spec = study.StudySpec(
         name=name,
         model=model,
@@ -67,7 +69,7 @@ def objective(model: str = "xgboost") -> Objective:
 # spaces
 
 
-@pytest.mark.parametrize("model", MODELS + ["linear"])
+@pytest.mark.parametrize("model", [*MODELS, "linear"])
 def test_every_space_suggests_only_keys_its_params_section_accepts(model: str) -> None:
     task = "regression" if model == "linear" else "classification"
     params = make_params("xgboost" if model == "linear" else model, task)
@@ -261,7 +263,11 @@ def test_concurrent_workers_finish_exactly_the_budget(tmp_path: Path) -> None:
         return x
 
     def work(seed: int) -> None:
-        s = optuna.load_study(study_name="s", storage=storage.open_storage(info), sampler=study.sampler(replace(spec, seed=seed)))
+        s = optuna.load_study(
+            study_name="s",
+            storage=storage.open_storage(info),
+            sampler=study.sampler(replace(spec, seed=seed)),
+        )
         study.run_trials(s, quick, budget, info)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
@@ -294,16 +300,18 @@ def test_failed_trials_do_not_count_and_a_broken_objective_stops(tmp_path: Path)
     def broken(trial: optuna.Trial) -> float:
         raise ValueError("bad feature")
 
-    with pytest.raises(storage.TuneError, match="3 trials in a row failed.*bad feature"):
+    with pytest.raises(storage.TuneError, match=r"3 trials in a row failed.*bad feature"):
         study.run_trials(the_study, broken, study.Budget(n_trials=10, deadline=None), info)
 
 
 def test_a_study_is_tuned_by_one_session_at_a_time(tmp_path: Path) -> None:
     info = journal(tmp_path)
-    with storage.study_session(info, "s"):
-        with pytest.raises(storage.TuneError, match="being tuned by another process"):
-            with storage.study_session(info, "s"):
-                pass
+    with (
+        storage.study_session(info, "s"),
+        pytest.raises(storage.TuneError, match="being tuned by another"),
+        storage.study_session(info, "s"),
+    ):
+        pass
     with storage.study_session(info, "s"):  # released
         pass
 
@@ -315,7 +323,9 @@ def test_a_password_never_reaches_params_and_is_masked_when_shown(monkeypatch: p
         parse_params(raw)
     monkeypatch.setenv(storage.STORAGE_ENV, "postgresql://me:hunter2@db/optuna")
     info = storage.resolve(Path("."), None)
-    assert info.kind == "rdb" and "hunter2" not in info.shown and info.shown == "postgresql://me:***@db/optuna"
+    assert (
+        info.kind == "rdb" and "hunter2" not in info.shown and info.shown == "postgresql://me:***@db/optuna"
+    )
 
 
 def test_a_budget_is_required() -> None:

@@ -22,8 +22,11 @@ def runs_table(root: Path, experiment_name: str, limit: int) -> Table:
     from reproml import tracking
 
     experiment_id = tracking.setup(root, experiment_name)
-    found = MlflowClient().search_runs(
-        [experiment_id], order_by=["attributes.start_time DESC"], max_results=limit
+    found = MlflowClient().search_runs(  # pipeline runs; tuning studies and their trials have their own
+        [experiment_id],
+        filter_string="tags.`reproml.stage` = 'train'",
+        order_by=["attributes.start_time DESC"],
+        max_results=limit,
     )
     table = Table(title=f"MLflow runs · experiment {experiment_name!r} · {mlflow.get_tracking_uri()}")
     for header in ("run", "started", "status", "model"):
@@ -98,3 +101,82 @@ def compare_table(rows: list, label_a: str, label_b: str) -> Table:
 def _brief(value: str) -> str:
     """Hashes and other long values cut to what tells them apart at a glance."""
     return value if len(value) <= 40 else value[:16] + "…"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _quality_cell(quality: dict | None) -> str:
+    if not quality:
+        return "-"
+    low, high = quality.get("interval") or (None, None)
+    batch, reference, drop = quality.get("batch_value"), quality.get("reference_value"), quality.get("drop")
+    if batch is None or reference is None or drop is None:
+        return f"{quality.get('metric')}: undefined"
+    interval = "" if low is None or high is None else f" [{low:+.4f}, {high:+.4f}]"
+    return f"{quality['metric']} {batch:.4f} vs {reference:.4f}, drop {drop:+.4f}{interval}"
+
+
+def verdict_table(record: dict) -> Table:
+    """`reproml monitor`: one batch's verdict and the reasons behind it."""
+    champion = record.get("champion") or {}
+    table = Table(
+        title=f"Batch {record['batch_id']} · {record['rows']} rows · champion "
+        f"{champion.get('name')} v{champion.get('version')}",
+        show_header=False,
+    )
+    table.add_column("", style="bold")
+    table.add_column("", overflow="fold")
+    drift = record.get("drift") or {}
+    table.add_row("verdict", record["verdict"])
+    for reason in record.get("reasons", []):
+        table.add_row("why", reason)
+    table.add_row(
+        "drift share",
+        f"{_share(drift.get('drift_share'))} (weighted {_share(drift.get('weighted_drift_share'))})",
+    )
+    table.add_row("quality", _quality_cell(record.get("quality")))
+    for name, path in (record.get("reports") or {}).items():
+        table.add_row(f"{name} report", path)
+    if record.get("quarantine"):
+        table.add_row(
+            "quarantined", f"{record['quarantine']['batch']} (reason: {record['quarantine']['reason']})"
+        )
+    table.add_row("record", f"monitoring/records/{record['batch_id']}.json")
+    table.add_row("index", "monitoring/reports/index.html")
+    return table
+
+
+def monitoring_table(records: list[dict]) -> Table:
+    """`reproml monitoring`: every monitored batch, in the order it was monitored."""
+    table = Table(title="Monitored batches (monitoring/records/; open monitoring/reports/index.html)")
+    for header in (
+        "#",
+        "batch",
+        "until",
+        "rows",
+        "champion",
+        "verdict",
+        "drift",
+        "weighted",
+        "quality",
+        "first reason",
+    ):
+        table.add_column(header, overflow="fold")
+    for record in records:
+        drift = record.get("drift") or {}
+        reasons = record.get("reasons") or ["-"]
+        table.add_row(
+            str(record.get("seq", "")),
+            record["batch_id"],
+            (record.get("batch_time") or "-")[:10],
+            str(record.get("rows", "")),
+            f"v{(record.get('champion') or {}).get('version', '?')}",
+            record.get("verdict", "?"),
+            _share(drift.get("drift_share")),
+            _share(drift.get("weighted_drift_share")),
+            _quality_cell(record.get("quality")),
+            reasons[0],
+        )
+    return table
