@@ -333,3 +333,32 @@ def test_a_budget_is_required() -> None:
     raw["tune"].update({"n_trials": None, "timeout_s": None})
     with pytest.raises(Exception, match="tune needs a budget"):
         parse_params(raw)
+
+
+def test_a_spent_deadline_starts_no_trial(tmp_path: Path) -> None:
+    info = journal(tmp_path)
+    the_study, _ = study.open_study(storage.open_storage(info), make_spec(), info.shown)
+    assert study.run_trials(the_study, lambda t: 1.0, study.Budget(n_trials=None, deadline=0.0), info) == 0
+    assert the_study.trials == []
+
+
+def test_the_champions_params_warm_start_only_the_same_model(tmp_path: Path) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from reproml import tracking
+    from reproml.stages.tune import _champion_params
+
+    params = make_params("xgboost")
+    experiment = tracking.setup(tmp_path, "reproml")
+    client = MlflowClient()
+    assert _champion_params(tmp_path, params) is None  # no registry yet
+    with mlflow.start_run(experiment_id=experiment) as run:
+        mlflow.log_params({"train.model": "xgboost", "train.xgboost.max_depth": "7", "train.n_jobs": "2"})
+    name = params.register_.model_name
+    client.create_registered_model(name)
+    version = client.create_model_version(name, f"runs:/{run.info.run_id}/model", run.info.run_id)
+    client.set_registered_model_alias(name, "champion", version.version)
+    assert _champion_params(tmp_path, params) == (f"champion v{version.version}", {"max_depth": "7"})
+    forest = params.model_copy(update={"train": params.train.model_copy(update={"model": "random_forest"})})
+    assert _champion_params(tmp_path, forest) is None
