@@ -57,8 +57,10 @@ format: install ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-benchmark: install ## pipeline overhead against a bare script, and CLI start-up time
+benchmark: install ## pipeline overhead, CLI start-up, tuning against random search and FLAML (long)
+	$(UV) sync --frozen --group bench --inexact
 	$(BIN)/python benchmarks/pipeline_overhead.py
+	$(BIN)/python benchmarks/tuning.py
 
 clean: ## remove pipeline outputs and local MLflow state (keeps .venv and the DVC cache)
-	rm -rf data/ingested.parquet data/schema.json data/prepared models plots predictions mlflow.db mlartifacts registry .reproml
+	rm -rf data/ingested.parquet data/schema.json data/prepared models plots predictions mlflow.db mlartifacts registry optuna .reproml
