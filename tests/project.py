@@ -21,6 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
 # Outputs of a previous run in the developer's tree; a fresh project starts without them.
 SKIP = ("dvc.lock", "metrics/")
+# The pipeline's own runs (train opens them); tuning studies and their trials are runs of their own.
+PIPELINE_RUNS = "tags.`reproml.stage` = 'train'"
 
 
 def project_files() -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 import mlflow
 import pytest
 
-from tests.project import Project, sampled_params
+from tests.project import PIPELINE_RUNS, Project, sampled_params
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def test_metrics_and_plots_diff_against_the_baseline(project: Project) -> None:
 
 def test_each_pipeline_execution_is_one_mlflow_run(project: Project) -> None:
     mlflow.set_tracking_uri(project.tracking_uri())
-    runs = mlflow.search_runs(experiment_names=["reproml"], output_format="list")
+    runs = mlflow.search_runs(experiment_names=["reproml"], filter_string=PIPELINE_RUNS, output_format="list")
     models = sorted(r.data.params["train.model"] for r in runs)
     # baseline repro, forced repro, experiment
     assert models == ["random_forest", "xgboost", "xgboost"]

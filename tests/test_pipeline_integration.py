@@ -19,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import default_params
-from tests.project import Project, sampled_params
+from tests.project import PIPELINE_RUNS, Project, sampled_params
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
 @pytest.fixture(scope="module")
 def pipeline_run(project: Project) -> Any:
     mlflow.set_tracking_uri(project.tracking_uri())
-    runs = mlflow.search_runs(experiment_names=["reproml"], output_format="list")
+    runs = mlflow.search_runs(experiment_names=["reproml"], filter_string=PIPELINE_RUNS, output_format="list")
     assert len(runs) == 1, [r.info.run_id for r in runs]
     return runs[0]
 
@@ -47,7 +47,7 @@ def md5(path: Path) -> str:
 
 def test_repro_runs_every_stage_and_records_them(project: Project) -> None:
     out = project.first_repro.stdout  # type: ignore[attr-defined]
-    stages = ("ingest", "prepare", "train", "evaluate", "register")
+    stages = ("ingest", "prepare", "tune", "train", "evaluate", "register")
     for stage in stages:
         assert f"Running stage '{stage}'" in out
     assert set(project.lock()["stages"]) == set(stages)
@@ -73,16 +73,20 @@ def test_metrics_files_and_plots_are_what_dvc_reads(project: Project) -> None:
 def test_second_repro_is_a_no_op(project: Project, pipeline_run: Any) -> None:
     again = project.run("dvc", "repro")
     assert "Data and pipelines are up to date" in again.stdout
-    runs = mlflow.search_runs(experiment_names=["reproml"], output_format="list")
+    runs = mlflow.search_runs(experiment_names=["reproml"], filter_string=PIPELINE_RUNS, output_format="list")
     assert [r.info.run_id for r in runs] == [pipeline_run.info.run_id]
 
 
-def test_run_holds_params_metrics_and_finished_status(pipeline_run: Any) -> None:
+def test_run_holds_params_metrics_and_finished_status(project: Project, pipeline_run: Any) -> None:
     data = pipeline_run.data
     assert pipeline_run.info.status == "FINISHED"
     assert data.params["train.model"] == "xgboost"
     assert data.params["data.sample_rows"] == str(SAMPLE_ROWS)
-    assert data.params["train.xgboost.max_depth"] == str(default_params()["train"]["xgboost"]["max_depth"])
+    tuned = json.loads((project.root / "models" / "best_params.json").read_text())["params"]
+    assert data.params["train.xgboost.max_depth"] == str(tuned["max_depth"])  # the tuned value it trained
+    assert data.params["train.xgboost.n_estimators"] == str(
+        default_params()["train"]["xgboost"]["n_estimators"]
+    )
     for split in ("train", "valid", "test"):
         assert 0.5 < data.metrics[f"{split}_roc_auc"] <= 1.0
     assert data.metrics["overfit"] in (0.0, 1.0)

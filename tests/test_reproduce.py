@@ -34,7 +34,8 @@ from reproml.reproduce import (
     parse_dvc_config,
     reproduce,
 )
-from tests.project import Project, sampled_params
+from reproml.tuning.space import distributions
+from tests.project import PIPELINE_RUNS, Project, sampled_params
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +57,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
 def runs(project: Project) -> dict[str, Any]:
     """The pipeline's own runs by model: `xgboost` (baseline) and `random_forest` (experiment)."""
     mlflow.set_tracking_uri(project.tracking_uri())
-    found = mlflow.search_runs(experiment_names=["reproml"], output_format="list")
+    found = mlflow.search_runs(
+        experiment_names=["reproml"], filter_string=PIPELINE_RUNS, output_format="list"
+    )
     originals = [r for r in found if not (r.info.run_name or "").startswith("copy-of")]
     by_model = {r.data.params["train.model"]: r for r in originals}
     assert set(by_model) == {"xgboost", "random_forest"}, [r.info.run_name for r in originals]
@@ -164,17 +167,18 @@ def test_fresh_clone_reproduces_with_data_from_the_dvc_remote(
 
 def test_changed_param_is_named_with_its_key(project: Project, baseline: Any) -> None:
     """Stands for a record whose params are not what produced its metrics: its params.json (and
-    the params hash) say max_depth 3, while MLflow's logged params and the metrics come from
-    max_depth 5, as when the artifact is re-logged or edited after the run."""
+    the params hash) say 5 boosting rounds at most, while MLflow's logged params and the metrics
+    come from 2000 (early-stopped), as when the artifact is re-logged or edited after the run.
+    (Not a tuned key: best_params.json, placed by its md5, would override it.)"""
     logged = mlflow.artifacts.load_dict(f"runs:/{baseline.info.run_id}/{tracking.PARAMS_ARTIFACT}")
-    logged["train"]["xgboost"]["max_depth"] = 3
+    logged["train"]["xgboost"]["n_estimators"] = 5
     changed_hash = lineage.params_hash(flat_params(parse_params(logged)))
     run_id = copy_run(baseline, tags={"reproml.params_sha256": changed_hash}, params_json=logged)
     result = rebuild(project.root, run_id)
     assert "params" in result.differences and "metrics" in result.differences
-    assert differing(result, "params") == ["train.xgboost.max_depth"]
+    assert differing(result, "params") == ["train.xgboost.n_estimators"]
     assert "code" not in result.differences and "data" not in result.differences
-    assert any("train.xgboost.max_depth" in note for note in result.notes)
+    assert any("train.xgboost.n_estimators" in note for note in result.notes)
 
 
 def test_changed_data_file_is_named_with_its_path(project: Project, baseline: Any) -> None:
@@ -285,8 +289,11 @@ def test_compare_shows_the_differing_param_and_both_metrics(project: Project, ru
     rows = {(r.section, r.key): r for r in compare_runs(a, b)}
     assert rows[("params", "train.model")].a == "xgboost"
     assert rows[("params", "train.model")].b == "random_forest"
-    params_shown = [key for section, key in rows if section == "params" and key != "params sha256"]
-    assert params_shown == ["train.model"], "equal params are shown only with --all"
+    params_shown = {key for section, key in rows if section == "params" and key != "params sha256"}
+    # each run trained its own model's tuned values; every other param is equal and hidden
+    tuned = {f"train.{m}.{k}" for m in ("xgboost", "random_forest") for k in distributions(m)}
+    assert "train.model" in params_shown
+    assert params_shown - {"train.model"} <= tuned, "equal params are shown only with --all"
     auc = rows[("metrics", "test_roc_auc")]
     assert auc.a == f"{a.metrics['test_roc_auc']:.6g}" and auc.b == f"{b.metrics['test_roc_auc']:.6g}"
     assert rows[("data", TRAIN_SPLIT)].same
