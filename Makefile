@@ -13,7 +13,7 @@ export UV_PYTHON_DOWNLOADS := never
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install run test test-slow ui check format benchmark clean
+.PHONY: help install run test test-slow ui monitor-ui check format benchmark clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ test-slow: install ## the slow tests (the main job on all 336,776 flights)
 ui: install ## the MLflow UI for this project's runs and registry, at http://127.0.0.1:5000 (Ctrl-C stops it)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db \
 		--host 127.0.0.1 --port 5000 --workers 1
+
+monitor-ui: install ## Evidently's UI over monitoring/workspace, at http://127.0.0.1:8000 (Ctrl-C stops it)
+	DO_NOT_TRACK=1 $(BIN)/evidently ui --workspace monitoring/workspace --host 127.0.0.1 --port 8000
 
 check: install ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .

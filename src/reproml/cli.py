@@ -171,6 +171,43 @@ def registry_history() -> None:
 
 
 @app.command()
+def monitor(
+    batch: str = typer.Option(
+        ...,
+        "--batch",
+        help="A CSV/Parquet file, or a period of data/prepared/production.parquet: "
+        "2013-08, 2013-W33, 2013-08-05 or 2013-08-01..2013-08-14.",
+    ),
+) -> None:
+    """Check one production batch against the champion: quality gate, drift, quality, retrain verdict.
+
+    Writes monitoring/records/<batch>.json, the Evidently reports under monitoring/reports/ and
+    one MLflow run in the `<experiment>-monitoring` experiment.
+    """
+    from reproml.errors import ReproError
+    from reproml.report import verdict_table
+    from reproml.stages.monitor import run_monitor
+
+    try:
+        with console.status("[bold]monitor[/bold] running"):
+            record = run_monitor(ROOT, batch=batch)
+    except ReproError as exc:
+        err.print(f"[bold red]reproml monitor failed:[/bold red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(verdict_table(record))
+    _skip_exit_collection()
+
+
+@app.command("monitoring")
+def monitoring_history() -> None:
+    """Every monitored batch (verdict, drift, quality) as a table; details in monitoring/records/."""
+    from reproml.report import monitoring_table
+    from reproml.stages.monitor import monitoring_history as records
+
+    console.print(monitoring_table(records(ROOT)))
+
+
+@app.command()
 def reproduce(
     run_id: str = typer.Argument(..., help="MLflow run id, or @champion / @challenger."),
     keep: bool = typer.Option(False, "--keep", help="Keep the worktree under .reproml/reproduce/."),

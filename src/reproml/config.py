@@ -226,10 +226,11 @@ class MonitorParams(_Section):
     `insufficient_data`: distances on a few dozen rows are noise. Otherwise the verdict is
     `retrain` when the champion's `metric` on the batch is worse than on its own test split by
     more than `quality_margin` with a bootstrap interval that excludes zero, or when the share of
-    feature importance held by drifted features (distance at least `drift_effect_floor`) reaches
-    `drift_threshold`. A retrain verdict within `cooldown` of the last one, or beyond
-    `max_retrains` per `retrain_period`, becomes `retrain_held`. Days are the batch's own time
-    column (batch time, not wall time), so replaying history decides as production did.
+    feature importance held by drifted features (distance at least `drift_effect_floor` and a
+    two-sample p-value under `drift_alpha`) reaches `drift_threshold`. A retrain verdict within
+    `cooldown` of the last one, or beyond `max_retrains` per `retrain_period`, becomes
+    `retrain_held`. Days are the batch's own time column (batch time, not wall time), so
+    replaying history decides as production did.
     """
 
     metric: str | None = None  # null: ROC-AUC for classification, RMSE for regression
@@ -237,7 +238,8 @@ class MonitorParams(_Section):
     sample_rows: PositiveInt = 50_000  # larger batches: a uniform sample (seed: top-level `seed`)
     reference_rows: PositiveInt = 20_000  # the champion's training split, sampled the same way
     drift_effect_floor: Annotated[float, Field(gt=0.0)] = 0.1
-    drift_threshold: Share = 0.25
+    drift_alpha: Fraction = 0.01  # ...and a two-sample test's p below this: sampling noise is not drift
+    drift_threshold: Share = 0.4
     quality_margin: Annotated[float, Field(ge=0.0)] = 0.02
     confidence: Fraction = 0.95
     bootstrap_samples: Annotated[int, Field(ge=100)] = 500

@@ -358,6 +358,15 @@ def _slice_results(
     return out
 
 
+def weighted_scorer(spec: MetricSpec, y: np.ndarray, scores: np.ndarray) -> Callable[[np.ndarray], float]:
+    """`row weights -> metric` for bootstrap resamples drawn as per-row counts (see `paired_bootstrap`).
+
+    Public for monitoring, whose quality interval resamples the same way and needs the same fast
+    ROC-AUC path to stay within its time budget.
+    """
+    return _weighted_scorer(spec, y, scores)
+
+
 def _weighted_scorer(spec: MetricSpec, y: np.ndarray, scores: np.ndarray) -> Callable[[np.ndarray], float]:
     """`weights -> metric`, precomputing what does not change between resamples.
 

@@ -130,6 +130,7 @@ def verdict_table(record: dict) -> Table:
     table.add_column("", overflow="fold")
     drift = record.get("drift") or {}
     table.add_row("verdict", record["verdict"])
+    table.add_row("summary", record.get("summary", ""))
     for reason in record.get("reasons", []):
         table.add_row("why", reason)
     table.add_row(
@@ -161,12 +162,11 @@ def monitoring_table(records: list[dict]) -> Table:
         "drift",
         "weighted",
         "quality",
-        "first reason",
+        "summary",
     ):
         table.add_column(header, overflow="fold")
     for record in records:
         drift = record.get("drift") or {}
-        reasons = record.get("reasons") or ["-"]
         table.add_row(
             str(record.get("seq", "")),
             record["batch_id"],
@@ -177,6 +177,6 @@ def monitoring_table(records: list[dict]) -> Table:
             _share(drift.get("drift_share")),
             _share(drift.get("weighted_drift_share")),
             _quality_cell(record.get("quality")),
-            reasons[0],
+            record.get("summary") or (record.get("reasons") or ["-"])[0],
         )
     return table

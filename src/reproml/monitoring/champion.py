@@ -1,0 +1,146 @@
+"""The current champion and everything monitoring compares it against, read from its own run.
+
+The reference follows the champion: its training and test splits are the exact data versions
+recorded on its MLflow run (`reproml.data.<path>` tags, the DVC md5 of each file), its feature
+importance is the permutation importance its evaluate stage logged, and its target, task and
+time column come from the `params.json` it was trained with. When the champion changes, so does
+every one of these, without anyone editing a path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from reproml import paths
+from reproml.errors import ReproError
+from reproml.io import file_md5
+
+TRAIN, TEST = str(paths.split_file("train")), str(paths.split_file("test"))
+IMPORTANCE_ARTIFACT = "importance.json"  # logged by stages/evaluate.py with mlflow.log_table
+
+
+class ChampionError(ReproError):
+    """No champion, or its run lacks what monitoring needs (data versions, params, importance)."""
+
+
+@dataclass(frozen=True)
+class Champion:
+    name: str
+    version: int
+    run_id: str
+    model: Any  # the sklearn Pipeline, taking raw columns
+    input_columns: list[str]
+    target: str
+    task: str
+    time_column: str | None
+    max_categories: int
+    importance: dict[str, float]  # raw input column -> permutation importance (can be <= 0)
+    data_md5: dict[str, str]  # split path -> md5 the champion was trained and tested on
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@champion"
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "run_id": self.run_id, "uri": self.uri}
+
+
+def _artifact_json(client: Any, run_id: str, artifact: str) -> Any:
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # a bar for one small file is noise
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            local = client.download_artifacts(run_id, artifact, dst_path=scratch)
+            return json.loads(Path(local).read_text())
+    except Exception as exc:  # MlflowException, OSError: the message says which
+        raise ChampionError(f"run {run_id} has no readable artifact {artifact!r}: {exc}") from None
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+
+
+def importance_of(table: Any, run_id: str) -> dict[str, float]:
+    """`{"columns": [...], "data": [[feature, importance, std], ...]}` (mlflow.log_table's form)."""
+    try:
+        columns = list(table["columns"])
+        feature, value = columns.index("feature"), columns.index("importance")
+        return {str(row[feature]): float(row[value]) for row in table["data"]}
+    except (KeyError, ValueError, TypeError, IndexError):
+        raise ChampionError(
+            f"run {run_id}: {IMPORTANCE_ARTIFACT} is not a feature/importance table"
+        ) from None
+
+
+def load_champion(root: Path, client: Any, name: str, experiment_id: str) -> Champion:
+    """The version aliased `champion`, checked to come from this project, with its run's lineage."""
+    import mlflow
+
+    from reproml import registry
+
+    version = registry.alias_version(client, name, registry.CHAMPION)
+    if version is None:
+        raise ChampionError(
+            f"model {name!r} has no {registry.CHAMPION!r} version: "
+            "run `dvc repro` and `reproml promote` first"
+        )
+    registry.check_source(client, version, experiment_id)
+    run_id = str(version.run_id)
+    tags = client.get_run(run_id).data.tags
+    missing = [p for p in (TRAIN, TEST) if f"reproml.data.{p}" not in tags]
+    if missing:
+        raise ChampionError(
+            f"champion v{version.version} (run {run_id}) records no data version for {missing}; "
+            "it cannot be compared against the data it was trained on"
+        )
+    params = _artifact_json(client, run_id, "params.json")
+    importance = importance_of(_artifact_json(client, run_id, IMPORTANCE_ARTIFACT), run_id)
+    model = mlflow.sklearn.load_model(f"models:/{name}/{version.version}")
+    data = params.get("data", {})
+    return Champion(
+        name=name,
+        version=int(version.version),
+        run_id=run_id,
+        model=model,
+        input_columns=[str(c) for c in model.feature_names_in_],
+        target=str(data.get("target")),
+        task=str(data.get("task")),
+        time_column=data.get("time_column"),
+        max_categories=int(params.get("features", {}).get("max_categories", 64)),
+        importance=importance,
+        data_md5={p: tags[f"reproml.data.{p}"] for p in (TRAIN, TEST)},
+    )
+
+
+def load_split(root: Path, path: str, md5: str, champion: str) -> pd.DataFrame:
+    """The exact file version `md5` of `path`: from the DVC cache, else the working file if it is
+    still that version. Never silently another version: a reference that is not the champion's
+    own would make every drift number wrong."""
+    from reproml.reproduce import cache_object, dvc_store
+
+    cached = cache_object(root / ".dvc" / "cache", md5)
+    if cached is not None:
+        return pd.read_parquet(cached)
+    working = root / path
+    working_md5 = file_md5(working) if working.is_file() else None
+    if working_md5 == md5:
+        return pd.read_parquet(working)
+    try:  # the cache may live elsewhere (`dvc config cache.dir`); only DVC knows
+        cached = cache_object(dvc_store(root).cache, md5)
+    except ReproError:
+        cached = None
+    if cached is not None:
+        return pd.read_parquet(cached)
+    now = f"md5 {working_md5}" if working_md5 else "missing"
+    raise ChampionError(
+        f"{champion} was trained on {path} with md5 {md5}, which is neither in the DVC cache nor the "
+        f"working file ({now}); restore it with `dvc pull` (or `dvc checkout` at the champion's commit)"
+    )

@@ -1,0 +1,216 @@
+"""The retrain decision: pure, numbers in, a verdict with its reasons out.
+
+Verdicts, the first that applies:
+
+1. `quarantined`: the batch failed the data-quality gate; nothing measured on it counts.
+2. `insufficient_data`: fewer than `min_rows` rows; distances and metrics on a few dozen rows are
+   noise (Evidently flags drift on most 30-row samples of the very data it was trained on).
+3. `retrain` when either trigger fires:
+   - quality: the metric is worse than on the champion's test split by more than
+     `quality_margin`, and the bootstrap interval of the drop excludes zero;
+   - drift: the drifted features (distance >= `drift_effect_floor`) hold at least
+     `drift_threshold` of the champion's feature importance;
+   ...unless the loop guard holds it (`retrain_held`): another retrain verdict less than
+   `cooldown` before this batch, or already `max_retrains` within the last `retrain_period`.
+   Both are measured in the batches' own time (days of their time column) or in batches,
+   per `cooldown_unit`, over earlier records, so replaying past data decides as it would have.
+4. `ok`.
+
+Every number a rule looked at, and every threshold, goes into the record, whatever the verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from reproml.config import MonitorParams
+from reproml.monitoring.concept import QualityChange
+from reproml.monitoring.drift import DriftResult
+
+RETRAIN, HELD, OK = "retrain", "retrain_held", "ok"
+INSUFFICIENT, QUARANTINED = "insufficient_data", "quarantined"
+VERDICTS = (RETRAIN, HELD, OK, INSUFFICIENT, QUARANTINED)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What one batch showed; `drift` and `change` are None where they were not measured."""
+
+    quality_passed: bool
+    problems: list[str]
+    rows: int
+    labelled_rows: int
+    drift: DriftResult | None = None
+    change: QualityChange | None = None
+    batch_time: pd.Timestamp | None = None  # the batch's last timestamp
+    seq: int = 0  # the batch's position among monitored batches
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: str
+    summary: str  # one line: what fired (or why nothing did); the reasons hold the numbers
+    reasons: list[str]
+    triggers: dict[str, bool]
+    thresholds: dict[str, Any]
+    loop_guard: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def thresholds(params: MonitorParams) -> dict[str, Any]:
+    return params.model_dump(mode="json")
+
+
+def _f(value: float | None) -> str:
+    return "nan" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+def _drift_reason(drift: DriftResult, params: MonitorParams) -> tuple[bool, str]:
+    fired = drift.weighted_drift_share >= params.drift_threshold
+    top = [c for c in drift.columns if c.drifted][:5]
+    named = ", ".join(f"{c.column} (weight {c.weight:.2f}, distance {c.score:.3f})" for c in top) or "none"
+    skipped = [c.column for c in drift.columns if not c.judged]
+    text = (
+        f"weighted feature drift {drift.weighted_drift_share:.3f} "
+        f"{'>=' if fired else '<'} monitor.drift_threshold {params.drift_threshold} "
+        f"({drift.weighting} weights; drifted = distance >= {params.drift_effect_floor} and "
+        f"p < {params.drift_alpha}: {named}; "
+        f"unweighted share {drift.drift_share:.3f})"
+    )
+    if skipped:
+        text += f"; not judged (too few values): {skipped}"
+    return fired, text
+
+
+def _quality_reason(change: QualityChange, params: MonitorParams) -> tuple[bool, str]:
+    low, high = change.interval
+    level = f"{round(change.confidence * 100, 6):g}%"
+    head = (
+        f"{change.metric} {_f(change.batch_value)} on the batch vs {_f(change.reference_value)} on the "
+        f"champion's test split: drop {_f(change.drop)}, {level} interval [{_f(low)}, {_f(high)}]"
+    )
+    if not (math.isfinite(change.drop) and math.isfinite(low)):
+        return False, f"{head}: undefined, quality not judged"
+    if change.drop <= params.quality_margin:
+        return False, f"{head}: within monitor.quality_margin {params.quality_margin}"
+    if low <= 0.0:
+        return False, f"{head}: beyond the margin but the interval includes 0"
+    return True, f"{head}: beyond monitor.quality_margin {params.quality_margin}, interval excludes 0"
+
+
+def loop_guard(
+    past: list[dict[str, Any]], batch_time: pd.Timestamp | None, seq: int, params: MonitorParams
+) -> tuple[str | None, dict[str, Any]]:
+    """Why a retrain verdict must be held (cooldown or max per period), or None; plus the numbers.
+
+    Only earlier retrain verdicts count: a held verdict did not start a retrain. In `days`, a
+    batch without a time column falls back to its position (`batches`), said in the numbers.
+    """
+    unit = params.cooldown_unit if batch_time is not None else "batches"
+    retrains = [r for r in past if r.get("verdict") == RETRAIN]
+
+    def position(record: dict[str, Any]) -> float | None:
+        if unit == "batches":
+            return float(record.get("seq", 0))
+        stamp = record.get("batch_time")
+        return None if stamp is None else pd.Timestamp(stamp).value / 86_400e9
+
+    now = float(seq) if unit == "batches" else batch_time.value / 86_400e9  # type: ignore[union-attr]
+    earlier = [(p, r) for r in retrains if (p := position(r)) is not None and p <= now]
+    numbers: dict[str, Any] = {"unit": unit, "retrains_before": len(earlier)}
+    if not earlier:
+        return None, numbers
+    last_at, last = max(earlier, key=lambda pair: pair[0])
+    since = now - last_at - (1 if unit == "batches" else 0)  # batches strictly between the two
+    in_period = [r for p, r in earlier if now - p < params.retrain_period]
+    numbers |= {
+        "last_retrain_batch": last.get("batch_id"),
+        "since_last_retrain": since,
+        "retrains_in_period": len(in_period),
+    }
+    if since < params.cooldown:
+        return (
+            f"held by the cooldown: batch {last.get('batch_id')} got a retrain verdict {since:g} {unit} "
+            f"earlier (monitor.cooldown {params.cooldown} {unit})",
+            numbers,
+        )
+    if len(in_period) >= params.max_retrains:
+        return (
+            f"held by the retrain limit: {len(in_period)} retrain verdicts within {params.retrain_period} "
+            f"{unit} (monitor.max_retrains {params.max_retrains})",
+            numbers,
+        )
+    return None, numbers
+
+
+def decide(evidence: Evidence, params: MonitorParams, past: list[dict[str, Any]]) -> Decision:
+    limits = thresholds(params)
+    if not evidence.quality_passed:
+        problems = evidence.problems or ["failed"]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return Decision(
+            QUARANTINED,
+            f"quality gate: {problems[0]}{more}",
+            [f"quality gate: {p}" for p in problems],
+            {},
+            limits,
+        )
+    if evidence.rows < params.min_rows:
+        reason = (
+            f"{evidence.rows} rows < monitor.min_rows {params.min_rows}: drift and quality measured on so "
+            "few rows are noise, not evidence"
+        )
+        return Decision(
+            INSUFFICIENT, f"{evidence.rows} rows < min_rows {params.min_rows}", [reason], {}, limits
+        )
+
+    reasons: list[str] = []
+    triggers: dict[str, bool] = {}
+    if evidence.drift is not None:
+        triggers["feature_drift"], text = _drift_reason(evidence.drift, params)
+        reasons.append(text)
+        if evidence.drift.prediction is not None and evidence.drift.prediction.score is not None:
+            reasons.append(
+                f"prediction drift distance {evidence.drift.prediction.score:.3f} (reported, not a trigger)"
+            )
+    if evidence.change is not None:
+        triggers["quality_drop"], text = _quality_reason(evidence.change, params)
+        reasons.append(text)
+    elif evidence.labelled_rows == 0:
+        reasons.append("no labels in the batch: quality not judged")
+    else:
+        reasons.append(
+            f"{evidence.labelled_rows} labelled rows < monitor.min_rows {params.min_rows}: quality not judged"
+        )
+
+    fired = " and ".join(_trigger_text(name, evidence, params) for name, on in triggers.items() if on)
+    if not fired:
+        quiet = "; ".join(_trigger_text(name, evidence, params) for name in triggers) or "nothing measured"
+        return Decision(OK, f"no trigger: {quiet}", reasons, triggers, limits)
+    held, numbers = loop_guard(past, evidence.batch_time, evidence.seq, params)
+    if held:
+        return Decision(HELD, f"{fired}; {held.split(':')[0]}", [*reasons, held], triggers, limits, numbers)
+    return Decision(RETRAIN, fired, reasons, triggers, limits, numbers)
+
+
+def _trigger_text(name: str, evidence: Evidence, params: MonitorParams) -> str:
+    """A trigger in a few words, with its number and threshold."""
+    if name == "feature_drift" and evidence.drift is not None:
+        share = evidence.drift.weighted_drift_share
+        sign = ">=" if share >= params.drift_threshold else "<"
+        return f"weighted feature drift {share:.3f} {sign} {params.drift_threshold}"
+    change = evidence.change
+    if change is None or not math.isfinite(change.drop) or not math.isfinite(change.interval[0]):
+        return f"{name}: undefined"
+    low = change.interval[0]
+    if change.drop > params.quality_margin and low > 0:
+        return (
+            f"{change.metric} drop {change.drop:.4f} > {params.quality_margin} (interval low {low:.4f} > 0)"
+        )
+    return f"{change.metric} drop {change.drop:.4f} (margin {params.quality_margin}, interval low {low:.4f})"

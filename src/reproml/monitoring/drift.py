@@ -1,0 +1,208 @@
+"""Data drift of the features and of the predictions, by Evidently, weighted by what the champion uses.
+
+Evidently measures; this module chooses how and condenses:
+
+- Methods are fixed to distances, not p-values: normed Wasserstein for numbers, Jensen-Shannon
+  for categories, whatever the sample sizes (Evidently's automatic choice switches to p-value
+  tests under 1,000 reference rows, and at tens of thousands of rows a p-value flags differences
+  nobody cares about). A column drifts when its distance reaches `drift_effect_floor` - an effect
+  size, the same rule Evidently's own test applies with that threshold - AND a two-sample test on
+  the same rows (Kolmogorov-Smirnov for numbers, chi-square for categories; SciPy, milliseconds)
+  gives p < `drift_alpha`. The test is the noise guard for small batches: at a thousand rows
+  against a small reference, sampling noise alone reaches a distance of 0.1 now and then; at
+  production sizes every distance above the floor is also significant, so the floor decides.
+- Category columns are compared as the champion sees them: the training split's most frequent
+  `max_categories - 1` values, everything else pooled as "(other)" (its encoder does the same),
+  so a long tail of tail numbers cannot look like drift the model never feels.
+- The time column is not judged: calendar time moves by construction, so a production month
+  always "drifts" from the training months; its effect shows up in the quality numbers instead.
+- A column with fewer than `min_rows` present values in the batch is listed as not judged:
+  distances on a handful of values are noise, and Evidently raises on an all-missing column.
+- The weighted drift share is the share of the champion's permutation importance (negative
+  importances count as zero) held by the drifted judged features. A shift in a feature the model
+  ignores moves the plain drift share but not this one.
+
+`measure` returns the numbers and the Evidently snapshot (for the HTML report).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from reproml.monitoring.quality import Schema
+
+NUMERIC_METHOD, CATEGORICAL_METHOD = "wasserstein", "jensenshannon"
+PREDICTION = "prediction"
+OTHER = "(other)"
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    column: str
+    kind: str
+    method: str | None
+    score: float | None
+    drifted: bool
+    judged: bool
+    importance: float  # the champion's permutation importance, as logged
+    weight: float  # share of the judged features' (non-negative) importance
+    present: int  # non-missing values in the batch sample
+    p_value: float | None = None  # the noise guard's two-sample test
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    effect_floor: float
+    reference_rows: int
+    batch_rows: int
+    columns: list[ColumnDrift]
+    prediction: ColumnDrift | None
+    drift_share: float  # drifted / judged features, unweighted
+    weighted_drift_share: float  # importance held by drifted features / importance of judged ones
+    weighting: str  # "importance", or "uniform" when no judged feature has positive importance
+    snapshot: Any = field(default=None, repr=False)
+
+    @property
+    def drifted(self) -> list[str]:
+        return [c.column for c in self.columns if c.drifted]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("snapshot")
+        out["methods"] = {"numeric": NUMERIC_METHOD, "categorical": CATEGORICAL_METHOD}
+        out["drifted"] = self.drifted
+        return out
+
+
+def top_categories(reference: pd.Series, keep: int) -> set[str]:
+    counts = reference.dropna().astype(str).value_counts(sort=True)
+    return set(counts.index[:keep])
+
+
+def pool_rare(values: pd.Series, kept: set[str]) -> pd.Series:
+    """Values outside `kept` become "(other)"; missing stays missing."""
+    as_text = values.astype(object)
+    return as_text.where(as_text.isna() | as_text.isin(kept), OTHER)
+
+
+def p_value(reference: pd.Series, batch: pd.Series, kind: str) -> float:
+    """Two-sample test of "same distribution": KS for numbers, chi-square of the category counts."""
+    from scipy import stats
+
+    ref, cur = reference.dropna(), batch.dropna()
+    if kind == "numeric":
+        return float(stats.ks_2samp(ref.to_numpy(float), cur.to_numpy(float), method="asymp").pvalue)
+    counts = pd.concat([ref.value_counts(), cur.value_counts()], axis=1).fillna(0.0).to_numpy()
+    counts = counts[counts.sum(axis=1) > 0]
+    if len(counts) < 2:
+        return 1.0
+    return float(stats.chi2_contingency(counts.T, correction=False).pvalue)
+
+
+def _scores(snapshot: Any) -> dict[str, tuple[float, str]]:
+    """column -> (distance, Evidently's method name) from the snapshot's ValueDrift metrics."""
+    out: dict[str, tuple[float, str]] = {}
+    for metric in snapshot.dict()["metrics"]:
+        config = metric.get("config", {})
+        if str(config.get("type", "")).endswith(":ValueDrift"):
+            out[str(config["column"])] = (float(metric["value"]), str(config.get("method")))
+    return out
+
+
+def measure(
+    reference: pd.DataFrame,
+    batch: pd.DataFrame,
+    schema: Schema,
+    importance: dict[str, float],
+    max_categories: int,
+    effect_floor: float,
+    alpha: float,
+    min_present: int,
+    *,
+    when: datetime | None = None,
+    name: str | None = None,
+) -> DriftResult:
+    """Drift of each feature and of `prediction` (a column of both frames), batch against reference."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    judged, skipped = [], {}
+    for column in schema.features:
+        present = int(batch[column].notna().sum())
+        if present < min_present:
+            skipped[column] = f"{present} present values < {min_present}: not judged"
+        elif reference[column].notna().sum() < min_present:
+            skipped[column] = "too few present values in the reference: not judged"
+        else:
+            judged.append(column)
+    numeric = [c for c in schema.numeric if c in judged]
+    categorical = [c for c in schema.categorical if c in judged]
+    ref, cur = reference[[*judged, PREDICTION]].copy(), batch[[*judged, PREDICTION]].copy()
+    for column in categorical:
+        kept = top_categories(ref[column], max_categories - 1)
+        ref[column], cur[column] = pool_rare(ref[column], kept), pool_rare(cur[column], kept)
+    definition = DataDefinition(numerical_columns=[*numeric, PREDICTION], categorical_columns=categorical)
+    preset = DataDriftPreset(
+        columns=[*judged, PREDICTION],
+        num_method=NUMERIC_METHOD,
+        cat_method=CATEGORICAL_METHOD,
+        threshold=effect_floor,
+    )
+    snapshot = Report([preset], include_tests=True).run(
+        Dataset.from_pandas(cur, data_definition=definition),
+        Dataset.from_pandas(ref, data_definition=definition),
+        timestamp=when,
+        name=name,
+    )
+    scores = _scores(snapshot)
+
+    positive = {c: max(float(importance.get(c, 0.0)), 0.0) for c in judged}
+    total = sum(positive.values())
+    weighting = "importance" if total > 0 else "uniform"
+    weights = {c: (positive[c] / total if total > 0 else 1.0 / len(judged)) for c in judged} if judged else {}
+
+    def column_drift(column: str, kind: str, frames: tuple[pd.DataFrame, pd.DataFrame]) -> ColumnDrift:
+        present = int(batch[column].notna().sum())
+        if column in skipped:
+            weightless = float(importance.get(column, 0.0))
+            return ColumnDrift(
+                column, kind, None, None, False, False, weightless, 0.0, present, note=skipped[column]
+            )
+        score, method = scores[column]
+        p = p_value(frames[0][column], frames[1][column], kind)
+        return ColumnDrift(
+            column,
+            kind,
+            method,
+            score,
+            bool(score >= effect_floor and p < alpha),
+            True,
+            float(importance.get(column, 0.0)),
+            weights.get(column, 0.0),
+            present,
+            p,
+        )
+
+    columns = [column_drift(c, schema.kind(c), (ref, cur)) for c in schema.features]
+    columns.sort(key=lambda c: (-c.weight, c.column))
+    judged_drift = [c for c in columns if c.judged]
+    drift_share = float(np.mean([c.drifted for c in judged_drift])) if judged_drift else 0.0
+    weighted = float(sum(c.weight for c in judged_drift if c.drifted))
+    prediction = column_drift(PREDICTION, "numeric", (ref, cur))
+    return DriftResult(
+        effect_floor=effect_floor,
+        reference_rows=len(reference),
+        batch_rows=len(batch),
+        columns=columns,
+        prediction=prediction,
+        drift_share=drift_share,
+        weighted_drift_share=weighted,
+        weighting=weighting,
+        snapshot=snapshot,
+    )

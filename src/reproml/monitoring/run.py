@@ -1,0 +1,301 @@
+"""One batch, end to end: gate, score, measure, decide, record, report, track.
+
+The order matters and is the contract of issue 5:
+
+1. the champion and its own reference (training split by md5, importance, params) are loaded;
+2. the quality gate runs on the whole batch; a failing batch is copied to `monitoring/quarantine/`
+   with its reason and goes no further (no predictions, no drift, never `labelled/`);
+3. every row is scored by the champion and the scores are stored;
+4. under `min_rows` rows: `insufficient_data`, no statistics at all;
+5. otherwise the batch and the reference are sampled (see `sample`), Evidently measures feature
+   and prediction drift, and, with enough labels, the quality change against the test split;
+6. the decision is taken over the earlier records (under a lock, so the cooldown sees them all),
+   and the record, the HTML reports and the index are written, each atomically;
+7. all of it is one MLflow run in `<experiment>-monitoring`, FAILED if any step raised.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from reproml.config import Params
+from reproml.io import write_json, write_parquet, write_with
+from reproml.monitoring import batches, champion, concept, decision, drift, quality, reports, store, workspace
+
+SAMPLING_RULE = (
+    "a batch (and the champion's test split) with more than monitor.sample_rows rows, and its training "
+    "split with more than monitor.reference_rows rows, are reduced to that many rows drawn uniformly "
+    "without replacement (numpy default_rng(seed)); the quality gate and the stored predictions "
+    "always use every row"
+)
+
+
+def sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
+    """At most `rows` rows, uniform without replacement, in their original order; deterministic."""
+    if len(frame) <= rows:
+        return frame
+    picked = np.sort(np.random.default_rng(seed).choice(len(frame), size=rows, replace=False))
+    return frame.iloc[picked].reset_index(drop=True)
+
+
+class _Clock:
+    """Seconds per step, kept in the record (the benchmark reads them)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 4)
+
+
+def _save_html(snapshot: Any, target: Path) -> None:
+    write_with(target, lambda p: snapshot.save_html(str(p)))
+
+
+def _quarantine(root: Path, batch: batches.Batch, problems: list[str]) -> dict[str, str]:
+    folder = root / store.QUARANTINE
+    folder.mkdir(parents=True, exist_ok=True)
+    arrived = batch.source_path
+    if arrived is not None:  # keep exactly what arrived
+        kept = folder / f"{batch.id}{arrived.suffix.lower()}"
+        write_with(kept, lambda p: shutil.copyfile(arrived, p))
+    else:
+        kept = store.write_frame(folder / f"{batch.id}.parquet", batch.frame)
+    reason = folder / f"{batch.id}.json"
+    write_json(reason, {"batch_id": batch.id, "source": batch.source, "rows": len(batch.frame),
+                        "problems": problems, "kept": str(kept.relative_to(root))})  # fmt: skip
+    return {"batch": str(kept.relative_to(root)), "reason": str(reason.relative_to(root))}
+
+
+def monitor(root: Path, spec: str, params: Params) -> dict[str, Any]:
+    """Monitor the batch `spec` names (a file or a period) against the current champion."""
+    from mlflow.tracking import MlflowClient
+
+    from reproml import tracking
+
+    clock = _Clock()
+    with clock.step("load champion"):
+        experiment_id = tracking.setup(root, params.mlflow.experiment_name)
+        client = MlflowClient()
+        best = champion.load_champion(root, client, params.register_.model_name, experiment_id)
+        label = f"champion v{best.version} (run {best.run_id})"
+        reference = champion.load_split(root, champion.TRAIN, best.data_md5[champion.TRAIN], label)
+    with clock.step("read batch"):
+        batch = batches.resolve(root, spec, best.time_column or params.data.time_column)
+    schema = quality.schema_of(reference, best.input_columns, best.time_column, best.target, best.task)
+    with clock.step("quality gate"):
+        gate = quality.check(batch.frame, reference, schema, params.monitor, batch.read_error)
+    monitoring_id = tracking.setup(root, f"{params.mlflow.experiment_name}-monitoring")
+    with store.monitor_lock(root):
+        past = [r for r in store.history(root) if r.get("batch_id") != batch.id]
+        seq = max((int(r.get("seq", 0)) for r in past), default=0) + 1
+        with tracking.tracked_run(monitoring_id, run_name=batch.id) as run:
+            record = _judge(root, params, best, reference, schema, batch, gate, past, seq, clock)
+            record["mlflow"] = {"experiment_id": monitoring_id, "run_id": run.info.run_id}
+            with clock.step("write record"):
+                path = store.write_record(root, record)
+                reports.write_index(root, store.history(root))
+            _track(run.info.run_id, record, root, path)
+    return record
+
+
+def _judge(
+    root: Path,
+    params: Params,
+    best: champion.Champion,
+    reference: pd.DataFrame,
+    schema: quality.Schema,
+    batch: batches.Batch,
+    gate: quality.QualityResult,
+    past: list[dict[str, Any]],
+    seq: int,
+    clock: _Clock,
+) -> dict[str, Any]:
+    from reproml import gate as promotion_gate
+    from reproml.evaluate import predict_scores
+
+    watch = params.monitor
+    record: dict[str, Any] = {
+        "batch_id": batch.id,
+        "seq": seq,
+        "source": batch.source,
+        "source_md5": batch.source_md5,
+        "monitored_at": dt.datetime.now(dt.UTC).isoformat(),
+        "rows": len(batch.frame),
+        "labelled_rows": gate.labelled_rows,
+        "champion": best.describe(),
+        "quality_gate": gate.to_dict(),
+        "drift": None,
+        "quality": None,
+        "reports": {},
+        "predictions": None,
+        "labelled": None,
+        "quarantine": None,
+        "batch_start": None,
+        "batch_time": None,
+    }
+    if not gate.passed:
+        record["quarantine"] = _quarantine(root, batch, gate.problems)
+        verdict = decision.decide(decision.Evidence(False, gate.problems, gate.rows, 0, seq=seq), watch, past)
+        return _finish(record, verdict, clock)
+
+    frame = gate.frame
+    batch_time = None
+    if schema.time_column:
+        when = frame[schema.time_column]
+        batch_time = when.max()
+        record |= {"batch_start": when.min().isoformat(), "batch_time": batch_time.isoformat()}
+    with clock.step("score batch"):
+        scores = predict_scores(best.model, frame[best.input_columns], best.task)
+        stored = pd.DataFrame({"row": np.arange(len(frame)), "prediction": scores})
+        if schema.time_column:
+            stored.insert(1, schema.time_column, frame[schema.time_column].to_numpy())
+        if best.target in frame.columns:
+            stored[best.target] = frame[best.target].to_numpy()
+        stored["champion_version"] = best.version
+        target = root / store.PREDICTIONS / f"{batch.id}.parquet"
+        write_parquet(target, stored)
+        record["predictions"] = str(target.relative_to(root))
+
+    if len(frame) < watch.min_rows:
+        evidence = decision.Evidence(True, [], len(frame), gate.labelled_rows, batch_time=batch_time, seq=seq)
+        return _finish(record, decision.decide(evidence, watch, past), clock)
+
+    seed = params.seed
+    current = sample(frame.assign(prediction=scores), watch.sample_rows, seed)
+    with clock.step("score reference"):
+        ref = sample(reference, watch.reference_rows, seed)
+        ref = ref.assign(prediction=predict_scores(best.model, ref[best.input_columns], best.task))
+    record["sampling"] = {
+        "rule": SAMPLING_RULE,
+        "seed": seed,
+        "batch_rows_used": len(current),
+        "reference_rows_used": len(ref),
+    }
+    record["reference"] = {
+        "train": {"path": champion.TRAIN, "md5": best.data_md5[champion.TRAIN], "rows": len(reference)},
+        "test": {"path": champion.TEST, "md5": best.data_md5[champion.TEST]},
+    }
+    folder = root / store.report_dir(batch.id)
+    stamp = None if batch_time is None else batch_time.to_pydatetime()
+    with clock.step("drift (Evidently)"):
+        drifted = drift.measure(ref, current, schema, best.importance, best.max_categories,
+                                watch.drift_effect_floor, watch.drift_alpha, watch.min_rows,
+                                when=stamp, name=f"{batch.id} drift")  # fmt: skip
+    with clock.step("drift report html"):
+        _save_html(drifted.snapshot, folder / "drift.html")
+    record["drift"] = drifted.to_dict()
+    snapshots = [drifted.snapshot]
+    record["reports"]["drift"] = str((folder / "drift.html").relative_to(root))
+
+    change = None
+    labelled = current[current[best.target].notna()] if best.target in current.columns else current.iloc[:0]
+    if len(labelled) >= watch.min_rows:
+        with clock.step("quality"):
+            spec = promotion_gate.metric_spec(watch.metric, best.task)
+            test = champion.load_split(
+                root, champion.TEST, best.data_md5[champion.TEST], f"champion v{best.version}"
+            )
+            test = sample(test, watch.sample_rows, seed)  # all of it, normally: the value evaluate logged
+            test = test.assign(prediction=predict_scores(best.model, test[best.input_columns], best.task))
+            record["reference"]["test"]["rows_used"] = len(test)
+            change = concept.quality_change(
+                spec,
+                test[best.target].to_numpy(),
+                test["prediction"].to_numpy(),
+                labelled[best.target].to_numpy(),
+                labelled["prediction"].to_numpy(),
+                watch.bootstrap_samples,
+                watch.confidence,
+                seed,
+            )
+        with clock.step("quality report (Evidently)"):
+            snapshot, values = concept.report(
+                best.task, best.target, test, labelled, when=stamp, name=f"{batch.id} quality"
+            )
+            snapshots.append(snapshot)
+            change = concept.QualityChange(**{**change.to_dict(), "evidently": values})
+            _save_html(snapshot, folder / "quality.html")
+        record["quality"] = change.to_dict()
+        record["reports"]["quality"] = str((folder / "quality.html").relative_to(root))
+
+    with clock.step("evidently workspace"):
+        record["evidently_workspace"] = workspace.add_snapshots(root, best.name, best.task, snapshots)
+    evidence = decision.Evidence(True, [], len(frame), gate.labelled_rows, drifted, change, batch_time, seq)
+    verdict = decision.decide(evidence, watch, past)
+    if gate.labelled_rows >= watch.min_rows:
+        # the promotion gate scores both models on this window: a million rows would make every
+        # promotion slow without making it surer than the sample the statistics used
+        rows = sample(frame[frame[best.target].notna()], watch.sample_rows, seed)
+        target = root / store.labelled_path(batch.id, batch_time)
+        for old in (root / store.LABELLED).glob(f"*_{batch.id}.parquet"):
+            old.unlink()  # the same batch monitored again replaces its window
+        write_parquet(target, rows)
+        record["labelled"] = str(target.relative_to(root))
+    return _finish(record, verdict, clock)
+
+
+def _finish(record: dict[str, Any], verdict: decision.Decision, clock: _Clock) -> dict[str, Any]:
+    record["verdict"] = verdict.verdict
+    record["summary"] = verdict.summary
+    record["reasons"] = verdict.reasons
+    record["decision"] = verdict.to_dict()
+    record["timings"] = dict(clock.seconds)
+    return record
+
+
+def _track(run_id: str, record: dict[str, Any], root: Path, path: Path) -> None:
+    """The record's headline numbers as metrics, its identity as tags, the files as artifacts."""
+    import mlflow
+
+    from reproml import tracking
+
+    quality_change = record.get("quality") or {}
+    drift_result = record.get("drift") or {}
+    prediction = drift_result.get("prediction") or {}
+    low, high = quality_change.get("interval") or (None, None)
+    candidates = {
+        "rows": record["rows"],
+        "labelled_rows": record["labelled_rows"],
+        "drift_share": drift_result.get("drift_share"),
+        "weighted_drift_share": drift_result.get("weighted_drift_share"),
+        "prediction_drift": prediction.get("score"),
+        "quality_batch": quality_change.get("batch_value"),
+        "quality_reference": quality_change.get("reference_value"),
+        "quality_drop": quality_change.get("drop"),
+        "quality_drop_low": low,
+        "quality_drop_high": high,
+        "retrain": float(record["verdict"] == decision.RETRAIN),
+    }
+    metrics = {k: float(v) for k, v in candidates.items() if v is not None and np.isfinite(float(v))}
+    champ = record["champion"]
+    tags = {
+        "reproml.stage": "monitor",
+        "reproml.batch_id": record["batch_id"],
+        "reproml.batch_source": record["source"],
+        "reproml.verdict": record["verdict"],
+        "reproml.model_name": champ["name"],
+        "reproml.champion_version": str(champ["version"]),
+        "reproml.champion_run_id": champ["run_id"],
+    }
+    if record.get("batch_time"):
+        tags["reproml.batch_time"] = record["batch_time"]
+    params = {f"monitor.{k}": str(v) for k, v in record["decision"]["thresholds"].items()}
+    tracking.log_batch(run_id, params=params, metrics=metrics, tags=tags, step=int(record["seq"]))
+    mlflow.log_artifact(str(path), artifact_path="record")
+    for report in record["reports"].values():
+        mlflow.log_artifact(str(root / report), artifact_path="reports")
