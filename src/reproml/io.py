@@ -7,6 +7,7 @@ DVC could mistake for a result.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -70,3 +71,25 @@ def file_md5(path: str | Path) -> str:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, blocking: bool = True) -> Iterator[bool]:
+    """An exclusive flock on `path` (created if needed), for one process on this host at a time.
+
+    Yields True once held; when `blocking` is False and another holder has it, yields False at
+    once instead of waiting. The kernel releases it when the holder dies, even by SIGKILL.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(handle, flags)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

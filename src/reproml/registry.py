@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import getpass
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from reproml import paths
 from reproml.errors import ReproError
-from reproml.io import file_md5, read_json, write_json
+from reproml.io import file_lock, file_md5, read_json, write_json
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 RECORDS = Path("registry/records")
@@ -118,14 +117,8 @@ def model_scores(client: MlflowClient, version: ModelVersion, frame: pd.DataFram
 @contextlib.contextmanager
 def promotion_lock(root: Path) -> Iterator[None]:
     """One alias move at a time in this project (MLflow has no compare-and-set on aliases)."""
-    path = root / LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(root / LOCK):
+        yield
 
 
 def _describe(version: ModelVersion | None) -> dict[str, Any] | None:

@@ -17,7 +17,6 @@ All writes go through `reproml.io`'s atomic writers: a reader never sees half a 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reproml.io import read_json, write_json, write_with
+from reproml.io import file_lock, read_json, write_json, write_with
 
 MONITORING = Path("monitoring")
 RECORDS = MONITORING / "records"
@@ -99,11 +98,5 @@ def write_frame(target: Path, frame: pd.DataFrame) -> Path:
 @contextlib.contextmanager
 def monitor_lock(root: Path) -> Iterator[None]:
     """One batch decision at a time: the cooldown reads past records and must see every one."""
-    path = root / LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(root / LOCK):
+        yield

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reproml.errors import ReproError
+from reproml.io import file_lock
 
 DEFAULT_JOURNAL = Path("optuna/studies.journal")
 STORAGE_ENV = "REPROML_TUNE_STORAGE"
@@ -117,26 +117,9 @@ def open_storage(info: StorageInfo) -> Any:
 
 
 @contextlib.contextmanager
-def locked(path: Path, blocking: bool = True) -> Iterator[bool]:
-    """An exclusive flock on `path`; yields False (instead of waiting) when busy and not blocking."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
-        try:
-            fcntl.flock(handle, flags)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
 def study_session(info: StorageInfo, study_name: str) -> Iterator[None]:
     """One `reproml tune` per study at a time on this host (its workers share the session)."""
-    with locked(info.lock_dir / f"{study_name}.session", blocking=False) as acquired:
+    with file_lock(info.lock_dir / f"{study_name}.session", blocking=False) as acquired:
         if not acquired:
             raise TuneError(
                 f"study {study_name!r} in {info.shown} is being tuned by another process; "

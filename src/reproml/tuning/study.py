@@ -22,8 +22,9 @@ import optuna
 from optuna.trial import TrialState
 
 from reproml.gate import MetricSpec
+from reproml.io import file_lock
 from reproml.tuning.space import space_changes
-from reproml.tuning.storage import StorageInfo, TuneError, locked
+from reproml.tuning.storage import StorageInfo, TuneError
 
 ATTR_PREFIX = "reproml."
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -224,7 +225,7 @@ def counts(study: optuna.Study) -> Counts:
 
 
 def _claim(study: optuna.Study, budget: Budget, claim_lock: Any) -> optuna.Trial | None:
-    with locked(claim_lock):
+    with file_lock(claim_lock):
         if budget.deadline is not None and time.time() >= budget.deadline:
             return None
         if budget.n_trials is not None:
