@@ -40,6 +40,8 @@ def sampled_params(rows: int = 6000) -> dict[str, Any]:
     params["evaluate"]["importance_rows"] = 500
     params["train"]["random_forest"]["n_estimators"] = 40
     params["tune"]["n_trials"] = 4
+    # XGBoost's OpenMP threads crawl when other jobs share the 2 cores; one thread keeps tests quick
+    params["train"]["n_jobs"] = 1
     return params
 
 

@@ -362,3 +362,19 @@ def test_the_champions_params_warm_start_only_the_same_model(tmp_path: Path) -> 
     assert _champion_params(tmp_path, params) == (f"champion v{version.version}", {"max_depth": "7"})
     forest = params.model_copy(update={"train": params.train.model_copy(update={"model": "random_forest"})})
     assert _champion_params(tmp_path, forest) is None
+
+
+def test_a_trial_run_left_half_written_by_a_kill_is_dropped_to_be_logged_again(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from reproml import tracking
+
+    experiment = tracking.setup(tmp_path, "reproml")
+    client = MlflowClient()
+    tags = {"reproml.stage": "tune-trial", "reproml.study_name": "s"}
+    done = client.create_run(experiment, tags={**tags, "reproml.trial_number": "0"})
+    client.set_terminated(done.info.run_id, "FINISHED")
+    torn = client.create_run(experiment, tags={**tags, "reproml.trial_number": "1"})  # its process died here
+    found = "tags.`reproml.study_name` = 's' and tags.`reproml.stage` = 'tune-trial'"
+    assert tracking.logged_tag_values(experiment, found, "reproml.trial_number") == {"0"}
+    assert client.get_run(torn.info.run_id).info.lifecycle_stage == "deleted"

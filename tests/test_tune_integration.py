@@ -30,8 +30,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 def tune_params(rows: int, **tune: Any) -> dict[str, Any]:
     params = sampled_params(rows)
     params["tune"].update(tune)
-    # XGBoost's OpenMP threads crawl on a busy 2-core machine; one per worker keeps trials short
-    params["train"]["n_jobs"] = params["tune"].get("workers", 1)
+    params["train"]["n_jobs"] = params["tune"].get("workers", 1)  # 2 workers: 1 thread each
     return params
 
 
@@ -100,7 +99,7 @@ def test_sigkill_mid_trial_loses_no_finished_trial_and_the_budget_ends_exact(tmp
             assert {k: again.params[k] for k in final[number].params} == final[number].params
     parents = runs(project, "tune")
     assert [r.info.status for r in parents] == ["KILLED", "FINISHED"]
-    children = runs(project, "tune-trial")
+    children = runs(project, "tune-trial")  # a trial run the kill left half-written is logged again
     assert sorted(int(r.data.tags["reproml.trial_number"]) for r in children) == list(range(len(final)))
     assert {r.info.status for r in children if r.data.tags.get("reproml.interrupted")} == {"FAILED"}
     assert {r.info.status for r in children if not r.data.tags.get("reproml.interrupted")} == {"FINISHED"}

@@ -191,16 +191,24 @@ def log_child_run(
     return str(run_id)
 
 
-def child_tag_values(experiment_id: str, parent_filter: str, tag: str) -> set[str]:
-    """The values of `tag` on runs matching `parent_filter` (e.g. the trials already logged)."""
+def logged_tag_values(experiment_id: str, run_filter: str, tag: str) -> set[str]:
+    """The values of `tag` on the ended runs matching `run_filter` (e.g. the trials already logged).
+
+    A run still RUNNING here was being written by `log_child_run` when its process died; the
+    caller holds the lock that rules out a live writer, so it is deleted and logged again.
+    """
     client = MlflowClient()
     values: set[str] = set()
     token = None
     while True:
         page = client.search_runs(
-            [experiment_id], filter_string=parent_filter, max_results=1000, page_token=token
+            [experiment_id], filter_string=run_filter, max_results=1000, page_token=token
         )
-        values.update(r.data.tags[tag] for r in page if tag in r.data.tags)
+        for run in page:
+            if run.info.status == "RUNNING":
+                client.delete_run(run.info.run_id)
+            elif tag in run.data.tags:
+                values.add(run.data.tags[tag])
         token = page.token
         if not token:
             return values

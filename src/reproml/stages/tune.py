@@ -196,7 +196,7 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
             queued = study.warm_start(the_study, [(s, v) for s, v in inside if v is not None])
         experiment_id = tracking.setup(root, params.mlflow.experiment_name)
         trial_filter = f"tags.`reproml.study_name` = '{spec.name}' and tags.`reproml.stage` = '{TRIAL_STAGE}'"
-        logged = tracking.child_tag_values(experiment_id, trial_filter, "reproml.trial_number")
+        logged = tracking.logged_tag_values(experiment_id, trial_filter, "reproml.trial_number")
         budget = study.Budget(tune.n_trials, time.time() + tune.timeout_s if tune.timeout_s else None)
         before = study.counts(the_study)
         started = time.perf_counter()
