@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pandas as pd
@@ -143,14 +142,3 @@ def run_study(
     if crashed:
         raise TuneError(f"tune workers {', '.join(crashed)} exited with an error (see their output above)")
     return final
-
-
-def describe(counts_now: Counts, budget: Budget) -> dict[str, Any]:
-    return {
-        "finished": counts_now.finished,
-        "complete": counts_now.complete,
-        "pruned": counts_now.pruned,
-        "failed": counts_now.failed,
-        "budget": budget.n_trials,
-        "best": counts_now.best,
-    }
