@@ -13,7 +13,7 @@ export UV_PYTHON_DOWNLOADS := never
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install run test test-slow ui monitor-ui check format benchmark clean
+.PHONY: help install run test test-slow up down ui monitor-ui check format benchmark clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -30,19 +30,26 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 
 install: $(VENV)/.installed ## create .venv from uv.lock (bytecode compiled) and configure DVC for this clone
 
-run: install ## set up, run the pipeline on the bundled data (dvc repro), gate the challenger, show results
+run: install ## set up, run the pipeline on the bundled data (dvc repro), gate it, replay Jul-Dec 2013 (simulate)
 	$(BIN)/dvc repro
 	$(BIN)/dvc push --quiet
 	$(BIN)/reproml promote
 	$(BIN)/dvc metrics show
 	$(BIN)/reproml runs --limit 5
 	$(BIN)/reproml registry
+	$(BIN)/reproml simulate
 
 test: install ## set up and run the default test suite (unit + integration, no slow tests)
 	$(BIN)/pytest
 
 test-slow: install ## the slow tests (the main job on all 336,776 flights)
 	$(BIN)/pytest -m slow
+
+up: install ## start the Prefect server (http://127.0.0.1:4200) and the MLflow UI (http://127.0.0.1:5000) in the background
+	$(BIN)/python -m flows.servers up
+
+down: ## stop the servers `make up` started (logs stay in .reproml/servers/)
+	$(BIN)/python -m flows.servers down
 
 ui: install ## the MLflow UI for this project's runs and registry, at http://127.0.0.1:5000 (Ctrl-C stops it)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db \

@@ -423,7 +423,7 @@ def search_flaml(ctx: Context, held: HeldOut, seed: int, budget_s: float, kind: 
     frames = _flaml_frames(ctx, held, kind)
     log_file = ctx.scratch / f"flaml-{seed}.log"
     transform = {"skip_transform": True} if kind == "matrix" else {}
-    automl: Any = AutoML()  # type: ignore[no-untyped-call]
+    automl: Any = AutoML()  # type: ignore[no-untyped-call,unused-ignore]
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

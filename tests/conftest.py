@@ -92,3 +92,30 @@ def user_data_params(
         }
     )
     return params
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real Prefect server for the whole test session (a real one starts in ~8-15 s), on a free
+    port with its own home; its scheduler looks for due runs every 5 s instead of 60."""
+    from flows import servers
+
+    root = tmp_path_factory.mktemp("prefect-server")
+    with pytest.MonkeyPatch.context() as patch:  # only while starting: projects see just the URL
+        patch.setenv("REPROML_PREFECT_PORT", str(free_port()))
+        patch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "5")
+        patch.delenv("PREFECT_API_URL", raising=False)
+        servers.start(root, "prefect", timeout=120)
+        url = servers.prefect_url(root)
+    try:
+        yield url
+    finally:
+        servers.stop(root, "prefect")

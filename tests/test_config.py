@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.conftest import REPO, default_params
 
 from reproml.config import Params, flat_params, load_params, parse_params
 from reproml.errors import ConfigError, ReproError
+from tests.conftest import REPO, default_params
 
 
 def _flat_keys(raw: dict[str, Any], prefix: str = "") -> set[str]:

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from tests.conftest import tiny_frame, user_data_params
 
 from reproml.errors import DataValidationError, ReproError
 from reproml.stages.ingest import run_ingest
 from reproml.stages.prepare import run_prepare
+from tests.conftest import tiny_frame, user_data_params
 
 MakeProject = Callable[..., Path]
 

@@ -357,10 +357,25 @@ def test_the_newest_labelled_production_window_joins_the_evaluation(project: Pat
     windows = project / registry.LABELLED_WINDOWS
     windows.mkdir(parents=True)
     valid = pd.read_parquet(project / "data" / "prepared" / "valid.parquet")
+    test = pd.read_parquet(project / "data" / "prepared" / "test.parquet")
+    valid["when"] = test["when"].max() + pd.Timedelta(days=1)  # production comes after the test split
     valid.head(50).to_parquet(windows / "2022-05.parquet")
     pd.concat([valid] * 2).to_parquet(windows / "2022-06.parquet")  # newest
-    test_rows = len(pd.read_parquet(project / "data" / "prepared" / "test.parquet"))
     record = run_promote(project)
     assert set(record["eval_data"]) == {"data/prepared/test.parquet", "monitoring/labelled/2022-06.parquet"}
     assert len(valid) > 100
-    assert record["gate"]["rows"] == test_rows + 2 * len(valid)
+    assert record["gate"]["rows"] == len(test) + 2 * len(valid)
+
+
+def test_a_window_the_test_split_already_holds_is_not_counted_twice(project: Path) -> None:
+    """After a retrain on a batch, that batch is the new test split: its window adds no evidence."""
+    import pandas as pd
+
+    pipeline(project)
+    windows = project / registry.LABELLED_WINDOWS
+    windows.mkdir(parents=True)
+    test = pd.read_parquet(project / "data" / "prepared" / "test.parquet")
+    test.to_parquet(windows / "2022-06.parquet")
+    record = run_promote(project)
+    assert set(record["eval_data"]) == {"data/prepared/test.parquet"}
+    assert record["gate"]["rows"] == len(test)

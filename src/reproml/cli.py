@@ -207,6 +207,78 @@ def monitoring_history() -> None:
     console.print(monitoring_table(records(ROOT)))
 
 
+def _prefect() -> None:
+    """Point Prefect at a real server: PREFECT_API_URL, else the project's (`make up`), started
+    if needed. Flows never run on Prefect's temporary per-process server."""
+    import os
+
+    from flows.servers import ensure_prefect
+
+    try:
+        os.environ["PREFECT_API_URL"] = ensure_prefect(ROOT.resolve())
+    except Exception as exc:  # the message names the server, URL and log
+        err.print(f"[bold red]no Prefect server:[/bold red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def retrain(
+    labelled: str | None = typer.Option(
+        None, "--labelled", help="A Parquet file of labelled production rows to add as a new data version."
+    ),
+    branch: str | None = typer.Option(None, help="Branch for the data versions (default: retrain.branch)."),
+) -> None:
+    """The training flow (Prefect): new data version -> dvc repro -> challenger -> promotion gate,
+    on its own branch (a worktree under .reproml/worktrees/); your branch stays as it is."""
+    _prefect()
+    from flows.training import training
+
+    source = None if labelled is None else str(Path(labelled).resolve())
+    summary = training(root=str(ROOT.resolve()), labelled=source, branch=branch)
+    console.print(summary["promotion"], highlight=False)
+
+
+@app.command()
+def serve(
+    cron: str = typer.Option("0 6 * * *", help="When the monitoring deployment runs (cron, UTC)."),
+    every: str = typer.Option("month", help="Batch size the scheduled monitoring takes: month | week."),
+) -> None:
+    """Create the deployments (monitoring/daily on `cron`, training/on-demand) and run them until
+    stopped; `prefect deployment ls` and the Prefect UI list them."""
+    _prefect()
+    from flows.deploy import serve as serve_deployments
+
+    serve_deployments(ROOT.resolve(), cron, every)
+
+
+@app.command()
+def simulate(
+    every: str = typer.Option("month", help="month | week"),
+    start: str = typer.Option("2013-07", help="First period replayed."),
+    end: str = typer.Option("2013-12", help="Last period replayed."),
+) -> None:
+    """Replay production (default July-December 2013) through the monitoring flow: drift checks,
+    retrain verdicts, DVC data versions, challengers, promotions; then a table and
+    monitoring/reports/simulation.html against the model never retrained."""
+    _prefect()
+    from rich.table import Table
+
+    from flows.simulate import simulate as replay
+    from reproml.simulation import COLUMNS, cell
+
+    result = replay(root=str(ROOT.resolve()), every=every, start=start, end=end)
+    table = Table(
+        title=f"Production replay {start}..{end} ({result['metric']}; never retrained: "
+        f"v{result['baseline_version']})"
+    )
+    for label in COLUMNS.values():
+        table.add_column(label, justify="right")
+    for row in result["rows"]:
+        table.add_row(*(cell(row.get(key)) for key in COLUMNS))
+    console.print(table)
+    console.print(f"final champion: v{result['final_champion']} · report: {result['html']}")
+
+
 @app.command()
 def reproduce(
     run_id: str = typer.Argument(..., help="MLflow run id, or @champion / @challenger."),

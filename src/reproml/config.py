@@ -261,6 +261,18 @@ class MonitorParams(_Section):
         return self
 
 
+class RetrainParams(_Section):
+    """The training flow (`reproml retrain`, Prefect): a labelled batch becomes a challenger.
+
+    Each retrain is a new DVC data version committed on `branch` (a git worktree under
+    `.reproml/worktrees/`), so the branch the user works on is never dirtied.
+    """
+
+    branch: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")] = "reproml/retrain"
+    # 0: refit the champion's hyperparameters on the new window (tune off); N: a new N-trial study
+    tune_trials: Annotated[int, Field(ge=0)] = 0
+
+
 class Params(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -276,6 +288,7 @@ class Params(_Section):
     register_: RegisterParams = Field(default=RegisterParams(), alias="register")
     promote: PromoteParams = PromoteParams()
     monitor: MonitorParams = MonitorParams()
+    retrain: RetrainParams = RetrainParams()
 
     @model_validator(mode="after")
     def _model_fits_task(self) -> Params:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 INGESTED = Path("data/ingested.parquet")
@@ -13,7 +14,19 @@ BEST_PARAMS = Path("models/best_params.json")  # written by `tune`, read by `tra
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 PREDICTIONS = Path("predictions/test.parquet")
+# Labelled production batches the training flow added: a DVC-tracked folder `ingest` appends.
+LABELLED_DATA = Path("data/raw/labelled")
+# Set by the training flow when it runs the pipeline in a git worktree of the project, so MLflow,
+# the registry's audit trail and the Optuna studies stay the workspace's, not the worktree's.
+WORKSPACE_ENV = "REPROML_WORKSPACE"
 
 
 def split_file(name: str) -> Path:
     return PREPARED / f"{name}.parquet"
+
+
+def workspace(root: Path) -> Path:
+    """Where the project's local state lives (mlflow.db, mlartifacts/, registry/, optuna/,
+    monitoring/): `REPROML_WORKSPACE` when set, else the project root itself."""
+    value = os.environ.get(WORKSPACE_ENV)
+    return Path(value) if value else root

@@ -93,15 +93,30 @@ def register(
     return version
 
 
-def eval_data(root: Path) -> EvalData:
-    """The frozen test split, plus the newest labelled production window when there is one."""
+def eval_data(root: Path, time_column: str | None = None) -> EvalData:
+    """The frozen test split, plus the newest labelled production window when there is one.
+
+    A window that ends inside the test split's time range is not added: after a retrain on that
+    batch the window *is* the test split, and counting its rows twice would only narrow the
+    bootstrap interval without adding evidence.
+    """
     test = root / paths.split_file("test")
     frames = [pd.read_parquet(test)]
     sources = {str(paths.split_file("test")): file_md5(test)}
-    windows = sorted((root / LABELLED_WINDOWS).glob("*.parquet"))
+    home = paths.workspace(root)
+    windows = sorted((home / LABELLED_WINDOWS).glob("*.parquet"))
     if windows:
-        frames.append(pd.read_parquet(windows[-1]))
-        sources[str(windows[-1].relative_to(root))] = file_md5(windows[-1])
+        window = pd.read_parquet(windows[-1])
+        inside = (
+            time_column is not None
+            and time_column in window.columns
+            and not window.empty
+            and not frames[0].empty
+            and window[time_column].max() <= frames[0][time_column].max()
+        )
+        if not inside:
+            frames.append(window)
+            sources[str(windows[-1].relative_to(home))] = file_md5(windows[-1])
     return EvalData(pd.concat(frames, ignore_index=True), sources)
 
 
@@ -117,7 +132,7 @@ def model_scores(client: MlflowClient, version: ModelVersion, frame: pd.DataFram
 @contextlib.contextmanager
 def promotion_lock(root: Path) -> Iterator[None]:
     """One alias move at a time in this project (MLflow has no compare-and-set on aliases)."""
-    with file_lock(root / LOCK):
+    with file_lock(paths.workspace(root) / LOCK):
         yield
 
 
@@ -133,18 +148,22 @@ def write_record(root: Path, client: MlflowClient, name: str, record: dict[str, 
     record = {"time": now.isoformat(), "user": getpass.getuser(), "model_name": name, **record}
     subject = record.get("challenger") or record.get("champion") or {}
     stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
-    target = root / RECORDS / f"{stamp}-{record['action']}-v{subject.get('version', 'none')}.json"
+    target = (
+        paths.workspace(root) / RECORDS / f"{stamp}-{record['action']}-v{subject.get('version', 'none')}.json"
+    )
     write_json(target, record)
     if subject.get("version") is not None:
         version = str(subject["version"])
         client.set_model_version_tag(name, version, "reproml.decision", record["action"])
         client.set_model_version_tag(name, version, "reproml.decision_reason", record["reason"][:5000])
-        client.set_model_version_tag(name, version, "reproml.decision_record", str(target.relative_to(root)))
+        client.set_model_version_tag(
+            name, version, "reproml.decision_record", str(target.relative_to(paths.workspace(root)))
+        )
     return target
 
 
 def history(root: Path) -> list[dict[str, Any]]:
-    return [read_json(p) for p in sorted((root / RECORDS).glob("*.json"))]
+    return [read_json(p) for p in sorted((paths.workspace(root) / RECORDS).glob("*.json"))]
 
 
 def _move_aliases(client: MlflowClient, name: str, new: ModelVersion, old: ModelVersion | None) -> None:
@@ -201,8 +220,9 @@ def promote(
         record |= {"action": "force", "reason": f"forced by {getpass.getuser()}: {reason}"}
         promote_it = True
     else:
-        data = eval_data(root)
-        target = read_json(root / paths.SCHEMA)["target"]
+        schema = read_json(root / paths.SCHEMA)
+        data = eval_data(root, schema.get("time_column"))
+        target = schema["target"]
         y = data.frame[target].to_numpy()
         challenger_scores = model_scores(client, challenger, data.frame, task)
         champion_scores = None if champion is None else model_scores(client, champion, data.frame, task)
@@ -225,7 +245,7 @@ def promote(
             promote_it = False
         if promote_it:
             _move_aliases(client, name, challenger, champion)
-        record["record"] = str(write_record(root, client, name, record).relative_to(root))
+        record["record"] = str(write_record(root, client, name, record).relative_to(paths.workspace(root)))
     return record
 
 
@@ -244,5 +264,5 @@ def rollback(root: Path, client: MlflowClient, name: str, reason: str) -> dict[s
             "champion": _describe(previous),
             "demoted": _describe(champion),
         }
-        record["record"] = str(write_record(root, client, name, record).relative_to(root))
+        record["record"] = str(write_record(root, client, name, record).relative_to(paths.workspace(root)))
     return record

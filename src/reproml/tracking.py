@@ -33,7 +33,9 @@ BATCH = 100
 
 
 def tracking_uri(root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    from reproml.paths import workspace
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(workspace(root) / 'mlflow.db').resolve()}"
 
 
 def setup(root: Path, experiment_name: str) -> str:
@@ -47,7 +49,9 @@ def setup(root: Path, experiment_name: str) -> str:
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is not None:
         return str(experiment.experiment_id)
-    location = (root / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+    from reproml.paths import workspace
+
+    location = (workspace(root) / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
     return str(mlflow.create_experiment(experiment_name, artifact_location=location))
 
 

@@ -88,6 +88,46 @@ def parse_period(spec: str) -> Period | None:
     return None
 
 
+def period_label(when: pd.Timestamp, every: str) -> str:
+    """The month (`2013-08`) or ISO week (`2013-W33`) that holds `when`."""
+    if every == "month":
+        return f"{when:%Y-%m}"
+    if every == "week":
+        year, week, _ = when.isocalendar()
+        return f"{year}-W{week:02d}"
+    raise BatchError(f"every={every!r}: expected 'month' or 'week'")
+
+
+def periods(first: str, last: str, every: str) -> list[Period]:
+    """Consecutive months or ISO weeks from the one `first` names to the one `last` names."""
+    start, stop = parse_period(first), parse_period(last)
+    if start is None or stop is None:
+        raise BatchError(f"{first!r}..{last!r}: expected periods such as 2013-07 or 2013-W27")
+    out: list[Period] = []
+    label = period_label(start.start, every)
+    while True:
+        period = parse_period(label)
+        assert period is not None
+        if period.start > stop.start:
+            return out
+        out.append(period)
+        label = period_label(period.end, every)
+
+
+def next_period(
+    last_batch_time: pd.Timestamp | None, first: pd.Timestamp, last: pd.Timestamp, every: str
+) -> str | None:
+    """The period after the newest monitored one (or the first holding production data), if
+    production data reaches into it; None when every period has been monitored."""
+    when = first if last_batch_time is None else last_batch_time
+    period = parse_period(period_label(when, every))
+    assert period is not None
+    if last_batch_time is not None:
+        period = parse_period(period_label(period.end, every))
+        assert period is not None
+    return period.label if period.start <= last else None
+
+
 def safe_id(text: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
     return cleaned or "batch"

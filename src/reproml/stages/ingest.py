@@ -11,6 +11,7 @@ from reproml.stages.common import load
 
 
 def run_ingest(root: Path = Path(".")) -> dict[str, Any]:
+    from reproml.data import labelled
     from reproml.data.ingest import ingest
 
     params = load(root)
@@ -21,6 +22,11 @@ def run_ingest(root: Path = Path(".")) -> dict[str, Any]:
         classes = sorted(frame[params.data.target].unique().tolist())
         positive = classes[-1]
         frame[params.data.target] = (frame[params.data.target] == positive).astype("int8")
+    # labelled production batches are stored as ingest wrote them (target already 0/1)
+    appended = labelled.append(
+        frame, labelled.read_batches(root / paths.LABELLED_DATA), params.data.time_column, params.data.target
+    )
+    frame = appended.frame
     schema = {
         "source": result.source,
         "target": params.data.target,
@@ -35,6 +41,9 @@ def run_ingest(root: Path = Path(".")) -> dict[str, Any]:
         "rows_read": result.rows_read,
         "rows_without_target": result.rows_without_target,
         **result.notes,
+        "labelled_batches": len(appended.files),
+        "rows_from_labelled_batches": appended.rows_added,
+        "rows_replaced_by_labelled_batches": appended.rows_replaced,
     }
     write_parquet(root / paths.INGESTED, frame)
     write_json(root / paths.SCHEMA, schema)

@@ -22,6 +22,7 @@ from typing import Any
 
 from reproml.errors import ReproError
 from reproml.io import file_lock
+from reproml.paths import workspace
 
 DEFAULT_JOURNAL = Path("optuna/studies.journal")
 STORAGE_ENV = "REPROML_TUNE_STORAGE"
@@ -54,8 +55,8 @@ def resolve(root: Path, setting: str | None) -> StorageInfo:
     """`REPROML_TUNE_STORAGE`, else `tune.storage`, else the project's journal file."""
     value = os.environ.get(STORAGE_ENV) or setting
     if value and _RDB.match(value):
-        return StorageInfo("rdb", value, (root / ".reproml" / "optuna-locks").resolve())
-    path = Path(value) if value else DEFAULT_JOURNAL
+        return StorageInfo("rdb", value, (workspace(root) / ".reproml" / "optuna-locks").resolve())
+    path = Path(value) if value else workspace(root) / DEFAULT_JOURNAL
     path = path if path.is_absolute() else (root / path)
     path = path.resolve()
     return StorageInfo("journal", str(path), path.parent / ".locks")

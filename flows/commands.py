@@ -1,0 +1,101 @@
+"""External commands (git, dvc, reproml) run from flows: output into the run's log, a whole
+process group stopped when the flow is, and transient failures told apart from real ones.
+
+A stage runs as `dvc repro -s <stage>` in its own process group. When the flow process gets
+SIGTERM, Prefect raises `TerminationSignal` in it; `run` then sends SIGTERM to the group, so
+`reproml train` ends its MLflow run KILLED and writes no model, and DVC leaves `dvc.lock` as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+# Failures worth another try: another process holds a lock for a moment.
+TRANSIENT_MARKERS = (
+    "is busy",  # dvc: a second `dvc repro` on the same repo
+    "Unable to acquire lock",
+    "database is locked",  # SQLite (MLflow's store) under a concurrent writer
+    "Timeout: a lock",
+)
+
+
+class CommandError(RuntimeError):
+    """A command failed for a reason another try will not fix."""
+
+
+class TransientError(CommandError):
+    """A command failed because something was busy; Prefect retries these with backoff."""
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("reproml.flows")
+
+
+def stop_group(process: subprocess.Popen[Any], grace_s: float = 30.0) -> None:
+    """SIGTERM to the command's whole process group, then SIGKILL if it outlives `grace_s`."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run(args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None, quiet: bool = False) -> str:
+    """Run `args` in `cwd`; return its output, or raise TransientError / CommandError with its tail."""
+    log = _logger()
+    shown = " ".join(args)
+    log.info("$ %s  (in %s)", shown, cwd)
+    process = subprocess.Popen(
+        list(args),
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if not quiet:
+                log.info("%s", line.rstrip())
+        code = process.wait()
+    except BaseException:
+        stop_group(process)
+        raise
+    output = "".join(lines)
+    if code != 0:
+        kind = TransientError if any(m in output for m in TRANSIENT_MARKERS) else CommandError
+        tail = "".join(lines[-25:])
+        raise kind(f"`{shown}` in {cwd} exited with {code}:\n{tail}")
+    return output
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect `retry_condition_fn`: retry only what a moment's wait can fix."""
+    try:
+        state.result()
+    except TransientError:
+        return True
+    except Exception as exc:  # a library error: retry only SQLite's "database is locked"
+        return "database is locked" in str(exc)
+    return False

@@ -1,0 +1,117 @@
+"""`reproml simulate`: July-December 2013 replayed as production through the monitoring flow.
+
+Each period goes through the same monitoring flow the daily schedule runs; a `retrain` verdict
+hands the batch to the training flow (new DVC data version on the simulation's own branch,
+`dvc repro`, challenger, gate). The replay starts from the pipeline's model and a clean
+`monitoring/` (earlier outputs are moved to `monitoring/archive/`), so running it twice tells
+the same story.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from flows.monitoring import monitoring
+from flows.training import worktree
+
+BRANCH = "reproml/simulation"
+
+
+@task(name="reset")
+def reset(root: Path, branch: str) -> int:
+    """Archive earlier monitoring outputs, start the branch again from HEAD, and make the
+    pipeline's registered model the champion (a forced promotion, recorded, if it is not)."""
+    from reproml import registry
+    from reproml.io import read_json
+    from reproml.monitoring import store
+    from reproml.stages.register import REGISTERED, run_promote
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    archive = root / store.MONITORING / "archive" / stamp
+    for folder in (store.RECORDS, store.PREDICTIONS, store.LABELLED, store.QUARANTINE, store.REPORTS):
+        if (root / folder).exists():
+            archive.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(root / folder), str(archive / folder.name))
+    worktree.fn(root, branch, reset=True)
+    registered = root / REGISTERED
+    if not registered.is_file():
+        raise FileNotFoundError(f"{registered} not found: run `dvc repro` before `reproml simulate`")
+    start = int(read_json(registered)["version"])
+    from mlflow.tracking import MlflowClient
+
+    from reproml import tracking
+    from reproml.stages.common import load
+
+    tracking.setup(root, load(root).mlflow.experiment_name)
+    current = registry.alias_version(MlflowClient(), load(root).register_.model_name, registry.CHAMPION)
+    if current is None or int(current.version) != start:
+        run_promote(root, version=start, reason="reproml simulate starts from the pipeline's model")
+    return start
+
+
+@task(name="report")
+def report(root: Path, outcomes: list[dict[str, Any]], baseline_version: int) -> dict[str, Any]:
+    """Score the never-retrained model on each batch's labelled rows; write the HTML and JSON."""
+    import mlflow
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from reproml import registry, simulation, tracking
+    from reproml.monitoring import store
+    from reproml.stages.common import load
+
+    params = load(root)
+    tracking.setup(root, params.mlflow.experiment_name)
+    name = params.register_.model_name
+    model = mlflow.sklearn.load_model(f"models:/{name}/{baseline_version}")
+    rows = []
+    for outcome in outcomes:
+        baseline = float("nan")
+        if outcome.get("labelled"):
+            frame = pd.read_parquet(root / outcome["labelled"])
+            baseline = simulation.baseline_metric(
+                model, frame, params.data.target, params.data.task, params.monitor.metric
+            )
+        rows.append(simulation.row(outcome, baseline, outcome["champion_after"]))
+    champion = registry.alias_version(MlflowClient(), name, registry.CHAMPION)
+    metric = next((r["metric"] for r in rows if r.get("metric")), params.monitor.metric or "metric")
+    page = simulation.write(
+        root / store.REPORTS, rows, metric, baseline_version, "reproml simulate: production replay"
+    )
+    return {
+        "rows": rows,
+        "html": str(page.relative_to(root)),
+        "baseline_version": baseline_version,
+        "final_champion": None if champion is None else int(champion.version),
+        "metric": metric,
+    }
+
+
+@flow(name="simulate", log_prints=True)
+def simulate(
+    root: str = ".", every: str = "month", start: str = "2013-07", end: str = "2013-12", branch: str = BRANCH
+) -> dict[str, Any]:
+    from mlflow.tracking import MlflowClient
+
+    from reproml import registry
+    from reproml.monitoring.batches import periods
+    from reproml.stages.common import load
+
+    log = get_run_logger()
+    home = Path(root).resolve()
+    spans = periods(start, end, every)
+    baseline_version = reset(home, branch)
+    name = load(home).register_.model_name
+    outcomes = []
+    for period in spans:
+        outcome = monitoring(root=str(home), batch=period.label, every=every, branch=branch)
+        champion = registry.alias_version(MlflowClient(), name, registry.CHAMPION)
+        outcome["champion_after"] = None if champion is None else int(champion.version)
+        log.info("%s: %s, champion v%s", period.label, outcome.get("verdict"), outcome["champion_after"])
+        outcomes.append(outcome)
+    return report(home, outcomes, baseline_version)

@@ -1,0 +1,216 @@
+"""The training flow: (new labelled data ->) new DVC data version -> `dvc repro` -> challenger ->
+promotion gate.
+
+Everything happens in a git worktree of `retrain.branch` (`.reproml/worktrees/`), which shares
+the project's DVC cache and remote and, through `REPROML_WORKSPACE`, its MLflow store, registry
+audit trail and Optuna studies. The user's branch and working tree are never touched.
+
+DVC decides what is stale and in which order: each stage of DVC's own graph becomes one Prefect
+task running `dvc repro -s <stage>` (skipped by DVC when nothing it depends on changed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from flows.commands import retry_transient, run
+from flows.gitwork import commit, open_worktree, tool
+
+BACKOFF_S = [5.0, 30.0]  # two more tries for what a moment fixes (commands.TRANSIENT_MARKERS)
+LABELLED_DVC = "data/raw/labelled.dvc"
+# what `dvc repro` and `dvc add` change, committed after each step (never the user's other files)
+PIPELINE_FILES = ["dvc.lock", "metrics", "params.yaml", LABELLED_DVC, "data/raw/.gitignore"]
+LEASE_S = 120.0  # a training flow killed with SIGKILL frees the slot after this long
+
+
+def stage_env(root: Path) -> dict[str, str]:
+    """Stages in the worktree keep the workspace's state and find this environment's tools."""
+    from reproml.paths import WORKSPACE_ENV
+
+    return {
+        WORKSPACE_ENV: str(root),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+    }
+
+
+@contextlib.contextmanager
+def workspace_env(root: Path) -> Iterator[None]:
+    """In-process library calls (promotion) see the workspace the way the stages do."""
+    from reproml.paths import WORKSPACE_ENV
+
+    before = os.environ.get(WORKSPACE_ENV)
+    os.environ[WORKSPACE_ENV] = str(root)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(WORKSPACE_ENV, None)
+        else:
+            os.environ[WORKSPACE_ENV] = before
+
+
+def limit_name(root: Path) -> str:
+    return "reproml-training-" + hashlib.sha1(str(root).encode()).hexdigest()[:10]
+
+
+@task(name="worktree", retries=2, retry_delay_seconds=BACKOFF_S, retry_condition_fn=retry_transient)
+def worktree(root: Path, branch: str, reset: bool = False) -> Path:
+    return open_worktree(root, branch, reset=reset)
+
+
+def champion_values(root: Path, model_name: str, model: str) -> dict[str, Any]:
+    """The champion's own `train.<model>` values (tuned ones included), from its MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    from reproml import registry, retrain, tracking
+    from reproml.stages.common import load
+
+    with workspace_env(root):
+        tracking.setup(root, load(root).mlflow.experiment_name)
+        client = MlflowClient()
+        version = registry.alias_version(client, model_name, registry.CHAMPION)
+        if version is None or version.run_id is None:
+            return {}
+        return retrain.champion_values(client.get_run(version.run_id).data.params, model)
+
+
+@task(name="add_batch")
+def add_batch(root: Path, tree: Path, labelled: Path) -> dict[str, Any]:
+    """The batch joins `data/raw/labelled/` as a new DVC data version; the window slides onto it;
+    both are committed on the retrain branch so the train run's lineage names that commit."""
+    import pandas as pd
+
+    from reproml import paths, retrain
+    from reproml.io import write_text
+    from reproml.stages.common import load
+
+    params = load(tree)
+    if not labelled.is_file():
+        raise FileNotFoundError(f"labelled batch {labelled} not found")
+    folder = tree / paths.LABELLED_DATA
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / labelled.name
+    shutil.copyfile(labelled, target)
+    time_column = params.data.time_column
+    if time_column is None:
+        raise ValueError("data.time_column is null: a retrain slides a time window")
+    start, end = retrain.batch_span(pd.read_parquet(target, columns=[time_column])[time_column])
+    window = retrain.slide(retrain.window_of(params), start, end)
+    trials = params.retrain.tune_trials
+    fixed = champion_values(root, params.register_.model_name, params.train.model) if trials == 0 else None
+    text, _ = retrain.edit_params((tree / "params.yaml").read_text(), window, trials, fixed)
+    write_text(tree / "params.yaml", text)
+    run([tool("dvc"), "add", "--quiet", str(paths.LABELLED_DATA)], tree, env=stage_env(root))
+    sha = commit(
+        tree,
+        f"reproml retrain: add labelled batch {labelled.name}; window {window.to_dict()}",
+        PIPELINE_FILES,
+    )
+    md5 = (tree / LABELLED_DVC).read_text().split("md5: ", 1)[1].split()[0]
+    return {"file": str(target.relative_to(tree)), "md5": md5, "window": window.to_dict(), "commit": sha}
+
+
+def stage_order(tree: Path) -> list[str]:
+    """The pipeline's stages, upstream first, as DVC's own graph orders them."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(tree)) as repo:
+        ordered = reversed(list(nx.topological_sort(repo.index.graph)))
+        return [stage.name for stage in ordered if stage.cmd]
+
+
+@task(name="stage", retries=2, retry_delay_seconds=BACKOFF_S, retry_condition_fn=retry_transient)
+def stage(tree: Path, name: str, env: dict[str, str]) -> str:
+    out = run([tool("dvc"), "repro", "--single-item", name], tree, env=env)
+    return "skipped" if "didn't change, skipping" in out else "ran"
+
+
+@task(name="push", retries=2, retry_delay_seconds=BACKOFF_S, retry_condition_fn=retry_transient)
+def push(tree: Path, env: dict[str, str]) -> None:
+    run([tool("dvc"), "push", "--quiet"], tree, env=env)
+
+
+@task(name="commit")
+def commit_lock(tree: Path, message: str) -> str | None:
+    return commit(tree, message, PIPELINE_FILES)
+
+
+@task(name="promote", retries=2, retry_delay_seconds=BACKOFF_S, retry_condition_fn=retry_transient)
+def promote(root: Path, tree: Path) -> dict[str, Any]:
+    from reproml.stages.register import run_promote
+
+    with workspace_env(root):
+        return run_promote(tree)
+
+
+def _data_versions(tree: Path) -> dict[str, str]:
+    """Every output and dependency md5 dvc.lock now records, by path."""
+    import yaml
+
+    lock = yaml.safe_load((tree / "dvc.lock").read_text())
+    versions: dict[str, str] = {}
+    for entry in lock.get("stages", {}).values():
+        for item in [*entry.get("deps", []), *entry.get("outs", [])]:
+            if "md5" in item:
+                versions[item["path"]] = item["md5"]
+    return versions
+
+
+@flow(name="training", log_prints=True)
+def training(
+    root: str = ".", labelled: str | None = None, reason: str = "on demand", branch: str | None = None
+) -> dict[str, Any]:
+    """Retrain on the retrain branch (`branch`, default `retrain.branch`): optionally add
+    `labelled` (a Parquet batch of labelled production rows) as a new data version, run the DVC
+    pipeline, push, commit, gate."""
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    from reproml.stages.common import load
+
+    log = get_run_logger()
+    home = Path(root).resolve()
+    params = load(home)
+    name = limit_name(home)
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, 1)
+    with concurrency(name, occupy=1, lease_duration=LEASE_S, strict=True):
+        tree = worktree(home, branch or params.retrain.branch)
+        env = stage_env(home)
+        added = None
+        if labelled is not None:
+            source = Path(labelled) if Path(labelled).is_absolute() else home / labelled
+            added = add_batch(home, tree, source)
+        stages: dict[str, str] = {}
+        for name_ in stage_order(tree):
+            stages[name_] = stage.with_options(name=name_, task_run_name=name_)(tree, name_, env)
+        push(tree, env)
+        lock_commit = commit_lock(tree, f"reproml retrain ({reason}): dvc.lock after dvc repro")
+        decision = promote(home, tree)
+    registered = (tree / "models" / "registered.json").read_text()
+    import json
+
+    summary = {
+        "branch": branch or params.retrain.branch,
+        "worktree": str(tree),
+        "reason": reason,
+        "added": added,
+        "stages": stages,
+        "commit": lock_commit,
+        "data_versions": _data_versions(tree),
+        "challenger": json.loads(registered),
+        "promotion": {k: decision.get(k) for k in ("action", "reason", "challenger", "champion", "record")},
+    }
+    log.info("promotion: %s (%s)", decision.get("action"), decision.get("reason"))
+    return summary

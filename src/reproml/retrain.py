@@ -1,0 +1,129 @@
+"""What a retrain changes in params.yaml: the time window slides to take in the new batch.
+
+After a labelled batch arrives, the pipeline's newest month should be that batch. The window
+slides so the batch becomes the test split (both the champion and the challenger are judged on
+rows neither trained on), the old test month joins validation's place and everything before it
+trains: the training data grows by one batch each retrain. The validation span keeps its length
+(in calendar months when the configured bounds are month starts, else in days).
+
+The file is edited with ruamel.yaml so the comments people wrote in params.yaml survive on the
+retrain branch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from reproml.config import Params, model_section, parse_params
+from reproml.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Window:
+    train_end: dt.date
+    valid_end: dt.date
+    test_end: dt.date
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: v.isoformat() for k, v in vars(self).items()}
+
+
+def batch_span(times: pd.Series) -> tuple[dt.date, dt.date]:
+    """The whole days a batch covers: its first day, and the day after its last (excluded)."""
+    if times.empty or times.isna().all():
+        raise ConfigError("the labelled batch has no time values: it cannot extend a time window")
+    first, last = pd.Timestamp(times.min()), pd.Timestamp(times.max())
+    return first.date(), (last.normalize() + pd.Timedelta(days=1)).date()
+
+
+def _months_between(start: dt.date, end: dt.date) -> int | None:
+    if start.day != 1 or end.day != 1:
+        return None
+    return (end.year - start.year) * 12 + end.month - start.month
+
+
+def slide(current: Window, start: dt.date, end: dt.date) -> Window:
+    """The window whose test split is [start, end) and whose validation span is as long as now."""
+    if start < current.test_end:
+        raise ConfigError(
+            f"the batch starts {start}, before prepare.test_end {current.test_end}: its rows are already "
+            "part of the training window"
+        )
+    if not start < end:
+        raise ConfigError(f"empty batch span {start}..{end}")
+    months = _months_between(current.train_end, current.valid_end)
+    if months is not None and start.day == 1:
+        train_end = (pd.Timestamp(start) - pd.DateOffset(months=months)).date()
+    else:
+        train_end = start - (current.valid_end - current.train_end)
+    return Window(train_end=train_end, valid_end=start, test_end=end)
+
+
+def window_of(params: Params) -> Window:
+    p = params.prepare
+    return Window(p.train_end, p.valid_end, p.test_end)
+
+
+def _yaml() -> Any:
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    return yaml
+
+
+def champion_values(run_params: dict[str, str], model: str) -> dict[str, Any]:
+    """The champion's `train.<model>` values, typed again, from its MLflow run's params (which
+    hold the tuned values it was trained with); empty if it was another kind of model."""
+    import yaml
+
+    if run_params.get("train.model") != model:
+        return {}
+    prefix = f"train.{model_section(model)}."
+    return {k[len(prefix) :]: yaml.safe_load(v) for k, v in run_params.items() if k.startswith(prefix)}
+
+
+def edit_params(
+    text: str, window: Window, tune_trials: int, fixed: dict[str, Any] | None = None
+) -> tuple[str, Params]:
+    """params.yaml's text for the retrain: the new window, and either a tuning budget
+    (`tune_trials` > 0; the new study tries the champion's params first: `tune.warm_start`) or,
+    with 0, tuning off and `fixed` (the champion's values) as `train.<model>`: a refit.
+
+    Returns the new text and its validated Params; nothing is written here.
+    """
+    yaml = _yaml()
+    doc = yaml.load(text)
+    if not isinstance(doc, dict) or "prepare" not in doc:
+        raise ConfigError("params.yaml: expected a mapping with a `prepare` section")
+    if doc["prepare"].get("split", "time") != "time":
+        raise ConfigError("prepare.split is not `time`: a retrain extends a time window")
+    split_of = {"train_end": "train", "valid_end": "valid", "test_end": "test"}
+    for key, value in window.to_dict().items():
+        doc["prepare"][key] = value
+        doc["prepare"].yaml_add_eol_comment(f"{split_of[key]} ends here (set by the last retrain)", key)
+    tune = doc.setdefault("tune", {})
+    if tune_trials > 0:
+        tune["n_trials"] = tune_trials
+    else:
+        tune["enabled"] = False
+        section = doc.setdefault("train", {}).setdefault(
+            model_section(doc["train"].get("model", "xgboost")), {}
+        )
+        for key, value in (fixed or {}).items():
+            section[key] = value
+    out = io.StringIO()
+    yaml.dump(doc, out)
+    new_text = out.getvalue()
+    import yaml as pyyaml
+
+    return new_text, parse_params(pyyaml.safe_load(new_text), "params.yaml (retrain)")

@@ -1,0 +1,146 @@
+"""The replay's report: what retraining bought, batch by batch, against never retraining.
+
+`reproml simulate` feeds July-December 2013 through the monitoring flow; this module turns the
+decision records and the training flow's outcomes into one row per batch, scores the model the
+replay started with (the never-retrained baseline) on the same labelled rows the champion was
+judged on, and writes `monitoring/reports/simulation.html` (a plot and the table) and
+`simulation.json` next to it.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from reproml.io import write_json, write_text
+
+HTML_NAME, JSON_NAME = "simulation.html", "simulation.json"
+COLUMNS = {
+    "batch": "batch",
+    "rows": "rows",
+    "weighted_drift_share": "weighted drift",
+    "drift_share": "drift share",
+    "quality": "champion quality",
+    "baseline": "never retrained",
+    "verdict": "verdict",
+    "retrain": "retrain",
+    "data_version": "data version",
+    "champion": "champion after",
+}
+
+
+def baseline_metric(model: Any, frame: pd.DataFrame, target: str, task: str, metric: str | None) -> float:
+    """The metric the monitor uses (`gate.score`), for `model` on labelled `frame`."""
+    from reproml import gate
+    from reproml.evaluate import predict_scores
+
+    labelled = frame[frame[target].notna()]
+    if labelled.empty:
+        return math.nan
+    scores = predict_scores(model, labelled[list(model.feature_names_in_)], task)
+    return gate.score(gate.metric_spec(metric, task), labelled[target].to_numpy(), scores)
+
+
+def row(outcome: dict[str, Any], baseline: float, champion_after: int | None) -> dict[str, Any]:
+    """One batch of the replay: the monitoring flow's summary plus what the retrain did."""
+    retrain = outcome.get("retrain")
+    what, data_version = "-", None
+    if retrain:
+        promotion = retrain.get("promotion") or {}
+        version = (retrain.get("challenger") or {}).get("version")
+        what = f"{promotion.get('action')} v{version}"
+        data_version = ((retrain.get("added") or {}).get("md5") or "")[:10] or None
+    return {
+        "batch": outcome.get("batch"),
+        "rows": outcome.get("rows"),
+        "weighted_drift_share": outcome.get("weighted_drift_share"),
+        "drift_share": outcome.get("drift_share"),
+        "quality": outcome.get("quality"),
+        "baseline": None if not np.isfinite(baseline) else float(baseline),
+        "metric": outcome.get("metric"),
+        "verdict": outcome.get("verdict"),
+        "retrain": what,
+        "data_version": data_version,
+        "champion_before": (outcome.get("champion") or {}).get("version"),
+        "champion": champion_after,
+        "reasons": outcome.get("reasons") or [],
+    }
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "-" if not math.isfinite(value) else f"{value:.4f}"
+    return str(value)
+
+
+def _plot_svg(rows: list[dict[str, Any]], metric: str, baseline_version: int | None) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    judged = [r for r in rows if r.get("quality") is not None]
+    if not judged:
+        return "<p>No batch had enough labelled rows to judge quality.</p>"
+    x = np.arange(len(judged))
+    fig, ax = plt.subplots(figsize=(9, 3.6), dpi=100)
+    ax.plot(x, [r["quality"] for r in judged], "o-", color="#2471a3", label="champion at the time")
+    ax.plot(
+        x,
+        [r["baseline"] for r in judged],
+        "s--",
+        color="#7f8c8d",
+        label=f"never retrained (v{baseline_version})",
+    )
+    for i, r in enumerate(judged):
+        if r["retrain"].startswith("promote"):
+            ax.axvline(i + 0.5, color="#1e8449", alpha=0.4)
+            ax.annotate(f"v{r['champion']}", (i + 0.5, ax.get_ylim()[1]), fontsize=8, ha="center", va="top")
+    ax.set_xticks(x, [r["batch"] for r in judged], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    ax.set_title(
+        "Champion quality per production batch (green line: a promotion after that batch)", fontsize=10
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg")
+    plt.close(fig)
+    svg = buffer.getvalue()
+    return svg[svg.index("<svg") :]
+
+
+def render_html(rows: list[dict[str, Any]], metric: str, baseline_version: int | None, title: str) -> str:
+    head = "".join(f"<th>{html.escape(label)}</th>" for label in COLUMNS.values())
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td>{html.escape(cell(r.get(key)))}</td>" for key in COLUMNS)
+        + f'<td class="why">{html.escape("; ".join(r["reasons"]))}</td></tr>'
+        for r in rows
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>"
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td.why{text-align:left;font-size:11px}"
+        "</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>{_plot_svg(rows, metric, baseline_version)}"
+        f"<table><tr>{head}<th>reasons</th></tr>{body}</table>"
+        "<p>Per-batch drift and quality reports: <a href='index.html'>index.html</a>.</p></body></html>"
+    )
+
+
+def write(
+    folder: Path, rows: list[dict[str, Any]], metric: str, baseline_version: int | None, title: str
+) -> Path:
+    write_json(folder / JSON_NAME, {"baseline_version": baseline_version, "metric": metric, "rows": rows})
+    return write_text(folder / HTML_NAME, render_html(rows, metric, baseline_version, title))
