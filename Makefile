@@ -72,5 +72,7 @@ benchmark: install ## pipeline overhead, CLI start-up, tuning against random sea
 	$(BIN)/python benchmarks/pipeline_overhead.py
 	$(BIN)/python benchmarks/tuning.py
 
-clean: ## remove pipeline outputs and local MLflow state (keeps .venv and the DVC cache)
+clean: ## stop the servers, remove pipeline outputs and local MLflow state (keeps .venv and the DVC cache)
+	-test -x $(BIN)/python && $(BIN)/python -m flows.servers down
 	rm -rf data/ingested.parquet data/schema.json data/prepared models plots predictions mlflow.db mlartifacts registry optuna .reproml
+	git worktree prune

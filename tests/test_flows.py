@@ -303,3 +303,64 @@ def test_transient_failures_are_retried_and_real_ones_are_not(tmp_path: Path, pr
         with pytest.raises(CommandError):
             once(counting)
         assert (tmp_path / "count").read_text() == "x"  # not retried
+
+
+def test_a_failed_retrain_leaves_the_champion_as_it_was(project: Project, prefect_api: str) -> None:
+    """A labelled batch the data cannot take: ingest fails, the flow fails, nothing is promoted."""
+    p = project
+    broken = p.root / "broken.parquet"
+    production = pd.read_parquet(p.root / "data" / "prepared" / "production.parquet")
+    production.drop(columns=["carrier"]).head(600).to_parquet(broken, index=False)
+    before = {"versions": versions(p), "champion": champion(p)}
+    done = p.run(str(BIN / "reproml"), "retrain", "--labelled", str(broken), check=False)
+    assert done.returncode != 0
+    assert "labelled batch lacks columns ['carrier']" in done.stdout + done.stderr
+    assert {"versions": versions(p), "champion": champion(p)} == before
+    latest = max(prefect_flow_runs(prefect_api, "training"), key=lambda r: r.created)
+    assert latest.state.type.value == "FAILED"
+    p.run("git", "-C", str(worktree(p)), "reset", "--hard", "--quiet", "HEAD~1")  # drop the bad data version
+
+
+def test_one_training_flow_per_workspace(project: Project, prefect_api: str) -> None:
+    """While another training flow holds the workspace's slot, a new one waits and runs nothing."""
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.training import limit_name
+
+    p = project
+    earlier = {r.id for r in prefect_flow_runs(prefect_api, "training")}
+    name = limit_name(p.root.resolve())
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        with get_client(sync_client=True) as c:
+            c.upsert_global_concurrency_limit_by_name(name, 1)
+        with concurrency(name, occupy=1, strict=True):
+            waiting = subprocess.Popen(
+                [str(BIN / "reproml"), "retrain"], cwd=p.root, env=p.env,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+            try:
+                deadline = time.monotonic() + 120
+                while not (
+                    new := [r for r in prefect_flow_runs(prefect_api, "training") if r.id not in earlier]
+                ):
+                    assert time.monotonic() < deadline and waiting.poll() is None, "the flow never started"
+                    time.sleep(0.5)
+                time.sleep(8)
+                assert waiting.poll() is None, "the second flow did not wait"
+                tasks = _task_runs(prefect_api, new[0].id)
+                assert tasks == [], f"a second training flow ran {tasks} while the slot was held"
+            finally:
+                waiting.send_signal(signal.SIGTERM)
+                waiting.communicate(timeout=60)
+
+
+def _task_runs(api: str, flow_run_id: Any) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as c:
+        found = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        return [t.name for t in found]
