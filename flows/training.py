@@ -97,15 +97,15 @@ def add_batch(root: Path, tree: Path, labelled: Path) -> dict[str, Any]:
     params = load(tree)
     if not labelled.is_file():
         raise FileNotFoundError(f"labelled batch {labelled} not found")
+    time_column = params.data.time_column
+    if time_column is None:
+        raise ValueError("data.time_column is null: a retrain slides a time window")
+    start, end = retrain.batch_span(pd.read_parquet(labelled, columns=[time_column])[time_column])
+    window = retrain.slide(retrain.window_of(params), start, end)
     folder = tree / paths.LABELLED_DATA
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / labelled.name
     shutil.copyfile(labelled, target)
-    time_column = params.data.time_column
-    if time_column is None:
-        raise ValueError("data.time_column is null: a retrain slides a time window")
-    start, end = retrain.batch_span(pd.read_parquet(target, columns=[time_column])[time_column])
-    window = retrain.slide(retrain.window_of(params), start, end)
     trials = params.retrain.tune_trials
     fixed = champion_values(root, params.register_.model_name, params.train.model) if trials == 0 else None
     text, _ = retrain.edit_params((tree / "params.yaml").read_text(), window, trials, fixed)
@@ -118,6 +118,23 @@ def add_batch(root: Path, tree: Path, labelled: Path) -> dict[str, Any]:
     )
     md5 = (tree / LABELLED_DVC).read_text().split("md5: ", 1)[1].split()[0]
     return {"file": str(target.relative_to(tree)), "md5": md5, "window": window.to_dict(), "commit": sha}
+
+
+def head(tree: Path) -> str:
+    return run(["git", "rev-parse", "HEAD"], tree, quiet=True).strip()
+
+
+def rollback(tree: Path, commit: str) -> None:
+    """The worktree back at `commit`, labelled data included: a failed retrain leaves no data
+    version behind for the next one to trip over."""
+    from reproml import paths
+
+    get_run_logger().warning("retrain failed: resetting %s to %s", tree, commit[:10])
+    run(["git", "reset", "--hard", "--quiet", commit], tree, quiet=True)
+    if (tree / LABELLED_DVC).is_file():
+        run([tool("dvc"), "checkout", "--force", "--quiet", LABELLED_DVC], tree, quiet=True)
+    else:
+        shutil.rmtree(tree / paths.LABELLED_DATA, ignore_errors=True)
 
 
 def stage_order(tree: Path) -> list[str]:
@@ -189,14 +206,19 @@ def training(
         tree = worktree(home, branch or params.retrain.branch)
         env = stage_env(home)
         added = None
-        if labelled is not None:
-            source = Path(labelled) if Path(labelled).is_absolute() else home / labelled
-            added = add_batch(home, tree, source)
-        stages: dict[str, str] = {}
-        for name_ in stage_order(tree):
-            stages[name_] = stage.with_options(name=name_, task_run_name=name_)(tree, name_, env)
-        push(tree, env)
-        lock_commit = commit_lock(tree, f"reproml retrain ({reason}): dvc.lock after dvc repro")
+        start = head(tree)
+        try:
+            if labelled is not None:
+                source = Path(labelled) if Path(labelled).is_absolute() else home / labelled
+                added = add_batch(home, tree, source)
+            stages: dict[str, str] = {}
+            for name_ in stage_order(tree):
+                stages[name_] = stage.with_options(name=name_, task_run_name=name_)(tree, name_, env)
+            push(tree, env)
+            lock_commit = commit_lock(tree, f"reproml retrain ({reason}): dvc.lock after dvc repro")
+        except BaseException:  # a failure, SIGTERM or Ctrl-C: the branch goes back to where it was
+            rollback(tree, start)
+            raise
         decision = promote(home, tree)
     registered = (tree / "models" / "registered.json").read_text()
     import json

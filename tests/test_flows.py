@@ -212,9 +212,10 @@ def test_sigterm_mid_training_changes_nothing(project: Project, prefect_api: str
     assert client(p).get_run(run_id).info.status == "KILLED"
     assert versions(p) == before["versions"] and champion(p) == before["champion"]
     assert {a: client(p).get_model_version_by_alias(MODEL, a).version for a in aliases} == aliases
-    # the data version was committed before the pipeline ran; no dvc.lock commit followed it
-    subject = p.run("git", "log", "-1", "--format=%s", BRANCH).stdout
-    assert "add labelled batch" in subject and branch_head(p) != before["branch"]
+    # the data version committed before the pipeline ran is rolled back with the rest
+    assert branch_head(p) == before["branch"]
+    assert not (worktree(p) / "data" / "raw" / "labelled" / august.name).exists()
+    assert p.run("git", "-C", str(worktree(p)), "status", "--porcelain").stdout == ""
     latest = max(prefect_flow_runs(prefect_api, "training"), key=lambda r: r.created)
     assert latest.state.type.value == "CRASHED"
     leftovers = subprocess.run(["pgrep", "-f", str(worktree(p))], capture_output=True, text=True).stdout
@@ -310,15 +311,18 @@ def test_a_failed_retrain_leaves_the_champion_as_it_was(project: Project, prefec
     p = project
     broken = p.root / "broken.parquet"
     production = pd.read_parquet(p.root / "data" / "prepared" / "production.parquet")
-    production.drop(columns=["carrier"]).head(600).to_parquet(broken, index=False)
-    before = {"versions": versions(p), "champion": champion(p)}
+    december = production[production["time_hour"].dt.month == 12]  # after any window the branch has
+    december.drop(columns=["carrier"]).to_parquet(broken, index=False)
+    before = {"versions": versions(p), "champion": champion(p), "branch": branch_head(p)}
     done = p.run(str(BIN / "reproml"), "retrain", "--labelled", str(broken), check=False)
     assert done.returncode != 0
     assert "labelled batch lacks columns ['carrier']" in done.stdout + done.stderr
-    assert {"versions": versions(p), "champion": champion(p)} == before
+    assert {"versions": versions(p), "champion": champion(p), "branch": branch_head(p)} == before
     latest = max(prefect_flow_runs(prefect_api, "training"), key=lambda r: r.created)
     assert latest.state.type.value == "FAILED"
-    p.run("git", "-C", str(worktree(p)), "reset", "--hard", "--quiet", "HEAD~1")  # drop the bad data version
+    # the bad data version is gone: the branch and its labelled data are as they were
+    assert not (worktree(p) / "data" / "raw" / "labelled" / broken.name).exists()
+    assert p.run("git", "-C", str(worktree(p)), "status", "--porcelain").stdout == ""
 
 
 def test_one_training_flow_per_workspace(project: Project, prefect_api: str) -> None:

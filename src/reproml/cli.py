@@ -102,7 +102,11 @@ def tune() -> None:
             def run(root: Path) -> dict[str, Any]:
                 from reproml.config import load_params
 
-                bar.update(task, total=load_params(root / "params.yaml").tune.n_trials)
+                settings = load_params(root / "params.yaml").tune
+                if settings.enabled:
+                    bar.update(task, total=settings.n_trials)
+                else:
+                    bar.update(task, total=0, detail="off (tune.enabled: false)")
                 return run_tune(root, on_counts=show)
 
             summary = run(ROOT)
