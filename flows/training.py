@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -195,6 +196,7 @@ def training(
     from prefect.concurrency.sync import concurrency
 
     from reproml.stages.common import load
+    from reproml.stages.register import REGISTERED
 
     log = get_run_logger()
     home = Path(root).resolve()
@@ -212,17 +214,15 @@ def training(
                 source = Path(labelled) if Path(labelled).is_absolute() else home / labelled
                 added = add_batch(home, tree, source)
             stages: dict[str, str] = {}
-            for name_ in stage_order(tree):
-                stages[name_] = stage.with_options(name=name_, task_run_name=name_)(tree, name_, env)
+            for stage_name in stage_order(tree):
+                run_stage = stage.with_options(name=stage_name, task_run_name=stage_name)
+                stages[stage_name] = run_stage(tree, stage_name, env)
             push(tree, env)
             lock_commit = commit_lock(tree, f"reproml retrain ({reason}): dvc.lock after dvc repro")
         except BaseException:  # a failure, SIGTERM or Ctrl-C: the branch goes back to where it was
             rollback(tree, start)
             raise
         decision = promote(home, tree)
-    registered = (tree / "models" / "registered.json").read_text()
-    import json
-
     summary = {
         "branch": branch or params.retrain.branch,
         "worktree": str(tree),
@@ -231,7 +231,7 @@ def training(
         "stages": stages,
         "commit": lock_commit,
         "data_versions": _data_versions(tree),
-        "challenger": json.loads(registered),
+        "challenger": json.loads((tree / REGISTERED).read_text()),
         "promotion": {k: decision.get(k) for k in ("action", "reason", "challenger", "champion", "record")},
     }
     log.info("promotion: %s (%s)", decision.get("action"), decision.get("reason"))
