@@ -26,7 +26,7 @@ def split_file(name: str) -> Path:
 
 
 def workspace(root: Path) -> Path:
-    """Where the project's local state lives (mlflow.db, mlartifacts/, registry/, optuna/,
-    monitoring/): `REPROML_WORKSPACE` when set, else the project root itself."""
+    """Where the project's local state lives (mlflow.db, mlartifacts/, registry/, optuna/):
+    `REPROML_WORKSPACE` when set, else the project root itself."""
     value = os.environ.get(WORKSPACE_ENV)
     return Path(value) if value else root

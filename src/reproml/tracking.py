@@ -24,6 +24,8 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from reproml.paths import workspace
+
 TAG_PREFIX = "reproml."
 MODEL_MD5_TAG = "reproml.model_md5"
 # The resolved params.yaml, exactly (MLflow params are strings and lose types).
@@ -33,8 +35,6 @@ BATCH = 100
 
 
 def tracking_uri(root: Path) -> str:
-    from reproml.paths import workspace
-
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(workspace(root) / 'mlflow.db').resolve()}"
 
 
@@ -49,8 +49,6 @@ def setup(root: Path, experiment_name: str) -> str:
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is not None:
         return str(experiment.experiment_id)
-    from reproml.paths import workspace
-
     location = (workspace(root) / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
     return str(mlflow.create_experiment(experiment_name, artifact_location=location))
 
