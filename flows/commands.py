@@ -96,6 +96,6 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
         state.result()
     except TransientError:
         return True
-    except Exception as exc:  # a library error: retry only SQLite's "database is locked"
-        return "database is locked" in str(exc)
+    except Exception as exc:  # a library error (in-process MLflow, say): the same markers decide
+        return any(marker in str(exc) for marker in TRANSIENT_MARKERS)
     return False

@@ -26,9 +26,12 @@ BRANCH = "reproml/simulation"
 def reset(root: Path, branch: str) -> int:
     """Archive earlier monitoring outputs, start the branch again from HEAD, and make the
     pipeline's registered model the champion (a forced promotion, recorded, if it is not)."""
-    from reproml import registry
+    from mlflow.tracking import MlflowClient
+
+    from reproml import registry, tracking
     from reproml.io import read_json
     from reproml.monitoring import store
+    from reproml.stages.common import load
     from reproml.stages.register import REGISTERED, run_promote
 
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -42,13 +45,9 @@ def reset(root: Path, branch: str) -> int:
     if not registered.is_file():
         raise FileNotFoundError(f"{registered} not found: run `dvc repro` before `reproml simulate`")
     start = int(read_json(registered)["version"])
-    from mlflow.tracking import MlflowClient
-
-    from reproml import tracking
-    from reproml.stages.common import load
-
-    tracking.setup(root, load(root).mlflow.experiment_name)
-    current = registry.alias_version(MlflowClient(), load(root).register_.model_name, registry.CHAMPION)
+    params = load(root)
+    tracking.setup(root, params.mlflow.experiment_name)
+    current = registry.alias_version(MlflowClient(), params.register_.model_name, registry.CHAMPION)
     if current is None or int(current.version) != start:
         run_promote(root, version=start, reason="reproml simulate starts from the pipeline's model")
     return start

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,20 +43,12 @@ def stage_env(root: Path) -> dict[str, str]:
     }
 
 
-@contextlib.contextmanager
-def workspace_env(root: Path) -> Iterator[None]:
+def workspace_env(root: Path) -> contextlib.AbstractContextManager[None]:
     """In-process library calls (promotion) see the workspace the way the stages do."""
+    from reproml.env import overridden
     from reproml.paths import WORKSPACE_ENV
 
-    before = os.environ.get(WORKSPACE_ENV)
-    os.environ[WORKSPACE_ENV] = str(root)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(WORKSPACE_ENV, None)
-        else:
-            os.environ[WORKSPACE_ENV] = before
+    return overridden(WORKSPACE_ENV, str(root))
 
 
 def limit_name(root: Path) -> str:

@@ -7,8 +7,10 @@ from leaving anything behind elsewhere on the machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 LOCAL_DIR = ".reproml"
@@ -24,3 +26,17 @@ def keep_inside(root: Path) -> None:
     os.environ.setdefault("MPLCONFIGDIR", str(mpl))
     os.environ.setdefault("MPLBACKEND", "Agg")
     tempfile.tempdir = str(tmp)
+
+
+@contextlib.contextmanager
+def overridden(name: str, value: str) -> Iterator[None]:
+    """`os.environ[name] = value` for the block, then as it was (unset if it was unset)."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous

@@ -21,7 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,26 +248,15 @@ def _has_params_artifact(run_id: str) -> bool:
     return any(f.path == PARAMS_ARTIFACT for f in MlflowClient().list_artifacts(run_id))
 
 
-@contextlib.contextmanager
-def _env(name: str, value: str) -> Iterator[None]:
-    previous = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
-
-
 def _download_params(run_id: str, into: Path) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
     from reproml.tracking import PARAMS_ARTIFACT
 
     into.mkdir(parents=True, exist_ok=True)
-    with _env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):  # a bar for one small file is noise
+    from reproml.env import overridden
+
+    with overridden("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):  # a bar for one small file is noise
         local = MlflowClient().download_artifacts(run_id, PARAMS_ARTIFACT, dst_path=str(into))
     loaded: dict[str, Any] = json.loads(Path(local).read_text())
     return loaded

@@ -10,7 +10,6 @@ every one of these, without anyone editing a path.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,19 +52,18 @@ class Champion:
 
 
 def _artifact_json(client: Any, run_id: str, artifact: str) -> Any:
-    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # a bar for one small file is noise
+    from reproml.env import overridden
+
     try:
-        with tempfile.TemporaryDirectory() as scratch:
+        # a progress bar for one small file is noise
+        with (
+            overridden("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
+            tempfile.TemporaryDirectory() as scratch,
+        ):
             local = client.download_artifacts(run_id, artifact, dst_path=scratch)
             return json.loads(Path(local).read_text())
     except Exception as exc:  # MlflowException, OSError: the message says which
         raise ChampionError(f"run {run_id} has no readable artifact {artifact!r}: {exc}") from None
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
 
 
 def importance_of(table: Any, run_id: str) -> dict[str, float]:
