@@ -7,7 +7,12 @@ MLflow pointed at a SQLite file there and temp files kept there too.
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +124,61 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
     finally:
         servers.stop(root, "prefect")
+
+
+# --- headless Chromium: the pages people open, opened the way they open them ---------------------
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+
+
+def in_ci() -> bool:
+    """`.ci/run` runs with CI=true: there the browser tests must run, never skip."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The headless browser; without one the browser tests skip locally and FAIL under CI=true."""
+    found = next((shutil.which(n) for n in CHROMIUM_NAMES if shutil.which(n)), None)
+    if found is None:
+        message = f"no chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)}; apt-get install chromium)"
+        if in_ci():
+            pytest.fail(f"CI=true, so the browser tests must run, but {message}: .ci/run installs it")
+        pytest.skip(message)
+    return found
+
+
+@dataclass(frozen=True)
+class Opened:
+    console: list[str]  # every console message and uncaught exception, one `:CONSOLE` line each
+    dom: str  # the DOM after the page's scripts ran (with dump_dom), else ''
+
+
+def open_in_chromium(
+    binary: str, page: Path, *, screenshot: Path | None = None, dump_dom: bool = False
+) -> Opened:
+    """Load `page` headless, let its scripts run (15 s of virtual time), then screenshot it or dump its DOM.
+
+    Chromium logs every console message and uncaught exception as a `:CONSOLE` line on stderr.
+    Its profile and sockets go to a short private folder (a long TMPDIR breaks its socket path).
+    """
+    scratch = tempfile.mkdtemp(prefix="chr", dir="/tmp")
+    action = [f"--screenshot={screenshot}"] if screenshot is not None else ["--dump-dom"] if dump_dom else []
+    env = {**os.environ, "TMPDIR": scratch, "HOME": scratch}
+    try:
+        done = subprocess.run(
+            [
+                binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                "--enable-logging=stderr", "--v=0", "--virtual-time-budget=15000", "--window-size=1280,900",
+                f"--user-data-dir={scratch}", *action, page.resolve().as_uri(),
+            ],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if screenshot is not None:
+        assert screenshot.is_file(), done.stderr[-2000:]
+    if dump_dom:
+        assert "</html>" in done.stdout, done.stderr[-2000:]
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    return Opened(console, done.stdout if dump_dom else "")

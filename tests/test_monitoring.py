@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from reproml.errors import ReproError
 from reproml.monitoring import store
 from reproml.stages.monitor import run_monitor
 from reproml.stages.register import run_promote
-from tests.conftest import tiny_frame
+from tests.conftest import open_in_chromium, tiny_frame
 from tests.test_registry import NAME, pipeline, project_params
 
 pytestmark = pytest.mark.integration
@@ -273,37 +272,6 @@ def test_same_distribution_batches_raise_no_false_alarm(project: Path) -> None:
 
 # --- the pages in a real browser -----------------------------------------------------------------
 
-CHROMIUM = next(
-    (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None
-)
-
-
-def open_in_chromium(page: Path, screenshot: Path) -> list[str]:
-    """Load `page` headless, let its scripts run, screenshot it; return the console messages.
-
-    Chromium logs every console message and uncaught exception as a `:CONSOLE` line on stderr.
-    Its profile and sockets go to a short private folder (a long TMPDIR breaks its socket path).
-    """
-    scratch = tempfile.mkdtemp(prefix="chr", dir="/tmp")
-    env = {**os.environ, "TMPDIR": scratch, "HOME": scratch}
-    try:
-        done = _chromium(page, screenshot, scratch, env)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    assert screenshot.is_file(), done.stderr[-2000:]
-    return [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
-
-
-def _chromium(page: Path, screenshot: Path, profile: str, env: dict[str, str]) -> Any:
-    return subprocess.run(
-        [
-            str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-            "--enable-logging=stderr", "--v=0", "--virtual-time-budget=15000", "--window-size=1280,900",
-            f"--user-data-dir={profile}", f"--screenshot={screenshot}", page.resolve().as_uri(),
-        ],
-        capture_output=True, text=True, timeout=120, env=env,
-    )  # fmt: skip
-
 
 def not_blank(png: Path) -> bool:
     from PIL import Image
@@ -312,13 +280,13 @@ def not_blank(png: Path) -> bool:
     return bool(pixels.std() > 10 and (pixels < 128).mean() > 0.005)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (apt-get install chromium)")
 def test_index_and_drift_report_render_in_chromium_without_console_errors(
-    project: Path, tmp_path: Path
+    project: Path, tmp_path: Path, chromium: str
 ) -> None:
     monitor(project, batch(), "same")
     record = monitor(project, batch(labelled=False, x1=2.0), "shifted")
     for page in (project / store.INDEX, project / record["reports"]["drift"]):
         shot = tmp_path / f"{page.parent.name}-{page.stem}.png"
-        assert open_in_chromium(page, shot) == [], f"console messages from {page}"
+        opened = open_in_chromium(chromium, page, screenshot=shot)
+        assert opened.console == [], f"console messages from {page}"
         assert not_blank(shot), f"{page} rendered blank"

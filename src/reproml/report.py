@@ -1,4 +1,9 @@
-"""Terminal tables people compare runs with."""
+"""Terminal tables people compare runs with.
+
+Values that come from data (reasons quoting a batch's values, run names, params) go in as
+`rich.text.Text` (`_plain`), never as markup: a value such as `[/bold]` would otherwise stop the
+table with a MarkupError, and `[link=...]` would put a hyperlink in the operator's terminal.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,15 @@ from datetime import datetime
 from pathlib import Path
 
 from rich.table import Table
+from rich.text import Text
 
 from reproml import paths
+
+
+def _plain(value: object) -> Text:
+    """`value` as literal text: rich never reads markup in it."""
+    return Text(str(value))
+
 
 COLUMNS = {
     "classification": ["test_roc_auc", "test_pr_auc", "test_f1", "valid_roc_auc"],
@@ -42,10 +54,10 @@ def runs_table(root: Path, experiment_name: str, limit: int) -> Table:
         started = datetime.fromtimestamp(info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
         dirty = "+dirty" if data.tags.get("reproml.git_dirty") == "true" else ""
         table.add_row(
-            info.run_name or info.run_id[:8],
+            _plain(info.run_name or info.run_id[:8]),
             started,
             info.status,
-            data.params.get("train.model", "?"),
+            _plain(data.params.get("train.model", "?")),
             *(f"{data.metrics[m]:.4f}" if m in data.metrics else "-" for m in metrics),
             data.tags.get("reproml.overfit", "-"),
             data.tags.get(f"reproml.data.{paths.INGESTED}", "-")[:10],
@@ -68,12 +80,12 @@ def registry_table(root: Path) -> Table:
         improvement = gate.get("improvement")
         table.add_row(
             record["time"][:19].replace("T", " "),
-            record["model_name"],
-            record["action"],
+            _plain(record["model_name"]),
+            _plain(record["action"]),
             version(record.get("challenger") or record.get("champion")),
             version(record.get("champion") if record.get("challenger") else record.get("demoted")),
             "-" if improvement is None else f"{improvement:+.4f}",
-            record["reason"],
+            _plain(record["reason"]),
         )
     return table
 
@@ -88,10 +100,10 @@ def compare_table(rows: list, label_a: str, label_b: str) -> Table:
         shown = row.section if row.section != section else ""
         section = row.section
         table.add_row(
-            shown,
-            row.key,
-            _brief(row.a),
-            _brief(row.b),
+            _plain(shown),
+            _plain(row.key),
+            _plain(_brief(row.a)),
+            _plain(_brief(row.b)),
             "yes" if row.same else "DIFFERS",
             style=None if row.same else "bold yellow",
         )
@@ -129,21 +141,20 @@ def verdict_table(record: dict) -> Table:
     table.add_column("", style="bold")
     table.add_column("", overflow="fold")
     drift = record.get("drift") or {}
-    table.add_row("verdict", record["verdict"])
-    table.add_row("summary", record.get("summary", ""))
+    table.add_row("verdict", _plain(record["verdict"]))
+    table.add_row("summary", _plain(record.get("summary", "")))
     for reason in record.get("reasons", []):
-        table.add_row("why", reason)
+        table.add_row("why", _plain(reason))
     table.add_row(
         "drift share",
         f"{_share(drift.get('drift_share'))} (weighted {_share(drift.get('weighted_drift_share'))})",
     )
-    table.add_row("quality", _quality_cell(record.get("quality")))
+    table.add_row("quality", _plain(_quality_cell(record.get("quality"))))
     for name, path in (record.get("reports") or {}).items():
-        table.add_row(f"{name} report", path)
+        table.add_row(f"{name} report", _plain(path))
     if record.get("quarantine"):
-        table.add_row(
-            "quarantined", f"{record['quarantine']['batch']} (reason: {record['quarantine']['reason']})"
-        )
+        where = f"{record['quarantine']['batch']} (reason: {record['quarantine']['reason']})"
+        table.add_row("quarantined", _plain(where))
     table.add_row("record", f"monitoring/records/{record['batch_id']}.json")
     table.add_row("index", "monitoring/reports/index.html")
     return table
@@ -169,14 +180,14 @@ def monitoring_table(records: list[dict]) -> Table:
         drift = record.get("drift") or {}
         table.add_row(
             str(record.get("seq", "")),
-            record["batch_id"],
+            _plain(record["batch_id"]),
             (record.get("batch_time") or "-")[:10],
             str(record.get("rows", "")),
             f"v{(record.get('champion') or {}).get('version', '?')}",
-            record.get("verdict", "?"),
+            _plain(record.get("verdict", "?")),
             _share(drift.get("drift_share")),
             _share(drift.get("weighted_drift_share")),
-            _quality_cell(record.get("quality")),
-            record.get("summary") or (record.get("reasons") or ["-"])[0],
+            _plain(_quality_cell(record.get("quality"))),
+            _plain(record.get("summary") or (record.get("reasons") or ["-"])[0]),
         )
     return table

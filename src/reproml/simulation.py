@@ -9,7 +9,6 @@ judged on, and writes `monitoring/reports/simulation.html` (a plot and the table
 
 from __future__ import annotations
 
-import html
 import io
 import math
 from pathlib import Path
@@ -18,7 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reproml.io import write_json, write_text
+from reproml import safehtml
+from reproml.io import write_json
 
 HTML_NAME, JSON_NAME = "simulation.html", "simulation.json"
 COLUMNS = {
@@ -81,7 +81,9 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def _plot_svg(rows: list[dict[str, Any]], metric: str, baseline_version: int | None) -> str:
+def _plot_svg(rows: list[dict[str, Any]], metric: str, baseline_version: int | None) -> Any:
+    """The plot as inline SVG markup: matplotlib's SVG writer escapes every label it writes
+    (`<`, `>`, `&`, quotes, and `--` in comments), so the page inserts it unescaped."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,7 +91,7 @@ def _plot_svg(rows: list[dict[str, Any]], metric: str, baseline_version: int | N
 
     judged = [r for r in rows if r.get("quality") is not None]
     if not judged:
-        return "<p>No batch had enough labelled rows to judge quality.</p>"
+        return safehtml.markup("<p>No batch had enough labelled rows to judge quality.</p>")
     x = np.arange(len(judged))
     fig, ax = plt.subplots(figsize=(9, 3.6), dpi=100)
     ax.plot(x, [r["quality"] for r in judged], "o-", color="#2471a3", label="champion at the time")
@@ -116,26 +118,17 @@ def _plot_svg(rows: list[dict[str, Any]], metric: str, baseline_version: int | N
     fig.savefig(buffer, format="svg")
     plt.close(fig)
     svg = buffer.getvalue()
-    return svg[svg.index("<svg") :]
+    return safehtml.markup(svg[svg.index("<svg") :])
 
 
 def render_html(rows: list[dict[str, Any]], metric: str, baseline_version: int | None, title: str) -> str:
-    head = "".join(f"<th>{html.escape(label)}</th>" for label in COLUMNS.values())
-    body = "".join(
-        "<tr>"
-        + "".join(f"<td>{html.escape(cell(r.get(key)))}</td>" for key in COLUMNS)
-        + f'<td class="why">{html.escape("; ".join(r["reasons"]))}</td></tr>'
-        for r in rows
-    )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>"
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
-        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td.why{text-align:left;font-size:11px}"
-        "</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>{_plot_svg(rows, metric, baseline_version)}"
-        f"<table><tr>{head}<th>reasons</th></tr>{body}</table>"
-        "<p>Per-batch drift and quality reports: <a href='index.html'>index.html</a>.</p></body></html>"
+    """The page (templates/simulation.html, autoescaped): every value from the replay is text."""
+    return safehtml.render(
+        "simulation.html",
+        title=title,
+        plot=_plot_svg(rows, metric, baseline_version),
+        headers=list(COLUMNS.values()),
+        rows=[([cell(r.get(key)) for key in COLUMNS], "; ".join(r["reasons"])) for r in rows],
     )
 
 
@@ -143,4 +136,4 @@ def write(
     folder: Path, rows: list[dict[str, Any]], metric: str, baseline_version: int | None, title: str
 ) -> Path:
     write_json(folder / JSON_NAME, {"baseline_version": baseline_version, "metric": metric, "rows": rows})
-    return write_text(folder / HTML_NAME, render_html(rows, metric, baseline_version, title))
+    return safehtml.write_page(folder / HTML_NAME, render_html(rows, metric, baseline_version, title))

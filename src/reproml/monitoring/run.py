@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from reproml import safehtml
 from reproml.config import Params
 from reproml.io import write_json, write_parquet, write_with
 from reproml.monitoring import batches, champion, concept, decision, drift, quality, reports, store, workspace
@@ -63,7 +64,8 @@ class _Clock:
 
 
 def _save_html(snapshot: Any, target: Path) -> None:
-    write_with(target, lambda p: snapshot.save_html(str(p)))
+    """Evidently's page with its data escaped for `<script>` (never `snapshot.save_html`: see safehtml)."""
+    safehtml.write_evidently_html(snapshot, target)
 
 
 def _quarantine(root: Path, batch: batches.Batch, problems: list[str]) -> dict[str, str]:
