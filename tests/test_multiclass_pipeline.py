@@ -150,3 +150,8 @@ def test_register_stage_made_a_challenger_of_the_data_sets_own_name(
 def test_second_repro_is_a_no_op(project: Project) -> None:
     again = project.run("dvc", "repro")
     assert "Data and pipelines are up to date" in again.stdout
+
+
+def test_runs_table_shows_the_macro_metrics(project: Project, pipeline_run: Any) -> None:
+    done = project.run("env", "COLUMNS=220", "reproml", "runs")
+    assert f"{pipeline_run.data.metrics['test_roc_auc_ovr']:.4f}" in done.stdout
