@@ -209,7 +209,7 @@ def test_flat_params_uses_dotted_keys() -> None:
     ("mutate", "pattern"),
     [
         (lambda raw: raw["train"]["xgboost"].update(max_detph=6), r"train\.xgboost\.max_detph: unknown key"),
-        (lambda raw: raw["data"].update(task="multiclass"), r"data\.task = 'multiclass'"),
+        (lambda raw: raw["data"].update(task="ranking"), r"data\.task = 'ranking'"),
     ],
     ids=["unknown-key", "bad-enum"],
 )

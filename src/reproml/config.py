@@ -21,7 +21,8 @@ from reproml.errors import ConfigError
 PARAMS_FILE = "params.yaml"
 
 ModelName = Literal["xgboost", "logistic", "linear", "random_forest", "hist_gradient_boosting"]
-Task = Literal["classification", "regression"]
+# classification: binary (two classes, the target coded 0/1); multiclass: three or more classes
+Task = Literal["classification", "multiclass", "regression"]
 DatePart = Literal["month", "dayofweek", "hour", "dayofyear"]
 DEFAULT_DATE_PARTS: tuple[DatePart, ...] = ("dayofweek", "hour", "month")
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -156,7 +157,7 @@ class TuneParams(_Section):
 
     enabled: bool = True  # false: `train` uses the fixed params of `train.<model>`
     study_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]+$")  # null: <model>-<data hash>
-    metric: str | None = None  # null: roc_auc (classification) / rmse (regression), on the valid split
+    metric: str | None = None  # null: roc_auc / roc_auc_ovr (multiclass) / rmse, on the valid split
     direction: Literal["maximize", "minimize"] | None = None  # null: the metric's own direction
     n_trials: PositiveInt | None = 40
     timeout_s: Annotated[float, Field(gt=0.0)] | None = None
@@ -292,11 +293,12 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _model_fits_task(self) -> Params:
-        linear_for = {"logistic": "classification", "linear": "regression"}
+        linear_for = {"logistic": ("classification", "multiclass"), "linear": ("regression",)}
         wanted = linear_for.get(self.train.model)
-        if wanted is not None and wanted != self.data.task:
+        if wanted is not None and self.data.task not in wanted:
+            tasks = " or ".join(wanted)
             raise ValueError(
-                f"train.model={self.train.model!r} is for {wanted}; data.task is {self.data.task!r}"
+                f"train.model={self.train.model!r} is for {tasks}; data.task is {self.data.task!r}"
             )
         return self
 

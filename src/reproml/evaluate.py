@@ -1,58 +1,64 @@
 """Scores, metrics, curves and the overfitting check, all from sklearn.metrics.
 
 Everything here is pure: frames and arrays in, numbers and small frames out. `plots.py` draws the
-frames; `stages.py` writes them where DVC and MLflow look.
+frames; `stages.py` writes them where DVC and MLflow look. Which metrics a task reports, and what
+each means, is `reproml.metrics`' table; scores are shaped as it describes (binary: P(positive),
+multiclass: one probability column per class in the model's `classes_` order).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-PRIMARY_METRIC = {"classification": "roc_auc", "regression": "rmse"}
+from reproml import metrics
+
+PRIMARY_METRIC = metrics.PRIMARY
 
 
 def predict_scores(model: Any, X: pd.DataFrame, task: str) -> np.ndarray:
-    """Probability of the positive class for classification, the prediction for regression."""
+    """Probability of the positive class for classification, every class's probability (columns in
+    `model.classes_` order) for multiclass, the prediction for regression."""
     if task == "classification":
         return np.asarray(model.predict_proba(X)[:, 1], dtype="float64")
+    if task == "multiclass":
+        return np.asarray(model.predict_proba(X), dtype="float64")
     return np.asarray(model.predict(X), dtype="float64")
 
 
-def compute_metrics(y: np.ndarray, scores: np.ndarray, task: str, threshold: float = 0.5) -> dict[str, float]:
-    if task == "classification":
-        labels = (scores >= threshold).astype(int)
-        return {
-            "accuracy": skm.accuracy_score(y, labels),
-            "precision": skm.precision_score(y, labels, zero_division=0),
-            "recall": skm.recall_score(y, labels, zero_division=0),
-            "f1": skm.f1_score(y, labels, zero_division=0),
-            "roc_auc": skm.roc_auc_score(y, scores),
-            "pr_auc": skm.average_precision_score(y, scores),
-            "log_loss": skm.log_loss(y, np.clip(scores, 1e-15, 1 - 1e-15), labels=[0, 1]),
-        }
-    mse = skm.mean_squared_error(y, scores)
+def compute_metrics(
+    y: np.ndarray,
+    scores: np.ndarray,
+    task: str,
+    threshold: float = metrics.THRESHOLD,
+    labels: Sequence[Any] | None = None,
+) -> dict[str, float]:
+    """Every metric of the task (`reproml.metrics.for_task`), NaN where one is undefined.
+
+    Multiclass: `labels` is the class of each score column, the labels `y` holds.
+    """
     return {
-        "mae": skm.mean_absolute_error(y, scores),
-        "mse": mse,
-        "rmse": float(np.sqrt(mse)),
-        "r2": skm.r2_score(y, scores),
+        m.name: metrics.score(m, y, scores, labels=labels, threshold=threshold)
+        for m in metrics.for_task(task)
     }
 
 
 def overfit_check(by_split: dict[str, dict[str, float]], task: str, margin: float) -> dict[str, Any]:
     """Train-vs-validation gap on the primary metric; flagged when it exceeds `margin`.
 
-    Classification compares ROC-AUC (absolute gap); regression compares RMSE relative to the
-    training RMSE, so the margin means the same thing whatever the target's units.
+    A metric where higher is better (ROC-AUC, binary or macro one-vs-rest) compares the absolute gap;
+    one where lower is better (regression's RMSE) the gap relative to the training value, so the
+    margin means the same thing whatever the target's units.
     """
     metric = PRIMARY_METRIC[task]
     train, valid = by_split["train"][metric], by_split["valid"][metric]
-    gap = train - valid if task == "classification" else (valid - train) / max(train, 1e-12)
+    higher = metrics.METRICS[metric].higher_is_better
+    gap = train - valid if higher else (valid - train) / max(train, 1e-12)
     return {"metric": metric, "gap": float(gap), "margin": margin, "overfit": bool(gap > margin)}
 
 
@@ -78,9 +84,48 @@ def calibration_frame(y: np.ndarray, scores: np.ndarray, bins: int = 10) -> pd.D
     return pd.DataFrame({"mean_predicted": predicted, "fraction_positive": observed})
 
 
-def confusion_frame(y: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> pd.DataFrame:
-    """One row per prediction (what DVC's confusion template counts)."""
+def confusion_frame(
+    y: np.ndarray,
+    scores: np.ndarray,
+    threshold: float = metrics.THRESHOLD,
+    labels: Sequence[Any] | None = None,
+) -> pd.DataFrame:
+    """One row per prediction (what DVC's confusion template counts): binary 0/1, multiclass the
+    class labels (the most probable class predicted)."""
+    if scores.ndim == 2:
+        if labels is None:
+            raise ValueError("a multiclass confusion frame needs the class labels of the score columns")
+        names = np.asarray([str(v) for v in labels], dtype=object)
+        return pd.DataFrame(
+            {
+                "actual": np.asarray([str(v) for v in y], dtype=object),
+                "predicted": names[np.argmax(scores, axis=1)],
+            }
+        )
     return pd.DataFrame({"actual": y.astype(int), "predicted": (scores >= threshold).astype(int)})
+
+
+def per_class_frame(y: np.ndarray, scores: np.ndarray, labels: Sequence[Any]) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class (`reproml.metrics.per_class`)."""
+    return metrics.per_class(y, scores, labels)
+
+
+def one_vs_rest_frames(y: np.ndarray, scores: np.ndarray, labels: Sequence[Any]) -> dict[str, pd.DataFrame]:
+    """Each class's ROC and precision-recall curve against all other classes, stacked in long form
+    with a `class` column (`roc_ovr`, `precision_recall_ovr`); a class absent from `y` has none."""
+    codes = metrics.encode(y, labels)
+    roc, pr = [], []
+    for k, label in enumerate(labels):
+        positive = (codes == k).astype(int)
+        if positive.min() == positive.max():
+            continue
+        roc.append(roc_frame(positive, scores[:, k]).assign(**{"class": str(label)}))
+        pr.append(precision_recall_frame(positive, scores[:, k]).assign(**{"class": str(label)}))
+    empty = {"class": pd.Series(dtype=object)}
+    return {
+        "roc_ovr": pd.concat(roc, ignore_index=True) if roc else pd.DataFrame(empty),
+        "precision_recall_ovr": pd.concat(pr, ignore_index=True) if pr else pd.DataFrame(empty),
+    }
 
 
 def residual_frame(y: np.ndarray, scores: np.ndarray, rows: int, seed: int) -> pd.DataFrame:
@@ -113,7 +158,9 @@ def permutation_importance_frame(
     """
     from sklearn.inspection import permutation_importance
 
-    scoring = "roc_auc" if task == "classification" else "neg_root_mean_squared_error"
+    scoring: Any = "roc_auc" if task == "classification" else "neg_root_mean_squared_error"
+    if task == "multiclass":
+        scoring = _multiclass_scorer(metrics.metric_spec(None, task))
     result = permutation_importance(
         model, X, y, scoring=scoring, n_repeats=repeats, random_state=seed, n_jobs=1
     )
@@ -125,3 +172,17 @@ def permutation_importance_frame(
         }
     )
     return frame.sort_values("importance", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _multiclass_scorer(spec: metrics.MetricSpec) -> Any:
+    """A `scoring` callable for sklearn: the metric in the model's own class order, higher = better.
+
+    sklearn's string scorers infer the classes from the `y` they are given, so a sample missing a
+    rare class would fail; this one always scores against `model.classes_`.
+    """
+
+    def scorer(model: Any, X: pd.DataFrame, y: np.ndarray) -> float:
+        value = metrics.score(spec, y, predict_scores(model, X, "multiclass"), labels=list(model.classes_))
+        return value if spec.higher_is_better else -value
+
+    return scorer

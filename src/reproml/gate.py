@@ -16,49 +16,42 @@ in order, each with a sentence that says why:
 "Improvement" is always oriented so that positive means the challenger is better, whichever way
 the metric points, so the rules read the same for ROC-AUC and RMSE. Everything is pure: arrays in,
 a frozen `GateResult` out, whose `to_dict()` is the decision record.
+
+Scores are those of `reproml.metrics`: P(positive) for binary classification, predictions for
+regression, and for multiclass one probability column per class, both models' columns in the order
+of `labels` (the class labels `y` holds), judged on a macro metric (default: macro one-vs-rest
+ROC-AUC) with the same paired bootstrap.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn import metrics as skm
+import pandas as pd
 
 from reproml.config import PromoteParams
-from reproml.errors import ConfigError
-from reproml.evaluate import PRIMARY_METRIC
+from reproml.metrics import (
+    MetricSpec,
+    UnknownMetricError,
+    check_same_length,
+    encode,
+    metric_spec,
+    presorted_auc,
+    score,
+)
+from reproml.metrics import weighted_scorer as _weighted_scorer
 
-# metric -> higher is better, per task; the names are those `evaluate.compute_metrics` reports.
-_METRICS: dict[str, dict[str, bool]] = {
-    "classification": {
-        "accuracy": True,
-        "precision": True,
-        "recall": True,
-        "f1": True,
-        "roc_auc": True,
-        "pr_auc": True,
-        "log_loss": False,
-    },
-    "regression": {"mae": False, "mse": False, "rmse": False, "r2": True},
-}
-_THRESHOLD = 0.5  # the same cut `evaluate.compute_metrics` uses for the label metrics
-_RANKING = frozenset({"roc_auc", "pr_auc"})
-
-
-class UnknownMetricError(ConfigError, ValueError):
-    """`promote.metric` names no metric of the task: a ConfigError (the CLI prints it plainly) that
-    is also a ValueError (what a caller passing a bad name programmatically expects)."""
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    name: str
-    higher_is_better: bool
+# The metric side (names, directions, sklearn functions, NaN rules) lives in `reproml.metrics`;
+# these names stay importable from here for the callers that judge models (monitoring, tuning).
+__all__ = ["GateResult", "MetricSpec", "SliceResult", "UnknownMetricError", "decide", "metric_spec",
+           "paired_bootstrap", "score", "weighted_scorer"]  # fmt: skip
+_presorted_auc = presorted_auc
+_check_same_length = check_same_length
 
 
 @dataclass(frozen=True)
@@ -94,76 +87,6 @@ class GateResult:
         return _jsonable(dataclasses.asdict(self))
 
 
-def metric_spec(name: str | None, task: str) -> MetricSpec:
-    """Resolve `promote.metric`; None means the project's primary metric for the task."""
-    if task not in _METRICS:
-        raise ValueError(f"unknown task {task!r}: expected one of {sorted(_METRICS)}")
-    if name is None:
-        name = PRIMARY_METRIC[task]
-    directions = _METRICS[task]
-    if name not in directions:
-        raise UnknownMetricError(
-            f"unknown metric {name!r} for {task} (promote.metric): expected one of {', '.join(directions)}"
-        )
-    return MetricSpec(name=name, higher_is_better=directions[name])
-
-
-def score(
-    spec: MetricSpec, y: np.ndarray, scores: np.ndarray, sample_weight: np.ndarray | None = None
-) -> float:
-    """The metric of `scores` against `y`, or NaN where it is undefined.
-
-    Scores are P(positive) for classification (cut at 0.5 for the label metrics, as in
-    `evaluate.compute_metrics`) and predictions for regression. Undefined cases (no rows, NaN or
-    infinite inputs, a ranking metric with one class present, R2 of a constant target) give NaN
-    instead of raising, because the gate must turn them into a clear rejection, not a traceback.
-    Mismatched lengths still raise: that is a caller's bug, not an undefined metric.
-    """
-    y = np.asarray(y)
-    scores = np.asarray(scores, dtype=np.float64)
-    weight = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-    _check_same_length(y, scores, weight)
-    if len(y) == 0 or (weight is not None and not weight.sum() > 0):
-        return math.nan
-    if not (np.all(np.isfinite(scores)) and _all_finite(y)):
-        return math.nan
-    name = spec.name
-    if name in _RANKING:
-        present = (y == 1) if weight is None else (y == 1) & (weight > 0)
-        absent = (y != 1) if weight is None else (y != 1) & (weight > 0)
-        if not (present.any() and absent.any()):
-            return math.nan  # no ranking to judge with one class (AP would be a meaningless 0 or 1)
-        if name == "roc_auc":
-            return float(skm.roc_auc_score(y, scores, sample_weight=weight))
-        return float(skm.average_precision_score(y, scores, sample_weight=weight))
-    labels = (scores >= _THRESHOLD).astype(int)
-    value: float
-    if name == "accuracy":
-        value = skm.accuracy_score(y, labels, sample_weight=weight)
-    elif name == "precision":
-        value = skm.precision_score(y, labels, sample_weight=weight, zero_division=0)
-    elif name == "recall":
-        value = skm.recall_score(y, labels, sample_weight=weight, zero_division=0)
-    elif name == "f1":
-        value = skm.f1_score(y, labels, sample_weight=weight, zero_division=0)
-    elif name == "log_loss":
-        value = skm.log_loss(y, np.clip(scores, 1e-15, 1 - 1e-15), sample_weight=weight, labels=[0, 1])
-    elif name == "mae":
-        value = skm.mean_absolute_error(y, scores, sample_weight=weight)
-    elif name == "mse":
-        value = skm.mean_squared_error(y, scores, sample_weight=weight)
-    elif name == "rmse":
-        value = skm.root_mean_squared_error(y, scores, sample_weight=weight)
-    elif name == "r2":
-        if len(y) < 2:
-            return math.nan
-        value = skm.r2_score(y, scores, sample_weight=weight, force_finite=False)
-    else:  # pragma: no cover - metric_spec only builds known names
-        raise ValueError(f"unknown metric {name!r}")
-    value = float(value)
-    return value if math.isfinite(value) else math.nan
-
-
 def paired_bootstrap(
     spec: MetricSpec,
     y: np.ndarray,
@@ -172,6 +95,7 @@ def paired_bootstrap(
     samples: int,
     confidence: float,
     seed: int,
+    labels: Sequence[Any] | None = None,
 ) -> tuple[float, float, float]:
     """(improvement, low, high): the oriented improvement on all rows and its percentile interval.
 
@@ -180,7 +104,8 @@ def paired_bootstrap(
     what makes a small real improvement detectable. A resample is drawn as per-row counts used as
     sample weights, which is the same as materialising the resampled rows but cheaper. Resamples on
     which the metric is undefined (e.g. one class drawn) are dropped; if none is left the interval
-    is NaN, which the gate rejects. Deterministic for a seed.
+    is NaN, which the gate rejects. Deterministic for a seed. Multiclass: `labels` names the class of
+    each score column (see `reproml.metrics.score`).
     """
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
@@ -190,6 +115,7 @@ def paired_bootstrap(
     challenger = np.asarray(challenger, dtype=np.float64)
     champion = np.asarray(champion, dtype=np.float64)
     _check_same_length(y, challenger, champion)
+    y = _class_codes(y, challenger, labels)
     improvement = _oriented(spec, score(spec, y, challenger), score(spec, y, champion))
     n = len(y)
     if n == 0 or not math.isfinite(improvement):
@@ -217,12 +143,14 @@ def decide(
     task: str,
     slices: np.ndarray | None = None,
     seed: int = 0,
+    labels: Sequence[Any] | None = None,
 ) -> GateResult:
     """Apply the promotion rules (module docstring) in order; the first that fails gives the reason.
 
     Every field is filled with what can be computed, even when an early rule rejects, so the
     decision record always shows the numbers behind the verdict. `slices` holds the slice column's
     value per row (compared as `str`); it is only judged when `params.slice_column` is set.
+    Multiclass scores are 2-D with columns in `labels` order, the labels `y` holds.
     """
     spec = metric_spec(params.metric, task)
     y = np.asarray(y)
@@ -230,6 +158,7 @@ def decide(
     champion = None if champion is None else np.asarray(champion, dtype=np.float64)
     slices = None if slices is None else np.asarray(slices, dtype=object)
     _check_same_length(y, challenger, champion, slices)
+    y = _class_codes(y, challenger, labels)
     name, rows = spec.name, len(y)
 
     def result(promote: bool, reason: str, **numbers: Any) -> GateResult:
@@ -358,63 +287,27 @@ def _slice_results(
     return out
 
 
-def weighted_scorer(spec: MetricSpec, y: np.ndarray, scores: np.ndarray) -> Callable[[np.ndarray], float]:
+def weighted_scorer(
+    spec: MetricSpec, y: np.ndarray, scores: np.ndarray, labels: Sequence[Any] | None = None
+) -> Callable[[np.ndarray], float]:
     """`row weights -> metric` for bootstrap resamples drawn as per-row counts (see `paired_bootstrap`).
 
     Public for monitoring, whose quality interval resamples the same way and needs the same fast
     ROC-AUC path to stay within its time budget.
     """
-    return _weighted_scorer(spec, y, scores)
+    return _weighted_scorer(spec, y, scores, labels)
 
 
-def _weighted_scorer(spec: MetricSpec, y: np.ndarray, scores: np.ndarray) -> Callable[[np.ndarray], float]:
-    """`weights -> metric`, precomputing what does not change between resamples.
-
-    ROC-AUC gets a dedicated path: sklearn re-sorts the scores on every call (~12 ms at 27k rows,
-    so ~12 s for 500 paired resamples), while the scores' order never changes between resamples.
-    Grouping the rows by distinct score once makes each resample two `bincount`s and a `cumsum`.
-    tests/test_gate.py checks it against `sklearn.metrics.roc_auc_score(sample_weight=...)`.
-    """
-    if spec.name == "roc_auc" and np.all(np.isfinite(scores)) and _all_finite(y):
-        return _presorted_auc(y, scores)
-    return lambda weight: score(spec, y, scores, sample_weight=weight)
-
-
-def _presorted_auc(y: np.ndarray, scores: np.ndarray) -> Callable[[np.ndarray], float]:
-    """Weighted ROC-AUC = P(score of a positive > score of a negative) + half the ties, weights as
-    row multiplicities: exactly the trapezoidal area sklearn computes."""
-    _, group = np.unique(scores, return_inverse=True)  # groups in ascending score order
-    group = group.ravel()
-    groups = int(group.max()) + 1 if group.size else 0
-    positive = (np.asarray(y) == 1).astype(np.float64)
-
-    def auc(weight: np.ndarray) -> float:
-        pos = np.bincount(group, weights=weight * positive, minlength=groups)
-        neg = np.bincount(group, weights=weight, minlength=groups) - pos
-        total_pos, total_neg = float(pos.sum()), float(neg.sum())
-        if total_pos <= 0.0 or total_neg <= 0.0:
-            return math.nan
-        negatives_below = np.cumsum(neg) - neg
-        # np.sum of a product, not `@`: BLAS dot spins up threads that stall on a busy 2-core machine
-        return float(np.sum(pos * (negatives_below + 0.5 * neg))) / (total_pos * total_neg)
-
-    return auc
+def _class_codes(y: np.ndarray, scores: np.ndarray, labels: Sequence[Any] | None) -> np.ndarray:
+    """Multiclass labels as score-column positions, once, so resamples and slices skip the lookup."""
+    if labels is None or scores.ndim != 2 or pd.isna(y).any():
+        return y
+    return encode(y, labels)
 
 
 def _oriented(spec: MetricSpec, challenger: float, champion: float) -> float:
     """Positive means the challenger is better, whichever way the metric points."""
     return challenger - champion if spec.higher_is_better else champion - challenger
-
-
-def _check_same_length(*arrays: np.ndarray | None) -> None:
-    lengths = {len(a) for a in arrays if a is not None}
-    if len(lengths) > 1:
-        raise ValueError(f"arrays must have one value per row; got lengths {sorted(lengths)}")
-
-
-def _all_finite(values: np.ndarray) -> bool:
-    """True unless a numeric array holds NaN/inf (labels of other dtypes cannot)."""
-    return not np.issubdtype(values.dtype, np.number) or bool(np.all(np.isfinite(values)))
 
 
 def _fmt(value: float) -> str:

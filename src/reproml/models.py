@@ -1,15 +1,80 @@
-"""Estimator factory: the model named by `train.model`, configured from its params section."""
+"""Estimator factory: the model named by `train.model`, configured from its params section.
+
+Multiclass estimators are fit on class codes 0..K-1 (XGBoost accepts nothing else) inside
+`ClassLabels`, which holds the data's class order, so the logged model takes raw columns and answers
+in the data's own labels.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+
 from reproml.config import TrainParams
+from reproml.metrics import CURVE, METRICS
+
+CLASSIFICATION_TASKS = frozenset({"classification", "multiclass"})
+
+
+def class_order(y: Any, classes: Sequence[Any] | None) -> list[Any]:
+    """The recorded class order, or (for a caller without a schema) the sorted training labels."""
+    if classes is not None:
+        return list(classes)
+    import pandas as pd
+
+    return sorted(pd.unique(pd.Series(y).dropna()).tolist())
+
+
+class ClassLabels(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+    """A classifier that speaks the data's labels while the estimator inside sees codes 0..K-1.
+
+    `classes` is the recorded class order (data/schema.json); `classes_` is that order after `fit`,
+    and `predict_proba`'s columns follow it, whatever the labels' type. Labels inside the fit
+    params that carry them (XGBoost's `eval_set`, HistGradientBoosting's `y_val`) are coded too.
+    Every class must occur in the training labels: a model that never saw a class could only give
+    it probability zero, so that is refused with the missing classes named.
+    """
+
+    def __init__(self, estimator: Any = None, classes: Sequence[Any] = ()) -> None:
+        self.estimator = estimator
+        self.classes = classes
+
+    def encode(self, y: Any) -> np.ndarray:
+        """Labels as codes (positions in `classes`); a label not in `classes` raises ValueError."""
+        from reproml.metrics import encode
+
+        return encode(np.asarray(y), list(self.classes))
+
+    def fit(self, X: Any, y: Any, **fit_params: Any) -> ClassLabels:
+        codes = self.encode(y)
+        missing = [self.classes[k] for k in sorted(set(range(len(self.classes))) - set(codes.tolist()))]
+        if missing:
+            raise ValueError(
+                f"classes {missing} have no training rows; every class in {list(self.classes)} needs some"
+            )
+        if "eval_set" in fit_params:
+            fit_params["eval_set"] = [
+                (X_eval, self.encode(y_eval)) for X_eval, y_eval in fit_params["eval_set"]
+            ]
+        if fit_params.get("y_val") is not None:
+            fit_params["y_val"] = self.encode(fit_params["y_val"])
+        self.classes_ = np.asarray(list(self.classes))
+        self.estimator_ = clone(self.estimator).fit(X, codes, **fit_params)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return np.asarray(self.estimator_.predict_proba(X))
+
+    def predict(self, X: Any) -> np.ndarray:
+        return np.asarray(self.classes_[np.argmax(self.predict_proba(X), axis=1)])
 
 
 def make_estimator(train: TrainParams, task: str, seed: int, categorical_mask: list[bool]) -> Any:
     """A fresh, unfitted estimator. Heavy imports stay inside so `reproml --help` stays fast."""
-    classification = task == "classification"
+    classification = task in CLASSIFICATION_TASKS
     if train.model == "xgboost":
         import xgboost as xgb
 
@@ -26,7 +91,9 @@ def make_estimator(train: TrainParams, task: str, seed: int, categorical_mask: l
             reg_lambda=p.reg_lambda,
             max_bin=p.max_bin,
             early_stopping_rounds=p.early_stopping_rounds,
-            eval_metric=["logloss", "auc"] if classification else ["rmse"],
+            objective=xgboost_objective(task),
+            # early stopping watches the last: the task's learning-curve metric
+            eval_metric=["logloss", "auc"] if task == "classification" else [_xgboost_curve(task)],
             enable_categorical=any(categorical_mask),
             feature_types=["c" if is_cat else "q" for is_cat in categorical_mask] or None,
             n_jobs=train.n_jobs,
@@ -70,3 +137,13 @@ def make_estimator(train: TrainParams, task: str, seed: int, categorical_mask: l
 
         return Ridge(alpha=1.0 / train.linear.C, random_state=seed)
     raise ValueError(f"unknown train.model {train.model!r}")  # unreachable: config validates it
+
+
+def xgboost_objective(task: str) -> str:
+    """XGBoost's learning objective for the task (softprob: one probability column per class)."""
+    return {"classification": "binary:logistic", "multiclass": "multi:softprob"}.get(task, "reg:squarederror")
+
+
+def _xgboost_curve(task: str) -> str:
+    """XGBoost's name for the task's learning-curve metric (`reproml.metrics.CURVE`)."""
+    return METRICS[CURVE[task]].xgboost[task]

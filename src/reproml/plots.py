@@ -45,16 +45,19 @@ def line(
     return _save(plt, fig, ax, target, title)
 
 
-def confusion(frame: pd.DataFrame, target: Path, title: str) -> Path:
+def confusion(frame: pd.DataFrame, target: Path, title: str, labels: list[Any] | None = None) -> Path:
+    """Counts of actual (rows) by predicted (columns), for `labels` in their order (default: binary
+    0/1)."""
     plt, fig, ax = _figure()
     table = pd.crosstab(frame["actual"], frame["predicted"])
-    counts = table.reindex(index=[0, 1], columns=[0, 1], fill_value=0).to_numpy()
+    labels = [0, 1] if labels is None else labels
+    counts = table.reindex(index=labels, columns=labels, fill_value=0).to_numpy()
     ax.imshow(counts, cmap="Blues")
-    for i in range(2):
-        for j in range(2):
+    for i in range(len(labels)):
+        for j in range(len(labels)):
             ax.text(j, i, f"{counts[i, j]:,}", ha="center", va="center")
-    ax.set_xticks([0, 1])
-    ax.set_yticks([0, 1])
+    ax.set_xticks(range(len(labels)), [str(v) for v in labels])
+    ax.set_yticks(range(len(labels)), [str(v) for v in labels])
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     return _save(plt, fig, ax, target, title)
@@ -74,4 +77,33 @@ def scatter(frame: pd.DataFrame, x: str, y: str, target: Path, title: str) -> Pa
     ax.axhline(0, color="grey", linewidth=1)
     ax.set_xlabel(x)
     ax.set_ylabel(y)
+    return _save(plt, fig, ax, target, title)
+
+
+def lines_by(
+    frame: pd.DataFrame, x: str, y: str, group: str, target: Path, title: str, diagonal: bool = False
+) -> Path:
+    """One line per value of `group` (e.g. each class's one-vs-rest curve)."""
+    plt, fig, ax = _figure()
+    for value, part in frame.groupby(group, sort=True):
+        ax.plot(part[x], part[y], label=str(value))
+    if diagonal:
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if len(frame):
+        ax.legend(title=group)
+    return _save(plt, fig, ax, target, title)
+
+
+def grouped_bars(frame: pd.DataFrame, label: str, values: list[str], target: Path, title: str) -> Path:
+    """Side-by-side bars of several `values` per `label` (e.g. precision, recall, F1 per class)."""
+    plt, fig, ax = _figure()
+    width = 0.8 / max(len(values), 1)
+    positions = range(len(frame))
+    for i, value in enumerate(values):
+        ax.bar([p + i * width for p in positions], frame[value], width=width, label=value)
+    ax.set_xticks([p + width * (len(values) - 1) / 2 for p in positions], frame[label].astype(str))
+    ax.set_xlabel(label)
+    ax.legend()
     return _save(plt, fig, ax, target, title)

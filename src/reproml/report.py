@@ -23,6 +23,7 @@ def _plain(value: object) -> Text:
 
 COLUMNS = {
     "classification": ["test_roc_auc", "test_pr_auc", "test_f1", "valid_roc_auc"],
+    "multiclass": ["test_roc_auc_ovr", "test_log_loss", "test_f1_macro", "valid_roc_auc_ovr"],
     "regression": ["test_rmse", "test_mae", "test_r2", "valid_rmse"],
 }
 

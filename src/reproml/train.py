@@ -2,12 +2,15 @@
 
 The preprocessor is fit once and the estimator is fit on its output, so the validation split used
 for early stopping is transformed with train-only statistics; both are then joined into one
-`Pipeline` that takes raw columns.
+`Pipeline` that takes raw columns. A multiclass estimator is wrapped in `models.ClassLabels` first,
+so the pipeline predicts the data's own labels and its probability columns follow the recorded
+class order.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,9 +18,10 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
+from reproml import metrics
 from reproml.config import Params
 from reproml.features import FeatureSpec, build_preprocessor
-from reproml.models import make_estimator
+from reproml.models import ClassLabels, class_order, make_estimator
 
 
 @dataclass
@@ -33,25 +37,37 @@ class TrainedModel:
 def _forest_curve(
     forest: Any, sets: dict[str, tuple[np.ndarray, np.ndarray]], task: str
 ) -> dict[str, list[float]]:
-    """A random forest's analogue of boosting rounds: the score of its first k trees."""
-    from sklearn.metrics import roc_auc_score, root_mean_squared_error
+    """A random forest's analogue of boosting rounds: the curve metric of its first k trees.
 
+    Multiclass `y` holds the codes the forest was fit on, so the averaged probabilities' columns are
+    those codes' classes."""
+    metric = metrics.METRICS[metrics.CURVE[task]]
     curves: dict[str, list[float]] = {}
     for name, (X, y) in sets.items():
-        total = np.zeros(len(y))
+        total: np.ndarray | None = None
         scores = []
         for k, tree in enumerate(forest.estimators_, start=1):
-            pred = tree.predict_proba(X)[:, 1] if task == "classification" else tree.predict(X)
-            total += pred
-            mean = total / k
-            scores.append(
-                roc_auc_score(y, mean) if task == "classification" else root_mean_squared_error(y, mean)
-            )
+            if task == "classification":
+                pred = tree.predict_proba(X)[:, 1]
+            elif task == "multiclass":
+                pred = tree.predict_proba(X)
+            else:
+                pred = tree.predict(X)
+            total = pred if total is None else total + pred
+            scores.append(metrics.score(metric, y, total / k))
         curves[name] = [float(s) for s in scores]
     return curves
 
 
-def fit_model(train: pd.DataFrame, valid: pd.DataFrame, spec: FeatureSpec, params: Params) -> TrainedModel:
+def fit_model(
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    spec: FeatureSpec,
+    params: Params,
+    classes: Sequence[Any] | None = None,
+) -> TrainedModel:
+    """Fit preprocessing and the estimator; multiclass `classes` is the column order of the model's
+    probabilities (data/schema.json's `classes`)."""
     task = params.data.task
     model = params.train.model
     target = params.data.target
@@ -62,22 +78,26 @@ def fit_model(train: pd.DataFrame, valid: pd.DataFrame, spec: FeatureSpec, param
     y_train = train[target].to_numpy()
     y_valid = valid[target].to_numpy()
     estimator = make_estimator(params.train, task, params.seed, spec.categorical_mask(model))
+    if task == "multiclass":
+        estimator = ClassLabels(estimator, class_order(y_train, classes))
     history: dict[str, list[float]] = {}
     best: int | None = None
-    metric = "roc_auc" if task == "classification" else "rmse"
+    metric = metrics.CURVE[task]
     if model == "xgboost":
         estimator.fit(X_train, y_train, eval_set=[(X_train, y_train), (X_valid, y_valid)], verbose=False)
-        rounds = estimator.evals_result()
-        key = "auc" if task == "classification" else "rmse"
+        fitted = _inner(estimator)
+        rounds = fitted.evals_result()
+        key = metrics.METRICS[metric].xgboost[task]
         history = {"train": rounds["validation_0"][key], "valid": rounds["validation_1"][key]}
-        best = int(estimator.best_iteration)
+        best = int(fitted.best_iteration)
     elif model == "hist_gradient_boosting":
         estimator.fit(X_train, y_train, X_val=X_valid, y_val=y_valid)
+        fitted = _inner(estimator)
         metric = "loss"
         # Scores are negated losses with the initial (round 0) score first; keep one per round.
         history = {
-            "train": [float(-s) for s in estimator.train_score_[1:]],
-            "valid": [float(-s) for s in estimator.validation_score_[1:]],
+            "train": [float(-s) for s in fitted.train_score_[1:]],
+            "valid": [float(-s) for s in fitted.validation_score_[1:]],
         }
         # 0-based best round, as XGBoost reports it (HGB keeps its extra rounds; XGBoost predicts
         # with trees up to its best round).
@@ -85,8 +105,11 @@ def fit_model(train: pd.DataFrame, valid: pd.DataFrame, spec: FeatureSpec, param
     else:
         estimator.fit(X_train, y_train)
         if model == "random_forest":
+            coded = estimator.encode if isinstance(estimator, ClassLabels) else np.asarray
             history = _forest_curve(
-                estimator, {"train": (X_train, y_train), "valid": (X_valid, y_valid)}, task
+                _inner(estimator),
+                {"train": (X_train, coded(y_train)), "valid": (X_valid, coded(y_valid))},
+                task,
             )
     pipeline = Pipeline([("preprocess", prep), ("model", estimator)])
     return TrainedModel(
@@ -97,3 +120,8 @@ def fit_model(train: pd.DataFrame, valid: pd.DataFrame, spec: FeatureSpec, param
         best_iteration=best,
         fit_seconds=time.perf_counter() - started,
     )
+
+
+def _inner(estimator: Any) -> Any:
+    """The fitted estimator itself, inside a multiclass `ClassLabels` or not."""
+    return estimator.estimator_ if isinstance(estimator, ClassLabels) else estimator

@@ -67,3 +67,17 @@ def split(
                 else f"the {name} split is empty; the data has only {len(frame)} rows"
             )
     return parts
+
+
+def check_classes_in_train(parts: dict[str, pd.DataFrame], target: str) -> None:
+    """Every class of a multiclass target must have training rows: a model cannot learn a class it
+    never saw (and XGBoost refuses one). Valid and test may lack a rare class; their macro metrics
+    are then undefined (NaN), which the gate rejects with that reason."""
+    seen = set(parts["train"][target].tolist())
+    everywhere = set().union(*(set(part[target].tolist()) for part in parts.values()))
+    missing = sorted(str(c) for c in everywhere - seen)
+    if missing:
+        raise DataValidationError(
+            f"classes {missing} of target {target!r} have no rows in the train split; move "
+            "prepare.train_end later (time split), or drop or merge those classes in the data"
+        )

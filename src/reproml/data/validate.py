@@ -11,6 +11,9 @@ import pandas as pd
 from reproml.config import DataParams
 from reproml.errors import DataValidationError
 
+# More distinct target values than this is almost always a numeric target given the wrong task.
+MAX_CLASSES = 100
+
 
 def _non_numeric_examples(column: pd.Series) -> list[str]:
     if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
@@ -69,18 +72,8 @@ def validate_frame(
     if not numeric and not categorical:
         raise DataValidationError(f"{name}: no feature columns left besides target and time")
     target = frame[data.target].dropna()
-    if data.task == "classification":
-        classes = target.unique()
-        if len(classes) < 2:
-            raise DataValidationError(
-                f"{name}: target {data.target!r} has one class ({classes.tolist()}) among labelled "
-                "rows; classification needs at least two"
-            )
-        if len(classes) > 2:
-            raise DataValidationError(
-                f"{name}: target {data.target!r} has {len(classes)} classes; only binary "
-                "classification is supported"
-            )
+    if data.task in ("classification", "multiclass"):
+        _check_classes(target, data, name)
     else:
         if not pd.api.types.is_numeric_dtype(target):
             raise DataValidationError(
@@ -89,3 +82,42 @@ def validate_frame(
         if target.nunique() < 2:
             raise DataValidationError(f"{name}: regression target {data.target!r} is constant")
     return frame
+
+
+def _check_classes(target: pd.Series, data: DataParams, name: str) -> None:
+    """Binary needs exactly two classes and multiclass three or more: each task has one score shape
+    (1-D P(positive) or one column per class), so a wrong count is the user's setting to change."""
+    classes = target.unique()
+    shown = sorted(str(c) for c in classes)
+    if len(classes) < 2:
+        raise DataValidationError(
+            f"{name}: target {data.target!r} has one class ({classes.tolist()}) among labelled "
+            "rows; classification needs at least two"
+        )
+    if data.task == "classification" and len(classes) > 2:
+        raise DataValidationError(
+            f"{name}: target {data.target!r} has {len(classes)} classes ({shown[:10]}); "
+            "data.task: classification is binary: set data.task: multiclass"
+        )
+    if data.task == "multiclass" and len(classes) == 2:
+        raise DataValidationError(
+            f"{name}: target {data.target!r} has 2 classes ({shown}); multiclass needs at least three: "
+            "set data.task: classification (binary)"
+        )
+    if data.task == "multiclass" and len(classes) > MAX_CLASSES:
+        raise DataValidationError(
+            f"{name}: target {data.target!r} has {len(classes)} distinct values, more than the "
+            f"{MAX_CLASSES} classes multiclass supports; is it a numeric target (data.task: regression)?"
+        )
+
+
+def class_labels(target: pd.Series) -> pd.Series:
+    """A multiclass target in one plain type: whole numbers as int64 (a CSV column with blanks reads
+    as float), other numbers as float64, anything else as str, so the recorded classes and the
+    model's predictions are the labels as the user wrote them."""
+    if pd.api.types.is_bool_dtype(target) or not pd.api.types.is_numeric_dtype(target):
+        return target.astype(str).astype(object)
+    values = target.astype("float64")
+    if bool(((values % 1) == 0).all()):
+        return values.astype("int64")
+    return values

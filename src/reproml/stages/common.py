@@ -26,3 +26,19 @@ def feature_spec(params: Params, schema: dict[str, Any]) -> FeatureSpec:
         time_column=schema["time_column"],
         date_parts=list(params.features.date_parts),
     )
+
+
+def classes_of(params: Params, schema: dict[str, Any]) -> list[Any] | None:
+    """Multiclass: the class order ingest recorded (the models' probability columns); else None."""
+    if params.data.task != "multiclass":
+        return None
+    classes = schema.get("classes")
+    if not classes:
+        from reproml import paths
+        from reproml.errors import ReproError
+
+        raise ReproError(
+            f"{paths.SCHEMA} records no classes for multiclass target {params.data.target!r} "
+            "(written for another data.task?); run `dvc repro` so ingest writes it again"
+        )
+    return list(classes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,20 +12,36 @@ import pandas as pd
 from reproml import paths
 from reproml.errors import ReproError
 from reproml.io import file_md5, read_json, write_json, write_parquet, write_with
-from reproml.stages.common import feature_spec, load
+from reproml.stages.common import classes_of, feature_spec, load
 
 
 def curve_frames(
-    task: str, y: np.ndarray, scores: np.ndarray, history: dict[str, Any], importance: pd.DataFrame, seed: int
+    task: str,
+    y: np.ndarray,
+    scores: np.ndarray,
+    history: dict[str, Any],
+    importance: pd.DataFrame,
+    seed: int,
+    classes: list[Any] | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Every plot's data, keyed by the file stem dvc.yaml's `plots:` section names."""
+    """Every plot's data, keyed by the file stem dvc.yaml's `plots:` section names.
+
+    Multiclass has no single ROC, precision-recall, calibration or residual curve: it gets the
+    confusion matrix of its labels, per-class precision/recall/F1, and each class's one-vs-rest ROC
+    and precision-recall curves (long form, a `class` column; drawn as PNGs for the MLflow UI).
+    """
     from reproml import evaluate as ev
 
     frames = {
         "importance": importance,
         "learning_curve": ev.learning_curve_frame(history["curves"]),
-        "residuals": ev.residual_frame(y, scores, rows=2000, seed=seed),
     }
+    if task == "multiclass":
+        labels = list(classes or [])
+        frames["confusion"] = ev.confusion_frame(y, scores, labels=labels)
+        frames["per_class"] = ev.per_class_frame(y, scores, labels)
+        return frames | ev.one_vs_rest_frames(y, scores, labels)
+    frames["residuals"] = ev.residual_frame(y, scores, rows=2000, seed=seed)
     if task == "classification":
         frames["roc"] = ev.roc_frame(y, scores)
         frames["precision_recall"] = ev.precision_recall_frame(y, scores)
@@ -43,7 +60,12 @@ def draw(frames: dict[str, pd.DataFrame], metric: str, images: Path) -> None:
     if len(curve):
         columns = [c for c in ("train", "valid") if c in curve]
         plots.line(curve, "round", columns, images / "learning_curve.png", f"Learning curve ({metric})")
-    plots.scatter(frames["residuals"], "predicted", "residual", images / "residuals.png", "Residuals (test)")
+    if "residuals" in frames:
+        plots.scatter(
+            frames["residuals"], "predicted", "residual", images / "residuals.png", "Residuals (test)"
+        )
+    if "per_class" in frames:
+        _draw_multiclass(frames, images)
     if "roc" in frames:
         plots.line(frames["roc"], "fpr", ["tpr"], images / "roc.png", "ROC (test)", diagonal=True)
         plots.line(frames["precision_recall"], "recall", ["precision"], images / "precision_recall.png",
@@ -52,6 +74,61 @@ def draw(frames: dict[str, pd.DataFrame], metric: str, images: Path) -> None:
                    "Calibration (test)", diagonal=True)  # fmt: skip
         plots.confusion(
             frames["confusion"], images / "confusion.png", "Confusion matrix (test, threshold 0.5)"
+        )
+
+
+def _draw_multiclass(frames: dict[str, pd.DataFrame], images: Path) -> None:
+    from reproml import plots
+
+    classes = frames["per_class"]["class"].tolist()
+    title = "Confusion matrix (test, most probable class)"
+    plots.confusion(frames["confusion"], images / "confusion.png", title, labels=classes)
+    plots.grouped_bars(frames["per_class"], "class", ["precision", "recall", "f1"], images / "per_class.png",
+                       "Per-class precision, recall, F1 (test)")  # fmt: skip
+    plots.lines_by(frames["roc_ovr"], "fpr", "tpr", "class", images / "roc.png", "ROC, one vs rest (test)",
+                   diagonal=True)  # fmt: skip
+    plots.lines_by(frames["precision_recall_ovr"], "recall", "precision", "class",
+                   images / "precision_recall.png", "Precision-recall, one vs rest (test)")  # fmt: skip
+
+
+def _predictions(scores: np.ndarray, y: np.ndarray, target: str, classes: list[Any] | None) -> pd.DataFrame:
+    """The test predictions: P(positive) or the prediction; multiclass the predicted label and one
+    `proba_<class>` column per class, in the model's class order."""
+    if classes is None:
+        return pd.DataFrame({"prediction": scores, target: y})
+    predicted = np.asarray(classes, dtype=object)[np.argmax(scores, axis=1)]
+    probabilities = {f"proba_{c}": scores[:, k] for k, c in enumerate(classes)}
+    return pd.DataFrame({"prediction": predicted, **probabilities, target: y})
+
+
+def _per_class(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    """metrics.json's `per_class` (multiclass): each class's test precision, recall, F1, support."""
+    if "per_class" not in frames:
+        return {}
+    rows = frames["per_class"].set_index("class")
+    return {"per_class": {str(c): {k: float(v) for k, v in row.items()} for c, row in rows.iterrows()}}
+
+
+def _per_class_metrics(per_class: dict[str, Any]) -> dict[str, float]:
+    """MLflow metrics `test_<precision|recall|f1>.<class>`; characters MLflow refuses in a name
+    become `_`."""
+    out: dict[str, float] = {}
+    for label, values in per_class.get("per_class", {}).items():
+        safe = re.sub(r"[^\w.\- ]", "_", label)
+        for name in ("precision", "recall", "f1"):
+            out[f"test_{name}.{safe}"] = values[name]
+    return out
+
+
+def _same_classes(model: Any, classes: list[Any] | None) -> None:
+    """A multiclass model's probability columns must be in the recorded class order."""
+    if classes is None:
+        return
+    found = [str(c) for c in getattr(model, "classes_", [])]
+    if found != [str(c) for c in classes]:
+        raise ReproError(
+            f"{paths.MODEL} predicts classes {found}, but {paths.SCHEMA} records {classes}; "
+            "retrain it with `dvc repro --force train`"
         )
 
 
@@ -69,6 +146,7 @@ def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
     params = load(root)
     schema = read_json(root / paths.SCHEMA)
     task, target, seed = params.data.task, params.data.target, params.seed
+    classes = classes_of(params, schema)
     model_md5 = file_md5(root / paths.MODEL)
     model = joblib.load(root / paths.MODEL)
     history = read_json(root / paths.HISTORY)
@@ -82,9 +160,11 @@ def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
         )
     with tracking.tracked_run(experiment_id, run_id=run_id):
         splits = {name: pd.read_parquet(root / paths.split_file(name)) for name in ("train", "valid", "test")}
+        _same_classes(model, classes)
         scores = {name: ev.predict_scores(model, f[columns], task) for name, f in splits.items()}
         by_split = {
-            name: ev.compute_metrics(splits[name][target].to_numpy(), scores[name], task) for name in splits
+            name: ev.compute_metrics(splits[name][target].to_numpy(), scores[name], task, labels=classes)
+            for name in splits
         }
         overfit = ev.overfit_check(by_split, task, params.evaluate.overfit_margin)
         valid = splits["valid"]
@@ -93,14 +173,16 @@ def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
             model, sample[columns], sample[target].to_numpy(), task, params.evaluate.importance_repeats, seed
         )
         y_test, test_scores = splits["test"][target].to_numpy(), scores["test"]
-        frames = curve_frames(task, y_test, test_scores, history, importance, seed)
+        frames = curve_frames(task, y_test, test_scores, history, importance, seed, classes)
         for name, frame in frames.items():
             _write_csv(root / paths.PLOTS / f"{name}.csv", frame)
         draw(frames, history["metric"], root / paths.PLOTS / "images")
-        write_parquet(root / paths.PREDICTIONS, pd.DataFrame({"prediction": test_scores, target: y_test}))
-        write_json(root / paths.METRICS / "metrics.json", {**by_split, "overfit": overfit})
+        write_parquet(root / paths.PREDICTIONS, _predictions(test_scores, y_test, target, classes))
+        per_class = _per_class(frames)
+        write_json(root / paths.METRICS / "metrics.json", {**by_split, "overfit": overfit, **per_class})
         digest = ev.predictions_digest(test_scores)
         flat = {f"{split}_{k}": v for split, values in by_split.items() for k, v in values.items()}
+        flat |= _per_class_metrics(per_class)
         flat |= {"overfit_gap": overfit["gap"], "overfit": float(overfit["overfit"])}
         tags = {
             "reproml.overfit": str(overfit["overfit"]).lower(),

@@ -13,29 +13,38 @@ from reproml.stages.common import load
 def run_ingest(root: Path = Path(".")) -> dict[str, Any]:
     from reproml.data import labelled
     from reproml.data.ingest import ingest
+    from reproml.data.validate import class_labels
 
     params = load(root)
     result = ingest(params.data, params.prepare.exclude_columns, params.seed, root)
     frame = result.frame
+    target = params.data.target
     positive = None
     if params.data.task == "classification":
-        classes = sorted(frame[params.data.target].unique().tolist())
+        classes = sorted(frame[target].unique().tolist())
         positive = classes[-1]
-        frame[params.data.target] = (frame[params.data.target] == positive).astype("int8")
-    # labelled production batches are stored as ingest wrote them (target already 0/1)
+        frame[target] = (frame[target] == positive).astype("int8")
+    elif params.data.task == "multiclass":
+        frame[target] = class_labels(frame[target])
+    # labelled production batches are stored as ingest wrote them (binary target already 0/1,
+    # multiclass in its labels)
     appended = labelled.append(
-        frame, labelled.read_batches(root / paths.LABELLED_DATA), params.data.time_column, params.data.target
+        frame, labelled.read_batches(root / paths.LABELLED_DATA), params.data.time_column, target
     )
     frame = appended.frame
     schema = {
         "source": result.source,
-        "target": params.data.target,
+        "target": target,
         "task": params.data.task,
         "positive_class": positive,
         "time_column": params.data.time_column,
         "numeric": result.numeric_columns,
         "categorical": result.categorical_columns,
     }
+    if params.data.task == "multiclass":
+        # the class order of every model's probability columns: the sorted labels (binary and
+        # regression schemas stay as they were, so their data hashes and study names do not move)
+        schema["classes"] = sorted(frame[target].unique().tolist())
     summary = {
         "rows": len(frame),
         "rows_read": result.rows_read,

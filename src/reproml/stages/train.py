@@ -12,7 +12,7 @@ import pandas as pd
 from reproml import paths
 from reproml.config import Params, flat_params, with_model_params
 from reproml.io import file_md5, read_json, write_json, write_with
-from reproml.stages.common import feature_spec, load
+from reproml.stages.common import classes_of, feature_spec, load
 
 
 def _requirements() -> list[str]:
@@ -73,6 +73,7 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
     train = pd.read_parquet(root / paths.split_file("train"))
     valid = pd.read_parquet(root / paths.split_file("valid"))
     spec = feature_spec(params, schema)
+    classes = classes_of(params, schema)
     resolved = flat_params(params)
     git = lineage.git_state(root)
     inputs = [paths.INGESTED, paths.SCHEMA, *(paths.split_file(s) for s in ("train", "valid", "test"))]
@@ -98,6 +99,8 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
             "reproml.libraries": json.dumps(lineage.library_versions(), sort_keys=True),
             **{f"reproml.data.{path}": md5 for path, md5 in data_md5.items()},
         }
+        if classes is not None:  # the order of the model's probability columns, as labels
+            tags["reproml.classes"] = json.dumps(classes)
         if tuned is not None:
             tune_run = _tune_run(experiment_id, tuned["study_name"]) or ""
             tags |= {
@@ -119,7 +122,7 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
         for name, frame, context in (("train", train, "training"), ("test", test, "testing")):
             path = str(paths.split_file(name))
             tracking.log_dataset(run_id, frame, name, path, data_md5[path], context)
-        trained = fit_model(train, valid, spec, params)
+        trained = fit_model(train, valid, spec, params, classes)
         write_with(root / paths.MODEL, lambda p: joblib.dump(trained.pipeline, p))
         history = {
             "metric": trained.history_metric,

@@ -141,12 +141,12 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
     import optuna
 
     from reproml import lineage, tracking
-    from reproml.gate import metric_spec
+    from reproml.metrics import metric_spec
     from reproml.tuning import space, storage, study
     from reproml.tuning.runner import WorkerConfig, load_data, run_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    metric = metric_spec(tune.metric, params.data.task)
+    metric = metric_spec(tune.metric, params.data.task, key="tune.metric")
     direction: Literal["maximize", "minimize"] = tune.direction or (
         "maximize" if metric.higher_is_better else "minimize"
     )

@@ -21,8 +21,8 @@ import pandas as pd
 
 from reproml import paths
 from reproml.config import Params
-from reproml.gate import metric_spec
 from reproml.io import read_json
+from reproml.metrics import metric_spec
 from reproml.tuning.objective import Objective, TuneData, prepare_data
 from reproml.tuning.storage import StorageInfo, TuneError, open_storage
 from reproml.tuning.study import Budget, Counts, StudySpec, counts, pruner, run_trials, sampler
@@ -44,12 +44,12 @@ class WorkerConfig:
 
 
 def load_data(root: Path, params: Params) -> TuneData:
-    from reproml.stages.common import feature_spec
+    from reproml.stages.common import classes_of, feature_spec
 
     schema = read_json(root / paths.SCHEMA)
     train = pd.read_parquet(root / paths.split_file("train"))
     valid = pd.read_parquet(root / paths.split_file("valid"))
-    return prepare_data(train, valid, feature_spec(params, schema), params)
+    return prepare_data(train, valid, feature_spec(params, schema), params, classes_of(params, schema))
 
 
 def _work(config: WorkerConfig, data: TuneData, stop: Callable[[], bool]) -> int:

@@ -21,8 +21,8 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import TrialState
 
-from reproml.gate import MetricSpec
 from reproml.io import file_lock
+from reproml.metrics import MetricSpec
 from reproml.tuning.space import space_changes
 from reproml.tuning.storage import StorageInfo, TuneError
 
