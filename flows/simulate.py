@@ -56,18 +56,20 @@ def reset(root: Path, branch: str) -> int:
 @task(name="report")
 def report(root: Path, outcomes: list[dict[str, Any]], baseline_version: int) -> dict[str, Any]:
     """Score the never-retrained model on each batch's labelled rows; write the HTML and JSON."""
-    import mlflow
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    from reproml import registry, simulation, tracking
+    from reproml import provenance, registry, simulation, tracking
     from reproml.monitoring import store
     from reproml.stages.common import load
 
     params = load(root)
-    tracking.setup(root, params.mlflow.experiment_name)
+    experiment_id = tracking.setup(root, params.mlflow.experiment_name)
     name = params.register_.model_name
-    model = mlflow.sklearn.load_model(f"models:/{name}/{baseline_version}")
+    client = MlflowClient()
+    model = provenance.load_model_version(
+        client, client.get_model_version(name, str(baseline_version)), experiment_id
+    )
     rows = []
     for outcome in outcomes:
         baseline = float("nan")
@@ -77,7 +79,7 @@ def report(root: Path, outcomes: list[dict[str, Any]], baseline_version: int) ->
                 model, frame, params.data.target, params.data.task, params.monitor.metric
             )
         rows.append(simulation.row(outcome, baseline, outcome["champion_after"]))
-    champion = registry.alias_version(MlflowClient(), name, registry.CHAMPION)
+    champion = registry.alias_version(client, name, registry.CHAMPION)
     metric = next((r["metric"] for r in rows if r.get("metric")), params.monitor.metric or "metric")
     page = simulation.write(
         root / store.REPORTS, rows, metric, baseline_version, "reproml simulate: production replay"

@@ -3,8 +3,11 @@
 MLflow owns versions and aliases; this module owns the rules around them. A version is registered
 only from a run that FINISHED and was evaluated. An alias moves only through `promote` (the gate,
 or a forced promotion with a reason) or `rollback`, and every such decision, including rejections
-and aborted races, is written as a JSON record under `registry/records/` and as tags on the model
-version. Models are loaded only if their artifacts live under this project's experiment.
+and aborted races, is written as a JSON record under `registry/records/` (before any alias moves)
+and as tags on the model version.
+
+A version is created, and a model loaded, only after `reproml.provenance` has shown its files to
+be the ones a run of this project logged.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import getpass
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from reproml import paths
+from reproml import paths, provenance
 from reproml.errors import ReproError
 from reproml.io import file_lock, file_md5, read_json, write_json
 
@@ -53,20 +56,6 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion |
         return None
 
 
-def check_source(client: MlflowClient, version: ModelVersion, experiment_id: str) -> None:
-    """Refuse a version whose artifacts lie outside this project's experiment artifact root."""
-    root = str(client.get_experiment(experiment_id).artifact_location).rstrip("/") + "/"
-    source = str(version.source)
-    location = source
-    if source.startswith("models:/m-"):
-        location = str(client.get_logged_model(source.removeprefix("models:/")).artifact_location)
-    if not location.startswith(root):
-        raise RegistryError(
-            f"model {version.name} version {version.version} comes from {location}, outside this "
-            f"project's artifact root {root}; refusing to load it"
-        )
-
-
 def register(
     client: MlflowClient, run_id: str, model_name: str, experiment_id: str, model_uri: str
 ) -> ModelVersion:
@@ -78,6 +67,10 @@ def register(
         raise RegistryError(f"run {run_id} was never evaluated; run `dvc repro` to evaluate it first")
     if run.info.experiment_id != experiment_id:
         raise RegistryError(f"run {run_id} belongs to another experiment; nothing registered")
+    try:
+        provenance.verify_logged_model(client, model_uri, run_id, experiment_id)
+    except provenance.ProvenanceError as exc:
+        raise RegistryError(f"{exc}; nothing registered") from None
     lineage = {
         k: v
         for k, v in run.data.tags.items()
@@ -88,7 +81,6 @@ def register(
     version = client.create_model_version(
         model_name, model_uri, run_id=run_id, tags={"reproml.run_id": run_id, **lineage}
     )
-    check_source(client, version, experiment_id)
     client.set_registered_model_alias(model_name, CHALLENGER, version.version)
     return version
 
@@ -120,12 +112,12 @@ def eval_data(root: Path, time_column: str | None = None) -> EvalData:
     return EvalData(pd.concat(frames, ignore_index=True), sources)
 
 
-def model_scores(client: MlflowClient, version: ModelVersion, frame: pd.DataFrame, task: str) -> np.ndarray:
-    import mlflow
-
+def model_scores(
+    client: MlflowClient, version: ModelVersion, experiment_id: str, frame: pd.DataFrame, task: str
+) -> np.ndarray:
     from reproml.evaluate import predict_scores
 
-    model = mlflow.sklearn.load_model(f"models:/{version.name}/{version.version}")
+    model = provenance.load_model_version(client, version, experiment_id)
     return predict_scores(model, frame[list(model.feature_names_in_)], task)
 
 
@@ -142,8 +134,15 @@ def _describe(version: ModelVersion | None) -> dict[str, Any] | None:
     return {"version": int(version.version), "run_id": version.run_id}
 
 
-def write_record(root: Path, client: MlflowClient, name: str, record: dict[str, Any]) -> Path:
-    """The decision as JSON under registry/records/, and as tags on the challenger's version."""
+# A record's `status`: `done` once its decision is in effect (a reject or an abort at once);
+# `pending` while its aliases move, left so only by a process that died in between and settled by
+# the next promote or rollback; `failed` when moving them raised; `not applied` when a dead
+# process's pending move never happened.
+PENDING, DONE, FAILED, NOT_APPLIED = "pending", "done", "failed", "not applied"
+
+
+def _new_record(root: Path, name: str, record: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """Where the decision's JSON goes, and the record stamped with time, user and model name."""
     now = dt.datetime.now(dt.UTC)
     record = {"time": now.isoformat(), "user": getpass.getuser(), "model_name": name, **record}
     subject = record.get("challenger") or record.get("champion") or {}
@@ -151,15 +150,95 @@ def write_record(root: Path, client: MlflowClient, name: str, record: dict[str, 
     target = (
         paths.workspace(root) / RECORDS / f"{stamp}-{record['action']}-v{subject.get('version', 'none')}.json"
     )
+    record["record"] = str(target.relative_to(paths.workspace(root)))
+    return target, record
+
+
+def _tag_decision(client: MlflowClient, name: str, record: dict[str, Any]) -> None:
+    """The decision as tags on its challenger's (or restored champion's) version."""
+    subject = record.get("challenger") or record.get("champion") or {}
+    if subject.get("version") is None:
+        return
+    version = str(subject["version"])
+    client.set_model_version_tag(name, version, "reproml.decision", record["action"])
+    client.set_model_version_tag(name, version, "reproml.decision_reason", record["reason"][:5000])
+    client.set_model_version_tag(name, version, "reproml.decision_record", record["record"])
+
+
+def _aliases(client: MlflowClient, name: str) -> dict[str, int | None]:
+    """The aliases as they are now (None where unset or unreadable)."""
+    now: dict[str, int | None] = {}
+    for alias in (CHAMPION, CHALLENGER, PREVIOUS):
+        version = alias_version(client, name, alias)
+        now[alias] = None if version is None else int(version.version)
+    return now
+
+
+def _decide(
+    root: Path, client: MlflowClient, name: str, record: dict[str, Any], move: Callable[[], None] | None
+) -> dict[str, Any]:
+    """Record the decision, then carry it out (`move` the aliases), then record how that went.
+
+    The record is on disk before any alias moves (status `pending`), so a crash in between cannot
+    lose a promotion from the audit trail; it becomes `done` once the aliases moved, or `failed`,
+    with the error and the aliases as they really are, if moving them raised. One decision, one
+    file: the same record is rewritten atomically, never a second one added.
+    """
+    target, record = _new_record(root, name, {**record, "status": DONE if move is None else PENDING})
     write_json(target, record)
-    if subject.get("version") is not None:
-        version = str(subject["version"])
-        client.set_model_version_tag(name, version, "reproml.decision", record["action"])
-        client.set_model_version_tag(name, version, "reproml.decision_reason", record["reason"][:5000])
-        client.set_model_version_tag(
-            name, version, "reproml.decision_record", str(target.relative_to(paths.workspace(root)))
-        )
-    return target
+    try:
+        if move is not None:
+            move()
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        record |= {
+            "status": FAILED,
+            "error": error,
+            "aliases_after": _aliases(client, name),
+            "reason": f"NOT APPLIED, moving the aliases failed ({error}); "
+            f"the decision was: {record['reason']}",
+        }
+        write_json(target, record)
+        if not isinstance(exc, Exception):
+            raise
+        raise RegistryError(
+            f"{record['action']} of model {name!r} failed while moving its aliases ({error}); "
+            f"{record['record']} records it, with the aliases as they are now: {record['aliases_after']}"
+        ) from exc
+    if move is not None:
+        record["status"] = DONE
+        write_json(target, record)
+    _tag_decision(client, name, record)
+    return record
+
+
+def settle_pending(root: Path, client: MlflowClient, name: str) -> list[Path]:
+    """Say what became of decisions whose process died while moving their aliases.
+
+    Called under the promotion lock, so no live process is moving aliases: a `pending` record is
+    a dead one's. Its move took effect if the champion is the version it was to make champion.
+    """
+    champion = alias_version(client, name, CHAMPION)
+    now = None if champion is None else int(champion.version)
+    settled = []
+    for path in sorted((paths.workspace(root) / RECORDS).glob("*.json")):
+        record = read_json(path)
+        if record.get("status") != PENDING or record.get("model_name") != name:
+            continue
+        meant = (record.get("champion") if record["action"] == "rollback" else record.get("challenger")) or {}
+        applied = meant.get("version") is not None and int(meant["version"]) == now
+        record |= {
+            "status": DONE if applied else NOT_APPLIED,
+            "aliases_after": _aliases(client, name),
+            "settled": f"{dt.datetime.now(dt.UTC).isoformat()} by {getpass.getuser()}: the process that "
+            f"made this decision ended while moving the aliases; the champion is v{now}, so the "
+            f"decision {'took effect' if applied else 'did not take effect'}",
+        }
+        write_json(path, record)
+        if applied:
+            _tag_decision(client, name, record)
+        settled.append(path)
+    return settled
 
 
 def history(root: Path) -> list[dict[str, Any]]:
@@ -167,9 +246,21 @@ def history(root: Path) -> list[dict[str, Any]]:
 
 
 def _move_aliases(client: MlflowClient, name: str, new: ModelVersion, old: ModelVersion | None) -> None:
+    """`previous` to the old champion, then `champion` to `new`; if the second move fails,
+    `previous` is put back, so a failure leaves the aliases as they were where MLflow allows."""
+    before = alias_version(client, name, PREVIOUS)
     if old is not None:
         client.set_registered_model_alias(name, PREVIOUS, old.version)
-    client.set_registered_model_alias(name, CHAMPION, new.version)
+    try:
+        client.set_registered_model_alias(name, CHAMPION, new.version)
+    except BaseException:
+        if old is not None:
+            with contextlib.suppress(MlflowException):
+                if before is None:
+                    client.delete_registered_model_alias(name, PREVIOUS)
+                else:
+                    client.set_registered_model_alias(name, PREVIOUS, before.version)
+        raise
 
 
 def promote(
@@ -197,7 +288,7 @@ def promote(
     )
     if challenger is None:
         raise RegistryError(f"model {name!r} has no {CHALLENGER!r} version; run `dvc repro` first")
-    check_source(client, challenger, experiment_id)
+    provenance.verify_model_version(client, challenger, experiment_id)
     run_status = client.get_run(str(challenger.run_id)).info.status if challenger.run_id else "unknown"
     if run_status != "FINISHED":
         raise RegistryError(
@@ -206,7 +297,7 @@ def promote(
         )
     champion = alias_version(client, name, CHAMPION)
     if champion is not None:
-        check_source(client, champion, experiment_id)
+        provenance.check_source(client, champion, experiment_id)
     if champion is not None and champion.version == challenger.version:
         # e.g. a second `make run` with nothing new: no decision to make, nothing to record
         return {
@@ -224,8 +315,10 @@ def promote(
         data = eval_data(root, schema.get("time_column"))
         target = schema["target"]
         y = data.frame[target].to_numpy()
-        challenger_scores = model_scores(client, challenger, data.frame, task)
-        champion_scores = None if champion is None else model_scores(client, champion, data.frame, task)
+        challenger_scores = model_scores(client, challenger, experiment_id, data.frame, task)
+        champion_scores = (
+            None if champion is None else model_scores(client, champion, experiment_id, data.frame, task)
+        )
         result = decide(y, challenger_scores, champion_scores, data.frame)
         promote_it = bool(result.promote)
         record |= {
@@ -235,6 +328,7 @@ def promote(
             "eval_data": data.sources,
         }
     with promotion_lock(root):
+        settle_pending(root, client, name)
         current = alias_version(client, name, CHAMPION)
         if _describe(current) != _describe(champion):
             record |= {
@@ -243,26 +337,23 @@ def promote(
                 f"this decision was being made; nothing moved (was: {record['reason']})",
             }
             promote_it = False
-        if promote_it:
-            _move_aliases(client, name, challenger, champion)
-        record["record"] = str(write_record(root, client, name, record).relative_to(paths.workspace(root)))
-    return record
+        move = (lambda: _move_aliases(client, name, challenger, champion)) if promote_it else None
+        return _decide(root, client, name, record, move)
 
 
 def rollback(root: Path, client: MlflowClient, name: str, reason: str) -> dict[str, Any]:
     """`previous` becomes the champion again; the demoted champion becomes `previous`, so a second
     rollback undoes the first."""
     with promotion_lock(root):
+        settle_pending(root, client, name)
         champion = alias_version(client, name, CHAMPION)
         previous = alias_version(client, name, PREVIOUS)
         if previous is None or champion is None:
             raise RegistryError(f"model {name!r} has no {PREVIOUS!r} version to roll back to")
-        _move_aliases(client, name, previous, champion)
         record = {
             "action": "rollback",
             "reason": f"rollback by {getpass.getuser()}: {reason}",
             "champion": _describe(previous),
             "demoted": _describe(champion),
         }
-        record["record"] = str(write_record(root, client, name, record).relative_to(paths.workspace(root)))
-    return record
+        return _decide(root, client, name, record, lambda: _move_aliases(client, name, previous, champion))

@@ -9,6 +9,7 @@ SIGTERM or Ctrl-C ends them KILLED.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -28,6 +29,9 @@ from reproml.paths import workspace
 
 TAG_PREFIX = "reproml."
 MODEL_MD5_TAG = "reproml.model_md5"
+# sha256 over the logged MLflow model's files (see `model_digest`), set on the run and the logged
+# model when it is logged, checked before every load (`provenance.load_model_version`).
+MODEL_SHA256_TAG = "reproml.model_sha256"
 # The resolved params.yaml, exactly (MLflow params are strings and lose types).
 PARAMS_ARTIFACT = "params.json"
 # log_batch accepts at most 100 params / 1000 metrics / 100 tags per call.
@@ -295,4 +299,50 @@ def log_sklearn_model(
         serialization_format="skops",
         skops_trusted_types=trusted,
     )
+    record_model_digest(info.run_id, info.model_id)
     return str(info.model_uri)
+
+
+def model_digest(directory: Path) -> str:
+    """sha256 over the sorted manifest of every file under `directory` (relative path, sha256).
+
+    Any changed byte, added, removed or renamed file changes it: the MLmodel file (which names
+    the serialization format and the trusted types) and the shipped code included.
+    """
+    manifest = hashlib.sha256()
+    files = sorted((p.relative_to(directory).as_posix(), p) for p in directory.rglob("*") if p.is_file())
+    for relative, path in files:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        manifest.update(f"{relative}\t{digest.hexdigest()}\n".encode())
+    return manifest.hexdigest()
+
+
+def fetch_model_files(location: str, into: Path) -> Path:
+    """A local copy of the model files at `location` (an artifact URI), made under `into`.
+
+    Models are hashed and deserialised only from such a copy, so the bytes checked are the bytes
+    loaded, whatever happens at `location` in between.
+    """
+    import mlflow.artifacts
+
+    from reproml.env import overridden
+
+    into.mkdir(parents=True, exist_ok=True)
+    with overridden("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(into)))
+
+
+def record_model_digest(run_id: str, model_id: str) -> str:
+    """Hash the files just logged as model `model_id` and tag the run (and the logged model)."""
+    import tempfile
+
+    client = MlflowClient()
+    location = str(client.get_logged_model(model_id).artifact_location)
+    with tempfile.TemporaryDirectory(prefix="reproml-model-") as scratch:
+        digest = model_digest(fetch_model_files(location, Path(scratch)))
+    client.set_tag(run_id, MODEL_SHA256_TAG, digest)
+    client.set_logged_model_tags(model_id, {MODEL_SHA256_TAG: digest})
+    return digest

@@ -79,10 +79,11 @@ def importance_of(table: Any, run_id: str) -> dict[str, float]:
 
 
 def load_champion(root: Path, client: Any, name: str, experiment_id: str) -> Champion:
-    """The version aliased `champion`, checked to come from this project, with its run's lineage."""
-    import mlflow
+    """The version aliased `champion`, checked to come from this project, with its run's lineage.
 
-    from reproml import registry
+    Its model is deserialised only from files whose digest is the one its run recorded.
+    """
+    from reproml import provenance, registry
 
     version = registry.alias_version(client, name, registry.CHAMPION)
     if version is None:
@@ -90,7 +91,7 @@ def load_champion(root: Path, client: Any, name: str, experiment_id: str) -> Cha
             f"model {name!r} has no {registry.CHAMPION!r} version: "
             "run `dvc repro` and `reproml promote` first"
         )
-    registry.check_source(client, version, experiment_id)
+    provenance.check_source(client, version, experiment_id)
     run_id = str(version.run_id)
     tags = client.get_run(run_id).data.tags
     missing = [p for p in (TRAIN, TEST) if f"reproml.data.{p}" not in tags]
@@ -101,7 +102,7 @@ def load_champion(root: Path, client: Any, name: str, experiment_id: str) -> Cha
         )
     params = _artifact_json(client, run_id, "params.json")
     importance = importance_of(_artifact_json(client, run_id, IMPORTANCE_ARTIFACT), run_id)
-    model = mlflow.sklearn.load_model(f"models:/{name}/{version.version}")
+    model = provenance.load_model_version(client, version, experiment_id)
     data = params.get("data", {})
     return Champion(
         name=name,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import re
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ import pandas as pd
 
 from reproml import paths
 from reproml.errors import ReproError
-from reproml.io import file_md5, read_json, write_json, write_parquet, write_with
+from reproml.io import read_json, write_json, write_parquet, write_with
 from reproml.stages.common import classes_of, feature_spec, load
 
 
@@ -136,8 +138,30 @@ def _write_csv(target: Path, frame: pd.DataFrame) -> None:
     write_with(target, lambda p: frame.to_csv(p, index=False))
 
 
-def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
+def load_logged_model(root: Path, experiment_id: str, experiment_name: str) -> tuple[Any, str]:
+    """models/model.joblib and the run that logged it, refused before unpickling unless its md5 is
+    one a run of this experiment recorded.
+
+    The file is read once: the bytes hashed are the bytes unpickled, so a file swapped after the
+    check cannot slip through (a joblib file is a pickle and runs code when loaded).
+    """
     import joblib
+
+    from reproml import tracking
+
+    data = (root / paths.MODEL).read_bytes()
+    model_md5 = hashlib.md5(data).hexdigest()
+    run_id = tracking.find_run_for_model(experiment_id, model_md5)
+    if run_id is None:
+        raise ReproError(
+            f"{paths.MODEL} (md5 {model_md5}) was not logged by any run of MLflow experiment "
+            f"{experiment_name!r}; refusing to load it (it could run any code). Retrain it with "
+            "`dvc repro --force train`"
+        )
+    return joblib.load(io.BytesIO(data)), run_id
+
+
+def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
     import mlflow
 
     from reproml import evaluate as ev
@@ -147,17 +171,10 @@ def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
     schema = read_json(root / paths.SCHEMA)
     task, target, seed = params.data.task, params.data.target, params.seed
     classes = classes_of(params, schema)
-    model_md5 = file_md5(root / paths.MODEL)
-    model = joblib.load(root / paths.MODEL)
     history = read_json(root / paths.HISTORY)
     columns = feature_spec(params, schema).input_columns
     experiment_id = tracking.setup(root, params.mlflow.experiment_name)
-    run_id = tracking.find_run_for_model(experiment_id, model_md5)
-    if run_id is None:
-        raise ReproError(
-            f"{paths.MODEL} (md5 {model_md5}) was not logged by any run of MLflow experiment "
-            f"{params.mlflow.experiment_name!r}; retrain it with `dvc repro --force train`"
-        )
+    model, run_id = load_logged_model(root, experiment_id, params.mlflow.experiment_name)
     with tracking.tracked_run(experiment_id, run_id=run_id):
         splits = {name: pd.read_parquet(root / paths.split_file(name)) for name in ("train", "valid", "test")}
         _same_classes(model, classes)

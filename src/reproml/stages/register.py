@@ -14,8 +14,8 @@ import pandas as pd
 
 from reproml import paths
 from reproml.errors import ReproError
-from reproml.io import file_md5, write_json
-from reproml.stages.common import load
+from reproml.io import file_md5, read_json, write_json
+from reproml.stages.common import classes_of, load
 
 REGISTERED = Path("models/registered.json")
 
@@ -58,6 +58,7 @@ def run_promote(
 
     params, client, experiment_id = _context(root)
     task, column = params.data.task, params.promote.slice_column
+    labels = classes_of(params, read_json(root / paths.SCHEMA))
 
     def decide(
         y: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None, frame: pd.DataFrame
@@ -65,7 +66,9 @@ def run_promote(
         if column is not None and column not in frame.columns:
             raise ReproError(f"promote.slice_column {column!r} is not a column of the evaluation data")
         slices = None if column is None else frame[column].astype(str).to_numpy()
-        return gate.decide(y, challenger, champion, params.promote, task, slices=slices, seed=params.seed)
+        return gate.decide(
+            y, challenger, champion, params.promote, task, slices=slices, seed=params.seed, labels=labels
+        )
 
     return registry.promote(
         root, client, params.register_.model_name, experiment_id, decide, task, version=version, reason=reason

@@ -1,0 +1,205 @@
+"""Model provenance: a model is deserialised only once it is shown to be one this project logged.
+
+A model's source must resolve (`..`, symlinks, MLflow 3's `models:/m-<id>`) to a place under the
+experiment's artifact root; other schemes are refused. Its files are then copied to a local folder
+and hashed (`tracking.model_digest`), and the digest must be the one its run recorded when it logged
+them (`tracking.MODEL_SHA256_TAG`). Only that verified copy is deserialised, so the bytes checked
+are the bytes loaded. A model file is code (pickle) or names the code to trust (skops' trusted
+types, the MLmodel file): anything that could write the artifact store could otherwise run code in
+every process that loads a model.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from reproml import tracking
+from reproml.errors import ReproError
+
+
+class ProvenanceError(ReproError):
+    """A model that cannot be shown to be this project's: foreign source, other scheme, changed files."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's files are, resolved and checked to lie under the experiment's artifact root."""
+
+    uri: str  # as given (a version's source, a run's model URI)
+    path: Path  # resolved: no `..`, no symlink
+    run_id: str | None  # the run that logged it, when the URI says (a logged model, runs:/)
+
+
+def _local_path(uri: str, what: str) -> Path:
+    """The resolved local path of a `file:` URI or an absolute plain path.
+
+    The one place that decides which artifact locations can be checked: every other scheme (http,
+    s3, dbfs, ...) is refused. Team mode's `mlflow server --serve-artifacts` gives experiments
+    `mlflow-artifacts:` roots; to allow them, resolve that scheme here to the server's artifact
+    destination, once that resolution is itself verified.
+    """
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost") or parsed.query or parsed.fragment:
+            raise ProvenanceError(f"{what} {uri!r} is not a plain local file URI")
+        location = urllib.request.url2pathname(parsed.path)
+    elif parsed.scheme == "":
+        location = uri
+    else:
+        raise ProvenanceError(
+            f"{what} {uri!r} uses the {parsed.scheme!r} scheme: reproml can only check local artifacts "
+            "(a file:// URI or a path)"
+        )
+    if not os.path.isabs(location):
+        raise ProvenanceError(f"{what} {uri!r} is a relative path")
+    return Path(os.path.realpath(location))
+
+
+def artifact_root(client: MlflowClient, experiment_id: str) -> Path:
+    """This project's experiment artifact root, resolved."""
+    location = str(client.get_experiment(experiment_id).artifact_location)
+    return _local_path(location, f"the artifact root of experiment {experiment_id}")
+
+
+def resolve_source(client: MlflowClient, uri: str, experiment_id: str) -> ModelSource:
+    """Resolve a model URI to its files and refuse it unless they lie under the artifact root.
+
+    `models:/m-<id>` (MLflow 3's logged models) resolve through the logged model's artifact
+    location and must belong to this experiment; `runs:/<id>/<path>` through the run's artifact
+    URI; registry references (`models:/<name>/<version>`, `@alias`) are refused, since what they
+    point at can change.
+    """
+    run_id: str | None = None
+    scheme = urllib.parse.urlsplit(uri).scheme
+    try:
+        if scheme == "models":
+            model_id = uri.removeprefix("models:/")
+            if not model_id.startswith("m-") or "/" in model_id:
+                raise ProvenanceError(
+                    f"model source {uri!r} is a registry reference, not a logged model (models:/m-<id>)"
+                )
+            logged = client.get_logged_model(model_id)
+            if str(logged.experiment_id) != experiment_id:
+                raise ProvenanceError(
+                    f"model source {uri!r} was logged in experiment {logged.experiment_id}, not this "
+                    f"project's experiment {experiment_id}"
+                )
+            location, run_id = str(logged.artifact_location), logged.source_run_id
+        elif scheme == "runs":
+            run_id, _, inside = uri.removeprefix("runs:/").partition("/")
+            run = client.get_run(run_id)
+            if str(run.info.experiment_id) != experiment_id:
+                raise ProvenanceError(
+                    f"model source {uri!r} belongs to experiment {run.info.experiment_id}, not this "
+                    f"project's experiment {experiment_id}"
+                )
+            location = f"{str(run.info.artifact_uri).rstrip('/')}/{inside}"
+        else:
+            location = uri
+    except MlflowException as exc:
+        raise ProvenanceError(f"model source {uri!r} cannot be resolved: {exc.message}") from None
+    root = artifact_root(client, experiment_id)
+    path = _local_path(location, "model source" if location == uri else f"model source {uri!r} at")
+    if path != root and root not in path.parents:
+        raise ProvenanceError(
+            f"model source {uri!r} resolves to {path}, outside this project's artifact root {root}"
+        )
+    return ModelSource(uri=uri, path=path, run_id=run_id)
+
+
+def check_source(client: MlflowClient, version: ModelVersion, experiment_id: str) -> ModelSource:
+    """Refuse a version whose artifacts lie outside this project's experiment artifact root.
+
+    Both the version's source and the location MLflow itself would download it from are checked,
+    and must be the same place, so whatever loads `models:/<name>/<version>` reads the checked files.
+    """
+    label = f"model {version.name} version {version.version}"
+    try:
+        source = resolve_source(client, str(version.source), experiment_id)
+        download = client.get_model_version_download_uri(version.name, version.version)
+        stored = resolve_source(client, str(download), experiment_id)
+    except (ProvenanceError, MlflowException) as exc:
+        raise ProvenanceError(f"{label}: {exc}; refusing to load it") from None
+    if stored.path != source.path:
+        raise ProvenanceError(
+            f"{label}: its source {version.source} is {source.path} but MLflow would load it from "
+            f"{stored.path}; refusing to load it"
+        )
+    if source.run_id and version.run_id and source.run_id != version.run_id:
+        raise ProvenanceError(
+            f"{label} claims run {version.run_id} but its files were logged by run {source.run_id}; "
+            "refusing to load it"
+        )
+    return ModelSource(uri=source.uri, path=source.path, run_id=source.run_id or version.run_id)
+
+
+def verified_files(client: MlflowClient, source: ModelSource, into: Path, label: str) -> Path:
+    """A local copy of `source`'s files under `into`, whose digest is the one its run recorded.
+
+    Nothing is deserialised here; callers load from the returned copy, so the checked bytes are the
+    loaded bytes.
+    """
+    if source.run_id is None:
+        raise ProvenanceError(
+            f"{label} ({source.path}) names no run, so no recorded digest; refusing to load it"
+        )
+    try:
+        expected = client.get_run(source.run_id).data.tags.get(tracking.MODEL_SHA256_TAG)
+    except MlflowException as exc:
+        raise ProvenanceError(f"{label}: its run {source.run_id} cannot be read: {exc.message}") from None
+    if not expected:
+        raise ProvenanceError(
+            f"{label} ({source.path}): run {source.run_id} recorded no digest of its model files "
+            f"(tag {tracking.MODEL_SHA256_TAG}), so they cannot be verified; refusing to load them "
+            "(retrain with `dvc repro` to log a verifiable model)"
+        )
+    local = tracking.fetch_model_files(source.path.as_uri(), into)
+    actual = tracking.model_digest(local)
+    if actual != expected:
+        raise ProvenanceError(
+            f"{label}: the model files at {source.path} have digest {actual}, but run {source.run_id} "
+            f"recorded {expected} when it logged them; they were changed since, refusing to load them"
+        )
+    return local
+
+
+def verify_logged_model(client: MlflowClient, uri: str, run_id: str, experiment_id: str) -> ModelSource:
+    """Refuse `uri` as run `run_id`'s model unless it resolves under the artifact root, that run
+    logged it, and its files are unchanged since (nothing is loaded): what `register` asks."""
+    source = resolve_source(client, uri, experiment_id)
+    if source.run_id is not None and source.run_id != run_id:
+        raise ProvenanceError(f"{uri} was logged by run {source.run_id}, not by run {run_id}")
+    source = ModelSource(uri=source.uri, path=source.path, run_id=run_id)
+    with tempfile.TemporaryDirectory(prefix="reproml-model-") as scratch:
+        verified_files(client, source, Path(scratch), f"the model {uri} of run {run_id}")
+    return source
+
+
+def verify_model_version(client: MlflowClient, version: ModelVersion, experiment_id: str) -> None:
+    """Refuse a version from elsewhere or whose files changed since they were logged (no load)."""
+    label = f"model {version.name} version {version.version}"
+    source = check_source(client, version, experiment_id)
+    with tempfile.TemporaryDirectory(prefix="reproml-model-") as scratch:
+        verified_files(client, source, Path(scratch), label)
+
+
+def load_model_version(client: MlflowClient, version: ModelVersion, experiment_id: str) -> Any:
+    """The version's sklearn model: source checked, files copied and verified, then deserialised
+    from that verified copy. Every load of an MLflow model in reproml goes through here."""
+    import mlflow
+
+    label = f"model {version.name} version {version.version}"
+    source = check_source(client, version, experiment_id)
+    with tempfile.TemporaryDirectory(prefix="reproml-model-") as scratch:
+        local = verified_files(client, source, Path(scratch), label)
+        return mlflow.sklearn.load_model(str(local))
