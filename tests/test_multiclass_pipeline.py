@@ -155,3 +155,17 @@ def test_second_repro_is_a_no_op(project: Project) -> None:
 def test_runs_table_shows_the_macro_metrics(project: Project, pipeline_run: Any) -> None:
     done = project.run("env", "COLUMNS=220", "reproml", "runs")
     assert f"{pipeline_run.data.metrics['test_roc_auc_ovr']:.4f}" in done.stdout
+
+
+def test_promote_judges_the_first_multiclass_model_on_macro_roc_auc(project: Project) -> None:
+    mlflow.set_tracking_uri(project.tracking_uri())
+    done = project.run("reproml", "promote")
+    record = next(r for r in map(json.loads, _records(project)) if r["action"] in ("promote", "reject"))
+    assert record["gate"]["metric"] == "roc_auc_ovr", record
+    assert record["action"] == "promote", record
+    champion = MlflowClient().get_model_version_by_alias("wine-cultivar", "champion")
+    assert str(champion.version) == "1", done.stdout
+
+
+def _records(project: Project) -> list[str]:
+    return [p.read_text() for p in sorted((project.root / "registry" / "records").glob("*.json"))]

@@ -303,14 +303,24 @@ def log_sklearn_model(
     return str(info.model_uri)
 
 
+# MLflow writes this (the registered name and version, nothing it loads) into a *local* model's own
+# folder whenever anyone downloads `models:/<name>/<version>`, so it cannot be part of the digest.
+MLFLOW_BOOKKEEPING = frozenset({"registered_model_meta"})
+
+
 def model_digest(directory: Path) -> str:
     """sha256 over the sorted manifest of every file under `directory` (relative path, sha256).
 
     Any changed byte, added, removed or renamed file changes it: the MLmodel file (which names
-    the serialization format and the trusted types) and the shipped code included.
+    the serialization format and the trusted types) and the shipped code included. Only MLflow's
+    `registered_model_meta` is left out (see MLFLOW_BOOKKEEPING).
     """
     manifest = hashlib.sha256()
-    files = sorted((p.relative_to(directory).as_posix(), p) for p in directory.rglob("*") if p.is_file())
+    files = sorted(
+        (p.relative_to(directory).as_posix(), p)
+        for p in directory.rglob("*")
+        if p.is_file() and p.relative_to(directory).as_posix() not in MLFLOW_BOOKKEEPING
+    )
     for relative, path in files:
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
