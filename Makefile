@@ -29,6 +29,9 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	touch $@
 
 install: $(VENV)/.installed ## create .venv from uv.lock (bytecode compiled) and configure DVC for this clone
+	@# DVC creates <site cache>/repo 0777 without the sticky bit and leaves an existing folder's mode
+	@# alone: made (or tightened to) 0700 here, every time, so clones set up earlier are fixed too.
+	@install -d -m 0700 .dvc/site_cache .dvc/site_cache/repo
 
 run: install ## set up, run the pipeline on the bundled data (dvc repro), gate it, replay Jul-Dec 2013 (simulate)
 	$(BIN)/dvc repro

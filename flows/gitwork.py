@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from flows.commands import CommandError, run
+from reproml.paths import site_cache
 
 
 def tool(name: str) -> str:
@@ -57,9 +58,7 @@ def open_worktree(root: Path, branch: str, reset: bool = False) -> Path:
     dvc = tool("dvc")
     cache = run([dvc, "cache", "dir"], root, quiet=True).strip()
     run([dvc, "config", "--local", "cache.dir", cache], path, quiet=True)
-    run(
-        [dvc, "config", "--local", "core.site_cache_dir", str(root / ".dvc" / "site_cache")], path, quiet=True
-    )
+    run([dvc, "config", "--local", "core.site_cache_dir", str(site_cache(root))], path, quiet=True)
     for name, url in _remote_urls(root).items():
         run([dvc, "remote", "modify", "--local", name, "url", url], path, quiet=True)
     return path

@@ -45,11 +45,14 @@ def monitoring(
     retrain: bool = True,
     branch: str | None = None,
 ) -> dict[str, Any]:
-    """Monitor `batch` (a file or a period; default: the next one after the newest monitored) and
-    hand a `retrain` verdict to the training flow with the batch's labelled rows."""
+    """Monitor `batch` (a file under data/ or monitoring/, or a period; default: the next one after
+    the newest monitored) and hand a `retrain` verdict to the training flow with the batch's
+    labelled rows. `root` must be the project the flow runs in (`reproml.paths.project_root`)."""
+    from reproml.paths import batch_spec, project_root
+
     log = get_run_logger()
-    home = Path(root).resolve()
-    spec = batch or next_batch(home, every)
+    home = project_root(root, "root")
+    spec = batch_spec(home, batch, "batch") if batch else next_batch(home, every)
     if spec is None:
         log.info("no production batch after the newest monitored one: nothing to do")
         return {"batch": None}

@@ -101,10 +101,11 @@ def simulate(
 
     from reproml import registry
     from reproml.monitoring.batches import periods
+    from reproml.paths import project_root
     from reproml.stages.common import load
 
     log = get_run_logger()
-    home = Path(root).resolve()
+    home = project_root(root, "root")
     spans = periods(start, end, every)
     baseline_version = reset(home, branch)
     name = load(home).register_.model_name

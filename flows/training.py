@@ -181,16 +181,19 @@ def training(
     root: str = ".", labelled: str | None = None, reason: str = "on demand", branch: str | None = None
 ) -> dict[str, Any]:
     """Retrain on the retrain branch (`branch`, default `retrain.branch`): optionally add
-    `labelled` (a Parquet batch of labelled production rows) as a new data version, run the DVC
-    pipeline, push, commit, gate."""
+    `labelled` (a Parquet batch of labelled production rows under data/ or monitoring/) as a new
+    data version, run the DVC pipeline, push, commit, gate. Both paths are checked before anything
+    else (`reproml.paths`): the batch becomes a pushed data version."""
     from prefect.client.orchestration import get_client
     from prefect.concurrency.sync import concurrency
 
+    from reproml.paths import confined, project_root
     from reproml.stages.common import load
     from reproml.stages.register import REGISTERED
 
     log = get_run_logger()
-    home = Path(root).resolve()
+    home = project_root(root, "root")
+    source = None if labelled is None else confined(labelled, home, "labelled")
     params = load(home)
     name = limit_name(home)
     with get_client(sync_client=True) as client:
@@ -201,8 +204,7 @@ def training(
         added = None
         start = head(tree)
         try:
-            if labelled is not None:
-                source = Path(labelled) if Path(labelled).is_absolute() else home / labelled
+            if source is not None:
                 added = add_batch(home, tree, source)
             stages: dict[str, str] = {}
             for stage_name in stage_order(tree):

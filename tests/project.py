@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from reproml.paths import site_cache
 from tests.conftest import default_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +70,8 @@ class Project:
             "GIT_COMMITTER_EMAIL": "test@reproml.invalid",
         }
         self.run("git", "init", "-q", "-b", "main")
-        self.run("dvc", "config", "--local", "core.site_cache_dir", str(self.root / ".dvc" / "site_cache"))
+        # as `make install` does: DVC's site cache inside the clone, made private before DVC uses it
+        self.run("dvc", "config", "--local", "core.site_cache_dir", str(site_cache(self.root)))
         self.commit("project")
 
     def write_params(self, params: dict[str, Any]) -> None:

@@ -103,10 +103,10 @@ def prefect_flow_runs(api: str, flow_name: str) -> list[Any]:
 
 
 def same_distribution_batch(p: Project) -> str:
-    """Rows of the champion's own training split, handed in as a file."""
+    """Rows of the champion's own training split, handed in as a file (under data/, as it must be)."""
     rows = pd.read_parquet(p.root / "data" / "prepared" / "train.parquet").sample(1500, random_state=3)
-    rows.to_parquet(p.root / "same.parquet", index=False)
-    return "same.parquet"
+    rows.to_parquet(p.root / "data" / "same.parquet", index=False)
+    return "data/same.parquet"
 
 
 def test_a_same_distribution_batch_retrains_nothing(project: Project) -> None:
@@ -114,7 +114,7 @@ def test_a_same_distribution_batch_retrains_nothing(project: Project) -> None:
     p = project
     same_distribution_batch(p)
     before_versions, before_head = versions(p), p.run("git", "rev-parse", "HEAD").stdout
-    out = flow_in_subprocess(p, "monitoring(root='.', batch='same.parquet')")
+    out = flow_in_subprocess(p, "monitoring(root='.', batch='data/same.parquet')")
     assert out["verdict"] == "ok", out["reasons"]
     assert out["retrain"] is None
     assert versions(p) == before_versions and branch_head(p) is None
@@ -188,7 +188,7 @@ def _running_train_run(p: Project) -> str | None:
 def test_sigterm_mid_training_changes_nothing(project: Project, prefect_api: str) -> None:
     """SIGTERM while `reproml train` runs: flow Crashed, MLflow run KILLED, no version, no alias."""
     p = project
-    august = p.root / "august.parquet"
+    august = p.root / "data" / "august.parquet"
     production = pd.read_parquet(p.root / "data" / "prepared" / "production.parquet")
     production[production["time_hour"].dt.month == 8].to_parquet(august, index=False)
     before = {"versions": versions(p), "champion": champion(p), "branch": branch_head(p)}
@@ -309,7 +309,7 @@ def test_transient_failures_are_retried_and_real_ones_are_not(tmp_path: Path, pr
 def test_a_failed_retrain_leaves_the_champion_as_it_was(project: Project, prefect_api: str) -> None:
     """A labelled batch the data cannot take: ingest fails, the flow fails, nothing is promoted."""
     p = project
-    broken = p.root / "broken.parquet"
+    broken = p.root / "data" / "broken.parquet"
     production = pd.read_parquet(p.root / "data" / "prepared" / "production.parquet")
     december = production[production["time_hour"].dt.month == 12]  # after any window the branch has
     december.drop(columns=["carrier"]).to_parquet(broken, index=False)

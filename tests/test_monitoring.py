@@ -240,8 +240,8 @@ def test_cli_prints_the_verdict_and_lists_batches(project: Path, monkeypatch: py
     missing = runner.invoke(app, ["monitor", "--batch", "2013-02-30"])
     assert missing.exit_code == 2 and "reproml monitor failed" in missing.output
     assert "Traceback" not in missing.output
-    batch(rows=30).to_csv(project / "small.csv", index=False)
-    done = runner.invoke(app, ["monitor", "--batch", "small.csv"])
+    batch(rows=30).to_csv(project / "data" / "small.csv", index=False)  # files only from data/
+    done = runner.invoke(app, ["monitor", "--batch", "data/small.csv"])
     assert done.exit_code == 0, done.output
     assert "insufficient_data" in done.output and "monitoring/records/small-" in done.output
     listed = runner.invoke(app, ["monitoring"])

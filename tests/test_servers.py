@@ -6,6 +6,7 @@ integration test starts the real servers once, on free ports, over a tiny MLflow
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -97,6 +98,26 @@ def members(pgid: int) -> list[int]:
         stat = servers._proc_stat(int(entry.name)) if entry.name.isdigit() else None
         if stat is not None and stat[0] != "Z" and stat[2] == str(pgid):
             found.append(int(entry.name))
+    return found
+
+
+LOOPBACK = {"127.0.0.1", "::1"}
+
+
+def listening(pgid: int) -> set[tuple[str, int]]:
+    """(address, port) of every LISTEN socket held by the server's process group and its children."""
+    import psutil
+
+    pids = set(members(pgid))
+    for pid in list(pids):
+        with contextlib.suppress(psutil.Error):
+            pids.update(child.pid for child in psutil.Process(pid).children(recursive=True))
+    found = set()
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            for conn in psutil.Process(pid).net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.add((conn.laddr.ip, conn.laddr.port))
     return found
 
 
@@ -246,6 +267,12 @@ def test_servers_start_answer_are_reused_and_stop(project: Path, ports: dict[str
         pids = {"mlflow": servers.start(project, "mlflow"), "prefect": prefect.result()}
     print(f"store made and both servers answered in {time.monotonic() - began:.1f} s")
     assert {name: servers.running(project, name) for name in servers.NAMES} == pids
+    # what the kernel says, not what the command line asked for: every listening socket of each
+    # server's process group is on loopback, and its own port is among them
+    for name, pid in pids.items():
+        sockets = listening(pid)
+        assert ports[name] in {number for _, number in sockets}, (name, sockets)
+        assert {address for address, _ in sockets} <= LOOPBACK, (name, sockets)
     assert servers.start(project, "prefect") == pids["prefect"]  # idempotent
     assert servers.start(project, "mlflow") == pids["mlflow"]
 

@@ -179,8 +179,8 @@ def monitor(
     batch: str = typer.Option(
         ...,
         "--batch",
-        help="A CSV/Parquet file, or a period of data/prepared/production.parquet: "
-        "2013-08, 2013-W33, 2013-08-05 or 2013-08-01..2013-08-14.",
+        help="A CSV/Parquet file under data/ or monitoring/, or a period of "
+        "data/prepared/production.parquet: 2013-08, 2013-W33, 2013-08-05 or 2013-08-01..2013-08-14.",
     ),
 ) -> None:
     """Check one production batch against the champion: quality gate, drift, quality, retrain verdict.
@@ -189,12 +189,14 @@ def monitor(
     one MLflow run in the `<experiment>-monitoring` experiment.
     """
     from reproml.errors import ReproError
+    from reproml.paths import batch_spec
     from reproml.report import verdict_table
     from reproml.stages.monitor import run_monitor
 
     try:
+        spec = batch_spec(ROOT, batch, "--batch")
         with console.status("[bold]monitor[/bold] running"):
-            record = run_monitor(ROOT, batch=batch)
+            record = run_monitor(ROOT, batch=spec)
     except ReproError as exc:
         err.print(f"[bold red]reproml monitor failed:[/bold red] {exc}", highlight=False)
         raise typer.Exit(2) from None
@@ -228,16 +230,26 @@ def _prefect() -> None:
 @app.command()
 def retrain(
     labelled: str | None = typer.Option(
-        None, "--labelled", help="A Parquet file of labelled production rows to add as a new data version."
+        None,
+        "--labelled",
+        help="A Parquet file of labelled production rows (under data/ or monitoring/) to add as a new "
+        "data version.",
     ),
     branch: str | None = typer.Option(None, help="Branch for the data versions (default: retrain.branch)."),
 ) -> None:
     """The training flow (Prefect): new data version -> dvc repro -> challenger -> promotion gate,
     on its own branch (a worktree under .reproml/worktrees/); your branch stays as it is."""
+    from reproml.errors import ReproError
+    from reproml.paths import confined
+
+    try:  # refused before a Prefect server is started for it
+        source = None if labelled is None else str(confined(labelled, ROOT, "--labelled"))
+    except ReproError as exc:
+        err.print(f"[bold red]reproml retrain refused:[/bold red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
     _prefect()
     from flows.training import training
 
-    source = None if labelled is None else str(Path(labelled).resolve())
     summary = training(root=str(ROOT.resolve()), labelled=source, branch=branch)
     console.print(summary["promotion"], highlight=False)
 

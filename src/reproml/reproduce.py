@@ -347,7 +347,7 @@ def _fetch(store: DvcStore, remote: str, wanted: dict[str, str], scratch: Path) 
     Returns None, or DVC's error when it failed as a whole (an unreachable remote). DVC exits 0
     when some objects are simply absent from the remote; the caller looks in the cache after.
     """
-    (scratch / ".dvc").mkdir(parents=True, exist_ok=True)
+    paths.site_cache(scratch)  # .dvc/ and a private site cache, before DVC makes it world-writable
     (scratch / ".dvc" / "config").write_text(_scratch_config(store, scratch))
     outs = [{"md5": md5, "path": path, "hash": "md5"} for path, md5 in wanted.items()]
     (scratch / "fetch.dvc").write_text(yaml.safe_dump({"outs": outs}, sort_keys=False))

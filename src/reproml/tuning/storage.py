@@ -62,14 +62,37 @@ def resolve(root: Path, setting: str | None) -> StorageInfo:
     return StorageInfo("journal", str(path), path.parent / ".locks")
 
 
-def repair_journal(path: Path) -> Path | None:
+JOURNAL_LOCK_GRACE_S = 30  # Optuna's own default: a lock file untouched this long is stale
+
+
+def journal_lock(path: Path, grace_period: int = JOURNAL_LOCK_GRACE_S) -> Any:
+    """Optuna's own lock on the journal file (`<journal>.lock`, created with O_EXCL), the one its
+    `JournalFileBackend` holds while it appends: whoever holds it is the only writer."""
+    from optuna.storages.journal import JournalFileOpenLock
+
+    return JournalFileOpenLock(str(path), grace_period=grace_period)
+
+
+def repair_journal(path: Path, grace_period: int = JOURNAL_LOCK_GRACE_S) -> Path | None:
     """Cut a torn tail off a journal file; returns the backup made, or None if it was whole.
 
-    Only the tail is repaired: a record that does not parse and is followed by whole ones is not a
-    torn write but corruption, and is refused rather than guessed at.
+    Runs only while holding Optuna's own journal lock (`journal_lock`): a live writer's append in
+    progress looks exactly like a torn tail, and a cut made while it writes would lose its trial.
+    The lock of a writer killed mid-append is taken over after `grace_period` seconds, as Optuna's
+    writers do. Only the tail is repaired: a record that does not parse and is followed by whole
+    ones is not a torn write but corruption, and is refused rather than guessed at.
     """
     if not path.is_file():
         return None
+    lock = journal_lock(path, grace_period)
+    lock.acquire()
+    try:
+        return _repair_locked(path)
+    finally:
+        lock.release()
+
+
+def _repair_locked(path: Path) -> Path | None:
     data = path.read_bytes()
     keep = len(data)
     if data and not data.endswith(b"\n"):
@@ -101,20 +124,20 @@ def repair_journal(path: Path) -> Path | None:
     warnings.warn(
         f"{path}: the last {len(data) - keep} bytes were a torn record (a crash during a write); "
         f"cut them off, the original is kept as {backup.name}",
-        stacklevel=2,
+        stacklevel=3,
     )
     return backup
 
 
 def open_storage(info: StorageInfo) -> Any:
     import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     if info.kind == "rdb":
         return optuna.storages.RDBStorage(info.location)
     path = Path(info.location)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=journal_lock(path)))
 
 
 @contextlib.contextmanager
