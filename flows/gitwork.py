@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from flows.commands import CommandError, run
-from reproml.paths import site_cache
+from reproml.paths import branch_name, site_cache
 
 
 def tool(name: str) -> str:
@@ -17,6 +17,7 @@ def tool(name: str) -> str:
 
 
 def worktree_path(root: Path, branch: str) -> Path:
+    branch_name(branch)
     return root / ".reproml" / "worktrees" / re.sub(r"[^A-Za-z0-9._-]", "-", branch)
 
 

@@ -137,6 +137,21 @@ def in_tree(tree: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tree
 
 
+@pytest.mark.parametrize("name", ["..", "../x", "-f", ".hidden", "a/../b", "x.lock", "a//b", "a b", "x/"])
+def test_a_branch_that_could_name_another_folder_is_refused(tree: Path, name: str) -> None:
+    from flows.gitwork import worktree_path
+
+    with pytest.raises(PathError, match="branch="):
+        worktree_path(tree, name)
+
+
+def test_plain_branch_names_map_to_a_folder_under_worktrees(tree: Path) -> None:
+    from flows.gitwork import worktree_path
+
+    for name in ("reproml/retrain", "reproml/simulation", "team_a/v1.2"):
+        assert worktree_path(tree, name).parent == tree / ".reproml" / "worktrees"
+
+
 def test_cli_file_options_are_refused_before_any_work(in_tree: Path) -> None:
     runner = CliRunner()
     done = runner.invoke(app, ["monitor", "--batch", "../outside.csv"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from reproml.errors import ReproError
@@ -124,6 +125,25 @@ def project_root(value: str | Path, param: str = "root") -> Path:
             "run the flow from the project it should work on"
         )
     return target
+
+
+# What `git check-ref-format --branch` accepts, narrowed to names that map to one worktree folder.
+_BRANCH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
+
+
+def branch_name(value: str, param: str = "branch") -> str:
+    """`value` if it is a plain git branch name (`reproml/retrain`); else a `PathError`.
+
+    The branch names a worktree folder under `.reproml/worktrees/` that the training flow may
+    remove and re-create, so `..`, a leading `-` or `.`, and `.lock` endings are refused before git
+    (or `git worktree remove --force`) ever sees them.
+    """
+    if not _BRANCH.fullmatch(value) or ".." in value or value.endswith((".lock", ".")):
+        raise PathError(
+            f"{param}={value!r} is not a branch name reproml accepts: letters, digits, '.', '_', '-' "
+            "and '/' between parts, no '..', not starting with '.' or '-', not ending with '.lock'"
+        )
+    return value
 
 
 def site_cache(root: Path) -> Path:
