@@ -146,6 +146,8 @@ def test_a_missing_object_is_fetched_from_the_remote_verified_and_used(project: 
         record = run_monitor(project.root, "2013-08")
     finally:
         working.write_bytes(kept)
+        if not cached.exists():  # the next test needs the object whatever happened here
+            replace_bytes(cached, kept)
     assert record["verdict"] != "quarantined", record["reasons"]
     assert record["reference"]["train"]["md5"] == md5 and record["drift"] is not None
     assert cached.is_file() and file_md5(cached) == md5 == file_md5(remote)
