@@ -31,10 +31,10 @@ def next_batch(root: Path, every: str) -> str | None:
 
 
 @task(name="monitor", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)
-def monitor(root: Path, batch: str) -> dict[str, Any]:
+def monitor(root: Path, batch: str, backfill: bool = False) -> dict[str, Any]:
     from reproml.stages.monitor import run_monitor
 
-    return run_monitor(root, batch)
+    return run_monitor(root, batch, backfill=backfill)
 
 
 @flow(name="monitoring", log_prints=True)
@@ -44,10 +44,12 @@ def monitoring(
     every: str = "month",
     retrain: bool = True,
     branch: str | None = None,
+    backfill: bool = False,
 ) -> dict[str, Any]:
     """Monitor `batch` (a file under data/ or monitoring/, or a period; default: the next one after
     the newest monitored) and hand a `retrain` verdict to the training flow with the batch's
-    labelled rows. `root` must be the project the flow runs in (`reproml.paths.project_root`)."""
+    labelled rows. A `batch` older than the newest monitored one is `out_of_order` (not judged)
+    unless `backfill`. `root` must be the project the flow runs in (`reproml.paths.project_root`)."""
     from reproml.paths import batch_spec, project_root
 
     log = get_run_logger()
@@ -56,7 +58,7 @@ def monitoring(
     if spec is None:
         log.info("no production batch after the newest monitored one: nothing to do")
         return {"batch": None}
-    record = monitor(home, spec)
+    record = monitor(home, spec, backfill)
     drift = record.get("drift") or {}
     quality = record.get("quality") or {}
     summary: dict[str, Any] = {

@@ -17,7 +17,7 @@ from reproml.errors import ReproError
 from reproml.gate import metric_spec
 from reproml.io import file_md5
 from reproml.monitoring import batches, champion, concept, decision, quality, reports, store
-from reproml.monitoring.drift import ColumnDrift, DriftResult, pool_rare, top_categories
+from reproml.monitoring.drift import ColumnDrift, DriftResult, bucket, reference_levels
 
 # --- batches -------------------------------------------------------------------------------------
 
@@ -165,11 +165,12 @@ def test_unlabelled_rows_are_fine() -> None:
 
 
 def test_rare_categories_are_pooled_as_the_model_sees_them() -> None:
-    reference = pd.Series(["a"] * 5 + ["b"] * 3 + ["c"])
-    kept = top_categories(reference, 2)
-    assert kept == {"a", "b"}
-    pooled = pool_rare(pd.Series(["a", "c", None, "new"]), kept)
-    assert pooled.tolist() == ["a", "(other)", None, "(other)"]
+    reference = pd.Series(["a"] * 5 + ["b"] * 3 + ["c"] + ["d"])
+    levels = reference_levels(reference, 3)
+    assert levels.kept == {"a", "b"} and levels.pooled == {"c", "d"}
+    grouped = bucket(pd.Series(["a", "c", None, "new"]), levels)
+    assert grouped.tolist() == ["a", "(other)", None, "(unseen)"]  # never seen: missing to the model
+    assert reference_levels(reference, 4).pooled == set()  # no more values than max_categories
 
 
 # --- the quality change --------------------------------------------------------------------------

@@ -182,6 +182,12 @@ def monitor(
         help="A CSV/Parquet file under data/ or monitoring/, or a period of "
         "data/prepared/production.parquet: 2013-08, 2013-W33, 2013-08-05 or 2013-08-01..2013-08-14.",
     ),
+    backfill: bool = typer.Option(
+        False,
+        "--backfill",
+        help="Judge a batch older than the newest monitored one as usual "
+        "(without it, such a batch gets the verdict out_of_order and is not measured).",
+    ),
 ) -> None:
     """Check one production batch against the champion: quality gate, drift, quality, retrain verdict.
 
@@ -196,7 +202,7 @@ def monitor(
     try:
         spec = batch_spec(ROOT, batch, "--batch")
         with console.status("[bold]monitor[/bold] running"):
-            record = run_monitor(ROOT, batch=spec)
+            record = run_monitor(ROOT, batch=spec, backfill=backfill)
     except ReproError as exc:
         err.print(f"[bold red]reproml monitor failed:[/bold red] {exc}", highlight=False)
         raise typer.Exit(2) from None

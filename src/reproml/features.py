@@ -4,12 +4,20 @@ The fitted transformer travels inside the model's Pipeline, so the logged model 
 (strings, timestamps, missing values) and nothing is recomputed by hand at serving time.
 Tree models get ordinal codes for categories and keep missing values (they split on them);
 linear models get imputation, scaling and one-hot columns.
+
+Category values, for every model: the `max_categories - 1` most frequent training values get their
+own code (or column); the other training values share one "infrequent" code; a value never seen
+in training is a *missing* value, exactly as None or NaN is. A value the model has never seen
+carries nothing it learned, so it takes the path the model learned for "no value" - not the
+path of the rare-but-known values, which it did learn. The drift check (monitoring/drift.py)
+reads these same three groups off the fitted encoder (`category_levels`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,6 +50,90 @@ class DateParts(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         return np.asarray([f"{base}_{part}" for part in self.parts], dtype=object)
 
 
+MISSING_FILL = "(missing)"  # what linear models impute for a missing (or never seen) category
+
+
+def _missing_as_nan(X: pd.DataFrame | np.ndarray) -> pd.DataFrame | np.ndarray:
+    """Missing values in any form (None, pd.NA, NaN) as NaN, the one sklearn's encoders treat as
+    missing: they take None for a category of its own, and pd.NA breaks the imputer."""
+    if isinstance(X, pd.DataFrame):
+        return X.astype(object).where(X.notna(), np.nan)
+    values = np.asarray(X, dtype=object).copy()
+    values[pd.isna(values)] = np.nan
+    return values
+
+
+class CategoryCodes(OrdinalEncoder):  # type: ignore[misc]
+    """Ordinal codes for tree models: a value never seen in fit, and a missing value in any form,
+    are NaN (XGBoost and HistGradientBoosting route them along the branch learned for missing)."""
+
+    def fit(self, X: pd.DataFrame | np.ndarray, y: object = None) -> CategoryCodes:
+        super().fit(_missing_as_nan(X), y)
+        return self
+
+    def transform(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        return np.asarray(super().transform(_missing_as_nan(X)))
+
+
+class KnownCategories(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+    """For linear models, before imputation: a value never seen in fit becomes missing (NaN), so it
+    is imputed like any missing value instead of landing in the one-hot "infrequent" column."""
+
+    def fit(self, X: pd.DataFrame, y: object = None) -> KnownCategories:
+        frame = pd.DataFrame(X)
+        self.feature_names_in_ = np.asarray(frame.columns, dtype=object)
+        self.n_features_in_ = frame.shape[1]
+        self.categories_ = [sorted({str(v) for v in frame[c].dropna()}) for c in frame.columns]
+        return self
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        frame = pd.DataFrame(X).copy()
+        frame.columns = list(self.feature_names_in_)
+        for column, known in zip(frame.columns, self.categories_, strict=True):
+            values = frame[column]
+            seen = values.notna() & values.astype(str).isin(known)
+            frame[column] = values.astype(object).where(seen, np.nan)
+        return frame
+
+    def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
+        return np.asarray(self.feature_names_in_, dtype=object)
+
+
+@dataclass(frozen=True)
+class CategoryLevels:
+    """How a fitted model groups one category column's values (as strings)."""
+
+    kept: frozenset[str]  # each has its own code / one-hot column
+    pooled: frozenset[str]  # seen in training but rare: one shared "infrequent" code
+    # any other value was never seen in training: missing to the model
+
+
+def category_levels(model: object) -> dict[str, CategoryLevels] | None:
+    """Per category column, the groups the fitted pipeline `model` ("preprocess" step: the
+    ColumnTransformer of `build_preprocessor`) puts values in; None when it holds no such encoder.
+    Missing values (and the linear models' fill value) are no level: they are missing."""
+    steps: Any = getattr(model, "named_steps", None) or {}
+    prep: Any = steps.get("preprocess")
+    fitted: Any = getattr(prep, "named_transformers_", None) or {}
+    encoder: Any = fitted.get("categorical")
+    if encoder is not None and hasattr(encoder, "named_steps"):  # linear: ..., imputer, one-hot
+        encoder = encoder.named_steps.get("onehotencoder")
+    if prep is None or encoder is None or not hasattr(encoder, "categories_"):
+        return None
+    columns = next((list(cols) for name, _, cols in prep.transformers_ if name == "categorical"), [])
+    rare = getattr(encoder, "infrequent_categories_", None) or [None] * len(columns)
+
+    def as_text(values: Any) -> frozenset[str]:
+        listed = [] if values is None else list(values)
+        return frozenset(str(v) for v in listed if not pd.isna(v) and v != MISSING_FILL)
+
+    levels = {}
+    for column, seen, infrequent in zip(columns, encoder.categories_, rare, strict=True):
+        pooled = as_text(infrequent)
+        levels[str(column)] = CategoryLevels(as_text(seen) - pooled, pooled)
+    return levels
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """Which raw columns feed the model, and how."""
@@ -67,7 +159,7 @@ class FeatureSpec:
 def build_preprocessor(spec: FeatureSpec, model: str, max_categories: int) -> ColumnTransformer:
     if model in TREE_MODELS:
         numeric: object = "passthrough"
-        categorical: object = OrdinalEncoder(
+        categorical: object = CategoryCodes(
             handle_unknown="use_encoded_value",
             unknown_value=np.nan,
             encoded_missing_value=np.nan,
@@ -77,7 +169,8 @@ def build_preprocessor(spec: FeatureSpec, model: str, max_categories: int) -> Co
     else:
         numeric = make_pipeline(SimpleImputer(strategy="median"), StandardScaler())
         categorical = make_pipeline(
-            SimpleImputer(strategy="constant", fill_value="(missing)"),
+            KnownCategories(),
+            SimpleImputer(strategy="constant", fill_value=MISSING_FILL),
             OneHotEncoder(
                 handle_unknown="infrequent_if_exist",
                 max_categories=max_categories,

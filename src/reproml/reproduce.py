@@ -321,11 +321,39 @@ def dvc_store(root: Path) -> DvcStore:
 
 
 def cache_object(cache: Path, md5: str) -> Path | None:
-    """The cached copy of a file with this md5 (DVC 3 layout, then DVC 2's), if there is one."""
+    """Where the cached copy of a file with this md5 lies (DVC 3 layout, then DVC 2's), if there is
+    one. Not checked: read data through `verified_objects` / `verified_cache_object`, never this."""
     for candidate in (cache / "files" / "md5" / md5[:2] / md5[2:], cache / md5[:2] / md5[2:]):
         if candidate.is_file():
             return candidate
     return None
+
+
+class CorruptCacheError(ReproError):
+    """A DVC cache object whose bytes do not hash to the md5 it is filed under."""
+
+
+def verified_cache_object(cache: Path, md5: str, path: str, origin: str = "DVC cache") -> Path | None:
+    """The cached copy of `path` version `md5`, its bytes hashed and found to be that md5; None when
+    the cache has no such object; CorruptCacheError when it holds other bytes.
+
+    DVC files an object under the md5 it had when it was added and never looks again: a flipped
+    bit, a truncated copy or a hand edit of the (read-only) object would otherwise be read as the
+    recorded version. DVC 3's md5 of a file is the plain md5 of its bytes (`reproml.io.file_md5`).
+    """
+    from reproml.io import file_md5
+
+    found = cache_object(cache, md5)
+    if found is None:
+        return None
+    actual = file_md5(found)
+    if actual != md5:
+        raise CorruptCacheError(
+            f"the DVC cache object {found} for {path} (from the {origin}) is corrupt: expected md5 {md5}, "
+            f"its bytes have md5 {actual}; delete it (`rm -f {found}`) and run again to fetch it "
+            "from the DVC remote, or restore it with `dvc fetch` / `dvc pull`"
+        )
+    return found
 
 
 def _scratch_config(store: DvcStore, scratch: Path) -> str:
@@ -360,51 +388,77 @@ def _fetch(store: DvcStore, remote: str, wanted: dict[str, str], scratch: Path) 
     return lines[-1] if lines else f"dvc fetch exited {done.returncode}"
 
 
-def locate_data(
-    store: DvcStore, data: dict[str, str], scratch: Path, progress: Progress, refuse: str
-) -> dict[str, str]:
-    """`path -> where it came from` for every recorded data file, fetching what the cache lacks.
+@dataclass(frozen=True)
+class CacheObject:
+    """A data version in the DVC cache whose bytes were hashed and match its md5."""
 
-    The cache first (no DVC at all); what is missing is fetched by md5 from the project's remotes,
-    default first. A version available nowhere is refused, naming the file, md5 and remotes tried.
+    path: Path  # the object in the cache: read it, never write it
+    source: str  # "DVC cache", or "DVC remote '<name>'" when it had to be fetched
+
+
+def verified_objects(
+    store: DvcStore, data: dict[str, str], scratch: Path, progress: Progress = _quiet, refuse: str = ""
+) -> dict[str, CacheObject]:
+    """`path -> verified cache object` for every `path -> md5`, fetching what the cache lacks.
+
+    Every read of the DVC cache goes through here (or `verified_cache_object`): the cache first
+    (no DVC at all), then `dvc fetch` of what is missing from the project's remotes, default first.
+    Every object is hashed before it is handed out: a corrupt one, cached or just fetched, is
+    refused (CorruptCacheError, naming the object, both md5s and the fix), never used; a version
+    available nowhere is refused naming the file, md5 and remotes tried.
     """
-    sources = {p: "DVC cache" for p, md5 in data.items() if cache_object(store.cache, md5)}
+    found: dict[str, CacheObject] = {}
+
+    def take(path: str, origin: str) -> None:
+        try:
+            cached = verified_cache_object(store.cache, data[path], path, origin)
+        except CorruptCacheError as exc:
+            raise CorruptCacheError(f"{refuse} {exc}" if refuse else str(exc)) from None
+        if cached is not None:
+            found[path] = CacheObject(cached, origin)
+
+    for path in data:
+        take(path, "DVC cache")
     tried: list[str] = []
     for remote in store.ordered_remotes():
-        wanted = {p: md5 for p, md5 in data.items() if p not in sources}
+        wanted = {p: md5 for p, md5 in data.items() if p not in found}
         if not wanted:
             break
         url = store.remotes[remote].get("url", "?")
         progress(f"fetching {len(wanted)} data file(s) from DVC remote {remote!r}")
         error = _fetch(store, remote, wanted, scratch)
         tried.append(f"{remote!r} ({url}{'; ' + error if error else ''})")
-        fetched = {p for p, md5 in wanted.items() if cache_object(store.cache, md5)}
-        sources |= {p: f"DVC remote {remote!r}" for p in fetched}
-    missing = {p: md5 for p, md5 in data.items() if p not in sources}
+        for path in wanted:
+            take(path, f"DVC remote {remote!r}")
+    missing = {p: md5 for p, md5 in data.items() if p not in found}
     if missing:
         listed = ", ".join(f"{p} (md5 {md5})" for p, md5 in missing.items())
         where = f"nor on the DVC remote {', '.join(tried)}" if tried else "and the project has no DVC remote"
         raise ReproError(
-            f"{refuse} the data version {listed} is neither in the DVC cache {store.cache} {where}; "
-            "push it from a clone that has it (`dvc push`)"
+            f"{refuse + ' ' if refuse else ''}the data version {listed} is neither in the DVC cache "
+            f"{store.cache} {where}; push it from a clone that has it (`dvc push`)"
         )
-    return {p: sources[p] for p in data}
+    return {p: found[p] for p in data}
 
 
-def place_data(cache: Path, data: dict[str, str], sources: dict[str, str], worktree: Path) -> list[Check]:
-    """Copy each recorded version into the worktree and check its md5 against the record."""
+def place_data(
+    store: DvcStore, data: dict[str, str], objects: dict[str, CacheObject], worktree: Path, scratch: Path
+) -> list[Check]:
+    """Copy each recorded version into the worktree and check the copy's md5 against the record.
+
+    Each object is verified again as it is read (a concurrent `dvc gc` may have removed it since,
+    and then it is fetched again); the copy is hashed too, so what the rebuild reads is the record.
+    """
     from reproml.io import file_md5
 
     checks = []
     for path, md5 in data.items():
-        source = cache_object(cache, md5)
-        if source is None:  # removed between locate_data and now (a concurrent `dvc gc`)
-            raise ReproError(f"data file {path} (md5 {md5}) disappeared from the DVC cache {cache}")
+        source = verified_objects(store, {path: md5}, scratch)[path]
         target = worktree / path
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        shutil.copyfile(source.path, target)
         got = file_md5(target)
-        detail = sources[path] if got == md5 else f"{sources[path]} holds other bytes"
+        detail = objects[path].source if got == md5 else f"{source.path} changed while it was copied"
         checks.append(Check("data", path, md5, got, got == md5, detail))
     return checks
 
@@ -655,11 +709,11 @@ def _rebuild_and_compare(root: Path, recorded: Recorded, work: Path, progress: P
     worktree = work / "wt"
     store = dvc_store(root)
     refuse = f"run {recorded.run_id} cannot be rebuilt:"
-    sources = locate_data(store, recorded.data, work / "fetch", progress, refuse)
+    objects = verified_objects(store, recorded.data, work / "fetch", progress, refuse)
     progress(f"checking out {recorded.commit[:7]} in a worktree")
     add_worktree(root, worktree, recorded.commit)
     notes = place_params(root, recorded, worktree, work)
-    data_checks = place_data(store.cache, recorded.data, sources, worktree)
+    data_checks = place_data(store, recorded.data, objects, worktree, work / "fetch")
     failure = run_stages(worktree, progress)
     rebuilt = None if failure else rebuilt_run(worktree)
     if failure is None and rebuilt is None:

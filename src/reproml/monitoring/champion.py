@@ -120,25 +120,41 @@ def load_champion(root: Path, client: Any, name: str, experiment_id: str) -> Cha
 
 
 def load_split(root: Path, path: str, md5: str, champion: str) -> pd.DataFrame:
-    """The exact file version `md5` of `path`: from the DVC cache, else the working file if it is
-    still that version. Never silently another version: a reference that is not the champion's
-    own would make every drift number wrong."""
-    from reproml.reproduce import cache_object, dvc_store
+    """The exact file version `md5` of `path`, its bytes hashed before they are read: from the DVC
+    cache, else the working file if it is still that version, else fetched from the project's DVC
+    remote. Never silently another version, nor a corrupt copy: a reference that is not the
+    champion's own would make every drift number wrong. A cache object whose bytes do not match
+    its md5 is refused (CorruptCacheError names it), even when the working file would do: the
+    corruption would otherwise surface later, in `dvc checkout` or a reproduction."""
+    import tempfile
 
-    cached = cache_object(root / ".dvc" / "cache", md5)
+    from reproml.reproduce import CorruptCacheError, dvc_store, verified_cache_object, verified_objects
+
+    cached = verified_cache_object(root / ".dvc" / "cache", md5, path)
     if cached is not None:
         return pd.read_parquet(cached)
     working = root / path
     working_md5 = file_md5(working) if working.is_file() else None
     if working_md5 == md5:
         return pd.read_parquet(working)
-    try:  # the cache may live elsewhere (`dvc config cache.dir`); only DVC knows
-        cached = cache_object(dvc_store(root).cache, md5)
+    try:  # the cache may live elsewhere (`dvc config cache.dir`), the version on a remote: ask DVC
+        store = dvc_store(root)
     except ReproError:
-        cached = None
-    if cached is not None:
-        return pd.read_parquet(cached)
+        store = None  # not a DVC project (or no `dvc`): nothing more to look in
     now = f"md5 {working_md5}" if working_md5 else "missing"
+    if store is not None:
+        scratch = root / ".reproml"
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="dvc-fetch-", dir=scratch) as fetch:
+            try:
+                found = verified_objects(store, {path: md5}, Path(fetch))[path]
+            except CorruptCacheError:
+                raise
+            except ReproError as exc:
+                raise ChampionError(
+                    f"{champion} was trained on {path} with md5 {md5}; the working file is {now}, and {exc}"
+                ) from None
+            return pd.read_parquet(found.path)
     raise ChampionError(
         f"{champion} was trained on {path} with md5 {md5}, which is neither in the DVC cache nor the "
         f"working file ({now}); restore it with `dvc pull` (or `dvc checkout` at the champion's commit)"

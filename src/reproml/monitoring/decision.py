@@ -3,9 +3,13 @@
 Verdicts, the first that applies:
 
 1. `quarantined`: the batch failed the data-quality gate; nothing measured on it counts.
-2. `insufficient_data`: fewer than `min_rows` rows; distances and metrics on a few dozen rows are
+2. `out_of_order`: the batch is back-dated, its newest row older than the newest row of a batch
+   already monitored (unless monitored as a backfill on purpose). Judging it as if it were the
+   latest news would start a retrain on stale data, and its batch time would sit behind retrains
+   already counted; it is recorded, naming both periods, and not measured.
+3. `insufficient_data`: fewer than `min_rows` rows; distances and metrics on a few dozen rows are
    noise (Evidently flags drift on most 30-row samples of the very data it was trained on).
-3. `retrain` when either trigger fires:
+4. `retrain` when either trigger fires:
    - quality: the metric is worse than on the champion's test split by more than
      `quality_margin`, and the bootstrap interval of the drop excludes zero;
    - drift: the drifted features (distance >= `drift_effect_floor`) hold at least
@@ -13,8 +17,9 @@ Verdicts, the first that applies:
    ...unless the loop guard holds it (`retrain_held`): another retrain verdict less than
    `cooldown` before this batch, or already `max_retrains` within the last `retrain_period`.
    Both are measured in the batches' own time (days of their time column) or in batches,
-   per `cooldown_unit`, over earlier records, so replaying past data decides as it would have.
-4. `ok`.
+   per `cooldown_unit`, over earlier records, so replaying past data decides as it would have;
+   `out_of_order` records are no batches for this count.
+5. `ok`.
 
 Every number a rule looked at, and every threshold, goes into the record, whatever the verdict.
 """
@@ -32,8 +37,8 @@ from reproml.monitoring.concept import QualityChange
 from reproml.monitoring.drift import DriftResult
 
 RETRAIN, HELD, OK = "retrain", "retrain_held", "ok"
-INSUFFICIENT, QUARANTINED = "insufficient_data", "quarantined"
-VERDICTS = (RETRAIN, HELD, OK, INSUFFICIENT, QUARANTINED)
+INSUFFICIENT, QUARANTINED, OUT_OF_ORDER = "insufficient_data", "quarantined", "out_of_order"
+VERDICTS = (RETRAIN, HELD, OK, INSUFFICIENT, QUARANTINED, OUT_OF_ORDER)
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class Evidence:
     change: QualityChange | None = None
     batch_time: pd.Timestamp | None = None  # the batch's last timestamp
     seq: int = 0  # the batch's position among monitored batches
+    out_of_order: str | None = None  # why the batch is back-dated (see `back_dated`); None if not
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,32 @@ def _quality_reason(change: QualityChange, params: MonitorParams) -> tuple[bool,
     return True, f"{head}: beyond monitor.quality_margin {params.quality_margin}, interval excludes 0"
 
 
+def newest_monitored(past: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The earlier record with the latest batch time (its newest row), if any has one."""
+    dated = [r for r in past if r.get("batch_time")]
+    return max(dated, key=lambda r: pd.Timestamp(r["batch_time"])) if dated else None
+
+
+def back_dated(
+    past: list[dict[str, Any]], batch_start: pd.Timestamp | None, batch_time: pd.Timestamp | None
+) -> str | None:
+    """Why a batch is out of order - its newest row is older than the newest row of a batch already
+    monitored - naming both periods; None when it is not (or has no time to compare)."""
+    newest = newest_monitored(past)
+    if newest is None or batch_time is None or batch_time >= pd.Timestamp(newest["batch_time"]):
+        return None
+    start = "?" if batch_start is None else f"{batch_start:%Y-%m-%d %H:%M}"
+    other_start = newest.get("batch_start")
+    other = f"{pd.Timestamp(other_start):%Y-%m-%d %H:%M}" if other_start else "?"
+    return (
+        f"back-dated: this batch covers {start} to {batch_time:%Y-%m-%d %H:%M}, older than batch "
+        f"{newest.get('batch_id')} already monitored ({other} to "
+        f"{pd.Timestamp(newest['batch_time']):%Y-%m-%d %H:%M}); not measured and never a retrain. "
+        "To monitor a late batch on purpose: `reproml monitor --batch ... --backfill` "
+        "(monitoring flow: backfill=True)"
+    )
+
+
 def loop_guard(
     past: list[dict[str, Any]], batch_time: pd.Timestamp | None, seq: int, params: MonitorParams
 ) -> tuple[str | None, dict[str, Any]]:
@@ -111,17 +143,24 @@ def loop_guard(
 
     Only earlier retrain verdicts count: a held verdict did not start a retrain. In `days`, a
     batch without a time column falls back to its position (`batches`), said in the numbers.
+    In `batches`, a position counts the batches monitored before it, `out_of_order` ones excluded:
+    a late batch that was turned away must not shorten a cooldown.
     """
     unit = params.cooldown_unit if batch_time is not None else "batches"
     retrains = [r for r in past if r.get("verdict") == RETRAIN]
+    turned_away = [int(r.get("seq", 0)) for r in past if r.get("verdict") == OUT_OF_ORDER]
+
+    def ordinal(at: int) -> float:
+        """Sequence number `at`, less the out-of-order batches before it."""
+        return float(at - sum(1 for s in turned_away if s < at))
 
     def position(record: dict[str, Any]) -> float | None:
         if unit == "batches":
-            return float(record.get("seq", 0))
+            return ordinal(int(record.get("seq", 0)))
         stamp = record.get("batch_time")
         return None if stamp is None else pd.Timestamp(stamp).value / 86_400e9
 
-    now = float(seq) if unit == "batches" else batch_time.value / 86_400e9  # type: ignore[union-attr]
+    now = ordinal(seq) if unit == "batches" else batch_time.value / 86_400e9  # type: ignore[union-attr]
     earlier = [(p, r) for r in retrains if (p := position(r)) is not None and p <= now]
     numbers: dict[str, Any] = {"unit": unit, "retrains_before": len(earlier)}
     if not earlier:
@@ -160,6 +199,10 @@ def decide(evidence: Evidence, params: MonitorParams, past: list[dict[str, Any]]
             [f"quality gate: {p}" for p in problems],
             {},
             limits,
+        )
+    if evidence.out_of_order:
+        return Decision(
+            OUT_OF_ORDER, evidence.out_of_order.split(";")[0], [evidence.out_of_order], {}, limits
         )
     if evidence.rows < params.min_rows:
         reason = (

@@ -11,9 +11,16 @@ Evidently measures; this module chooses how and condenses:
   gives p < `drift_alpha`. The test is the noise guard for small batches: at a thousand rows
   against a small reference, sampling noise alone reaches a distance of 0.1 now and then; at
   production sizes every distance above the floor is also significant, so the floor decides.
-- Category columns are compared as the champion sees them: the training split's most frequent
-  `max_categories - 1` values, everything else pooled as "(other)" (its encoder does the same),
-  so a long tail of tail numbers cannot look like drift the model never feels.
+- Category columns are compared as the champion sees them, in the groups its fitted encoder
+  makes (`reproml.features.category_levels`): each value with a code of its own; the rare
+  training values it pools into one "infrequent" code, as "(other)", so a long tail of tail
+  numbers cannot look like drift the model never feels; and values never seen in training,
+  which the model takes as missing, as "(unseen)". They are not pooled with "(other)": the
+  model treats them differently (missing, not infrequent), and a shift from rare known values to
+  new ones changes what the model sees. They are not left missing either, because Evidently
+  drops missing values before measuring: a flood of new values would read as "no drift". So the
+  buckets are the model's own groups with missing split into "really missing" and "(unseen)": a
+  finer split can only show more drift than the model's, never hide drift the model feels.
 - The time column is not judged: calendar time moves by construction, so a production month
   always "drifts" from the training months; its effect shows up in the quality numbers instead.
 - A column with fewer than `min_rows` present values in the batch is listed as not judged:
@@ -34,11 +41,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from reproml.features import CategoryLevels
 from reproml.monitoring.quality import Schema
 
 NUMERIC_METHOD, CATEGORICAL_METHOD = "wasserstein", "jensenshannon"
 PREDICTION = "prediction"
-OTHER = "(other)"
+OTHER, UNSEEN = "(other)", "(unseen)"
 
 
 @dataclass(frozen=True)
@@ -80,15 +88,25 @@ class DriftResult:
         return out
 
 
-def top_categories(reference: pd.Series, keep: int) -> set[str]:
+def reference_levels(reference: pd.Series, max_categories: int) -> CategoryLevels:
+    """The groups sklearn's encoders make with `max_categories` (the most frequent
+    `max_categories - 1` values kept when there are more than `max_categories`), from the whole
+    training column: for a champion whose encoder cannot be read (`category_levels` gave None)."""
     counts = reference.dropna().astype(str).value_counts(sort=True)
-    return set(counts.index[:keep])
+    if len(counts) <= max_categories:
+        return CategoryLevels(frozenset(counts.index), frozenset())
+    kept = max_categories - 1
+    return CategoryLevels(frozenset(counts.index[:kept]), frozenset(counts.index[kept:]))
 
 
-def pool_rare(values: pd.Series, kept: set[str]) -> pd.Series:
-    """Values outside `kept` become "(other)"; missing stays missing."""
-    as_text = values.astype(object)
-    return as_text.where(as_text.isna() | as_text.isin(kept), OTHER)
+def bucket(values: pd.Series, levels: CategoryLevels) -> pd.Series:
+    """Each value as the model groups it: itself, "(other)" (rare in training: the infrequent
+    code) or "(unseen)" (never in training: missing to the model); missing stays missing."""
+    as_text = values.astype(object).where(values.notna(), None)
+    text = as_text.astype(str)
+    grouped = as_text.where(text.isin(levels.kept), OTHER)
+    grouped = grouped.where(text.isin(levels.kept) | text.isin(levels.pooled), UNSEEN)
+    return grouped.where(as_text.notna(), None)
 
 
 def p_value(reference: pd.Series, batch: pd.Series, kind: str) -> float:
@@ -120,7 +138,7 @@ def measure(
     batch: pd.DataFrame,
     schema: Schema,
     importance: dict[str, float],
-    max_categories: int,
+    levels: dict[str, CategoryLevels],
     effect_floor: float,
     alpha: float,
     min_present: int,
@@ -128,7 +146,8 @@ def measure(
     when: datetime | None = None,
     name: str | None = None,
 ) -> DriftResult:
-    """Drift of each feature and of `prediction` (a column of both frames), batch against reference."""
+    """Drift of each feature and of `prediction` (a column of both frames), batch against reference;
+    category columns in the champion's groups `levels` (see `bucket`)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
@@ -145,8 +164,7 @@ def measure(
     categorical = [c for c in schema.categorical if c in judged]
     ref, cur = reference[[*judged, PREDICTION]].copy(), batch[[*judged, PREDICTION]].copy()
     for column in categorical:
-        kept = top_categories(ref[column], max_categories - 1)
-        ref[column], cur[column] = pool_rare(ref[column], kept), pool_rare(cur[column], kept)
+        ref[column], cur[column] = bucket(ref[column], levels[column]), bucket(cur[column], levels[column])
     definition = DataDefinition(numerical_columns=[*numeric, PREDICTION], categorical_columns=categorical)
     preset = DataDriftPreset(
         columns=[*judged, PREDICTION],

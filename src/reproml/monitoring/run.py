@@ -4,7 +4,9 @@ The order matters and is the contract of issue 5:
 
 1. the champion and its own reference (training split by md5, importance, params) are loaded;
 2. the quality gate runs on the whole batch; a failing batch is copied to `monitoring/quarantine/`
-   with its reason and goes no further (no predictions, no drift, never `labelled/`);
+   with its reason and goes no further (no predictions, no drift, never `labelled/`); a batch
+   older than the newest monitored one is `out_of_order` and goes no further either, unless it is
+   a deliberate backfill;
 3. every row is scored by the champion and the scores are stored;
 4. under `min_rows` rows: `insufficient_data`, no statistics at all;
 5. otherwise the batch and the reference are sampled (see `sample`), Evidently measures feature
@@ -29,6 +31,7 @@ import pandas as pd
 
 from reproml import safehtml
 from reproml.config import Params
+from reproml.features import category_levels
 from reproml.io import write_json, write_parquet, write_with
 from reproml.monitoring import batches, champion, concept, decision, drift, quality, reports, store, workspace
 
@@ -83,8 +86,12 @@ def _quarantine(root: Path, batch: batches.Batch, problems: list[str]) -> dict[s
     return {"batch": str(kept.relative_to(root)), "reason": str(reason.relative_to(root))}
 
 
-def monitor(root: Path, spec: str, params: Params) -> dict[str, Any]:
-    """Monitor the batch `spec` names (a file or a period) against the current champion."""
+def monitor(root: Path, spec: str, params: Params, backfill: bool = False) -> dict[str, Any]:
+    """Monitor the batch `spec` names (a file or a period) against the current champion.
+
+    A batch older than the newest one monitored gets the verdict `out_of_order` and is not
+    measured, unless `backfill` says it is monitored late on purpose (then it is judged as usual).
+    """
     from mlflow.tracking import MlflowClient
 
     from reproml import tracking
@@ -106,7 +113,7 @@ def monitor(root: Path, spec: str, params: Params) -> dict[str, Any]:
         past = [r for r in store.history(root) if r.get("batch_id") != batch.id]
         seq = max((int(r.get("seq", 0)) for r in past), default=0) + 1
         with tracking.tracked_run(monitoring_id, run_name=batch.id) as run:
-            record = _judge(root, params, best, reference, schema, batch, gate, past, seq, clock)
+            record = _judge(root, params, best, reference, schema, batch, gate, past, seq, clock, backfill)
             record["mlflow"] = {"experiment_id": monitoring_id, "run_id": run.info.run_id}
             with clock.step("write record"):
                 path = store.write_record(root, record)
@@ -126,6 +133,7 @@ def _judge(
     past: list[dict[str, Any]],
     seq: int,
     clock: _Clock,
+    backfill: bool = False,
 ) -> dict[str, Any]:
     from reproml import gate as promotion_gate
     from reproml.evaluate import predict_scores
@@ -149,6 +157,7 @@ def _judge(
         "quarantine": None,
         "batch_start": None,
         "batch_time": None,
+        "backfill": backfill,
     }
     if not gate.passed:
         record["quarantine"] = _quarantine(root, batch, gate.problems)
@@ -161,6 +170,11 @@ def _judge(
         when = frame[schema.time_column]
         batch_time = when.max()
         record |= {"batch_start": when.min().isoformat(), "batch_time": batch_time.isoformat()}
+        late = None if backfill else decision.back_dated(past, when.min(), batch_time)
+        if late:
+            evidence = decision.Evidence(True, [], len(frame), gate.labelled_rows, batch_time=batch_time,
+                                         seq=seq, out_of_order=late)  # fmt: skip
+            return _finish(record, decision.decide(evidence, watch, past), clock)
     with clock.step("score batch"):
         scores = predict_scores(best.model, frame[best.input_columns], best.task)
         stored = pd.DataFrame({"row": np.arange(len(frame)), "prediction": scores})
@@ -194,8 +208,13 @@ def _judge(
     }
     folder = root / store.report_dir(batch.id)
     stamp = None if batch_time is None else batch_time.to_pydatetime()
+    encoded = category_levels(best.model) or {}  # the champion's own groups; else sklearn's rule
+    levels = {
+        c: encoded.get(c) or drift.reference_levels(reference[c], best.max_categories)
+        for c in schema.categorical
+    }
     with clock.step("drift (Evidently)"):
-        drifted = drift.measure(ref, current, schema, best.importance, best.max_categories,
+        drifted = drift.measure(ref, current, schema, best.importance, levels,
                                 watch.drift_effect_floor, watch.drift_alpha, watch.min_rows,
                                 when=stamp, name=f"{batch.id} drift")  # fmt: skip
     with clock.step("drift report html"):

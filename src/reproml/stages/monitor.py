@@ -13,14 +13,15 @@ from typing import Any
 from reproml.stages.common import load
 
 
-def run_monitor(root: Path = Path("."), batch: str = "") -> dict[str, Any]:
-    """Monitor `batch` (a CSV/Parquet file, or a period such as 2013-08 of the production split)."""
+def run_monitor(root: Path = Path("."), batch: str = "", backfill: bool = False) -> dict[str, Any]:
+    """Monitor `batch` (a CSV/Parquet file, or a period such as 2013-08 of the production split);
+    `backfill`: judge it even when it is older than the newest monitored batch."""
     from reproml.errors import ReproError
     from reproml.monitoring.run import monitor
 
     if not batch:
         raise ReproError("--batch is required: a CSV/Parquet file or a period such as 2013-08")
-    return monitor(root, batch, load(root))
+    return monitor(root, batch, load(root), backfill=backfill)
 
 
 def monitoring_history(root: Path = Path(".")) -> list[dict[str, Any]]:
