@@ -25,6 +25,7 @@ COLOURS = {
     "ok": "#1e8449",
     "insufficient_data": "#7f8c8d",
     "quarantined": "#6c3483",
+    "out_of_order": "#2e86c1",
 }
 _WIDTH, _HEIGHT, _LEFT, _RIGHT, _TOP, _BOTTOM = 960, 360, 110, 24, 24, 110
 
