@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.runtime import flow_run
 
 from flows.commands import retry_transient, run
 from flows.gitwork import commit, open_worktree, tool
@@ -190,6 +191,7 @@ def training(
     from reproml.paths import confined, project_root
     from reproml.stages.common import load
     from reproml.stages.register import REGISTERED
+    from reproml.training_lock import training_lock
 
     log = get_run_logger()
     home = project_root(root, "root")
@@ -198,7 +200,13 @@ def training(
     name = limit_name(home)
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(name, 1)
-    with concurrency(name, occupy=1, lease_duration=LEASE_S, strict=True):
+    # Prefect's limit orders training flows; the workspace's training lock (held throughout, its
+    # token inherited by the stages' `dvc repro`) keeps out `dvc repro` and `reproml train/promote`.
+    held_by = f"training flow run {flow_run.name} ({flow_run.id})"
+    with (
+        concurrency(name, occupy=1, lease_duration=LEASE_S, strict=True),
+        training_lock(home, command=held_by, notify=log.warning),
+    ):
         tree = worktree(home, branch or params.retrain.branch)
         env = stage_env(home)
         added = None

@@ -6,8 +6,9 @@ so `reproml --help` stays as quick as importing pandas.
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +35,85 @@ def main() -> None:
     keep_inside(ROOT)
 
 
-def _run_stage(name: str, stage: Callable[[Path], dict[str, Any]]) -> None:
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and what it was raised from, outermost first."""
+    links: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in links):
+        links.append(current)
+        current = current.__cause__ or current.__context__
+    return links
+
+
+def _through_mlflow(exc: BaseException) -> bool:
+    """Whether `exc` was raised inside MLflow's code (so a SQLite message is about its store)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("mlflow."):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _known_fault(exc: BaseException) -> Exception | None:
+    """A full disk or a locked MLflow store met below the library's own checks, as the clear
+    error it deserves (naming the file or the store); None for anything else, which is a bug
+    and keeps its traceback."""
+    from reproml.io import DiskFullError, disk_full_error, is_disk_full
+
+    for link in _chain(exc):
+        if isinstance(link, OSError) and is_disk_full(link):
+            # a copy (shutil: MLflow's artifacts) names its destination second
+            return disk_full_error(link.filename2 or link.filename, link, atomic=False)
+        text = str(link)
+        if ("database is locked" in text or "database or disk is full" in text) and _through_mlflow(link):
+            from reproml import tracking
+
+            uri = tracking.tracking_uri(ROOT)
+            if "locked" in text:
+                return tracking.store_locked_error(uri)
+            return DiskFullError(
+                f"MLflow store {tracking.store_name(uri)}: database or disk is full. Free space where it "
+                "lives and run again; a run left RUNNING is ended when the next run starts"
+            )
+    return None
+
+
+def _failed(name: str, exc: BaseException) -> typer.Exit:
+    err.print(f"[bold red]reproml {name} failed:[/bold red] {exc}", highlight=False)
+    return typer.Exit(2)
+
+
+@contextlib.contextmanager
+def _clear_errors(name: str) -> Iterator[None]:
+    """User errors, a full disk and a locked store end the command with a message and exit 2."""
     from reproml.errors import ReproError
 
     try:
-        with console.status(f"[bold]{name}[/bold] running"):
-            summary = stage(ROOT)
+        yield
     except ReproError as exc:
-        err.print(f"[bold red]reproml {name} failed:[/bold red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise _failed(name, exc) from None
+    except Exception as exc:
+        clear = _known_fault(exc)
+        if clear is None:
+            raise
+        raise _failed(name, clear) from None
+
+
+def _training(name: str) -> contextlib.AbstractContextManager[Any]:
+    """The workspace's training lock (one training at a time; see reproml.training_lock)."""
+    from reproml.training_lock import training_lock
+
+    def notify(message: str) -> None:
+        err.print(f"reproml {name}: {message}", highlight=False)
+
+    return training_lock(ROOT, notify=notify)
+
+
+def _run_stage(name: str, stage: Callable[[Path], dict[str, Any]], training: bool = False) -> None:
+    locked = _training(name) if training else contextlib.nullcontext()
+    with _clear_errors(name), locked, console.status(f"[bold]{name}[/bold] running"):
+        summary = stage(ROOT)
     console.print(f"[green]{name} done[/green]", summary, highlight=False)
     _skip_exit_collection()
 
@@ -91,7 +162,7 @@ def tune() -> None:
         TimeElapsedColumn(),
     ]
     try:
-        with Progress(*columns, console=console, transient=False) as bar:
+        with _training("tune"), Progress(*columns, console=console, transient=False) as bar:
             task = bar.add_task("tune", total=None, detail="starting")
 
             def show(counts: Any) -> None:
@@ -113,6 +184,11 @@ def tune() -> None:
     except ReproError as exc:
         err.print(f"[bold red]reproml tune failed:[/bold red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    except Exception as exc:
+        clear = _known_fault(exc)
+        if clear is None:
+            raise
+        raise _failed("tune", clear) from None
     console.print("[green]tune done[/green]", summary, highlight=False)
     _skip_exit_collection()
 
@@ -122,7 +198,7 @@ def train() -> None:
     """Fit preprocessing + model on train, early-stop on valid; log the run and model to MLflow."""
     from reproml.stages.train import run_train
 
-    _run_stage("train", run_train)
+    _run_stage("train", run_train, training=True)
 
 
 @app.command()
@@ -130,7 +206,7 @@ def evaluate() -> None:
     """Metrics on every split, overfitting check, plots; logged into the training run."""
     from reproml.stages.evaluate import run_evaluate
 
-    _run_stage("evaluate", run_evaluate)
+    _run_stage("evaluate", run_evaluate, training=True)
 
 
 @app.command()
@@ -138,7 +214,7 @@ def register() -> None:
     """Register the evaluated run's model as a new version with alias `challenger`."""
     from reproml.stages.register import run_register
 
-    _run_stage("register", run_register)
+    _run_stage("register", run_register, training=True)
 
 
 @app.command()
@@ -155,7 +231,7 @@ def promote(
         keys = ("action", "challenger", "champion", "reason", "record")
         return {key: record.get(key) for key in keys}
 
-    _run_stage("promote", decide)
+    _run_stage("promote", decide, training=True)
 
 
 @app.command()
@@ -206,6 +282,11 @@ def monitor(
     except ReproError as exc:
         err.print(f"[bold red]reproml monitor failed:[/bold red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    except Exception as exc:
+        clear = _known_fault(exc)
+        if clear is None:
+            raise
+        raise _failed("monitor", clear) from None
     console.print(verdict_table(record))
     _skip_exit_collection()
 

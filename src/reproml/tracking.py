@@ -4,6 +4,11 @@ One MLflow run per pipeline execution: `train` opens it and logs params, lineage
 model; `evaluate` re-opens the same run (found by the md5 of the model file it evaluates) and adds
 metrics and plots. Runs end FINISHED only when the block succeeds: an exception ends them FAILED,
 SIGTERM or Ctrl-C ends them KILLED.
+
+A locked SQLite store (another process inside a write transaction) becomes `StoreLockedError`,
+naming the database file and what to do. A run that could not be ended (the store was locked, or
+the process was killed) is ended by the next run that starts on this host (`mark_dead_runs`):
+FAILED with the reason when its process recorded one, else KILLED.
 """
 
 from __future__ import annotations
@@ -11,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import signal
 import socket
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -25,6 +32,8 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from reproml.errors import ReproError
+from reproml.io import process_start, read_json, write_json
 from reproml.paths import workspace
 
 TAG_PREFIX = "reproml."
@@ -36,6 +45,16 @@ MODEL_SHA256_TAG = "reproml.model_sha256"
 PARAMS_ARTIFACT = "params.json"
 # log_batch accepts at most 100 params / 1000 metrics / 100 tags per call.
 BATCH = 100
+# How long a call waits for another process's write lock on a SQLite store before giving up.
+STORE_WAIT_ENV = "REPROML_STORE_WAIT_S"
+MLFLOW_STORE_WAIT_S = 20.0  # MLflow's own `PRAGMA busy_timeout`, used when the variable is unset
+LOCKED = "database is locked"  # SQLite's words; flows.commands retries on them
+# Beside a SQLite store: how runs this host could not end (locked store) should be ended.
+UNENDED_DIR = Path(".reproml/unended-runs")
+
+
+class StoreLockedError(ReproError):
+    """The MLflow store is locked by another process's write transaction for too long."""
 
 
 def tracking_uri(root: Path) -> str:
@@ -50,11 +69,131 @@ def setup(root: Path, experiment_name: str) -> str:
     """
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.get_experiment_by_name(experiment_name)
-    if experiment is not None:
-        return str(experiment.experiment_id)
-    location = (workspace(root) / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
-    return str(mlflow.create_experiment(experiment_name, artifact_location=location))
+    _apply_store_wait()
+    _quiet_locked_store_logs()
+    with store_guard():
+        experiment = mlflow.get_experiment_by_name(experiment_name)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        location = (workspace(root) / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+        return str(mlflow.create_experiment(experiment_name, artifact_location=location))
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///...` URI (query string dropped), else None."""
+    if not uri.startswith("sqlite:"):
+        return None
+    path = urllib.parse.urlsplit(uri).path  # `sqlite:////abs.db` -> //abs.db, `sqlite:///rel.db` -> /rel.db
+    return Path(path[1:] if path.startswith("/") else path)
+
+
+def store_name(uri: str) -> str:
+    """The store as a person should see it: the SQLite file, else scheme and host (no credentials)."""
+    database = _sqlite_file(uri)
+    if database is not None:
+        return str(database)
+    parts = urllib.parse.urlsplit(uri)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+
+
+def store_wait_s() -> float:
+    """Seconds a call waits for a locked SQLite store (`REPROML_STORE_WAIT_S`, default MLflow's 20)."""
+    value = os.environ.get(STORE_WAIT_ENV)
+    if value is None or value.strip() == "":
+        return MLFLOW_STORE_WAIT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ReproError(f"{STORE_WAIT_ENV}={value!r}: expected a number of seconds >= 0")
+    return seconds
+
+
+_WAIT_APPLIED: list[int] = []  # the busy timeout in ms, once the listeners are in
+
+
+def _apply_store_wait() -> None:
+    """Make SQLite calls wait `store_wait_s()` for a lock instead of MLflow's fixed 20 s.
+
+    MLflow runs `PRAGMA busy_timeout = 20000` at the start of every session; a SQLAlchemy event
+    sets ours right after it, and on every new connection (MLflow's schema check runs before any
+    session). Only SQLite connections are touched, and only when the variable is set.
+    """
+    if os.environ.get(STORE_WAIT_ENV) is None:
+        return
+    millis = int(store_wait_s() * 1000)
+    if _WAIT_APPLIED:
+        _WAIT_APPLIED[0] = millis
+        return
+    _WAIT_APPLIED.append(millis)
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def sqlite(connection: Any) -> bool:
+        return type(connection).__module__.startswith("sqlite3")
+
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        if sqlite(dbapi_connection):
+            dbapi_connection.execute(f"PRAGMA busy_timeout = {_WAIT_APPLIED[0]}")
+
+    def after_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().lower().startswith("pragma busy_timeout") and sqlite(cursor):
+            cursor.execute(f"PRAGMA busy_timeout = {_WAIT_APPLIED[0]}")
+
+    event.listen(Engine, "connect", on_connect)
+    event.listen(Engine, "after_cursor_execute", after_execute)
+
+
+def _drop_locked(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and record.exc_info[1] and is_store_locked(record.exc_info[1]))
+
+
+def _quiet_locked_store_logs() -> None:
+    """MLflow logs every "database is locked" with a traceback before raising it; the caller gets
+    `StoreLockedError` with what to do instead, so those log records are dropped (others stay)."""
+    logger = logging.getLogger("mlflow.store.db.utils")
+    if _drop_locked not in logger.filters:
+        logger.addFilter(_drop_locked)
+
+
+def is_store_locked(exc: BaseException) -> bool:
+    """True when `exc`, or anything it was raised from, is SQLite's "database is locked"."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, StoreLockedError) or LOCKED in str(current):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def store_locked_error(uri: str | None = None) -> StoreLockedError:
+    """What a person needs: which store, that another process holds it, and what to do."""
+    uri = uri or mlflow.get_tracking_uri()
+    name = store_name(uri)
+    return StoreLockedError(
+        f"MLflow store {name} is locked ({LOCKED}): another process held a write lock on it for "
+        f"more than {store_wait_s():g} s. It may be another reproml command or flow, `mlflow ui` / "
+        f"`mlflow server`, or a sqlite3 session left inside a transaction; `fuser -v {name}` lists "
+        f"the processes that have it open. Wait for it to finish or stop it, then run again "
+        f"({STORE_WAIT_ENV} sets how long to wait). A run this left RUNNING is ended FAILED when "
+        f"the next run starts"
+    )
+
+
+@contextlib.contextmanager
+def store_guard() -> Iterator[None]:
+    """Turn a locked-store failure inside the block into `StoreLockedError`."""
+    try:
+        yield
+    except StoreLockedError:
+        raise
+    except Exception as exc:
+        if is_store_locked(exc):
+            raise store_locked_error() from exc
+        raise
 
 
 class _Terminated(SystemExit):
@@ -65,47 +204,74 @@ def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _Terminated(128 + signum)
 
 
-def _process_start(pid: int) -> str | None:
-    """Start time of a live process (clock ticks since boot), or None if it is gone.
-
-    Paired with the pid it identifies a process even after its pid is reused.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 def owner_tags() -> dict[str, str]:
     pid = os.getpid()
     return {
         "reproml.host": socket.gethostname(),
         "reproml.pid": str(pid),
-        "reproml.proc_start": str(_process_start(pid)),
+        "reproml.proc_start": str(process_start(pid)),
     }
 
 
-def mark_dead_runs(experiment_id: str) -> list[str]:
-    """End as KILLED the RUNNING runs whose process on this host is gone (`kill -9`, power loss).
+def _unended_file(run_id: str) -> Path | None:
+    """Where this host notes how a run it could not end should end (beside a SQLite store only:
+    a locked store is a SQLite condition)."""
+    database = _sqlite_file(mlflow.get_tracking_uri())
+    return None if database is None else database.parent / UNENDED_DIR / f"{run_id}.json"
 
-    MLflow leaves such runs RUNNING forever. Runs started on other hosts are left alone: their
-    process cannot be checked from here.
+
+def _note_unended(run_id: str, status: str, reason: str) -> None:
+    target = _unended_file(run_id)
+    if target is not None:
+        with contextlib.suppress(OSError, ReproError):  # best effort: the disk may be the problem
+            write_json(target, {"status": status, "reason": reason})
+
+
+def mark_dead_runs(experiment_id: str) -> list[str]:
+    """End the RUNNING runs whose process on this host is gone (`kill -9`, power loss, a store
+    that was locked when the run should have ended).
+
+    MLflow leaves such runs RUNNING forever. A run whose process noted why it could not end it
+    ends as noted (FAILED, with the reason in `reproml.failed_reason`); any other ends KILLED
+    (`reproml.killed_reason`). Runs started on other hosts are left alone: their process cannot
+    be checked from here.
     """
     client = MlflowClient()
     host = socket.gethostname()
-    killed = []
+    ended = []
     for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
         tags = run.data.tags
         if tags.get("reproml.host") != host or "reproml.pid" not in tags:
             continue
-        if _process_start(int(tags["reproml.pid"])) == tags.get("reproml.proc_start"):
+        if process_start(int(tags["reproml.pid"])) == tags.get("reproml.proc_start"):
             continue
-        client.set_tag(run.info.run_id, "reproml.killed_reason",
-                       f"process {tags['reproml.pid']} on {host} ended without ending the run")  # fmt: skip
-        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
-        killed.append(run.info.run_id)
-    return killed
+        run_id = run.info.run_id
+        note = _unended_file(run_id)
+        if note is not None and note.is_file():
+            noted = read_json(note)
+            client.set_tag(run_id, "reproml.failed_reason", str(noted["reason"])[:5000])
+            client.set_terminated(run_id, str(noted["status"]))
+            note.unlink(missing_ok=True)
+        else:
+            reason = f"process {tags['reproml.pid']} on {host} ended without ending the run"
+            client.set_tag(run_id, "reproml.killed_reason", reason)
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+        ended.append(run_id)
+    return ended
+
+
+def _end(run_id: str, status: str, failure: BaseException | None) -> None:
+    """End the active run; if the store refuses, note how it should end and say why."""
+    try:
+        mlflow.end_run(status=status)
+    except Exception as exc:
+        cause = failure if failure is not None else exc
+        reason = f"the run could not be ended ({status} was due): {type(cause).__name__}: {cause}"
+        killed = RunStatus.to_string(RunStatus.KILLED)
+        _note_unended(run_id, killed if status == killed else RunStatus.to_string(RunStatus.FAILED), reason)
+        if is_store_locked(exc):
+            raise store_locked_error() from exc
+        raise
 
 
 @contextlib.contextmanager
@@ -114,21 +280,32 @@ def tracked_run(
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or resume) a run whose final status tells the truth about how the block ended.
 
-    Starting one first marks KILLED any run left RUNNING by a process that died on this host.
+    Starting one first ends any run left RUNNING by a process that died on this host. A locked
+    store, at the start, inside the block or at the end, raises `StoreLockedError`.
     """
-    mark_dead_runs(experiment_id)
+    with store_guard():
+        mark_dead_runs(experiment_id)
+        run = mlflow.start_run(
+            run_id=run_id, experiment_id=experiment_id, run_name=run_name, tags=owner_tags()
+        )
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name, tags=owner_tags())
     status = RunStatus.to_string(RunStatus.FAILED)
+    failure: BaseException | None = None
     try:
-        yield run
+        with store_guard():
+            yield run
         status = RunStatus.to_string(RunStatus.FINISHED)
-    except (KeyboardInterrupt, SystemExit):
-        status = RunStatus.to_string(RunStatus.KILLED)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        status, failure = RunStatus.to_string(RunStatus.KILLED), exc
+        raise
+    except BaseException as exc:
+        failure = exc
         raise
     finally:
-        mlflow.end_run(status=status)
-        signal.signal(signal.SIGTERM, previous)
+        try:
+            _end(run.info.run_id, status, failure)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def log_batch(
