@@ -30,8 +30,23 @@ ROOT = Path(".")
 @app.callback()
 def main() -> None:
     from reproml.env import keep_inside
+    from reproml.redaction import install_scrubbing
 
     keep_inside(ROOT)
+    install_scrubbing()  # log records and uncaught tracebacks lose any password or token
+
+
+def _clean(value: Any) -> Any:
+    """What the terminal (and every CI log) gets: no password, token or signed URL."""
+    from reproml.redaction import scrub_obj
+
+    return scrub_obj(value)
+
+
+def _failed(what: str, exc: BaseException) -> typer.Exit:
+    """Print a ReproError's message, scrubbed, and the exit to raise (status 2)."""
+    err.print(f"[bold red]{what}:[/bold red] {_clean(str(exc))}", highlight=False)
+    return typer.Exit(2)
 
 
 def _run_stage(name: str, stage: Callable[[Path], dict[str, Any]]) -> None:
@@ -41,9 +56,8 @@ def _run_stage(name: str, stage: Callable[[Path], dict[str, Any]]) -> None:
         with console.status(f"[bold]{name}[/bold] running"):
             summary = stage(ROOT)
     except ReproError as exc:
-        err.print(f"[bold red]reproml {name} failed:[/bold red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
-    console.print(f"[green]{name} done[/green]", summary, highlight=False)
+        raise _failed(f"reproml {name} failed", exc) from None
+    console.print(f"[green]{name} done[/green]", _clean(summary), highlight=False)
     _skip_exit_collection()
 
 
@@ -111,9 +125,8 @@ def tune() -> None:
 
             summary = run(ROOT)
     except ReproError as exc:
-        err.print(f"[bold red]reproml tune failed:[/bold red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
-    console.print("[green]tune done[/green]", summary, highlight=False)
+        raise _failed("reproml tune failed", exc) from None
+    console.print("[green]tune done[/green]", _clean(summary), highlight=False)
     _skip_exit_collection()
 
 
@@ -196,8 +209,7 @@ def monitor(
         with console.status("[bold]monitor[/bold] running"):
             record = run_monitor(ROOT, batch=batch)
     except ReproError as exc:
-        err.print(f"[bold red]reproml monitor failed:[/bold red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise _failed("reproml monitor failed", exc) from None
     console.print(verdict_table(record))
     _skip_exit_collection()
 
@@ -221,8 +233,7 @@ def _prefect() -> None:
     try:
         os.environ["PREFECT_API_URL"] = ensure_prefect(ROOT.resolve())
     except Exception as exc:  # the message names the server, URL and log
-        err.print(f"[bold red]no Prefect server:[/bold red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise _failed("no Prefect server", exc) from None
 
 
 @app.command()
@@ -239,7 +250,7 @@ def retrain(
 
     source = None if labelled is None else str(Path(labelled).resolve())
     summary = training(root=str(ROOT.resolve()), labelled=source, branch=branch)
-    console.print(summary["promotion"], highlight=False)
+    console.print(_clean(summary["promotion"]), highlight=False)
 
 
 @app.command()
@@ -297,13 +308,12 @@ def reproduce(
         with console.status("[bold]reproduce[/bold] starting") as status:
             result = rebuild(ROOT, run_id, keep=keep, progress=lambda m: status.update(f"[bold]{m}"))
     except ReproError as exc:
-        err.print(f"[bold red]reproml reproduce refused:[/bold red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise _failed("reproml reproduce refused", exc) from None
     console.print(reproduction_table(result))
     for note in result.notes:
-        console.print(f"note: {note}", highlight=False)
+        console.print(f"note: {_clean(note)}", highlight=False)
     if result.failure:
-        err.print(f"[bold red]rebuild failed:[/bold red] {result.failure}", highlight=False)
+        err.print(f"[bold red]rebuild failed:[/bold red] {_clean(result.failure)}", highlight=False)
     if result.kept:
         console.print(
             f"worktree kept at {result.kept}; remove it with `git worktree remove --force {result.kept}`",
@@ -331,8 +341,7 @@ def compare(
     try:
         a, b = (RunView.of(load_run(ROOT, ref)) for ref in (run_a, run_b))
     except ReproError as exc:
-        err.print(f"[bold red]reproml compare failed:[/bold red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise _failed("reproml compare failed", exc) from None
     rows = compare_runs(a, b, everything=show_all)
     console.print(compare_table(rows, f"{a.name} ({a.run_id[:8]})", f"{b.name} ({b.run_id[:8]})"))
 
@@ -347,8 +356,7 @@ def runs(limit: int = typer.Option(10, help="How many recent runs to show.")) ->
     try:
         params = load_params(ROOT / "params.yaml")
     except ReproError as exc:
-        err.print(f"[bold red]reproml runs failed:[/bold red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise _failed("reproml runs failed", exc) from None
     console.print(runs_table(ROOT, params.mlflow.experiment_name, limit))
 
 

@@ -85,8 +85,10 @@ def register(
     }
     with contextlib.suppress(MlflowException):
         client.create_registered_model(model_name)
+    # An MLflow server (not the SQLite store) accepts a logged model's `models:/m-...` only with its id.
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     version = client.create_model_version(
-        model_name, model_uri, run_id=run_id, tags={"reproml.run_id": run_id, **lineage}
+        model_name, model_uri, run_id=run_id, tags={"reproml.run_id": run_id, **lineage}, model_id=model_id
     )
     check_source(client, version, experiment_id)
     client.set_registered_model_alias(model_name, CHALLENGER, version.version)
