@@ -16,6 +16,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from reproml.redaction import install_scrubbing, scrub
+
+# Every log record of a flow process (Prefect's run logs, stored on its server, included) and any
+# uncaught traceback lose passwords and tokens; the flows all import this module.
+install_scrubbing()
+
 # Failures worth another try: another process holds a lock for a moment.
 TRANSIENT_MARKERS = (
     "is busy",  # dvc: a second `dvc repro` on the same repo
@@ -60,7 +66,7 @@ def stop_group(process: subprocess.Popen[Any], grace_s: float = 30.0) -> None:
 def run(args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None, quiet: bool = False) -> str:
     """Run `args` in `cwd`; return its output, or raise TransientError / CommandError with its tail."""
     log = _logger()
-    shown = " ".join(args)
+    shown = scrub(" ".join(args))
     log.info("$ %s  (in %s)", shown, cwd)
     process = subprocess.Popen(
         list(args),
@@ -85,7 +91,7 @@ def run(args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None, qu
     output = "".join(lines)
     if code != 0:
         kind = TransientError if any(m in output for m in TRANSIENT_MARKERS) else CommandError
-        tail = "".join(lines[-25:])
+        tail = scrub("".join(lines[-25:]))  # the message becomes the task's state on the Prefect server
         raise kind(f"`{shown}` in {cwd} exited with {code}:\n{tail}")
     return output
 

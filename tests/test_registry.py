@@ -379,3 +379,13 @@ def test_a_window_the_test_split_already_holds_is_not_counted_twice(project: Pat
     record = run_promote(project)
     assert set(record["eval_data"]) == {"data/prepared/test.parquet"}
     assert record["gate"]["rows"] == len(test)
+
+
+def test_a_password_quoted_in_a_forced_reason_reaches_neither_record_nor_tag(project: Path) -> None:
+    pipeline(project)
+    canary = "Canary-Reason-5e1f"
+    record = run_promote(project, version=1, reason=f"data at postgresql://ops:{canary}@db/x is fixed")
+    saved = (project / record["record"]).read_text()
+    tags = MlflowClient().get_model_version(NAME, "1").tags
+    assert canary not in saved and canary not in str(tags)
+    assert "postgresql://ops:***@db/x" in saved

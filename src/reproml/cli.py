@@ -31,8 +31,17 @@ ROOT = Path(".")
 @app.callback()
 def main() -> None:
     from reproml.env import keep_inside
+    from reproml.redaction import install_scrubbing
 
     keep_inside(ROOT)
+    install_scrubbing()  # log records and uncaught tracebacks lose any password or token
+
+
+def _clean(value: Any) -> Any:
+    """What the terminal (and every CI log) gets: no password, token or signed URL."""
+    from reproml.redaction import scrub_obj
+
+    return scrub_obj(value)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -79,8 +88,12 @@ def _known_fault(exc: BaseException) -> Exception | None:
     return None
 
 
-def _failed(name: str, exc: BaseException) -> typer.Exit:
-    err.print(f"[bold red]reproml {name} failed:[/bold red] {exc}", highlight=False)
+def _failed(what: str, exc: BaseException | str) -> typer.Exit:
+    """Print `what:` and the error's message (scrubbed; rich markup in it shown as text) and return
+    the exit to raise (status 2)."""
+    from rich.markup import escape
+
+    err.print(f"[bold red]{what}:[/bold red] {escape(_clean(str(exc)))}", highlight=False)
     return typer.Exit(2)
 
 
@@ -92,12 +105,12 @@ def _clear_errors(name: str) -> Iterator[None]:
     try:
         yield
     except ReproError as exc:
-        raise _failed(name, exc) from None
+        raise _failed(f"reproml {name} failed", exc) from None
     except Exception as exc:
         clear = _known_fault(exc)
         if clear is None:
             raise
-        raise _failed(name, clear) from None
+        raise _failed(f"reproml {name} failed", clear) from None
 
 
 def _training(name: str) -> contextlib.AbstractContextManager[Any]:
@@ -114,7 +127,7 @@ def _run_stage(name: str, stage: Callable[[Path], dict[str, Any]], training: boo
     locked = _training(name) if training else contextlib.nullcontext()
     with _clear_errors(name), locked, console.status(f"[bold]{name}[/bold] running"):
         summary = stage(ROOT)
-    console.print(f"[green]{name} done[/green]", summary, highlight=False)
+    console.print(f"[green]{name} done[/green]", _clean(summary), highlight=False)
     _skip_exit_collection()
 
 
@@ -182,14 +195,13 @@ def tune() -> None:
 
             summary = run(ROOT)
     except ReproError as exc:
-        err.print(f"[bold red]reproml tune failed:[/bold red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise _failed("reproml tune failed", exc) from None
     except Exception as exc:
         clear = _known_fault(exc)
         if clear is None:
             raise
-        raise _failed("tune", clear) from None
-    console.print("[green]tune done[/green]", summary, highlight=False)
+        raise _failed("reproml tune failed", clear) from None
+    console.print("[green]tune done[/green]", _clean(summary), highlight=False)
     _skip_exit_collection()
 
 
@@ -280,13 +292,12 @@ def monitor(
         with console.status("[bold]monitor[/bold] running"):
             record = run_monitor(ROOT, batch=spec, backfill=backfill)
     except ReproError as exc:
-        err.print(f"[bold red]reproml monitor failed:[/bold red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise _failed("reproml monitor failed", exc) from None
     except Exception as exc:
         clear = _known_fault(exc)
         if clear is None:
             raise
-        raise _failed("monitor", clear) from None
+        raise _failed("reproml monitor failed", clear) from None
     console.print(verdict_table(record))
     _skip_exit_collection()
 
@@ -310,8 +321,7 @@ def _prefect() -> None:
     try:
         os.environ["PREFECT_API_URL"] = ensure_prefect(ROOT.resolve())
     except Exception as exc:  # the message names the server, URL and log
-        err.print(f"[bold red]no Prefect server:[/bold red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise _failed("no Prefect server", exc) from None
 
 
 @app.command()
@@ -332,13 +342,12 @@ def retrain(
     try:  # refused before a Prefect server is started for it
         source = None if labelled is None else str(confined(labelled, ROOT, "--labelled"))
     except ReproError as exc:
-        err.print(f"[bold red]reproml retrain refused:[/bold red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise _failed("reproml retrain refused", exc) from None
     _prefect()
     from flows.training import training
 
     summary = training(root=str(ROOT.resolve()), labelled=source, branch=branch)
-    console.print(summary["promotion"], highlight=False)
+    console.print(_clean(summary["promotion"]), highlight=False)
 
 
 @app.command()
@@ -396,13 +405,12 @@ def reproduce(
         with console.status("[bold]reproduce[/bold] starting") as status:
             result = rebuild(ROOT, run_id, keep=keep, progress=lambda m: status.update(f"[bold]{m}"))
     except ReproError as exc:
-        err.print(f"[bold red]reproml reproduce refused:[/bold red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise _failed("reproml reproduce refused", exc) from None
     console.print(reproduction_table(result))
     for note in result.notes:
-        console.print(f"note: {note}", highlight=False)
+        console.print(f"note: {_clean(note)}", highlight=False)
     if result.failure:
-        err.print(f"[bold red]rebuild failed:[/bold red] {result.failure}", highlight=False)
+        _failed("rebuild failed", result.failure)
     if result.kept:
         console.print(
             f"worktree kept at {result.kept}; remove it with `git worktree remove --force {result.kept}`",
@@ -430,8 +438,7 @@ def compare(
     try:
         a, b = (RunView.of(load_run(ROOT, ref)) for ref in (run_a, run_b))
     except ReproError as exc:
-        err.print(f"[bold red]reproml compare failed:[/bold red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise _failed("reproml compare failed", exc) from None
     rows = compare_runs(a, b, everything=show_all)
     console.print(compare_table(rows, f"{a.name} ({a.run_id[:8]})", f"{b.name} ({b.run_id[:8]})"))
 
@@ -446,8 +453,7 @@ def runs(limit: int = typer.Option(10, help="How many recent runs to show.")) ->
     try:
         params = load_params(ROOT / "params.yaml")
     except ReproError as exc:
-        err.print(f"[bold red]reproml runs failed:[/bold red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise _failed("reproml runs failed", exc) from None
     console.print(runs_table(ROOT, params.mlflow.experiment_name, limit))
 
 

@@ -9,7 +9,6 @@ default is the worst kind of irreproducibility.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from reproml.errors import ConfigError
+from reproml.redaction import find_credential, is_secret_name, scrub
 
 PARAMS_FILE = "params.yaml"
 
@@ -27,6 +27,31 @@ DatePart = Literal["month", "dayofweek", "hour", "dayofyear"]
 DEFAULT_DATE_PARTS: tuple[DatePart, ...] = ("dayofweek", "hour", "month")
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+# Where each kind of credential goes instead of params.yaml.
+CREDENTIAL_HOMES = {
+    "tune.storage": "put the whole URL in the REPROML_TUNE_STORAGE environment variable",
+}
+DEFAULT_CREDENTIAL_HOME = (
+    "keep it in an environment variable (MLFLOW_TRACKING_PASSWORD, AWS_SECRET_ACCESS_KEY, ...) "
+    "or a file only you can read (mode 0600)"
+)
+
+
+def _credentials(raw: Any, path: str = "") -> list[str]:
+    """Where `raw` (a params mapping, before validation) holds a credential, described without it."""
+    if isinstance(raw, dict):
+        return [found for key, sub in raw.items() for found in _credentials(sub, f"{path}.{key}".lstrip("."))]
+    if isinstance(raw, list):
+        return [found for i, sub in enumerate(raw) for found in _credentials(sub, f"{path}[{i}]")]
+    if not isinstance(raw, str):
+        return []
+    what = find_credential(raw)
+    if what is None:
+        return []
+    home = CREDENTIAL_HOMES.get(path, DEFAULT_CREDENTIAL_HOME)
+    return [f"{path} holds {what}, and params are logged to MLflow and params.json: {home} instead"]
 
 
 class _Section(BaseModel):
@@ -173,11 +198,6 @@ class TuneParams(_Section):
     def _budget_and_storage(self) -> TuneParams:
         if self.n_trials is None and self.timeout_s is None:
             raise ValueError("tune needs a budget: set n_trials, timeout_s or both")
-        if self.storage and re.search(r"://[^/@]*:[^/@]*@", self.storage):
-            raise ValueError(
-                "tune.storage holds a password, and params are logged to MLflow: put the URL in the "
-                "REPROML_TUNE_STORAGE environment variable instead"
-            )
         return self
 
 
@@ -291,6 +311,19 @@ class Params(_Section):
     monitor: MonitorParams = MonitorParams()
     retrain: RetrainParams = RetrainParams()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, raw: Any) -> Any:
+        """No password, token or signed URL in any value, whatever its key.
+
+        Params are published (MLflow params, `params.json`, `dvc exp show`, git history). This runs
+        before every other check, so no later error can quote the secret back.
+        """
+        found = _credentials(raw)
+        if found:
+            raise ValueError("\n  ".join(found))
+        return raw
+
     @model_validator(mode="after")
     def _model_fits_task(self) -> Params:
         linear_for = {"logistic": ("classification", "multiclass"), "linear": ("regression",)}
@@ -316,15 +349,19 @@ def with_model_params(params: Params, values: dict[str, Any], source: str) -> Pa
 
 
 def _describe(error: Any) -> str:
-    path = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    """One line per problem; scrubbed, since it may quote the value it refuses."""
+    path = ".".join(str(p) for p in error["loc"])
     kind = error["type"]
     if kind == "extra_forbidden":
-        return f"{path}: unknown key (value {error['input']!r}); check the spelling"
+        key = str(error["loc"][-1]) if error["loc"] else ""
+        value = "hidden: the name says secret" if is_secret_name(key) else repr(error["input"])
+        return scrub(f"{path}: unknown key (value {value}); check the spelling")
     if kind == "missing":
         return f"{path}: required value is missing"
     if kind == "value_error":  # a cross-field check: its message already names the keys
-        return f"{path}: {error['msg'].removeprefix('Value error, ')}"
-    return f"{path} = {error['input']!r}: {error['msg']}"
+        message = error["msg"].removeprefix("Value error, ")
+        return scrub(f"{path}: {message}" if path else message)
+    return scrub(f"{path or '(top level)'} = {error['input']!r}: {error['msg']}")
 
 
 def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
@@ -347,7 +384,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found; run from the project root") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(scrub(f"{path}: not valid YAML: {exc}")) from None
     return parse_params(raw, str(path))
 
 

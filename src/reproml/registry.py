@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from reproml import paths, provenance
 from reproml.errors import ReproError
 from reproml.io import file_lock, file_md5, read_json, write_json
+from reproml.redaction import scrub, scrub_obj
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 RECORDS = Path("registry/records")
@@ -78,8 +79,10 @@ def register(
     }
     with contextlib.suppress(MlflowException):
         client.create_registered_model(model_name)
+    # An MLflow server (not the SQLite store) accepts a logged model's `models:/m-...` only with its id.
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     version = client.create_model_version(
-        model_name, model_uri, run_id=run_id, tags={"reproml.run_id": run_id, **lineage}
+        model_name, model_uri, run_id=run_id, tags={"reproml.run_id": run_id, **lineage}, model_id=model_id
     )
     client.set_registered_model_alias(model_name, CHALLENGER, version.version)
     return version
@@ -144,7 +147,8 @@ PENDING, DONE, FAILED, NOT_APPLIED = "pending", "done", "failed", "not applied"
 def _new_record(root: Path, name: str, record: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     """Where the decision's JSON goes, and the record stamped with time, user and model name."""
     now = dt.datetime.now(dt.UTC)
-    record = {"time": now.isoformat(), "user": getpass.getuser(), "model_name": name, **record}
+    # a forced promotion's --reason is free text a person typed: it may quote a URL with a password
+    record = scrub_obj({"time": now.isoformat(), "user": getpass.getuser(), "model_name": name, **record})
     subject = record.get("challenger") or record.get("champion") or {}
     stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
     target = (
@@ -190,7 +194,7 @@ def _decide(
         if move is not None:
             move()
     except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}"
+        error = scrub(f"{type(exc).__name__}: {exc}")
         record |= {
             "status": FAILED,
             "error": error,

@@ -33,6 +33,7 @@ def runs_table(root: Path, experiment_name: str, limit: int) -> Table:
     from mlflow.tracking import MlflowClient
 
     from reproml import tracking
+    from reproml.redaction import redact_url
 
     experiment_id = tracking.setup(root, experiment_name)
     found = MlflowClient().search_runs(  # pipeline runs; tuning studies and their trials have their own
@@ -41,7 +42,8 @@ def runs_table(root: Path, experiment_name: str, limit: int) -> Table:
         order_by=["attributes.start_time DESC"],
         max_results=limit,
     )
-    table = Table(title=f"MLflow runs · experiment {experiment_name!r} · {mlflow.get_tracking_uri()}")
+    store = redact_url(mlflow.get_tracking_uri())  # never a password in a terminal or a CI log
+    table = Table(title=f"MLflow runs · experiment {experiment_name!r} · {store}")
     for header in ("run", "started", "status", "model"):
         table.add_column(header)
     task = found[0].data.params.get("data.task", "classification") if found else "classification"

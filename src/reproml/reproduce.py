@@ -30,6 +30,7 @@ import yaml
 
 from reproml import paths
 from reproml.errors import ReproError
+from reproml.redaction import scrub
 
 # What each aspect means for the verdict. A run reproduces when its lineage (code, data, params)
 # and its outcome (metrics, predictions) are the same; a different environment (library versions,
@@ -147,7 +148,7 @@ def load_run(root: Path, ref: str) -> Any:
     params = load_params(root / "params.yaml")
     tracking.setup(root, params.mlflow.experiment_name)
     client = MlflowClient()
-    uri = tracking.tracking_uri(root)
+    uri = tracking.shown_tracking_uri(root)
     run_id = ref
     if ref.startswith("@"):
         name = params.register_.model_name
@@ -427,7 +428,7 @@ def verified_objects(
         url = store.remotes[remote].get("url", "?")
         progress(f"fetching {len(wanted)} data file(s) from DVC remote {remote!r}")
         error = _fetch(store, remote, wanted, scratch)
-        tried.append(f"{remote!r} ({url}{'; ' + error if error else ''})")
+        tried.append(scrub(f"{remote!r} ({url}{'; ' + error if error else ''})"))  # a URL may hold a password
         for path in wanted:
             take(path, f"DVC remote {remote!r}")
     missing = {p: md5 for p, md5 in data.items() if p not in found}

@@ -35,6 +35,7 @@ from mlflow.tracking import MlflowClient
 from reproml.errors import ReproError
 from reproml.io import process_start, read_json, write_json
 from reproml.paths import workspace
+from reproml.redaction import redact_url, scrub, split_userinfo
 
 TAG_PREFIX = "reproml."
 MODEL_MD5_TAG = "reproml.model_md5"
@@ -57,17 +58,46 @@ class StoreLockedError(ReproError):
     """The MLflow store is locked by another process's write transaction for too long."""
 
 
+USERNAME_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+
+
 def tracking_uri(root: Path) -> str:
+    """The tracking store as configured (it may carry a password: show `shown_tracking_uri`)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(workspace(root) / 'mlflow.db').resolve()}"
+
+
+def shown_tracking_uri(root: Path) -> str:
+    """The tracking store, fit for output and error messages (password and tokens masked)."""
+    return redact_url(tracking_uri(root))
+
+
+def _credentials_to_env(uri: str) -> str:
+    """An HTTP(S) tracking URI without its `user:password@`, which go to MLflow's own
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (unless those are set) instead.
+
+    MLflow sends both as the same basic auth, but prints and raises with the URI it was given
+    ("View run at: <uri>/#/...", "API request to <uri>/api/... failed"): given none, it has no
+    password to show. Variables already set win. Child processes inherit the clean URI (MLflow
+    exports it) and the variables.
+    """
+    if not uri.lower().startswith(("http://", "https://")):
+        return uri
+    clean, user, password = split_userinfo(uri)
+    if password is None:
+        return uri
+    os.environ.setdefault(USERNAME_ENV, user or "")
+    os.environ.setdefault(PASSWORD_ENV, password)
+    return clean
 
 
 def setup(root: Path, experiment_name: str) -> str:
     """Point MLflow at the project's store and return the experiment id (created if needed).
 
     With the default local store, artifacts go to `mlartifacts/` in the project, not to the
-    process's working directory.
+    process's working directory. Credentials in an HTTP tracking URI are handed to MLflow
+    separately (`_credentials_to_env`), so MLflow never sees them in the URI.
     """
-    uri = tracking_uri(root)
+    uri = _credentials_to_env(tracking_uri(root))
     mlflow.set_tracking_uri(uri)
     _apply_store_wait()
     _quiet_locked_store_logs()
@@ -315,12 +345,16 @@ def log_batch(
     tags: dict[str, str] | None = None,
     step: int = 0,
 ) -> None:
-    """Params, metrics and tags in as few round trips as MLflow allows."""
+    """Params, metrics and tags in as few round trips as MLflow allows.
+
+    Every param and tag value is scrubbed of credentials (`reproml.redaction.scrub`): the last line
+    of defence for a password or token that reached a value some other way than params.yaml.
+    """
     client = MlflowClient()
     now = int(time.time() * 1000)
-    p = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+    p = [Param(k, scrub(str(v))[:6000]) for k, v in (params or {}).items()]
     m = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
-    t = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
+    t = [RunTag(k, scrub(str(v))[:5000]) for k, v in (tags or {}).items()]
     for start in range(0, max(len(p), len(m), len(t)), BATCH):
         client.log_batch(
             run_id,
@@ -358,10 +392,11 @@ def log_child_run(
     FINISHED, a failed one FAILED) and no worker can leave a run RUNNING.
     """
     client = MlflowClient()
+    clean = {k: scrub(str(v)) for k, v in tags.items()}  # a failed trial's error text, say
     run = client.create_run(
         experiment_id,
         start_time=start_ms,
-        tags={"mlflow.parentRunId": parent_run_id, "mlflow.runName": run_name, **tags},
+        tags={"mlflow.parentRunId": parent_run_id, "mlflow.runName": run_name, **clean},
         run_name=run_name,
     )
     run_id = run.info.run_id

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from reproml.io import file_lock, read_json, write_json, write_with
+from reproml.redaction import scrub_obj
 
 MONITORING = Path("monitoring")
 RECORDS = MONITORING / "records"
@@ -69,7 +70,7 @@ def jsonable(value: Any) -> Any:
 
 def write_record(root: Path, record: dict[str, Any]) -> Path:
     target = root / record_path(record["batch_id"])
-    write_json(target, jsonable(record))
+    write_json(target, scrub_obj(jsonable(record)))  # records feed the reports: no credential in them
     return target
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import signal
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +25,7 @@ from reproml import paths
 from reproml.config import Params
 from reproml.io import read_json
 from reproml.metrics import metric_spec
+from reproml.redaction import install_scrubbing, scrub
 from reproml.tuning.objective import Objective, TuneData, prepare_data
 from reproml.tuning.storage import StorageInfo, TuneError, open_storage
 from reproml.tuning.study import Budget, Counts, StudySpec, counts, pruner, run_trials, sampler
@@ -75,8 +78,13 @@ def _die_with_parent() -> None:
 
 def worker_main(config: WorkerConfig) -> None:
     _die_with_parent()
+    install_scrubbing()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _work(config, load_data(config.root, config.params), lambda: False)
+    try:
+        _work(config, load_data(config.root, config.params), lambda: False)
+    except Exception:  # multiprocessing would print the traceback raw, storage URL and all
+        sys.stderr.write(scrub(traceback.format_exc()))
+        raise SystemExit(1) from None
 
 
 def run_study(

@@ -23,6 +23,7 @@ from typing import Any
 from reproml.errors import ReproError
 from reproml.io import file_lock
 from reproml.paths import workspace
+from reproml.redaction import redact_url
 
 DEFAULT_JOURNAL = Path("optuna/studies.journal")
 STORAGE_ENV = "REPROML_TUNE_STORAGE"
@@ -43,12 +44,9 @@ class StorageInfo:
 
     @property
     def shown(self) -> str:
-        """The location with any password masked, for logs, tags and errors."""
-        return redact(self.location)
-
-
-def redact(url: str) -> str:
-    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
+        """The location with any password or secret query parameter masked, for logs, tags and
+        errors (`reproml.redaction.redact_url`)."""
+        return redact_url(self.location)
 
 
 def resolve(root: Path, setting: str | None) -> StorageInfo:

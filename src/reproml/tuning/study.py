@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from reproml.io import file_lock
 from reproml.metrics import MetricSpec
+from reproml.redaction import scrub
 from reproml.tuning.space import space_changes
 from reproml.tuning.storage import StorageInfo, TuneError
 
@@ -260,7 +261,7 @@ def run_trials(
             failures = 0
             continue
         except Exception as exc:
-            value, error = None, f"{type(exc).__name__}: {exc}"[:2000]
+            value, error = None, scrub(f"{type(exc).__name__}: {exc}")[:2000]  # kept in the study and MLflow
         if error is None:
             study.tell(trial, value)
             failures = 0
