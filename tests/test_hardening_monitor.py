@@ -265,16 +265,16 @@ def test_a_file_batch_with_older_times_is_out_of_order_and_the_flow_can_backfill
     run_monitor(project.root, "2013-08")
     production = pd.read_parquet(project.root / PRODUCTION)
     late = production[production["time_hour"] < pd.Timestamp("2013-07-20")]
-    (project.root / "incoming").mkdir(exist_ok=True)
-    late.to_parquet(project.root / "incoming" / "late.parquet", index=False)
-    record = run_monitor(project.root, "incoming/late.parquet")
+    (project.root / "data" / "incoming").mkdir(exist_ok=True)
+    late.to_parquet(project.root / "data" / "incoming" / "late.parquet", index=False)
+    record = run_monitor(project.root, "data/incoming/late.parquet")
     assert record["verdict"] == decision.OUT_OF_ORDER, record["reasons"]
     assert "older than batch 2013-08" in record["reasons"][0]
 
     script = (
         "import json\n"
         "from flows.monitoring import monitoring\n"
-        "out = monitoring(root='.', batch='incoming/late.parquet', retrain=False, backfill=True)\n"
+        "out = monitoring(root='.', batch='data/incoming/late.parquet', retrain=False, backfill=True)\n"
         "print('RESULT=' + json.dumps(out, default=str))\n"
     )
     env = {**project.env, "PREFECT_API_URL": prefect_api, "PREFECT_SERVER_EPHEMERAL_ENABLED": "false"}

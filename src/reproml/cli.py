@@ -164,7 +164,6 @@ def tune() -> None:
     """Optuna study over train.model's space on the valid split; writes models/best_params.json."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from reproml.errors import ReproError
     from reproml.stages.tune import run_tune
 
     columns = [
@@ -174,33 +173,29 @@ def tune() -> None:
         TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
     ]
-    try:
-        with _training("tune"), Progress(*columns, console=console, transient=False) as bar:
-            task = bar.add_task("tune", total=None, detail="starting")
+    with (
+        _clear_errors("tune"),
+        _training("tune"),
+        Progress(*columns, console=console, transient=False) as bar,
+    ):
+        task = bar.add_task("tune", total=None, detail="starting")
 
-            def show(counts: Any) -> None:
-                best = "-" if counts.best is None else f"{counts.best:.5f}"
-                detail = f"pruned {counts.pruned} · failed {counts.failed} · best {best}"
-                bar.update(task, completed=counts.finished, detail=detail)
+        def show(counts: Any) -> None:
+            best = "-" if counts.best is None else f"{counts.best:.5f}"
+            detail = f"pruned {counts.pruned} · failed {counts.failed} · best {best}"
+            bar.update(task, completed=counts.finished, detail=detail)
 
-            def run(root: Path) -> dict[str, Any]:
-                from reproml.config import load_params
+        def run(root: Path) -> dict[str, Any]:
+            from reproml.config import load_params
 
-                settings = load_params(root / "params.yaml").tune
-                if settings.enabled:
-                    bar.update(task, total=settings.n_trials)
-                else:
-                    bar.update(task, total=0, detail="off (tune.enabled: false)")
-                return run_tune(root, on_counts=show)
+            settings = load_params(root / "params.yaml").tune
+            if settings.enabled:
+                bar.update(task, total=settings.n_trials)
+            else:
+                bar.update(task, total=0, detail="off (tune.enabled: false)")
+            return run_tune(root, on_counts=show)
 
-            summary = run(ROOT)
-    except ReproError as exc:
-        raise _failed("reproml tune failed", exc) from None
-    except Exception as exc:
-        clear = _known_fault(exc)
-        if clear is None:
-            raise
-        raise _failed("reproml tune failed", clear) from None
+        summary = run(ROOT)
     console.print("[green]tune done[/green]", _clean(summary), highlight=False)
     _skip_exit_collection()
 
@@ -282,22 +277,14 @@ def monitor(
     Writes monitoring/records/<batch>.json, the Evidently reports under monitoring/reports/ and
     one MLflow run in the `<experiment>-monitoring` experiment.
     """
-    from reproml.errors import ReproError
     from reproml.paths import batch_spec
     from reproml.report import verdict_table
     from reproml.stages.monitor import run_monitor
 
-    try:
+    with _clear_errors("monitor"):
         spec = batch_spec(ROOT, batch, "--batch")
         with console.status("[bold]monitor[/bold] running"):
             record = run_monitor(ROOT, batch=spec, backfill=backfill)
-    except ReproError as exc:
-        raise _failed("reproml monitor failed", exc) from None
-    except Exception as exc:
-        clear = _known_fault(exc)
-        if clear is None:
-            raise
-        raise _failed("reproml monitor failed", clear) from None
     console.print(verdict_table(record))
     _skip_exit_collection()
 
