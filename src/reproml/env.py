@@ -40,3 +40,20 @@ def overridden(name: str, value: str) -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = previous
+
+
+def seconds(name: str, default: float, note: str = "") -> float:
+    """A duration from the environment variable `name` (unset or empty: `default`), refused with a
+    message naming the variable unless it is a number >= 0 (NaN included)."""
+    from reproml.errors import ReproError
+
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        parsed = float(value)
+    except ValueError:
+        parsed = -1.0
+    if not parsed >= 0:
+        raise ReproError(f"{name}={value!r}: expected a number of seconds >= 0{note}")
+    return parsed

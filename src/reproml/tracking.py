@@ -32,6 +32,7 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from reproml import env
 from reproml.errors import ReproError
 from reproml.io import process_start, read_json, write_json
 from reproml.paths import workspace
@@ -128,16 +129,7 @@ def store_name(uri: str) -> str:
 
 def store_wait_s() -> float:
     """Seconds a call waits for a locked SQLite store (`REPROML_STORE_WAIT_S`, default MLflow's 20)."""
-    value = os.environ.get(STORE_WAIT_ENV)
-    if value is None or value.strip() == "":
-        return MLFLOW_STORE_WAIT_S
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:
-        raise ReproError(f"{STORE_WAIT_ENV}={value!r}: expected a number of seconds >= 0")
-    return seconds
+    return env.seconds(STORE_WAIT_ENV, MLFLOW_STORE_WAIT_S)
 
 
 _WAIT_APPLIED: list[int] = []  # the busy timeout in ms, once the listeners are in
@@ -550,10 +542,8 @@ def fetch_model_files(location: str, into: Path) -> Path:
     """
     import mlflow.artifacts
 
-    from reproml.env import overridden
-
     into.mkdir(parents=True, exist_ok=True)
-    with overridden("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):
+    with env.overridden("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(into)))
 
 

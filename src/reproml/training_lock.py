@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from reproml import env
 from reproml.errors import ReproError
 from reproml.io import file_lock, process_start, write_json
 from reproml.paths import workspace
@@ -74,16 +75,7 @@ class Holder:
 
 def wait_limit() -> float:
     """Seconds a contender waits (`REPROML_LOCK_WAIT_S`, default one hour; 0 refuses at once)."""
-    value = os.environ.get(WAIT_ENV)
-    if value is None or value.strip() == "":
-        return DEFAULT_WAIT_S
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:  # also refuses nan
-        raise ReproError(f"{WAIT_ENV}={value!r}: expected a number of seconds >= 0 (0 refuses at once)")
-    return seconds
+    return env.seconds(WAIT_ENV, DEFAULT_WAIT_S, " (0 refuses at once)")
 
 
 def _folder(root: Path) -> Path:
