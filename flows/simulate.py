@@ -1,10 +1,13 @@
-"""`reproml simulate`: July-December 2013 replayed as production through the monitoring flow.
+"""`reproml simulate`: the production split replayed as production through the monitoring flow
+(July-December 2013 for the bundled flights; by default every month the production split of a
+user's dated data reaches into).
 
 Each period goes through the same monitoring flow the daily schedule runs; a `retrain` verdict
 hands the batch to the training flow (new DVC data version on the simulation's own branch,
 `dvc repro`, challenger, gate). The replay starts from the pipeline's model and a clean
 `monitoring/` (earlier outputs are moved to `monitoring/archive/`), so running it twice tells
-the same story.
+the same story. Binary, multiclass and regression alike: the table and the page show the
+monitor's metric for the task.
 """
 
 from __future__ import annotations
@@ -80,7 +83,10 @@ def report(root: Path, outcomes: list[dict[str, Any]], baseline_version: int) ->
             )
         rows.append(simulation.row(outcome, baseline, outcome["champion_after"]))
     champion = registry.alias_version(client, name, registry.CHAMPION)
-    metric = next((r["metric"] for r in rows if r.get("metric")), params.monitor.metric or "metric")
+    metric = next(
+        (r["metric"] for r in rows if r.get("metric")),
+        simulation.metric_name(params.data.task, params.monitor.metric),
+    )
     page = simulation.write(
         root / store.REPORTS, rows, metric, baseline_version, "reproml simulate: production replay"
     )
@@ -93,10 +99,38 @@ def report(root: Path, outcomes: list[dict[str, Any]], baseline_version: int) ->
     }
 
 
+def production_span(root: Path, every: str) -> tuple[str, str]:
+    """The first and last period (`every`: month or week) the production split reaches into."""
+    import pandas as pd
+
+    from reproml.errors import ReproError
+    from reproml.monitoring import batches
+    from reproml.stages.common import load
+
+    column = load(root).data.time_column
+    source = root / batches.PRODUCTION
+    if column is None or not source.is_file():
+        raise ReproError(
+            f"nothing to replay: the replay needs dated production data ({batches.PRODUCTION} with "
+            f"data.time_column set, now {column!r}); run `dvc repro` with prepare.split: time"
+        )
+    when = pd.read_parquet(source, columns=[column])[column]
+    if when.empty:
+        raise ReproError(
+            f"nothing to replay: {batches.PRODUCTION} has no rows (no data after prepare.test_end)"
+        )
+    return batches.period_label(when.min(), every), batches.period_label(when.max(), every)
+
+
 @flow(name="simulate", log_prints=True)
 def simulate(
-    root: str = ".", every: str = "month", start: str = "2013-07", end: str = "2013-12", branch: str = BRANCH
+    root: str = ".",
+    every: str = "month",
+    start: str | None = None,
+    end: str | None = None,
+    branch: str = BRANCH,
 ) -> dict[str, Any]:
+    """Replay the periods `start`..`end` (default: the production split's first and last)."""
     from mlflow.tracking import MlflowClient
 
     from reproml import registry
@@ -106,6 +140,9 @@ def simulate(
 
     log = get_run_logger()
     home = project_root(root, "root")
+    if start is None or end is None:
+        first, last = production_span(home, every)
+        start, end = start or first, end or last
     spans = periods(start, end, every)
     baseline_version = reset(home, branch)
     name = load(home).register_.model_name
@@ -116,4 +153,4 @@ def simulate(
         outcome["champion_after"] = None if champion is None else int(champion.version)
         log.info("%s: %s, champion v%s", period.label, outcome.get("verdict"), outcome["champion_after"])
         outcomes.append(outcome)
-    return report(home, outcomes, baseline_version)
+    return {**report(home, outcomes, baseline_version), "start": start, "end": end}

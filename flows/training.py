@@ -77,6 +77,53 @@ def champion_values(root: Path, model_name: str, model: str) -> dict[str, Any]:
         return retrain.champion_values(client.get_run(version.run_id).data.params, model)
 
 
+def champion_classes(root: Path, params: Any) -> tuple[list[Any] | None, str]:
+    """The champion's class order (its run's `reproml.classes` tag) and how to name it; without a
+    champion, the classes ingest recorded in data/schema.json."""
+    from mlflow.tracking import MlflowClient
+
+    from reproml import paths, registry, tracking
+    from reproml.io import read_json
+
+    with workspace_env(root):
+        tracking.setup(root, params.mlflow.experiment_name)
+        client = MlflowClient()
+        version = registry.alias_version(client, params.register_.model_name, registry.CHAMPION)
+        if version is not None and version.run_id is not None:
+            tag = client.get_run(version.run_id).data.tags.get("reproml.classes")
+            if tag:
+                return list(json.loads(tag)), f"champion v{version.version}"
+    schema = root / paths.SCHEMA
+    classes = read_json(schema).get("classes") if schema.is_file() else None
+    return (list(classes) if classes else None), "the champion"
+
+
+@task(name="check_batch")
+def check_batch(root: Path, labelled: Path) -> str | None:
+    """Why the labelled batch cannot make a challenger the gate can judge (multiclass: a class
+    without rows under a metric that needs every class; see `reproml.retrain`), or None."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from reproml import metrics, retrain
+    from reproml.stages.common import load
+
+    params = load(root)
+    if params.data.task != "multiclass" or not labelled.is_file():
+        return None  # a missing file or column is add_batch's to report
+    spec = metrics.metric_spec(params.promote.metric, "multiclass")
+    target = params.data.target
+    if not metrics.METRICS[spec.name].every_class or target not in pq.read_schema(labelled).names:
+        return None
+    classes, champion = champion_classes(root, params)
+    if not classes:
+        return None
+    absent = retrain.missing_classes(pd.read_parquet(labelled, columns=[target])[target], classes)
+    if not absent:
+        return None
+    return retrain.class_refusal(labelled.name, absent, classes, spec.name, champion)
+
+
 @task(name="add_batch")
 def add_batch(root: Path, tree: Path, labelled: Path) -> dict[str, Any]:
     """The batch joins `data/raw/labelled/` as a new DVC data version; the window slides onto it;
@@ -177,6 +224,25 @@ def _data_versions(tree: Path) -> dict[str, str]:
     return versions
 
 
+def refusal(branch: str, reason: str, why: str) -> dict[str, Any]:
+    """The training flow's summary when it refused to start: the shape of a finished one, with the
+    outcome `refused` where a gate decision would be."""
+    return {
+        "branch": branch,
+        "worktree": None,
+        "reason": reason,
+        "added": None,
+        "stages": {},
+        "commit": None,
+        "data_versions": {},
+        "challenger": None,
+        "promotion": {
+            "action": "refused",
+            "reason": why,
+        },
+    }
+
+
 @flow(name="training", log_prints=True)
 def training(
     root: str = ".", labelled: str | None = None, reason: str = "on demand", branch: str | None = None
@@ -197,6 +263,10 @@ def training(
     home = project_root(root, "root")
     source = None if labelled is None else confined(labelled, home, "labelled")
     params = load(home)
+    refused = None if source is None else check_batch(home, source)
+    if refused is not None:  # before the slot, the lock and the worktree: nothing is touched
+        log.warning("retrain refused: %s", refused)
+        return refusal(params.retrain.branch if branch is None else branch, reason, refused)
     name = limit_name(home)
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(name, 1)

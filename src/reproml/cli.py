@@ -353,24 +353,26 @@ def serve(
 @app.command()
 def simulate(
     every: str = typer.Option("month", help="month | week"),
-    start: str = typer.Option("2013-07", help="First period replayed."),
-    end: str = typer.Option("2013-12", help="Last period replayed."),
+    start: str | None = typer.Option(
+        None, help="First period replayed (default: the production split's first)."
+    ),
+    end: str | None = typer.Option(None, help="Last period replayed (default: the production split's last)."),
 ) -> None:
-    """Replay production (default July-December 2013) through the monitoring flow: drift checks,
-    retrain verdicts, DVC data versions, challengers, promotions; then a table and
-    monitoring/reports/simulation.html against the model never retrained."""
+    """Replay production (the production split's periods; July-December 2013 for the bundled flights)
+    through the monitoring flow: drift checks, retrain verdicts, DVC data versions, challengers,
+    promotions; then a table and monitoring/reports/simulation.html against the model never retrained."""
     _prefect()
     from rich.table import Table
 
     from flows.simulate import simulate as replay
-    from reproml.simulation import COLUMNS, cell
+    from reproml.simulation import COLUMNS, cell, headers
 
     result = replay(root=str(ROOT.resolve()), every=every, start=start, end=end)
     table = Table(
-        title=f"Production replay {start}..{end} ({result['metric']}; never retrained: "
+        title=f"Production replay {result['start']}..{result['end']} ({result['metric']}; never retrained: "
         f"v{result['baseline_version']})"
     )
-    for label in COLUMNS.values():
+    for label in headers(result["metric"]):
         table.add_column(label, justify="right")
     for row in result["rows"]:
         table.add_row(*(cell(row.get(key)) for key in COLUMNS))

@@ -8,6 +8,18 @@ trains: the training data grows by one batch each retrain. The validation span k
 
 The file is edited with ruamel.yaml so the comments people wrote in params.yaml survive on the
 retrain branch.
+
+Multiclass: a batch in which a class has no labelled rows is refused before anything runs
+(`missing_classes`) when the promotion gate's metric needs every class (macro one-vs-rest
+ROC-AUC, the default). That batch would become the test split, the challenger's metric on it
+would be NaN, and the gate would reject it after a whole pipeline run with a reason that names
+no cause (and leave a committed data version behind). Widening the window instead (starting the
+test split earlier until every class has rows) was rejected: with the validation span kept, the
+challenger's training data would end earlier than the champion's, the opposite of what a retrain
+after drift is for, and windows that depend on which classes happened to occur are harder to
+read than a retrain that says why it stopped. The refusal names the absent classes and what to
+do (monitor a longer period, or gate on a metric defined without every class, such as `log_loss`
+or `f1_macro`); the champion stays.
 """
 
 from __future__ import annotations
@@ -39,6 +51,27 @@ def batch_span(times: pd.Series) -> tuple[dt.date, dt.date]:
         raise ConfigError("the labelled batch has no time values: it cannot extend a time window")
     first, last = pd.Timestamp(times.min()), pd.Timestamp(times.max())
     return first.date(), (last.normalize() + pd.Timedelta(days=1)).date()
+
+
+def missing_classes(labels: pd.Series, classes: list[Any]) -> list[Any]:
+    """The classes with no labelled row in `labels` (compared as monitoring compares them:
+    `reproml.monitoring.quality.label_key`, so 2, 2.0 and "2" are one class)."""
+    from reproml.monitoring.quality import label_key
+
+    seen = {label_key(v) for v in labels.dropna().unique().tolist()}
+    return [c for c in classes if label_key(c) not in seen]
+
+
+def class_refusal(batch: str, absent: list[Any], classes: list[Any], metric: str, champion: str) -> str:
+    """Why a retrain on `batch` is refused, and what would let it run."""
+    return (
+        f"classes {absent} have no labelled rows in {batch}, which would be the challenger's test "
+        f"window; promote.metric {metric} needs every one of {classes}, so the gate could not judge "
+        f"the challenger. Nothing was changed; {champion} stays. Retrain on a longer period that holds "
+        "every class (e.g. `reproml monitor --batch <first day>..<last day>`, then `reproml retrain "
+        "--labelled` its window), or gate on a metric defined without every class (promote.metric: "
+        "log_loss or f1_macro)"
+    )
 
 
 def _months_between(start: dt.date, end: dt.date) -> int | None:

@@ -1,10 +1,12 @@
 """The replay's report: what retraining bought, batch by batch, against never retraining.
 
-`reproml simulate` feeds July-December 2013 through the monitoring flow; this module turns the
-decision records and the training flow's outcomes into one row per batch, scores the model the
+`reproml simulate` feeds the production periods (July-December 2013 for the bundled flights, the
+production split's months for a user's dated data) through the monitoring flow; this module turns
+the decision records and the training flow's outcomes into one row per batch, scores the model the
 replay started with (the never-retrained baseline) on the same labelled rows the champion was
-judged on, and writes `monitoring/reports/simulation.html` (a plot and the table) and
-`simulation.json` next to it.
+judged on, with the monitor's metric for the task (ROC-AUC, macro one-vs-rest ROC-AUC, RMSE, or
+`monitor.metric`), and writes `monitoring/reports/simulation.html` (a plot and the table, the
+metric named in its headers) and `simulation.json` next to it.
 """
 
 from __future__ import annotations
@@ -35,8 +37,22 @@ COLUMNS = {
 }
 
 
+def metric_name(task: str, metric: str | None) -> str:
+    """The metric the monitor judges `task` on (`monitor.metric`, else the task's primary one)."""
+    from reproml import gate
+
+    return gate.metric_spec(metric, task, "monitor.metric").name
+
+
+def headers(metric: str) -> list[str]:
+    """The table's column headers, the quality columns naming the metric."""
+    named = {"quality": f"champion {metric}", "baseline": f"never retrained {metric}"}
+    return [named.get(key, label) for key, label in COLUMNS.items()]
+
+
 def baseline_metric(model: Any, frame: pd.DataFrame, target: str, task: str, metric: str | None) -> float:
-    """The metric the monitor uses (`gate.score`), for `model` on labelled `frame`."""
+    """The metric the monitor uses (`gate.score`), for `model` on labelled `frame`; multiclass
+    scores are read in the model's own class order."""
     from reproml import gate
     from reproml.evaluate import predict_scores
 
@@ -44,18 +60,23 @@ def baseline_metric(model: Any, frame: pd.DataFrame, target: str, task: str, met
     if labelled.empty:
         return math.nan
     scores = predict_scores(model, labelled[list(model.feature_names_in_)], task)
-    return gate.score(gate.metric_spec(metric, task), labelled[target].to_numpy(), scores)
+    labels = list(model.classes_) if task == "multiclass" else None
+    return gate.score(
+        gate.metric_spec(metric, task, "monitor.metric"), labelled[target].to_numpy(), scores, labels=labels
+    )
 
 
 def row(outcome: dict[str, Any], baseline: float, champion_after: int | None) -> dict[str, Any]:
     """One batch of the replay: the monitoring flow's summary plus what the retrain did."""
     retrain = outcome.get("retrain")
-    what, data_version = "-", None
+    what, data_version, outcome_reasons = "-", None, list(outcome.get("reasons") or [])
     if retrain:
         promotion = retrain.get("promotion") or {}
         version = (retrain.get("challenger") or {}).get("version")
-        what = f"{promotion.get('action')} v{version}"
+        what = str(promotion.get("action")) + ("" if version is None else f" v{version}")
         data_version = ((retrain.get("added") or {}).get("md5") or "")[:10] or None
+        if promotion.get("reason"):
+            outcome_reasons.append(f"retrain: {promotion['action']}: {promotion['reason']}")
     return {
         "batch": outcome.get("batch"),
         "rows": outcome.get("rows"),
@@ -69,7 +90,7 @@ def row(outcome: dict[str, Any], baseline: float, champion_after: int | None) ->
         "data_version": data_version,
         "champion_before": (outcome.get("champion") or {}).get("version"),
         "champion": champion_after,
-        "reasons": outcome.get("reasons") or [],
+        "reasons": outcome_reasons,
     }
 
 
@@ -127,7 +148,7 @@ def render_html(rows: list[dict[str, Any]], metric: str, baseline_version: int |
         "simulation.html",
         title=title,
         plot=_plot_svg(rows, metric, baseline_version),
-        headers=list(COLUMNS.values()),
+        headers=headers(metric),
         rows=[([cell(r.get(key)) for key in COLUMNS], "; ".join(r["reasons"])) for r in rows],
     )
 

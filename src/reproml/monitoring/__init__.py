@@ -2,9 +2,10 @@
 
 `reproml monitor --batch <file | period>` resolves the batch (`batches`), loads the champion and
 its own training reference (`champion`), runs the data-quality gate (`quality`), scores and stores
-predictions, measures data drift (`drift`) and, with labels, the change in quality against the
-champion's test split (`concept`), decides (`decision`), and writes the record, the Evidently
-HTML and the index page (`store`, `reports`); `run` wires these together.
+predictions (`scores`: P(positive), the predicted value, or for multiclass the predicted class and
+each class's probability), measures data drift (`drift`) and, with labels, the change in quality
+against the champion's test split (`concept`), decides (`decision`), and writes the record, the
+Evidently HTML and the index page (`store`, `reports`); `run` wires these together.
 
 Nothing here is imported at `reproml --help` time, and Evidently is imported only inside the
 functions that run it (about 3-5 s of import), so listing records stays instant.

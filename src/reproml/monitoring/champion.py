@@ -3,8 +3,9 @@
 The reference follows the champion: its training and test splits are the exact data versions
 recorded on its MLflow run (`reproml.data.<path>` tags, the DVC md5 of each file), its feature
 importance is the permutation importance its evaluate stage logged, and its target, task and
-time column come from the `params.json` it was trained with. When the champion changes, so does
-every one of these, without anyone editing a path.
+time column come from the `params.json` it was trained with, and a multiclass champion's class
+order (its probability columns) from its run's `reproml.classes` tag. When the champion changes,
+so does every one of these, without anyone editing a path.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from reproml import paths
@@ -42,13 +44,15 @@ class Champion:
     max_categories: int
     importance: dict[str, float]  # raw input column -> permutation importance (can be <= 0)
     data_md5: dict[str, str]  # split path -> md5 the champion was trained and tested on
+    classes: list[Any] | None = None  # multiclass: the labels of its probability columns, in order
 
     @property
     def uri(self) -> str:
         return f"models:/{self.name}@champion"
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "run_id": self.run_id, "uri": self.uri}
+        out = {"name": self.name, "version": self.version, "run_id": self.run_id, "uri": self.uri}
+        return out | ({"classes": self.classes} if self.classes else {})
 
 
 def _artifact_json(client: Any, run_id: str, artifact: str) -> Any:
@@ -104,6 +108,9 @@ def load_champion(root: Path, client: Any, name: str, experiment_id: str) -> Cha
     importance = importance_of(_artifact_json(client, run_id, IMPORTANCE_ARTIFACT), run_id)
     model = provenance.load_model_version(client, version, experiment_id)
     data = params.get("data", {})
+    task = str(data.get("task"))
+    label = f"champion v{version.version} (run {run_id})"
+    classes = classes_of(tags, model, label) if task == "multiclass" else None
     return Champion(
         name=name,
         version=int(version.version),
@@ -111,12 +118,31 @@ def load_champion(root: Path, client: Any, name: str, experiment_id: str) -> Cha
         model=model,
         input_columns=[str(c) for c in model.feature_names_in_],
         target=str(data.get("target")),
-        task=str(data.get("task")),
+        task=task,
         time_column=data.get("time_column"),
         max_categories=int(params.get("features", {}).get("max_categories", 64)),
         importance=importance,
         data_md5={p: tags[f"reproml.data.{p}"] for p in (TRAIN, TEST)},
+        classes=classes,
     )
+
+
+def classes_of(tags: dict[str, str], model: Any, label: str) -> list[Any]:
+    """The class order the run recorded (`reproml.classes`), which must be the model's own
+    `classes_`: the probability columns are read in this order, so a mismatch would score every
+    batch against the wrong classes."""
+    recorded = tags.get("reproml.classes")
+    own = [v.item() if isinstance(v, np.generic) else v for v in getattr(model, "classes_", [])]
+    if recorded is None:
+        if not own:
+            raise ChampionError(f"{label} is multiclass but records no class order (tag reproml.classes)")
+        return own
+    classes = list(json.loads(recorded))
+    if own and [str(c) for c in own] != [str(c) for c in classes]:
+        raise ChampionError(
+            f"{label}: tag reproml.classes {classes} disagrees with the model's classes_ {own}"
+        )
+    return classes
 
 
 def load_split(root: Path, path: str, md5: str, champion: str) -> pd.DataFrame:

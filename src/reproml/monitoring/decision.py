@@ -102,7 +102,8 @@ def _quality_reason(change: QualityChange, params: MonitorParams) -> tuple[bool,
         f"champion's test split: drop {_f(change.drop)}, {level} interval [{_f(low)}, {_f(high)}]"
     )
     if not (math.isfinite(change.drop) and math.isfinite(low)):
-        return False, f"{head}: undefined, quality not judged"
+        why = f" ({change.note})" if change.note else ""
+        return False, f"{head}: undefined{why}, quality not judged"
     if change.drop <= params.quality_margin:
         return False, f"{head}: within monitor.quality_margin {params.quality_margin}"
     if low <= 0.0:
@@ -218,9 +219,11 @@ def decide(evidence: Evidence, params: MonitorParams, past: list[dict[str, Any]]
     if evidence.drift is not None:
         triggers["feature_drift"], text = _drift_reason(evidence.drift, params)
         reasons.append(text)
-        if evidence.drift.prediction is not None and evidence.drift.prediction.score is not None:
+        predicted = evidence.drift.prediction
+        if predicted is not None and predicted.score is not None:
+            what = "predicted-class drift" if predicted.kind == "categorical" else "prediction drift"
             reasons.append(
-                f"prediction drift distance {evidence.drift.prediction.score:.3f} (reported, not a trigger)"
+                f"{what} distance {predicted.score:.3f} ({predicted.method}; reported, not a trigger)"
             )
     if evidence.change is not None:
         triggers["quality_drop"], text = _quality_reason(evidence.change, params)

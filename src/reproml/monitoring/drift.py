@@ -28,6 +28,14 @@ Evidently measures; this module chooses how and condenses:
 - The weighted drift share is the share of the champion's permutation importance (negative
   importances count as zero) held by the drifted judged features. A shift in a feature the model
   ignores moves the plain drift share but not this one.
+- Prediction drift (reported, never a trigger) is measured on the champion's output as it is
+  used: P(positive) for binary classification and the predicted value for regression (numbers);
+  for multiclass, the predicted class, as a category (Jensen-Shannon, chi-square). The class is
+  what downstream acts on and one column keeps one headline number with the categories' own
+  method and noise guard; the K probability columns sum to one, so K distances would largely
+  repeat each other and need a multiple-testing rule for a number that triggers nothing. Each
+  class's probability is still measured (Wasserstein, KS) and listed under `probabilities`, so a
+  shift in confidence that leaves the predicted classes alone is visible in the record and report.
 
 `measure` returns the numbers and the Evidently snapshot (for the HTML report).
 """
@@ -43,9 +51,9 @@ import pandas as pd
 
 from reproml.features import CategoryLevels
 from reproml.monitoring.quality import Schema
+from reproml.monitoring.scores import PREDICTION, proba_columns
 
 NUMERIC_METHOD, CATEGORICAL_METHOD = "wasserstein", "jensenshannon"
-PREDICTION = "prediction"
 OTHER, UNSEEN = "(other)", "(unseen)"
 
 
@@ -74,6 +82,7 @@ class DriftResult:
     drift_share: float  # drifted / judged features, unweighted
     weighted_drift_share: float  # importance held by drifted features / importance of judged ones
     weighting: str  # "importance", or "uniform" when no judged feature has positive importance
+    probabilities: list[ColumnDrift] = field(default_factory=list)  # multiclass: per class, reported
     snapshot: Any = field(default=None, repr=False)
 
     @property
@@ -146,8 +155,9 @@ def measure(
     when: datetime | None = None,
     name: str | None = None,
 ) -> DriftResult:
-    """Drift of each feature and of `prediction` (a column of both frames), batch against reference;
-    category columns in the champion's groups `levels` (see `bucket`)."""
+    """Drift of each feature and of the score columns (`reproml.monitoring.scores`: `prediction`, and
+    for multiclass each `proba_<class>`) of both frames, batch against reference; category columns
+    in the champion's groups `levels` (see `bucket`)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
@@ -162,12 +172,20 @@ def measure(
             judged.append(column)
     numeric = [c for c in schema.numeric if c in judged]
     categorical = [c for c in schema.categorical if c in judged]
-    ref, cur = reference[[*judged, PREDICTION]].copy(), batch[[*judged, PREDICTION]].copy()
+    by_class = schema.task == "multiclass"  # the predicted class is a category (module docstring)
+    probas = proba_columns(schema.classes) if by_class else []
+    outputs = [PREDICTION, *probas]
+    ref, cur = reference[[*judged, *outputs]].copy(), batch[[*judged, *outputs]].copy()
     for column in categorical:
         ref[column], cur[column] = bucket(ref[column], levels[column]), bucket(cur[column], levels[column])
-    definition = DataDefinition(numerical_columns=[*numeric, PREDICTION], categorical_columns=categorical)
+    if by_class:  # the class as text: Evidently's categories, whatever type the labels have
+        ref[PREDICTION], cur[PREDICTION] = ref[PREDICTION].astype(str), cur[PREDICTION].astype(str)
+    definition = DataDefinition(
+        numerical_columns=[*numeric, *([] if by_class else [PREDICTION]), *probas],
+        categorical_columns=[*categorical, *([PREDICTION] if by_class else [])],
+    )
     preset = DataDriftPreset(
-        columns=[*judged, PREDICTION],
+        columns=[*judged, *outputs],
         num_method=NUMERIC_METHOD,
         cat_method=CATEGORICAL_METHOD,
         threshold=effect_floor,
@@ -212,7 +230,7 @@ def measure(
     judged_drift = [c for c in columns if c.judged]
     drift_share = float(np.mean([c.drifted for c in judged_drift])) if judged_drift else 0.0
     weighted = float(sum(c.weight for c in judged_drift if c.drifted))
-    prediction = column_drift(PREDICTION, "numeric", (ref, cur))
+    prediction = column_drift(PREDICTION, "categorical" if by_class else "numeric", (ref, cur))
     return DriftResult(
         effect_floor=effect_floor,
         reference_rows=len(reference),
@@ -222,5 +240,6 @@ def measure(
         drift_share=drift_share,
         weighted_drift_share=weighted,
         weighting=weighting,
+        probabilities=[column_drift(c, "numeric", (ref, cur)) for c in probas],
         snapshot=snapshot,
     )

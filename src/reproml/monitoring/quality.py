@@ -14,7 +14,9 @@ Checks, against the champion's own training split (the reference), each naming t
 - a numeric feature's share of infinite values is at most `max_inf_share`;
 - a category column's share of rows with values never seen in training is at most
   `max_unseen_category_share`;
-- labels, where present, are values the target can take.
+- labels, where present, are values the target can take: numbers for binary classification and
+  regression, and for multiclass one of the champion's classes (compared as the data writes
+  them, so `2`, `2.0` and `"2"` in a CSV are class 2; the typed copy holds the class itself).
 
 The result carries a typed copy of the batch (numbers as float, categories as strings, time
 parsed) that the rest of monitoring uses, so every step sees the same values.
@@ -42,6 +44,7 @@ class Schema:
     time_column: str | None
     target: str
     task: str
+    classes: tuple[Any, ...] | None = None  # multiclass: the champion's classes, in column order
 
     @property
     def features(self) -> list[str]:
@@ -58,7 +61,7 @@ class Schema:
 
 
 def schema_of(reference: pd.DataFrame, input_columns: list[str], time_column: str | None,
-              target: str, task: str) -> Schema:  # fmt: skip
+              target: str, task: str, classes: list[Any] | None = None) -> Schema:  # fmt: skip
     numeric: list[str] = []
     categorical: list[str] = []
     for column in input_columns:
@@ -68,7 +71,7 @@ def schema_of(reference: pd.DataFrame, input_columns: list[str], time_column: st
         is_number = pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
         (numeric if is_number else categorical).append(column)
     used_time = time_column if time_column in input_columns else None
-    return Schema(numeric, categorical, used_time, target, task)
+    return Schema(numeric, categorical, used_time, target, task, None if classes is None else tuple(classes))
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,10 @@ def check(
 
 
 def _labels(values: pd.Series, reference: pd.Series, schema: Schema) -> tuple[pd.Series, str | None]:
-    """Labels as numbers (missing = unlabelled row), or why they cannot be."""
+    """Labels as numbers, or multiclass as the champion's classes (missing = unlabelled row), or why
+    they cannot be."""
+    if schema.task == "multiclass":
+        return class_labels(values, schema)
     numbers, strings = _non_numeric(values)
     if strings:
         return numbers, f"target {schema.target!r} holds non-numeric values such as {strings}"
@@ -212,3 +218,36 @@ def _labels(values: pd.Series, reference: pd.Series, schema: Schema) -> tuple[pd
     elif np.isinf(numbers.to_numpy()).any():
         return numbers, f"target {schema.target!r} holds infinite values"
     return numbers, None
+
+
+def label_key(value: Any) -> str:
+    """How a class label is compared: a whole number as its digits (`2`, `2.0`, `"2"` alike: a CSV
+    column with a blank reads as floats), anything else as its text."""
+    if isinstance(value, bool | np.bool_):
+        return str(value)
+    if isinstance(value, int | float | np.integer | np.floating) and float(value).is_integer():
+        return str(int(value))
+    text = str(value)
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else text
+
+
+def class_labels(values: pd.Series, schema: Schema) -> tuple[pd.Series, str | None]:
+    """Each label as the champion's class it names (an object column; missing stays missing), or
+    which labels name no class."""
+    classes = list(schema.classes or ())
+    lookup = {label_key(c): c for c in classes}
+    present = values.notna()
+    keys = values[present].map(label_key)
+    unknown = sorted(set(keys) - set(lookup))
+    if unknown:
+        return values, (
+            f"target {schema.target!r} holds {unknown[:3]}{' and more' if len(unknown) > 3 else ''}; "
+            f"the champion knows only the classes {classes}"
+        )
+    out = np.full(len(values), None, dtype=object)
+    out[present.to_numpy()] = [lookup[k] for k in keys]
+    return pd.Series(out, index=values.index, dtype=object), None

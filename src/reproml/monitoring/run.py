@@ -33,7 +33,18 @@ from reproml import safehtml
 from reproml.config import Params
 from reproml.features import category_levels
 from reproml.io import write_json, write_parquet, write_with
-from reproml.monitoring import batches, champion, concept, decision, drift, quality, reports, store, workspace
+from reproml.monitoring import (
+    batches,
+    champion,
+    concept,
+    decision,
+    drift,
+    quality,
+    reports,
+    scores,
+    store,
+    workspace,
+)
 
 SAMPLING_RULE = (
     "a batch (and the champion's test split) with more than monitor.sample_rows rows, and its training "
@@ -105,7 +116,9 @@ def monitor(root: Path, spec: str, params: Params, backfill: bool = False) -> di
         reference = champion.load_split(root, champion.TRAIN, best.data_md5[champion.TRAIN], label)
     with clock.step("read batch"):
         batch = batches.resolve(root, spec, best.time_column or params.data.time_column)
-    schema = quality.schema_of(reference, best.input_columns, best.time_column, best.target, best.task)
+    schema = quality.schema_of(
+        reference, best.input_columns, best.time_column, best.target, best.task, best.classes
+    )
     with clock.step("quality gate"):
         gate = quality.check(batch.frame, reference, schema, params.monitor, batch.read_error)
     monitoring_id = tracking.setup(root, f"{params.mlflow.experiment_name}-monitoring")
@@ -176,8 +189,10 @@ def _judge(
                                          seq=seq, out_of_order=late)  # fmt: skip
             return _finish(record, decision.decide(evidence, watch, past), clock)
     with clock.step("score batch"):
-        scores = predict_scores(best.model, frame[best.input_columns], best.task)
-        stored = pd.DataFrame({"row": np.arange(len(frame)), "prediction": scores})
+        scored = predict_scores(best.model, frame[best.input_columns], best.task)
+        stored = pd.concat(
+            [pd.DataFrame({"row": np.arange(len(frame))}), scores.columns(scored, best.classes)], axis=1
+        )
         if schema.time_column:
             stored.insert(1, schema.time_column, frame[schema.time_column].to_numpy())
         if best.target in frame.columns:
@@ -192,10 +207,12 @@ def _judge(
         return _finish(record, decision.decide(evidence, watch, past), clock)
 
     seed = params.seed
-    current = sample(frame.assign(prediction=scores), watch.sample_rows, seed)
+    current = sample(scores.with_scores(frame, scored, best.classes), watch.sample_rows, seed)
     with clock.step("score reference"):
         ref = sample(reference, watch.reference_rows, seed)
-        ref = ref.assign(prediction=predict_scores(best.model, ref[best.input_columns], best.task))
+        ref = scores.with_scores(
+            ref, predict_scores(best.model, ref[best.input_columns], best.task), best.classes
+        )
     record["sampling"] = {
         "rule": SAMPLING_RULE,
         "seed": seed,
@@ -227,26 +244,36 @@ def _judge(
     labelled = current[current[best.target].notna()] if best.target in current.columns else current.iloc[:0]
     if len(labelled) >= watch.min_rows:
         with clock.step("quality"):
-            spec = promotion_gate.metric_spec(watch.metric, best.task)
+            spec = promotion_gate.metric_spec(watch.metric, best.task, "monitor.metric")
             test = champion.load_split(
                 root, champion.TEST, best.data_md5[champion.TEST], f"champion v{best.version}"
             )
             test = sample(test, watch.sample_rows, seed)  # all of it, normally: the value evaluate logged
-            test = test.assign(prediction=predict_scores(best.model, test[best.input_columns], best.task))
+            test = scores.with_scores(
+                test, predict_scores(best.model, test[best.input_columns], best.task), best.classes
+            )
             record["reference"]["test"]["rows_used"] = len(test)
             change = concept.quality_change(
                 spec,
                 test[best.target].to_numpy(),
-                test["prediction"].to_numpy(),
+                scores.scores_of(test, best.classes),
                 labelled[best.target].to_numpy(),
-                labelled["prediction"].to_numpy(),
+                scores.scores_of(labelled, best.classes),
                 watch.bootstrap_samples,
                 watch.confidence,
                 seed,
+                labels=best.classes,
+                task=best.task,
             )
         with clock.step("quality report (Evidently)"):
             snapshot, values = concept.report(
-                best.task, best.target, test, labelled, when=stamp, name=f"{batch.id} quality"
+                best.task,
+                best.target,
+                test,
+                labelled,
+                classes=best.classes,
+                when=stamp,
+                name=f"{batch.id} quality",
             )
             snapshots.append(snapshot)
             change = concept.QualityChange(**{**change.to_dict(), "evidently": values})
@@ -302,6 +329,7 @@ def _track(run_id: str, record: dict[str, Any], root: Path, path: Path) -> None:
         "quality_drop_high": high,
         "retrain": float(record["verdict"] == decision.RETRAIN),
     }
+    candidates |= concept.tracked_metrics(quality_change)
     metrics = {k: float(v) for k, v in candidates.items() if v is not None and np.isfinite(float(v))}
     champ = record["champion"]
     tags = {
@@ -315,6 +343,8 @@ def _track(run_id: str, record: dict[str, Any], root: Path, path: Path) -> None:
     }
     if record.get("batch_time"):
         tags["reproml.batch_time"] = record["batch_time"]
+    if quality_change.get("metric"):
+        tags["reproml.quality_metric"] = quality_change["metric"]
     params = {f"monitor.{k}": str(v) for k, v in record["decision"]["thresholds"].items()}
     tracking.log_batch(run_id, params=params, metrics=metrics, tags=tags, step=int(record["seq"]))
     mlflow.log_artifact(str(path), artifact_path="record")

@@ -24,7 +24,7 @@ def _dashboard(workspace: Any, project: Any, task: str) -> None:
     from evidently.sdk.models import PanelMetric
     from evidently.sdk.panels import line_plot_panel
 
-    quality = "RocAuc" if task == "classification" else "RMSE"
+    quality = "RMSE" if task == "regression" else "RocAuc"  # Evidently's (macro) ROC-AUC for multiclass
     project.dashboard.add_panel(
         line_plot_panel(
             "Share of drifted columns (Evidently's unweighted view; the decision weights by importance)",
