@@ -380,6 +380,7 @@ def test_kill_9_during_train_leaves_dvc_lock_and_outputs_whole(project: Project)
     assert client(p).get_run(fresh).info.status == "FINISHED"
 
 
+@pytest.mark.slow  # ~20 s; the train-stage kill above runs in the default suite
 def test_kill_9_during_evaluate_leaves_dvc_lock_and_outputs_whole(project: Project) -> None:
     p = project
     params = yaml.safe_load((p.root / "params.yaml").read_text())

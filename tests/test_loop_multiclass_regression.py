@@ -402,6 +402,7 @@ def _flow(p: Project, call: str) -> dict[str, Any]:
     return flow_in_subprocess(p, call)
 
 
+@pytest.mark.slow  # ~85 s; the multiclass loop above covers the same hand-off in the default suite
 @pytest.mark.integration
 def test_regression_monitoring_with_labels_hands_a_drop_to_the_training_flow(load: Project) -> None:
     p = load
