@@ -431,3 +431,29 @@ def test_canary_secrets_reach_no_store_file_log_or_output(
     assert optuna.get_all_study_names(f"sqlite:///{tune_db}")
     assert f"{server}/#/experiments" in text  # MLflow printed its run links, without the password
     assert outputs[-1].returncode == 2 and "no-such-run" in outputs[-1].stderr
+
+
+def test_scrub_survives_another_thread_changing_the_environment() -> None:
+    """MLflow's telemetry thread sets and unsets a variable while a stage logs its params; reading
+    os.environ during that raised KeyError in a fresh-clone `make run`."""
+    import threading
+
+    stop = threading.Event()
+
+    def toggle() -> None:
+        while not stop.is_set():
+            os.environ["_REPROML_TOGGLED"] = "x"
+            os.environ.pop("_REPROML_TOGGLED", None)
+
+    thread = threading.Thread(target=toggle, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 3
+        calls = 0
+        while time.monotonic() < deadline:
+            assert scrub("postgresql://u:pw-canary-77@h/db") == "postgresql://u:***@h/db"
+            calls += 1
+    finally:
+        stop.set()
+        thread.join()
+    assert calls > 100

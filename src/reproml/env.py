@@ -57,3 +57,18 @@ def seconds(name: str, default: float, note: str = "") -> float:
     if not parsed >= 0:
         raise ReproError(f"{name}={value!r}: expected a number of seconds >= 0{note}")
     return parsed
+
+
+def environ_snapshot() -> dict[str, str]:
+    """A copy of os.environ that survives other threads changing it.
+
+    MLflow's telemetry thread sets and removes `_MLFLOW_TELEMETRY_SESSION_ID`; iterating os.environ
+    while that happens raises KeyError (seen in a fresh-clone `make run`). The copy takes
+    microseconds, so a retry lands between two changes.
+    """
+    for _ in range(100):
+        try:
+            return dict(os.environ)
+        except KeyError:
+            continue
+    return dict(os.environ)

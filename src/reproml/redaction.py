@@ -16,7 +16,6 @@ if the port were a password, because that is exactly how SQLAlchemy parses it to
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 import traceback
@@ -24,6 +23,8 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
+
+from reproml.env import environ_snapshot
 
 MASK = "***"
 # Environment values shorter than this are not searched for in free text: they would match words.
@@ -140,7 +141,7 @@ def _credentials_in(value: str) -> set[str]:
 def _env_secrets(environ: Mapping[str, str] | None) -> dict[str, set[str]]:
     """Variable name -> the secrets its value holds: all of it for a secret-named variable (and
     the password of a `user:password` auth string), the credentials inside a URL-valued one."""
-    env = os.environ if environ is None else environ
+    env = environ_snapshot() if environ is None else environ
     found: dict[str, set[str]] = {}
     for name, value in env.items():
         if not value:

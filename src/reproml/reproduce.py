@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ from typing import Any
 import yaml
 
 from reproml import paths
+from reproml.env import environ_snapshot
 from reproml.errors import ReproError
 from reproml.redaction import scrub
 
@@ -521,7 +521,7 @@ def place_params(root: Path, recorded: Recorded, worktree: Path, work: Path) -> 
 
 
 def _stage_env(worktree: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in MLFLOW_REDIRECTS}
+    env = {k: v for k, v in environ_snapshot().items() if k not in MLFLOW_REDIRECTS}
     env["PYTHONPATH"] = str(worktree / "src")
     return env
 
