@@ -62,6 +62,11 @@ def open_worktree(root: Path, branch: str, reset: bool = False) -> Path:
     run([dvc, "config", "--local", "core.site_cache_dir", str(site_cache(root))], path, quiet=True)
     for name, url in _remote_urls(root).items():
         run([dvc, "remote", "modify", "--local", name, "url", url], path, quiet=True)
+    # data you `dvc add`ed (data.path) is a .dvc file in git and its bytes in the shared cache:
+    # a new worktree has only the former until it is checked out
+    tracked = [f for f in run(["git", "ls-files", "--", "*.dvc"], path, quiet=True).split() if f]
+    if tracked:
+        run([dvc, "checkout", "--quiet", *tracked], path, quiet=True)
     return path
 
 

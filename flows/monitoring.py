@@ -21,13 +21,10 @@ def next_batch(root: Path, every: str) -> str | None:
     from reproml.stages.common import load
 
     params = load(root)
-    column = params.data.time_column
-    source = root / batches.PRODUCTION
-    if column is None or not source.is_file():
-        raise ValueError(f"no dated production data ({source}, data.time_column={column!r})")
-    when = pd.read_parquet(source, columns=[column])[column]
-    seen = [pd.Timestamp(r["batch_time"]) for r in store.history(root) if r.get("batch_time")]
-    return batches.next_period(max(seen, default=None), when.min(), when.max(), every)
+    first, last = batches.production_span(root, params.data.time_column)
+    history = store.history(root, params.register_.model_name)
+    seen = [pd.Timestamp(r["batch_time"]) for r in history if r.get("batch_time")]
+    return batches.next_period(max(seen, default=None), first, last, every)
 
 
 @task(name="monitor", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)

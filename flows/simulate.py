@@ -1,13 +1,13 @@
-"""`reproml simulate`: the production split replayed as production through the monitoring flow
-(July-December 2013 for the bundled flights; by default every month the production split of a
-user's dated data reaches into).
+"""`reproml simulate`: the held-back production periods (July-December 2013 for the bundled
+flights; by default every period a user's dated production rows reach into) replayed as
+production through the monitoring flow.
 
 Each period goes through the same monitoring flow the daily schedule runs; a `retrain` verdict
 hands the batch to the training flow (new DVC data version on the simulation's own branch,
-`dvc repro`, challenger, gate). The replay starts from the pipeline's model and a clean
-`monitoring/` (earlier outputs are moved to `monitoring/archive/`), so running it twice tells
-the same story. Binary, multiclass and regression alike: the table and the page show the
-monitor's metric for the task.
+`reproml/<model>/simulation`, `dvc repro`, challenger, gate). The replay starts from the
+pipeline's model and a clean history (the model's earlier outputs are moved to
+`monitoring/<model>/archive/`), so running it twice tells the same story. Binary, multiclass and
+regression alike: the table and the page show the monitor's metric for the task.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from prefect import flow, get_run_logger, task
 from flows.monitoring import monitoring
 from flows.training import worktree
 
-BRANCH = "reproml/simulation"
-
 
 @task(name="reset")
 def reset(root: Path, branch: str) -> int:
@@ -37,18 +35,20 @@ def reset(root: Path, branch: str) -> int:
     from reproml.stages.common import load
     from reproml.stages.register import REGISTERED, run_promote
 
+    params = load(root)
+    name = params.register_.model_name
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    archive = root / store.MONITORING / "archive" / stamp
-    for folder in (store.RECORDS, store.PREDICTIONS, store.LABELLED, store.QUARANTINE, store.REPORTS):
-        if (root / folder).exists():
+    archive = root / store.archive(name) / stamp
+    for kind in store.KINDS:
+        folder = root / store.home(name) / kind
+        if folder.exists():
             archive.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(root / folder), str(archive / folder.name))
+            shutil.move(str(folder), str(archive / kind))
     worktree.fn(root, branch, reset=True)
     registered = root / REGISTERED
     if not registered.is_file():
         raise FileNotFoundError(f"{registered} not found: run `dvc repro` before `reproml simulate`")
     start = int(read_json(registered)["version"])
-    params = load(root)
     tracking.setup(root, params.mlflow.experiment_name)
     current = registry.alias_version(MlflowClient(), params.register_.model_name, registry.CHAMPION)
     if current is None or int(current.version) != start:
@@ -87,9 +87,8 @@ def report(root: Path, outcomes: list[dict[str, Any]], baseline_version: int) ->
         (r["metric"] for r in rows if r.get("metric")),
         simulation.metric_name(params.data.task, params.monitor.metric),
     )
-    page = simulation.write(
-        root / store.REPORTS, rows, metric, baseline_version, "reproml simulate: production replay"
-    )
+    title = f"reproml simulate: {name}'s production replay"
+    page = simulation.write(root / store.reports(name), rows, metric, baseline_version, title)
     return {
         "rows": rows,
         "html": str(page.relative_to(root)),
@@ -99,58 +98,37 @@ def report(root: Path, outcomes: list[dict[str, Any]], baseline_version: int) ->
     }
 
 
-def production_span(root: Path, every: str) -> tuple[str, str]:
-    """The first and last period (`every`: month or week) the production split reaches into."""
-    import pandas as pd
-
-    from reproml.errors import ReproError
-    from reproml.monitoring import batches
-    from reproml.stages.common import load
-
-    column = load(root).data.time_column
-    source = root / batches.PRODUCTION
-    if column is None or not source.is_file():
-        raise ReproError(
-            f"nothing to replay: the replay needs dated production data ({batches.PRODUCTION} with "
-            f"data.time_column set, now {column!r}); run `dvc repro` with prepare.split: time"
-        )
-    when = pd.read_parquet(source, columns=[column])[column]
-    if when.empty:
-        raise ReproError(
-            f"nothing to replay: {batches.PRODUCTION} has no rows (no data after prepare.test_end)"
-        )
-    return batches.period_label(when.min(), every), batches.period_label(when.max(), every)
-
-
 @flow(name="simulate", log_prints=True)
 def simulate(
     root: str = ".",
     every: str = "month",
     start: str | None = None,
     end: str | None = None,
-    branch: str = BRANCH,
+    branch: str | None = None,
 ) -> dict[str, Any]:
-    """Replay the periods `start`..`end` (default: the production split's first and last)."""
+    """Replay the periods `start`..`end` (default: every period of the held-back production rows)
+    on `branch` (default: `reproml/<model>/simulation`). Checked before anything moves: the data
+    is dated and the periods lie in its production rows."""
     from mlflow.tracking import MlflowClient
 
     from reproml import registry
-    from reproml.monitoring.batches import periods
-    from reproml.paths import project_root
+    from reproml.config import simulation_branch
+    from reproml.monitoring.batches import replay_periods
+    from reproml.paths import branch_name, project_root
     from reproml.stages.common import load
 
     log = get_run_logger()
     home = project_root(root, "root")
-    if start is None or end is None:
-        first, last = production_span(home, every)
-        start, end = start or first, end or last
-    spans = periods(start, end, every)
-    baseline_version = reset(home, branch)
-    name = load(home).register_.model_name
+    params = load(home)
+    name = params.register_.model_name
+    spans = replay_periods(home, params.data.time_column, start, end, every)
+    replay_branch = branch_name(branch or simulation_branch(name))
+    baseline_version = reset(home, replay_branch)
     outcomes = []
     for period in spans:
-        outcome = monitoring(root=str(home), batch=period.label, every=every, branch=branch)
+        outcome = monitoring(root=str(home), batch=period.label, every=every, branch=replay_branch)
         champion = registry.alias_version(MlflowClient(), name, registry.CHAMPION)
         outcome["champion_after"] = None if champion is None else int(champion.version)
         log.info("%s: %s, champion v%s", period.label, outcome.get("verdict"), outcome["champion_after"])
         outcomes.append(outcome)
-    return {**report(home, outcomes, baseline_version), "start": start, "end": end}
+    return {**report(home, outcomes, baseline_version), "start": spans[0].label, "end": spans[-1].label}

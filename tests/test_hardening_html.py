@@ -27,7 +27,7 @@ from reproml.stages.monitor import run_monitor
 from reproml.stages.register import run_promote
 from tests.conftest import open_in_chromium, tiny_frame
 from tests.test_monitoring import monitored_params
-from tests.test_registry import pipeline
+from tests.test_registry import NAME, pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -169,9 +169,9 @@ def test_index_with_hostile_quarantine_reasons_runs_no_script(
     quarantined = monitor(project, bad, "hostile")
     assert quarantined["verdict"] == "quarantined"
     assert any(SCRIPT in reason for reason in quarantined["reasons"]), quarantined["reasons"]
-    shown = open_inert(chromium, project / store.INDEX)
+    shown = open_inert(chromium, project / store.index(NAME))
     text = "".join(shown.text)
-    assert shown.titles == ["reproml monitoring"]
+    assert shown.titles == [f"reproml monitoring: {NAME}"]
     for reason in quarantined["reasons"]:  # every reason, markup and all, is on the page as text
         assert reason in text, reason
     assert ok["batch_id"] in text and quarantined["batch_id"] in text
@@ -216,7 +216,7 @@ def test_terminal_tables_print_markup_in_data_as_text() -> None:
     record = {"batch_id": "b", "rows": 3, "verdict": "quarantined", "seq": 1, "reasons": [hostile_reason]}
     console = Console(record=True, width=400, color_system=None)
     console.print(verdict_table(record))
-    console.print(monitoring_table([record]))
+    console.print(monitoring_table([record], "flights-late"))
     assert console.export_text().count(hostile_reason) == 2
 
 

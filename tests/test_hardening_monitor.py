@@ -58,7 +58,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Project:
 @pytest.fixture
 def project(built: Project) -> Iterator[Project]:
     """The module's project with no monitoring records (history decides `out_of_order`)."""
-    for folder in ("records", "predictions", "labelled", "reports", "quarantine", "workspace"):
+    for folder in ("flights-late", "workspace"):  # the model's history, and Evidently's workspace
         shutil.rmtree(built.root / "monitoring" / folder, ignore_errors=True)
     yield built
 
@@ -93,7 +93,7 @@ def replace_bytes(path: Path, content: bytes) -> None:
 
 
 def no_record(p: Project) -> bool:
-    return not list((p.root / store.RECORDS).glob("*.json"))
+    return not list((p.root / store.records("flights-late")).glob("*.json"))
 
 
 # --- md5 verified on every read from the DVC cache ------------------------------------------------
@@ -254,7 +254,7 @@ def test_a_back_dated_period_is_out_of_order_unless_backfilled(project: Project)
 
     done = project.run("reproml", "monitor", "--batch", "2013-07", "--backfill", check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    backfilled = json.loads((project.root / store.record_path("2013-07")).read_text())
+    backfilled = json.loads((project.root / store.record_path("flights-late", "2013-07")).read_text())
     assert backfilled["verdict"] != decision.OUT_OF_ORDER and backfilled["backfill"] is True
     assert backfilled["drift"] is not None and backfilled["predictions"] is not None
 

@@ -239,7 +239,7 @@ def test_nothing_is_world_writable_after_a_real_pipeline(pipeline: Project) -> N
     assert (site / "repo").is_dir() and any((site / "repo").iterdir())  # DVC used it
     assert stat.S_IMODE(site.stat().st_mode) == 0o700
     assert stat.S_IMODE((site / "repo").stat().st_mode) == 0o700
-    for made in (".reproml", "registry", "monitoring/records", "optuna", "mlartifacts"):
+    for made in (".reproml", "registry", "monitoring/flights-late/records", "optuna", "mlartifacts"):
         assert (root / made).is_dir(), made
     assert open_to_others(root) == []
 
@@ -271,12 +271,12 @@ def test_cli_monitor_takes_files_in_data_and_refuses_others(pipeline: Project) -
     production.head(80).to_parquet(p.tmp / "away.parquet", index=False)
     reproml = str(BIN / "reproml")
     done = p.run(reproml, "monitor", "--batch", "data/august.parquet")
-    assert "monitoring/records/august-" in done.stdout
+    assert "monitoring/flights-late/records/august-" in done.stdout
     for refused in ("data/away.parquet", str(p.tmp / "away.parquet"), "../away.parquet"):
         done = p.run(reproml, "monitor", "--batch", refused, check=False)
         assert done.returncode == 2, done.stdout + done.stderr
         assert "outside the directories" in flat(done.stdout + done.stderr)
-    assert not list((p.root / "monitoring" / "records").glob("away-*"))
+    assert not list((p.root / "monitoring" / "flights-late" / "records").glob("away-*"))
 
 
 # --- the torn-journal repair and Optuna's own journal lock ----------------------------------------

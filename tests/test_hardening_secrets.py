@@ -419,7 +419,7 @@ def test_canary_secrets_reach_no_store_file_log_or_output(
         assert pipeline is not None and monitoring is not None
         assert client.search_runs([pipeline.experiment_id], "tags.`reproml.stage` = 'train'")
         assert client.search_runs([monitoring.experiment_id])
-        assert client.get_model_version_by_alias(params["register"]["model_name"], "champion")
+        assert client.get_model_version_by_alias("flights-late", "champion")  # register.model_name: null
     finally:
         servers.stop(root, "mlflow")
     text = "\n".join(done.stdout + done.stderr for done in outputs)

@@ -115,11 +115,11 @@ def test_a_batch_like_training_is_ok_and_leaves_every_output(project: Path) -> N
     for report in ("drift", "quality"):
         html = (project / record["reports"][report]).read_text()
         assert html.lstrip().startswith("<!DOCTYPE html>") and len(html) > 100_000  # self-contained
-    index = (project / store.INDEX).read_text()
+    index = (project / store.index(NAME)).read_text()
     assert record["batch_id"] in index and "<svg" in index
-    assert json.loads((project / store.record_path(record["batch_id"])).read_text())["verdict"] == "ok"
+    assert json.loads((project / store.record_path(NAME, record["batch_id"])).read_text())["verdict"] == "ok"
     # the promotion gate now evaluates on this labelled window too
-    assert record["labelled"] in registry.eval_data(project).sources
+    assert record["labelled"] in registry.eval_data(project, NAME).sources
     run = mlflow_run(record)
     assert run.info.status == "FINISHED"
     assert MlflowClient().get_experiment(run.info.experiment_id).name == MONITORING_EXPERIMENT
@@ -198,9 +198,9 @@ def test_a_broken_batch_is_quarantined_with_its_reason(
     assert kept.is_file() and kept.suffix == suffix
     reason = json.loads((project / record["quarantine"]["reason"]).read_text())
     assert any(expected in p for p in reason["problems"])
-    assert not (project / store.LABELLED).exists()  # never used for retraining
+    assert not (project / store.labelled(NAME)).exists()  # never used for retraining
     assert mlflow_run(record).data.tags["reproml.verdict"] == "quarantined"
-    assert "quarantined" in (project / store.INDEX).read_text()
+    assert "quarantined" in (project / store.index(NAME)).read_text()
 
 
 def test_thirty_rows_are_insufficient_data_not_drift(project: Path) -> None:
@@ -243,7 +243,7 @@ def test_cli_prints_the_verdict_and_lists_batches(project: Path, monkeypatch: py
     batch(rows=30).to_csv(project / "data" / "small.csv", index=False)  # files only from data/
     done = runner.invoke(app, ["monitor", "--batch", "data/small.csv"])
     assert done.exit_code == 0, done.output
-    assert "insufficient_data" in done.output and "monitoring/records/small-" in done.output
+    assert "insufficient_data" in done.output and f"monitoring/{NAME}/records/small-" in done.output
     listed = runner.invoke(app, ["monitoring"])
     assert listed.exit_code == 0 and "small-" in listed.output and "insufficient_data" in listed.output
 
@@ -255,7 +255,7 @@ def test_the_cooldown_holds_against_ten_drifted_batches_in_a_row(project: Path) 
         for day in range(10)
     ]
     assert verdicts == ["retrain"] + ["retrain_held"] * 9
-    last = json.loads((project / store.RECORDS).glob("day-9-*.json").__next__().read_text())
+    last = json.loads((project / store.records(NAME)).glob("day-9-*.json").__next__().read_text())
     assert "held by the cooldown" in last["reasons"][-1]
     assert last["decision"]["loop_guard"]["last_retrain_batch"].startswith("day-0-")
 
@@ -285,7 +285,7 @@ def test_index_and_drift_report_render_in_chromium_without_console_errors(
 ) -> None:
     monitor(project, batch(), "same")
     record = monitor(project, batch(labelled=False, x1=2.0), "shifted")
-    for page in (project / store.INDEX, project / record["reports"]["drift"]):
+    for page in (project / store.index(NAME), project / record["reports"]["drift"]):
         shot = tmp_path / f"{page.parent.name}-{page.stem}.png"
         opened = open_in_chromium(chromium, page, screenshot=shot)
         assert opened.console == [], f"console messages from {page}"

@@ -321,9 +321,9 @@ def test_ten_drifted_batches_in_a_row_give_one_retrain() -> None:
 
 def test_labelled_windows_sort_by_batch_time_for_the_promotion_gate() -> None:
     names = [
-        store.labelled_path("zeta-file", pd.Timestamp("2013-07-31 23:00")).name,
-        store.labelled_path("2013-08", pd.Timestamp("2013-08-31 23:00")).name,
-        store.labelled_path("2013-W32", pd.Timestamp("2013-08-11 23:00")).name,
+        store.labelled_path("m", "zeta-file", pd.Timestamp("2013-07-31 23:00")).name,
+        store.labelled_path("m", "2013-08", pd.Timestamp("2013-08-31 23:00")).name,
+        store.labelled_path("m", "2013-W32", pd.Timestamp("2013-08-11 23:00")).name,
     ]
     assert sorted(names)[-1] == names[1]
 
@@ -351,28 +351,29 @@ def record(batch_id: str, verdict: str, seq: int, value: float | None) -> dict[s
         "reasons": ["because <b>"],
         "drift": {"drift_share": 0.5, "weighted_drift_share": 0.25},
         "quality": quality_part,
-        "reports": {"drift": f"monitoring/reports/{batch_id}/drift.html"},
+        "reports": {"drift": f"monitoring/flights-late/reports/{batch_id}/drift.html"},
         "decision": {"thresholds": {"quality_margin": 0.02}},
     }
 
 
 def test_index_lists_every_batch_escaped_with_links_and_a_plot() -> None:
     page = reports.index_html(
+        "flights-late",
         [
             record("2013-08", "retrain", 2, 0.70),
             record("2013-07", "ok", 1, 0.73),
             record("q", "quarantined", 3, None),
-        ]
+        ],
     )
     assert page.index("2013-07") < page.index("2013-08")  # batch time order
     assert '<a href="2013-08/drift.html">drift</a>' in page
-    assert 'href="../../monitoring/records/2013-08.json"' in page
+    assert 'href="../records/2013-08.json"' in page
     assert "because &lt;b&gt;" in page and "because <b>" not in page
     assert page.count("<circle") == 2 and "<script" not in page
 
 
 def test_index_without_labels_says_so() -> None:
-    assert "No labelled batch yet" in reports.index_html([record("x", "ok", 1, None)])
+    assert "No labelled batch yet" in reports.index_html("flights-late", [record("x", "ok", 1, None)])
 
 
 # --- the reference data --------------------------------------------------------------------------

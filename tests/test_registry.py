@@ -354,7 +354,7 @@ def test_the_newest_labelled_production_window_joins_the_evaluation(project: Pat
     import pandas as pd
 
     pipeline(project)
-    windows = project / registry.LABELLED_WINDOWS
+    windows = project / registry.labelled_windows(NAME)
     windows.mkdir(parents=True)
     valid = pd.read_parquet(project / "data" / "prepared" / "valid.parquet")
     test = pd.read_parquet(project / "data" / "prepared" / "test.parquet")
@@ -362,7 +362,10 @@ def test_the_newest_labelled_production_window_joins_the_evaluation(project: Pat
     valid.head(50).to_parquet(windows / "2022-05.parquet")
     pd.concat([valid] * 2).to_parquet(windows / "2022-06.parquet")  # newest
     record = run_promote(project)
-    assert set(record["eval_data"]) == {"data/prepared/test.parquet", "monitoring/labelled/2022-06.parquet"}
+    assert set(record["eval_data"]) == {
+        "data/prepared/test.parquet",
+        f"monitoring/{NAME}/labelled/2022-06.parquet",
+    }
     assert len(valid) > 100
     assert record["gate"]["rows"] == len(test) + 2 * len(valid)
 
@@ -372,7 +375,7 @@ def test_a_window_the_test_split_already_holds_is_not_counted_twice(project: Pat
     import pandas as pd
 
     pipeline(project)
-    windows = project / registry.LABELLED_WINDOWS
+    windows = project / registry.labelled_windows(NAME)
     windows.mkdir(parents=True)
     test = pd.read_parquet(project / "data" / "prepared" / "test.parquet")
     test.to_parquet(windows / "2022-06.parquet")

@@ -188,4 +188,4 @@ def test_busy_locks_are_transient_and_other_failures_are_not(tmp_path: Path) -> 
 
 def test_the_committed_params_have_a_retrain_section() -> None:
     params = load_params(REPO / "params.yaml")
-    assert params.retrain.branch == "reproml/retrain" and params.retrain.tune_trials >= 0
+    assert params.retrain.branch == "reproml/flights-late/retrain" and params.retrain.tune_trials >= 0

@@ -274,8 +274,8 @@ def monitor(
 ) -> None:
     """Check one production batch against the champion: quality gate, drift, quality, retrain verdict.
 
-    Writes monitoring/records/<batch>.json, the Evidently reports under monitoring/reports/ and
-    one MLflow run in the `<experiment>-monitoring` experiment.
+    Writes monitoring/<model>/records/<batch>.json, the Evidently reports under
+    monitoring/<model>/reports/ and one MLflow run in the `<experiment>-monitoring` experiment.
     """
     from reproml.paths import batch_spec
     from reproml.report import verdict_table
@@ -291,11 +291,17 @@ def monitor(
 
 @app.command("monitoring")
 def monitoring_history() -> None:
-    """Every monitored batch (verdict, drift, quality) as a table; details in monitoring/records/."""
+    """Every monitored batch of the data in use (verdict, drift, quality) as a table; details in
+    monitoring/<model>/records/."""
+    from reproml.errors import ReproError
     from reproml.report import monitoring_table
     from reproml.stages.monitor import monitoring_history as records
 
-    console.print(monitoring_table(records(ROOT)))
+    try:
+        name, found = records(ROOT)
+    except ReproError as exc:
+        raise _failed("reproml monitoring failed", exc) from None
+    console.print(monitoring_table(found, name))
 
 
 def _prefect() -> None:
@@ -323,11 +329,22 @@ def retrain(
 ) -> None:
     """The training flow (Prefect): new data version -> dvc repro -> challenger -> promotion gate,
     on its own branch (a worktree under .reproml/worktrees/); your branch stays as it is."""
+    from reproml.data.source import check_committed
     from reproml.errors import ReproError
     from reproml.paths import confined
+    from reproml.stages.common import load
 
     try:  # refused before a Prefect server is started for it
         source = None if labelled is None else str(confined(labelled, ROOT, "--labelled"))
+        params = load(ROOT)
+        if source is not None and params.data.time_column is None:
+            raise ReproError(
+                "--labelled: data.time_column is null, and a labelled batch joins the data by time "
+                "(it becomes the new test window); for an undated data set add the rows to "
+                "data.path's file and run `dvc repro` and `reproml promote`, or `reproml retrain` "
+                "without --labelled"
+            )
+        check_committed(ROOT, params, "reproml retrain")
     except ReproError as exc:
         raise _failed("reproml retrain refused", exc) from None
     _prefect()
@@ -354,22 +371,37 @@ def serve(
 def simulate(
     every: str = typer.Option("month", help="month | week"),
     start: str | None = typer.Option(
-        None, help="First period replayed (default: the production split's first)."
+        None, help="First period replayed, e.g. 2013-07 (default: the first of the production rows)."
     ),
-    end: str | None = typer.Option(None, help="Last period replayed (default: the production split's last)."),
+    end: str | None = typer.Option(
+        None, help="Last period replayed, e.g. 2013-12 (default: the last of the production rows)."
+    ),
 ) -> None:
-    """Replay production (the production split's periods; July-December 2013 for the bundled flights)
-    through the monitoring flow: drift checks, retrain verdicts, DVC data versions, challengers,
-    promotions; then a table and monitoring/reports/simulation.html against the model never retrained."""
+    """Replay the held-back production rows (the bundled flights: July-December 2013) period by
+    period through the monitoring flow: drift checks, retrain verdicts, DVC data versions,
+    challengers, promotions; then a table and monitoring/<model>/reports/simulation.html against
+    the model never retrained. Needs a dated data set (data.time_column)."""
+    from reproml.data.source import check_committed
+    from reproml.errors import ReproError
+    from reproml.monitoring.batches import replay_periods
+    from reproml.stages.common import load
+
+    try:  # refused before a Prefect server is started for it
+        params = load(ROOT)
+        spans = replay_periods(ROOT, params.data.time_column, start, end, every)
+        check_committed(ROOT, params, "reproml simulate")
+    except ReproError as exc:
+        raise _failed("reproml simulate refused", exc) from None
     _prefect()
     from rich.table import Table
 
     from flows.simulate import simulate as replay
     from reproml.simulation import COLUMNS, cell, headers
 
-    result = replay(root=str(ROOT.resolve()), every=every, start=start, end=end)
+    first, last = spans[0].label, spans[-1].label
+    result = replay(root=str(ROOT.resolve()), every=every, start=first, end=last)
     table = Table(
-        title=f"Production replay {result['start']}..{result['end']} ({result['metric']}; never retrained: "
+        title=f"Production replay {first}..{last} ({result['metric']}; never retrained: "
         f"v{result['baseline_version']})"
     )
     for label in headers(result["metric"]):

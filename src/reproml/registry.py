@@ -29,17 +29,23 @@ from mlflow.tracking import MlflowClient
 from reproml import paths, provenance
 from reproml.errors import ReproError
 from reproml.io import file_lock, file_md5, read_json, write_json
+from reproml.monitoring import store
 from reproml.redaction import scrub, scrub_obj
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 RECORDS = Path("registry/records")
 LOCK = Path("registry/.promote.lock")
-# The newest labelled production window, written by monitoring; scored with the test split.
-LABELLED_WINDOWS = Path("monitoring/labelled")
 
 
 class RegistryError(ReproError):
     """A registry action that must not happen (unfinished run, foreign model, missing alias...)."""
+
+
+def labelled_windows(name: str) -> Path:
+    """Model `name`'s labelled production windows, written by monitoring (`monitoring/<name>/labelled`):
+    the newest is scored with the test split. Per model, so per data source: a window of one data
+    set is never scored against another's models."""
+    return store.labelled(name)
 
 
 @dataclass(frozen=True)
@@ -88,20 +94,31 @@ def register(
     return version
 
 
-def eval_data(root: Path, time_column: str | None = None) -> EvalData:
-    """The frozen test split, plus the newest labelled production window when there is one.
+def eval_data(root: Path, name: str, time_column: str | None = None) -> EvalData:
+    """The frozen test split, plus model `name`'s newest labelled production window when there is one.
 
     A window that ends inside the test split's time range is not added: after a retrain on that
     batch the window *is* the test split, and counting its rows twice would only narrow the
-    bootstrap interval without adding evidence.
+    bootstrap interval without adding evidence. A window lacking a column of the test split was
+    cut from another schema: refused, naming the file and the columns, never scored (its rows
+    would read as missing values and the metric as NaN).
     """
     test = root / paths.split_file("test")
     frames = [pd.read_parquet(test)]
     sources = {str(paths.split_file("test")): file_md5(test)}
     home = paths.workspace(root)
-    windows = sorted((home / LABELLED_WINDOWS).glob("*.parquet"))
+    windows = sorted((home / labelled_windows(name)).glob("*.parquet"))
     if windows:
         window = pd.read_parquet(windows[-1])
+        shown = windows[-1].relative_to(home)
+        missing = [c for c in frames[0].columns if c not in window.columns]
+        if missing:
+            raise RegistryError(
+                f"labelled window {shown} lacks the columns {missing} of {paths.split_file('test')}: "
+                f"it was monitored with another data source or schema than model {name!r} now has. "
+                f"Move it out of {labelled_windows(name)}/ (for example into "
+                f"{store.archive(name)}/) and promote again"
+            )
         inside = (
             time_column is not None
             and time_column in window.columns
@@ -110,8 +127,8 @@ def eval_data(root: Path, time_column: str | None = None) -> EvalData:
             and window[time_column].max() <= frames[0][time_column].max()
         )
         if not inside:
-            frames.append(window)
-            sources[str(windows[-1].relative_to(home))] = file_md5(windows[-1])
+            frames.append(window[list(frames[0].columns)])
+            sources[str(shown)] = file_md5(windows[-1])
     return EvalData(pd.concat(frames, ignore_index=True), sources)
 
 
@@ -121,6 +138,13 @@ def model_scores(
     from reproml.evaluate import predict_scores
 
     model = provenance.load_model_version(client, version, experiment_id)
+    missing = [str(c) for c in model.feature_names_in_ if c not in frame.columns]
+    if missing:
+        raise RegistryError(
+            f"version {version.version} of {version.name!r} takes the columns {missing}, which the "
+            f"evaluation data ({paths.split_file('test')}) lacks: it was trained on another schema, "
+            "so it cannot be scored on these rows"
+        )
     return predict_scores(model, frame[list(model.feature_names_in_)], task)
 
 
@@ -316,7 +340,7 @@ def promote(
         promote_it = True
     else:
         schema = read_json(root / paths.SCHEMA)
-        data = eval_data(root, schema.get("time_column"))
+        data = eval_data(root, name, schema.get("time_column"))
         target = schema["target"]
         y = data.frame[target].to_numpy()
         challenger_scores = model_scores(client, challenger, experiment_id, data.frame, task)

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from reproml import paths
+from reproml.monitoring import store
 
 
 def _plain(value: object) -> Text:
@@ -158,14 +159,16 @@ def verdict_table(record: dict) -> Table:
     if record.get("quarantine"):
         where = f"{record['quarantine']['batch']} (reason: {record['quarantine']['reason']})"
         table.add_row("quarantined", _plain(where))
-    table.add_row("record", f"monitoring/records/{record['batch_id']}.json")
-    table.add_row("index", "monitoring/reports/index.html")
+    name = champion.get("name")
+    if name:
+        table.add_row("record", _plain(store.record_path(str(name), record["batch_id"])))
+        table.add_row("index", _plain(store.index(str(name))))
     return table
 
 
-def monitoring_table(records: list[dict]) -> Table:
-    """`reproml monitoring`: every monitored batch, in the order it was monitored."""
-    table = Table(title="Monitored batches (monitoring/records/; open monitoring/reports/index.html)")
+def monitoring_table(records: list[dict], name: str) -> Table:
+    """`reproml monitoring`: every monitored batch of model `name`, in the order it was monitored."""
+    table = Table(title=f"Monitored batches of {name} ({store.records(name)}/; open {store.index(name)})")
     for header in (
         "#",
         "batch",

@@ -13,7 +13,7 @@ import pandas as pd
 from reproml.config import DataParams
 from reproml.data import bundled
 from reproml.data.validate import validate_frame
-from reproml.errors import DataValidationError
+from reproml.errors import ConfigError, DataValidationError
 
 READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -143,3 +143,13 @@ def ingest(data: DataParams, excluded: list[str], seed: int, root: Path = Path("
         categorical_columns=categorical,
         notes=notes,
     )
+
+
+def check_slice_column(column: str | None, columns: list[str], source: str) -> None:
+    """`promote.slice_column` names a column of the data, checked here, before any work, rather than
+    by `reproml promote` after training: the default `origin` is the bundled flights' airport."""
+    if column is not None and column not in columns:
+        raise ConfigError(
+            f"promote.slice_column {column!r} is not a column of {source}: set promote.slice_column: "
+            f"null (the gate judges no slices) or one of its columns, {columns}"
+        )

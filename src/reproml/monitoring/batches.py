@@ -15,10 +15,12 @@ A file that cannot be read is not an error here: it becomes a batch with no rows
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -154,18 +156,63 @@ def from_file(path: Path, shown: str) -> Batch:
     return Batch(f"{safe_id(path.stem)}-{md5[:8]}", frame, shown, md5, path, error)
 
 
-def from_period(root: Path, period: Period, time_column: str | None) -> Batch:
+UNDATED = (
+    "data.time_column is null: this data set is undated, so it has no periods to monitor or replay. "
+    "Monitor a CSV/Parquet file of new rows under data/ or monitoring/ instead "
+    "(reproml monitor --batch data/new_rows.csv)"
+)
+
+
+def production_span(root: Path, time_column: str | None) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The first and last time of the held-back production rows (`prepare`'s rows after
+    `prepare.test_end`), or a `BatchError` saying why there are none to cut periods from."""
     source = root / PRODUCTION
     if time_column is None:
-        raise BatchError(
-            f"--batch {period.label!r} is a period, but data.time_column is null: hand in a file instead"
-        )
+        raise BatchError(UNDATED)
     if not source.is_file():
         raise BatchError(f"{PRODUCTION} not found: run `dvc repro` (prepare) before monitoring a period")
+    import pyarrow.parquet as pq
+
+    columns = pq.read_schema(source).names
+    if time_column not in columns:
+        raise BatchError(
+            f"{PRODUCTION} has no column {time_column!r} (data.time_column; its columns are "
+            f"{columns}): it was prepared from another data source or time column; run `dvc repro`"
+        )
     when = pd.read_parquet(source, columns=[time_column])[time_column]
     if when.empty:
-        raise BatchError(f"{PRODUCTION} has no rows: with prepare.split: random there is no held-back data")
-    first, last = when.min(), when.max()
+        raise BatchError(
+            f"{PRODUCTION} has no rows: with prepare.split: random, or no rows after prepare.test_end, "
+            "there is no held-back data; monitor a CSV/Parquet file under data/ instead"
+        )
+    return when.min(), when.max()
+
+
+def replay_periods(
+    root: Path, time_column: str | None, start: str | None, end: str | None, every: str
+) -> list[Period]:
+    """The months or weeks `reproml simulate` replays: `start`..`end`, by default the first and
+    the last period of the production rows; refused before anything moves when the data is undated
+    or a period lies outside them."""
+    first, last = production_span(root, time_column)
+    start = start or period_label(first, every)
+    end = end or period_label(last, every)
+    spans = periods(start, end, every)
+    outside = [p.label for p in spans if p.end <= first or p.start > last]
+    if not spans or outside:
+        raise BatchError(
+            f"--start {start} --end {end}: {outside or 'no period'} outside {PRODUCTION}, which covers "
+            f"{first:%Y-%m-%d} to {last:%Y-%m-%d} ({period_label(first, every)} to "
+            f"{period_label(last, every)}); choose periods inside it"
+        )
+    return spans
+
+
+def from_period(root: Path, period: Period, time_column: str | None) -> Batch:
+    if time_column is None:
+        raise BatchError(f"--batch {period.label!r} is a period, but {UNDATED}")
+    source = root / PRODUCTION
+    first, last = production_span(root, time_column)
     if period.end <= first or period.start > last:
         raise BatchError(
             f"--batch {period.label!r} is outside {PRODUCTION}, which covers "
@@ -183,11 +230,45 @@ def from_period(root: Path, period: Period, time_column: str | None) -> Batch:
     )
 
 
-def resolve(root: Path, spec: str, time_column: str | None) -> Batch:
-    """The batch `spec` names: an existing file first, then a period of the production split."""
+def label_coding(root: Path, target: str, task: str) -> dict[Any, int] | None:
+    """Binary classification of your own file: its two labels as `ingest` coded them (negative 0,
+    positive 1; `data/schema.json` `classes`), so a batch file that arrives with the labels as
+    you wrote them (`yes`/`no`) is judged like the training rows. None when there is nothing to
+    code (the bundled flights, regression, multiclass, which keeps its labels)."""
+    from reproml.io import read_json
+
+    schema_file = root / paths.SCHEMA
+    if task != "classification" or not schema_file.is_file():
+        return None
+    schema = read_json(schema_file)
+    classes = schema.get("classes")
+    if schema.get("target") != target or not isinstance(classes, list) or len(classes) != 2:
+        return None
+    return {classes[0]: 0, classes[1]: 1}
+
+
+def coded(frame: pd.DataFrame, target: str, coding: dict[Any, int] | None) -> pd.DataFrame:
+    """`frame` with its binary labels coded 0/1, when they are the raw labels (all of them one of
+    the two classes, and not already 0/1 codes); anything else is left for the quality gate to name."""
+    if coding is None or target not in frame.columns:
+        return frame
+    labels = frame[target].dropna()
+    raw = set(labels.tolist())
+    if not raw or not raw <= set(coding) or raw <= {0, 1}:
+        return frame
+    return frame.assign(**{target: frame[target].map(coding).astype("float64")})
+
+
+def resolve(
+    root: Path, spec: str, time_column: str | None, target: str = "", coding: dict[Any, int] | None = None
+) -> Batch:
+    """The batch `spec` names: an existing file first, then a period of the production split
+    (whose labels `prepare` wrote already coded). A file's binary `target` labels are coded with
+    `coding` (`label_coding`)."""
     path = Path(spec) if Path(spec).is_absolute() else root / spec
     if path.is_file():
-        return from_file(path, spec)
+        batch = from_file(path, spec)
+        return dataclasses.replace(batch, frame=coded(batch.frame, target, coding))
     period = parse_period(spec)
     if period is not None:
         return from_period(root, period, time_column)

@@ -1,4 +1,4 @@
-"""`monitoring/reports/index.html`: every monitored batch on one page, for people.
+"""`monitoring/<model>/reports/index.html`: every monitored batch of one model on one page, for people.
 
 One self-contained file, no scripts and no network: a plot of the champion's quality over time
 (inline SVG: the batch metric with its bootstrap interval, the champion's test-split value and the
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -106,19 +107,15 @@ def _plot(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"width": _WIDTH, "height": _HEIGHT, "metric": metric, "box": box, "ticks": ticks, "points": drawn}
 
 
-def _link(root_relative: str | None, text: str) -> tuple[str, str] | None:
+def _link(root_relative: str | None, text: str, folder: Path) -> tuple[str, str] | None:
+    """A link from `folder` (monitoring/<model>/reports/, where index.html lives) to a file named
+    relative to the project root, as records name them."""
     if not root_relative:
         return None
-    # links are relative to monitoring/reports/, where index.html lives
-    target = (
-        Path(root_relative).relative_to(store.REPORTS)
-        if root_relative.startswith(str(store.REPORTS))
-        else None
-    )
-    return (str(target) if target is not None else f"../../{root_relative}", text)
+    return (os.path.relpath(root_relative, folder).replace(os.sep, "/"), text)
 
 
-def _row(r: dict[str, Any]) -> dict[str, Any]:
+def _row(r: dict[str, Any], name: str) -> dict[str, Any]:
     """One table row as plain values; the template escapes every one of them."""
     drift_result = r.get("drift") or {}
     q = r.get("quality") or {}
@@ -126,10 +123,11 @@ def _row(r: dict[str, Any]) -> dict[str, Any]:
     verdict = r.get("verdict", "?")
     period = " to ".join(s[:16].replace("T", " ") for s in (r.get("batch_start"), r.get("batch_time")) if s)
     champion = r.get("champion") or {}
+    folder = store.reports(name)
     links = [
-        _link((r.get("reports") or {}).get("drift"), "drift"),
-        _link((r.get("reports") or {}).get("quality"), "quality"),
-        _link(str(store.record_path(r["batch_id"])), "record"),
+        _link((r.get("reports") or {}).get("drift"), "drift", folder),
+        _link((r.get("reports") or {}).get("quality"), "quality", folder),
+        _link(str(store.record_path(name, r["batch_id"])), "record", folder),
     ]
     return {
         "lead": [
@@ -154,7 +152,7 @@ def _row(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def index_html(records: list[dict[str, Any]]) -> str:
+def index_html(name: str, records: list[dict[str, Any]]) -> str:
     ordered = _order(records)
     metric = next((r["quality"]["metric"] for r in ordered if r.get("quality")), "quality")
     headers = [
@@ -164,14 +162,17 @@ def index_html(records: list[dict[str, Any]]) -> str:
     ]
     return safehtml.render(
         "monitoring_index.html",
-        rows=[_row(r) for r in ordered],
+        rows=[_row(r, name) for r in ordered],
         plot=_plot(ordered),
         colours=COLOURS,
         metric=metric,
         headers=headers,
         generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        model=name,
+        records=str(store.records(name)),
     )
 
 
-def write_index(root: Path, records: list[dict[str, Any]]) -> Path:
-    return safehtml.write_page(root / store.INDEX, index_html(records))
+def write_index(root: Path, name: str, records: list[dict[str, Any]]) -> Path:
+    """`monitoring/<name>/reports/index.html`: model `name`'s batches."""
+    return safehtml.write_page(root / store.index(name), index_html(name, records))

@@ -3,7 +3,7 @@
 The order matters and is the contract of issue 5:
 
 1. the champion and its own reference (training split by md5, importance, params) are loaded;
-2. the quality gate runs on the whole batch; a failing batch is copied to `monitoring/quarantine/`
+2. the quality gate runs on the whole batch; a failing batch is copied to `monitoring/<model>/quarantine/`
    with its reason and goes no further (no predictions, no drift, never `labelled/`); a batch
    older than the newest monitored one is `out_of_order` and goes no further either, unless it is
    a deliberate backfill;
@@ -82,8 +82,8 @@ def _save_html(snapshot: Any, target: Path) -> None:
     safehtml.write_evidently_html(snapshot, target)
 
 
-def _quarantine(root: Path, batch: batches.Batch, problems: list[str]) -> dict[str, str]:
-    folder = root / store.QUARANTINE
+def _quarantine(root: Path, name: str, batch: batches.Batch, problems: list[str]) -> dict[str, str]:
+    folder = root / store.quarantine(name)
     folder.mkdir(parents=True, exist_ok=True)
     arrived = batch.source_path
     if arrived is not None:  # keep exactly what arrived
@@ -115,22 +115,23 @@ def monitor(root: Path, spec: str, params: Params, backfill: bool = False) -> di
         label = f"champion v{best.version} (run {best.run_id})"
         reference = champion.load_split(root, champion.TRAIN, best.data_md5[champion.TRAIN], label)
     with clock.step("read batch"):
-        batch = batches.resolve(root, spec, best.time_column or params.data.time_column)
+        coding = batches.label_coding(root, best.target, best.task)
+        batch = batches.resolve(root, spec, best.time_column or params.data.time_column, best.target, coding)
     schema = quality.schema_of(
         reference, best.input_columns, best.time_column, best.target, best.task, best.classes
     )
     with clock.step("quality gate"):
         gate = quality.check(batch.frame, reference, schema, params.monitor, batch.read_error)
     monitoring_id = tracking.setup(root, f"{params.mlflow.experiment_name}-monitoring")
-    with store.monitor_lock(root):
-        past = [r for r in store.history(root) if r.get("batch_id") != batch.id]
+    with store.monitor_lock(root, best.name):
+        past = [r for r in store.history(root, best.name) if r.get("batch_id") != batch.id]
         seq = max((int(r.get("seq", 0)) for r in past), default=0) + 1
         with tracking.tracked_run(monitoring_id, run_name=batch.id) as run:
             record = _judge(root, params, best, reference, schema, batch, gate, past, seq, clock, backfill)
             record["mlflow"] = {"experiment_id": monitoring_id, "run_id": run.info.run_id}
             with clock.step("write record"):
-                path = store.write_record(root, record)
-                reports.write_index(root, store.history(root))
+                path = store.write_record(root, best.name, record)
+                reports.write_index(root, best.name, store.history(root, best.name))
             _track(run.info.run_id, record, root, path)
     return record
 
@@ -173,7 +174,7 @@ def _judge(
         "backfill": backfill,
     }
     if not gate.passed:
-        record["quarantine"] = _quarantine(root, batch, gate.problems)
+        record["quarantine"] = _quarantine(root, best.name, batch, gate.problems)
         verdict = decision.decide(decision.Evidence(False, gate.problems, gate.rows, 0, seq=seq), watch, past)
         return _finish(record, verdict, clock)
 
@@ -198,7 +199,7 @@ def _judge(
         if best.target in frame.columns:
             stored[best.target] = frame[best.target].to_numpy()
         stored["champion_version"] = best.version
-        target = root / store.PREDICTIONS / f"{batch.id}.parquet"
+        target = root / store.predictions(best.name) / f"{batch.id}.parquet"
         write_parquet(target, stored)
         record["predictions"] = str(target.relative_to(root))
 
@@ -223,7 +224,7 @@ def _judge(
         "train": {"path": champion.TRAIN, "md5": best.data_md5[champion.TRAIN], "rows": len(reference)},
         "test": {"path": champion.TEST, "md5": best.data_md5[champion.TEST]},
     }
-    folder = root / store.report_dir(batch.id)
+    folder = root / store.report_dir(best.name, batch.id)
     stamp = None if batch_time is None else batch_time.to_pydatetime()
     encoded = category_levels(best.model) or {}  # the champion's own groups; else sklearn's rule
     levels = {
@@ -289,8 +290,8 @@ def _judge(
         # the promotion gate scores both models on this window: a million rows would make every
         # promotion slow without making it surer than the sample the statistics used
         rows = sample(frame[frame[best.target].notna()], watch.sample_rows, seed)
-        target = root / store.labelled_path(batch.id, batch_time)
-        for old in (root / store.LABELLED).glob(f"*_{batch.id}.parquet"):
+        target = root / store.labelled_path(best.name, batch.id, batch_time)
+        for old in (root / store.labelled(best.name)).glob(f"*_{batch.id}.parquet"):
             old.unlink()  # the same batch monitored again replaces its window
         write_parquet(target, rows)
         record["labelled"] = str(target.relative_to(root))

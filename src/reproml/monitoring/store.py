@@ -1,6 +1,10 @@
 """Where monitoring keeps what it writes, and the decision records' read/write side.
 
-Layout under `monitoring/` (generated, git-ignored; see monitoring/README.md):
+One data source, one history: everything is kept per registered model (`register.model_name`,
+which `reproml.config` derives from the data source and `reproml register` binds to one), so a
+new data set starts from nothing and no batch, window or cooldown of one data set is ever read
+for another. Layout under `monitoring/<model name>/` (generated, git-ignored; see
+monitoring/README.md):
 
     records/<batch>.json          the decision record: verdict, every number behind it, thresholds
     predictions/<batch>.parquet   the champion's scores for every row of the batch
@@ -10,8 +14,12 @@ Layout under `monitoring/` (generated, git-ignored; see monitoring/README.md):
     reports/<batch>/drift.html    Evidently data drift (features and predictions)
     reports/<batch>/quality.html  Evidently classification/regression quality (labelled batches)
     reports/index.html            every batch: verdict, drift share, quality, links, a plot
+    archive/<time>/               earlier outputs `reproml simulate` moved aside
 
-All writes go through `reproml.io`'s atomic writers: a reader never sees half a file.
+`monitoring/workspace/` (Evidently's UI) holds one project per model already.
+
+Paths are relative to the project root (records name files that way). All writes go through
+`reproml.io`'s atomic writers: a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -25,32 +33,66 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from reproml.errors import ReproError
 from reproml.io import file_lock, read_json, write_json, write_with
 from reproml.redaction import scrub_obj
 
 MONITORING = Path("monitoring")
-RECORDS = MONITORING / "records"
-PREDICTIONS = MONITORING / "predictions"
-LABELLED = MONITORING / "labelled"  # same folder as registry.LABELLED_WINDOWS (the gate reads it)
-QUARANTINE = MONITORING / "quarantine"
-REPORTS = MONITORING / "reports"
-INDEX = REPORTS / "index.html"
-LOCK = MONITORING / ".monitor.lock"
+# the folders of one model's history, in the order `reproml simulate` archives them
+KINDS = ("records", "predictions", "labelled", "quarantine", "reports")
 
 
-def record_path(batch_id: str) -> Path:
-    return RECORDS / f"{batch_id}.json"
+def home(name: str) -> Path:
+    """`monitoring/<name>`: one registered model's (so one data source's) monitoring history."""
+    from reproml.config import RESERVED_MODEL_NAMES
+
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.lower() in RESERVED_MODEL_NAMES:
+        raise ReproError(f"{name!r} cannot name a monitoring history (register.model_name)")
+    return MONITORING / name
 
 
-def report_dir(batch_id: str) -> Path:
-    return REPORTS / batch_id
+def records(name: str) -> Path:
+    return home(name) / "records"
 
 
-def labelled_path(batch_id: str, end: pd.Timestamp | None) -> Path:
+def predictions(name: str) -> Path:
+    return home(name) / "predictions"
+
+
+def labelled(name: str) -> Path:
+    """Accepted labelled windows; `registry.eval_data` adds the newest to the promotion gate's rows."""
+    return home(name) / "labelled"
+
+
+def quarantine(name: str) -> Path:
+    return home(name) / "quarantine"
+
+
+def reports(name: str) -> Path:
+    return home(name) / "reports"
+
+
+def index(name: str) -> Path:
+    return reports(name) / "index.html"
+
+
+def archive(name: str) -> Path:
+    return home(name) / "archive"
+
+
+def record_path(name: str, batch_id: str) -> Path:
+    return records(name) / f"{batch_id}.json"
+
+
+def report_dir(name: str, batch_id: str) -> Path:
+    return reports(name) / batch_id
+
+
+def labelled_path(name: str, batch_id: str, end: pd.Timestamp | None) -> Path:
     """Named so that sorting by name sorts by the batch's last timestamp: the promotion gate takes
     the last file in name order as "the newest labelled window" (registry.eval_data)."""
     stamp = "undated" if end is None else end.strftime("%Y%m%dT%H%M%S")
-    return LABELLED / f"{stamp}_{batch_id}.parquet"
+    return labelled(name) / f"{stamp}_{batch_id}.parquet"
 
 
 def jsonable(value: Any) -> Any:
@@ -68,16 +110,16 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def write_record(root: Path, record: dict[str, Any]) -> Path:
-    target = root / record_path(record["batch_id"])
+def write_record(root: Path, name: str, record: dict[str, Any]) -> Path:
+    target = root / record_path(name, record["batch_id"])
     write_json(target, scrub_obj(jsonable(record)))  # records feed the reports: no credential in them
     return target
 
 
-def history(root: Path) -> list[dict[str, Any]]:
-    """Every decision record, in the order the batches were monitored."""
-    records = [read_json(p) for p in (root / RECORDS).glob("*.json")]
-    return sorted(records, key=lambda r: (r.get("seq", 0), r.get("batch_id", "")))
+def history(root: Path, name: str) -> list[dict[str, Any]]:
+    """Every decision record of model `name`, in the order the batches were monitored."""
+    found = [read_json(p) for p in (root / records(name)).glob("*.json")]
+    return sorted(found, key=lambda r: (r.get("seq", 0), r.get("batch_id", "")))
 
 
 def write_frame(target: Path, frame: pd.DataFrame) -> Path:
@@ -97,7 +139,7 @@ def write_frame(target: Path, frame: pd.DataFrame) -> Path:
 
 
 @contextlib.contextmanager
-def monitor_lock(root: Path) -> Iterator[None]:
-    """One batch decision at a time: the cooldown reads past records and must see every one."""
-    with file_lock(root / LOCK):
+def monitor_lock(root: Path, name: str) -> Iterator[None]:
+    """One batch decision at a time per model: the cooldown reads past records and must see every one."""
+    with file_lock(root / home(name) / ".monitor.lock"):
         yield

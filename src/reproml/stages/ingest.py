@@ -12,11 +12,12 @@ from reproml.stages.common import load
 
 def run_ingest(root: Path = Path(".")) -> dict[str, Any]:
     from reproml.data import labelled
-    from reproml.data.ingest import ingest
+    from reproml.data.ingest import check_slice_column, ingest
     from reproml.data.validate import class_labels
 
     params = load(root)
     result = ingest(params.data, params.prepare.exclude_columns, params.seed, root)
+    check_slice_column(params.promote.slice_column, list(result.frame.columns), result.source)
     frame = result.frame
     target = params.data.target
     positive = None
@@ -41,6 +42,10 @@ def run_ingest(root: Path = Path(".")) -> dict[str, Any]:
         "numeric": result.numeric_columns,
         "categorical": result.categorical_columns,
     }
+    if params.data.task == "classification" and params.data.path is not None:
+        # your file's two labels, negative then positive: a batch file handed to `reproml monitor`
+        # arrives with them and is coded 0/1 as here (the bundled schema stays as it was)
+        schema["classes"] = classes
     if params.data.task == "multiclass":
         # the class order of every model's probability columns: the sorted labels (binary and
         # regression schemas stay as they were, so their data hashes and study names do not move)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from reproml.config import Params
 from reproml.stages.common import load
 
 
@@ -21,11 +22,53 @@ def run_monitor(root: Path = Path("."), batch: str = "", backfill: bool = False)
 
     if not batch:
         raise ReproError("--batch is required: a CSV/Parquet file or a period such as 2013-08")
-    return monitor(root, batch, load(root), backfill=backfill)
+    params = load(root)
+    check_undated_period(root, batch, params)
+    check_champion_source(root, params)
+    return monitor(root, batch, params, backfill=backfill)
 
 
-def monitoring_history(root: Path = Path(".")) -> list[dict[str, Any]]:
-    """Every batch's decision record, in the order they were monitored."""
+def check_undated_period(root: Path, batch: str, params: Params) -> None:
+    """A period of an undated data set: said at once, before any model is loaded (a file of that
+    name would be a batch, as `batches.resolve` reads it)."""
+    from reproml.monitoring.batches import UNDATED, BatchError, parse_period
+
+    is_file = (Path(batch) if Path(batch).is_absolute() else root / batch).is_file()
+    if params.data.time_column is None and not is_file and parse_period(batch) is not None:
+        raise BatchError(f"--batch {batch!r} is a period, but {UNDATED}")
+
+
+def check_champion_source(root: Path, params: Params) -> None:
+    """Before any batch is read: the champion of `register.model_name` was trained on the data
+    source params.yaml names. After switching data without a new champion, a batch of the new data
+    would be scored by the old model against the old model's reference: refused, naming both."""
+    from mlflow.tracking import MlflowClient
+
+    from reproml import registry, tracking
+    from reproml.config import data_source
+    from reproml.monitoring.champion import ChampionError
+    from reproml.stages.register import own_model_hint, version_source
+
+    tracking.setup(root, params.mlflow.experiment_name)
+    client = MlflowClient()
+    name = params.register_.model_name
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    if champion is None:
+        return  # the monitor's own message: run `dvc repro` and `reproml promote` first
+    found, expected = version_source(client, champion), data_source(params.data)
+    if found is not None and found != expected:
+        raise ChampionError(
+            f"the champion of {name!r} (register.model_name), v{champion.version}, was trained on "
+            f"{found.describe()}, but params.yaml names {expected.describe()}: its batches would be "
+            f"scored by a model of another data set. Give the data in use its own model "
+            f"({own_model_hint(name, expected)}), run `dvc repro` and `reproml promote`, then monitor"
+        )
+
+
+def monitoring_history(root: Path = Path(".")) -> tuple[str, list[dict[str, Any]]]:
+    """The model of the data in use, and every batch's decision record of its history, in the
+    order they were monitored."""
     from reproml.monitoring.store import history
 
-    return history(root)
+    name = load(root).register_.model_name
+    return name, history(root, name)

@@ -13,11 +13,13 @@ import numpy as np
 import pandas as pd
 
 from reproml import paths
-from reproml.errors import ReproError
+from reproml.config import DataSource, Params, data_source, data_source_of_run
+from reproml.errors import ConfigError, ReproError
 from reproml.io import file_md5, read_json, write_json
 from reproml.stages.common import classes_of, load
 
 REGISTERED = Path("models/registered.json")
+DATA_SOURCE_TAG = "reproml.data_source"
 
 
 def _context(root: Path) -> tuple[Any, Any, str]:
@@ -30,6 +32,65 @@ def _context(root: Path) -> tuple[Any, Any, str]:
     return params, MlflowClient(), experiment_id
 
 
+def version_source(client: Any, version: Any) -> DataSource | None:
+    """The data source a model version's run was trained on (None: a run that logged none)."""
+    if not version.run_id:
+        return None
+    return data_source_of_run(client.get_run(version.run_id).data.params)
+
+
+def own_model_hint(name: str, expected: DataSource) -> str:
+    """What to set so that the data in use gets a registered model of its own."""
+    own = expected.model_name
+    if own != name:
+        return f"set register.model_name: null (it derives {own!r} from data.path and data.target)"
+    return f"set register.model_name to a name of its own (e.g. {own}-{expected.task})"
+
+
+def check_same_source(
+    client: Any, name: str, expected: DataSource, aliases: tuple[str, ...], doing: str
+) -> None:
+    """Refuse, naming both data sources and what to set, when a version `aliases` name of model
+    `name` was trained on another data source than `expected` (one model, one data source: its
+    versions are compared on the same rows, monitored against the same history)."""
+    from reproml import registry
+
+    for alias in aliases:
+        version = registry.alias_version(client, name, alias)
+        if version is None:
+            continue
+        found = version_source(client, version)
+        if found is None or found == expected:
+            continue
+        fix = own_model_hint(name, expected)
+        raise ReproError(
+            f"{doing}: model {name!r} (register.model_name) has {alias} v{version.version}, trained on "
+            f"{found.describe()}, but the data in use is {expected.describe()}. One registered model "
+            f"holds one data source, so nothing of one is scored against the other: {fix}, then run "
+            "`dvc repro` and `reproml promote`"
+        )
+
+
+def check_slice_column(root: Path, params: Params) -> None:
+    """`promote.slice_column` is a column of the evaluation rows, checked before any model is
+    scored (the default, `origin`, is the bundled flights' origin airport)."""
+    import pyarrow.parquet as pq
+
+    column = params.promote.slice_column
+    test = paths.split_file("test")
+    if column is None:
+        return
+    if not (root / test).is_file():
+        raise ReproError(f"{test} not found: run `dvc repro` before `reproml promote`")
+    columns = pq.read_schema(root / test).names
+    if column not in columns:
+        source = data_source(params.data).describe()
+        raise ConfigError(
+            f"promote.slice_column {column!r} is not a column of {test} ({source}): "
+            f"set promote.slice_column: null (no slices) or one of its columns, {columns}"
+        )
+
+
 def run_register(root: Path = Path(".")) -> dict[str, Any]:
     from reproml import registry, tracking
 
@@ -38,8 +99,14 @@ def run_register(root: Path = Path(".")) -> dict[str, Any]:
     run_id = tracking.find_run_for_model(experiment_id, model_md5)
     if run_id is None:
         raise ReproError(f"no MLflow run logged {paths.MODEL} (md5 {model_md5}); run `dvc repro` first")
-    model_uri = client.get_run(run_id).data.tags["reproml.model_uri"]
-    version = registry.register(client, run_id, params.register_.model_name, experiment_id, model_uri)
+    run = client.get_run(run_id)
+    model_uri = run.data.tags["reproml.model_uri"]
+    name = params.register_.model_name
+    source = data_source_of_run(run.data.params) or data_source(params.data)
+    # the champion decides: a challenger of other data (left by an older version) is replaced here
+    check_same_source(client, name, source, (registry.CHAMPION,), "register")
+    version = registry.register(client, run_id, name, experiment_id, model_uri)
+    client.set_model_version_tag(name, version.version, DATA_SOURCE_TAG, source.describe())
     summary = {
         "model_name": version.name,
         "version": int(version.version),
@@ -58,7 +125,26 @@ def run_promote(
 
     params, client, experiment_id = _context(root)
     task, column = params.data.task, params.promote.slice_column
+    name = params.register_.model_name
+    # before any model is scored: the rows, the slice column and both models belong to the data in use
+    check_slice_column(root, params)
     labels = classes_of(params, read_json(root / paths.SCHEMA))
+    source = data_source(params.data)
+    check_same_source(client, name, source, (registry.CHAMPION,), "promote")
+    if version is None:
+        check_same_source(client, name, source, (registry.CHALLENGER,), "promote")
+    else:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            forced = version_source(client, client.get_model_version(name, str(version)))
+        except MlflowException:
+            forced = None  # no such version: registry.promote says so
+        if forced is not None and forced != source:
+            raise ReproError(
+                f"promote --version {version}: v{version} of {name!r} was trained on {forced.describe()}, "
+                f"but the data in use is {source.describe()}; run `dvc repro` for it first"
+            )
 
     def decide(
         y: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None, frame: pd.DataFrame
@@ -70,9 +156,7 @@ def run_promote(
             y, challenger, champion, params.promote, task, slices=slices, seed=params.seed, labels=labels
         )
 
-    return registry.promote(
-        root, client, params.register_.model_name, experiment_id, decide, task, version=version, reason=reason
-    )
+    return registry.promote(root, client, name, experiment_id, decide, task, version=version, reason=reason)
 
 
 def run_rollback(root: Path = Path("."), reason: str = "") -> dict[str, Any]:
