@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from sklearn import metrics as skm
 
@@ -258,11 +259,17 @@ def _start(base: Path, prefect_api: str, csv: str, frame: pd.DataFrame, params: 
 def _monitor(p: Project, batch: str, *extra: str) -> dict[str, Any]:
     done = p.run("reproml", "monitor", "--batch", batch, *extra)
     record_id = batch.replace("..", "_") if not batch.endswith(".parquet") else None
-    records = sorted((p.root / "monitoring" / "records").glob("*.json"), key=lambda f: f.stat().st_mtime)
-    path = p.root / "monitoring" / "records" / f"{record_id}.json" if record_id else records[-1]
+    records = sorted((_history(p) / "records").glob("*.json"), key=lambda f: f.stat().st_mtime)
+    path = _history(p) / "records" / f"{record_id}.json" if record_id else records[-1]
     record = dict(json.loads(path.read_text()))
     assert record["verdict"] in done.stdout
     return record
+
+
+def _history(p: Project) -> Path:
+    """The model's own monitoring folder, `monitoring/<register.model_name>/`."""
+    params = yaml.safe_load((p.root / "params.yaml").read_text())
+    return p.root / "monitoring" / str(params["register"]["model_name"])
 
 
 def _client(p: Project) -> MlflowClient:
@@ -412,7 +419,7 @@ def test_regression_monitoring_with_labels_hands_a_drop_to_the_training_flow(loa
     out = _flow(p, "monitoring(root='.', batch='2021-07')")
     assert out["verdict"] == "retrain", out["reasons"]
     assert out["metric"] == "rmse" and out["quality"] > 3.0  # RMSE ~1 on the test split
-    record = json.loads((p.root / "monitoring" / "records" / "2021-07.json").read_text())
+    record = json.loads((_history(p) / "records" / "2021-07.json").read_text())
     assert record["decision"]["triggers"] == {"feature_drift": False, "quality_drop": True}
     assert {"mae", "rmse", "r2"} <= set(record["quality"]["batch_metrics"])
     assert record["quality"]["evidently"]["RMSE"] == pytest.approx(record["quality"]["batch_value"], rel=1e-6)
@@ -443,12 +450,12 @@ def test_the_replay_runs_over_the_users_own_production_months(
     metric = "roc_auc_ovr" if dataset == "zones" else "rmse"
     assert f"Production replay 2021-06..2021-08 ({metric};" in done.stdout
     assert f"champion {metric}" in done.stdout
-    result = json.loads((p.root / "monitoring" / "reports" / "simulation.json").read_text())
+    result = json.loads((_history(p) / "reports" / "simulation.json").read_text())
     assert result["metric"] == metric
     rows = {r["batch"]: r for r in result["rows"]}
     assert list(rows) == ["2021-06", "2021-07", "2021-08"]
     assert rows["2021-06"]["verdict"] == "ok" and rows["2021-07"]["verdict"] == "retrain"
     assert rows["2021-07"]["retrain"].split()[0] in ("promote", "reject")
     assert all(r["baseline"] is not None for r in rows.values())
-    page = (p.root / "monitoring" / "reports" / "simulation.html").read_text()
+    page = (_history(p) / "reports" / "simulation.html").read_text()
     assert f"champion {metric}" in page

@@ -407,9 +407,6 @@ def test_an_undated_multiclass_set_is_promoted_on_macro_roc_auc(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="multiclass monitoring (2-D scores in the monitor) is i13-monitor's part of issue 13", strict=False
-)
 def test_an_undated_multiclass_batch_file_is_monitored(project: Project, undated_multiclass: Loop) -> None:
     done = undated_multiclass.monitor
     assert done.returncode == 0, done.stdout + done.stderr
