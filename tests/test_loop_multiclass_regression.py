@@ -42,7 +42,6 @@ MULTICLASS_METRICS = {
 }  # fmt: skip
 AUC_OVR = MetricSpec("roc_auc_ovr", higher_is_better=True)
 BRANCH = "reproml/retrain"
-LABELLED = Path("monitoring") / "labelled"
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -353,7 +352,7 @@ def test_multiclass_quality_drop_gives_retrain_with_macro_and_per_class_numbers(
 @pytest.mark.integration
 def test_a_multiclass_retrain_is_judged_on_the_macro_metric(zones: Project) -> None:
     p = zones
-    window = next((p.root / LABELLED).glob("*_2021-07.parquet"))
+    window = next((_history(p) / "labelled").glob("*_2021-07.parquet"))
     before = len(_gate_records(p))
     done = p.run(str(BIN / "reproml"), "retrain", "--labelled", str(window.relative_to(p.root)), timeout=600)
     records = _gate_records(p)
@@ -375,7 +374,7 @@ def test_a_multiclass_retrain_is_judged_on_the_macro_metric(zones: Project) -> N
 @pytest.mark.integration
 def test_a_multiclass_window_without_a_class_is_refused_and_nothing_moves(zones: Project) -> None:
     p = zones
-    july = pd.read_parquet(next((p.root / LABELLED).glob("*_2021-07.parquet")))
+    july = pd.read_parquet(next((_history(p) / "labelled").glob("*_2021-07.parquet")))
     july[july["zone"] != "west"].to_parquet(p.root / "data" / "no_west.parquet", index=False)
 
     def state() -> dict[str, Any]:

@@ -365,6 +365,108 @@ def test_a_dated_regression_set_runs_the_loop_under_its_own_name(
     assert versions(p, BUNDLED) == [1]
 
 
+# --- a dated multiclass set: examples/synthetic.py's deliveries, target outcome ------------------
+
+DELIVERY_DATES = {"train_end": "2021-05-01", "valid_end": "2021-06-01", "test_end": "2021-07-01"}
+
+
+@pytest.fixture(scope="module")
+def dated_multiclass(project: Project, prefect_api: str) -> Loop:
+    """README step by step with the example table README names; September is after the north
+    depot's change, so its labelled month is the one to retrain on."""
+    from examples.synthetic import deliveries
+
+    p = project
+    p.env["PREFECT_API_URL"] = prefect_api
+    p.env["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
+    table = deliveries("multiclass", rows_per_month=500)
+    table.to_csv(p.root / "data" / "raw" / "deliveries.csv", index=False)
+    p.run("dvc", "add", "--quiet", "data/raw/deliveries.csv")
+    data = {"path": "data/raw/deliveries.csv", "target": "outcome", "task": "multiclass",
+            "time_column": "shipped_at"}  # fmt: skip
+    params = own_data(p.bundled, data, {"split": "time", **DELIVERY_DATES})  # type: ignore[attr-defined]
+    params["monitor"]["min_rows"] = 300  # README: lower it for batches of a few hundred rows
+    p.write_params(params)
+    p.commit("my deliveries")
+    loop = Loop(
+        p.run("dvc", "repro"),
+        p.run("reproml", "promote"),
+        p.run("reproml", "monitor", "--batch", "2021-09"),
+    )
+    p.run("dvc", "push", "--quiet")
+    p.commit("deliveries pipeline")
+    return loop
+
+
+@pytest.mark.slow
+def test_a_dated_multiclass_set_runs_promote_monitor_and_a_retrain(
+    project: Project, dated_multiclass: Loop
+) -> None:
+    p = project
+    name = "deliveries-outcome"
+    decided = [r for r in records(p) if r["model_name"] == name]
+    assert [r["action"] for r in decided] == ["promote"], decided
+    assert decided[0]["gate"]["metric"] == "roc_auc_ovr" and decided[0]["gate"]["slices"] == []
+    classes = client(p).get_model_version(name, "1")
+    assert classes.tags["reproml.data_source"] == "data/raw/deliveries.csv, target 'outcome' (multiclass)"
+    record = json.loads((p.root / "monitoring" / name / "records" / "2021-09.json").read_text())
+    assert record["verdict"] != "quarantined" and record["quality"]["metric"] == "roc_auc_ovr", record
+    assert record["champion"]["classes"] == ["early", "failed", "late", "on_time"]
+    window = record["labelled"]
+    assert window.startswith(f"monitoring/{name}/labelled/")
+    retrained = p.run("reproml", "retrain", "--labelled", window, timeout=1200)
+    assert "'action'" in retrained.stdout, retrained.stdout
+    after = [r for r in records(p) if r["model_name"] == name]
+    assert len(after) == 2 and after[-1]["action"] in ("promote", "reject"), after
+    assert after[-1]["gate"]["metric"] == "roc_auc_ovr"
+    assert f"reproml/{name}/retrain" in p.run("git", "branch", "--list", "reproml/*").stdout
+    assert versions(p, name) == [1, 2] and versions(p, BUNDLED) == [1]
+
+
+# --- an undated regression set a package ships: scikit-learn's diabetes ---------------------------
+
+
+@pytest.fixture(scope="module")
+def undated_regression(project: Project) -> Loop:
+    from sklearn.datasets import load_diabetes
+
+    p = project
+    frame = load_diabetes(as_frame=True).frame.rename(columns={"target": "progression"})
+    frame.to_csv(p.root / "data" / "raw" / "diabetes.csv", index=False)
+    (p.root / "data" / "incoming").mkdir(exist_ok=True)
+    frame.sample(150, random_state=5).to_csv(p.root / "data" / "incoming" / "diabetes.csv", index=False)
+    data = {"path": "data/raw/diabetes.csv", "target": "progression", "task": "regression",
+            "time_column": None}  # fmt: skip
+    params = own_data(p.bundled, data, {"split": "random"})  # type: ignore[attr-defined]
+    params["train"]["xgboost"].update({"min_child_weight": 1.0})  # README: the flights' size is too big
+    params["monitor"]["min_rows"] = 100
+    p.write_params(params)
+    p.commit("my diabetes patients")
+    return Loop(
+        p.run("dvc", "repro"),
+        p.run("reproml", "promote"),
+        p.run("reproml", "monitor", "--batch", "data/incoming/diabetes.csv"),
+    )
+
+
+@pytest.mark.slow
+def test_an_undated_regression_set_is_promoted_on_rmse_and_monitors_a_file(
+    project: Project, undated_regression: Loop
+) -> None:
+    p = project
+    name = "diabetes-progression"
+    decided = [r for r in records(p) if r["model_name"] == name]
+    assert [r["action"] for r in decided] == ["promote"], decided
+    gate = decided[0]["gate"]
+    assert gate["metric"] == "rmse" and gate["higher_is_better"] is False
+    record = json.loads(next((p.root / "monitoring" / name / "records").glob("diabetes-*.json")).read_text())
+    assert record["champion"]["name"] == name and record["rows"] == 150
+    assert record["verdict"] != "quarantined" and record["quality"]["metric"] == "rmse", record["reasons"]
+    period = p.run("reproml", "monitor", "--batch", "2021-09", check=False)
+    said = flat(period.stdout + period.stderr)
+    assert period.returncode == 2 and "data.time_column is null" in said, said
+
+
 # --- an undated multiclass set a package ships: scikit-learn's wine -------------------------------
 
 
