@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     from reproml.config import Params
     from reproml.features import FeatureSpec
-    from reproml.gate import MetricSpec
+    from reproml.metrics import MetricSpec
     from reproml.tuning.objective import TuneData
     from reproml.tuning.storage import StorageInfo
     from reproml.tuning.study import StudySpec
@@ -869,7 +869,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import optuna
 
     from reproml.config import load_params
-    from reproml.gate import metric_spec
+    from reproml.metrics import metric_spec
     from reproml.stages.common import feature_spec
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from reproml.config import Params, parse_params, with_model_params
 from reproml.features import FeatureSpec
-from reproml.gate import metric_spec
+from reproml.metrics import metric_spec
 from reproml.tuning import space, storage, study
 from reproml.tuning.objective import Objective, prepare_data
 from tests.conftest import default_params, tiny_frame

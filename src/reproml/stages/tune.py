@@ -147,9 +147,7 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     metric = metric_spec(tune.metric, params.data.task, key="tune.metric")
-    direction: Literal["maximize", "minimize"] = tune.direction or (
-        "maximize" if metric.higher_is_better else "minimize"
-    )
+    direction: Literal["maximize", "minimize"] = tune.direction or metric.direction
     context = study_context(root, params, metric.name)
     fingerprint = _fingerprint(context)
     model = params.train.model
