@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     from reproml.config import Params
     from reproml.features import FeatureSpec
-    from reproml.gate import MetricSpec
+    from reproml.metrics import MetricSpec
     from reproml.tuning.objective import TuneData
     from reproml.tuning.storage import StorageInfo
     from reproml.tuning.study import StudySpec
@@ -500,9 +500,9 @@ def part_budget(
 
 def part_pruning(ctx: Context, seeds: Sequence[int], n_trials: int, pruners: Sequence[str]) -> list[PruneRun]:
     from reproml import paths
+    from reproml.stages.tune import load_data
     from reproml.tuning import study as st
     from reproml.tuning.objective import Objective
-    from reproml.tuning.runner import load_data
 
     require([ROOT / paths.SCHEMA, ROOT / paths.split_file("train"), ROOT / paths.split_file("valid")])
     started = time.perf_counter()
@@ -544,9 +544,12 @@ def part_pruning(ctx: Context, seeds: Sequence[int], n_trials: int, pruners: Seq
 def part_workers(
     ctx: Context, seeds: Sequence[int], n_trials: int, worker_counts: Sequence[int], pruner: str | None
 ) -> list[WorkerRun]:
+    from functools import partial
+
     from reproml import paths
+    from reproml.stages.tune import load_data
     from reproml.tuning import study as st
-    from reproml.tuning.runner import WorkerConfig, load_data, run_study
+    from reproml.tuning.runner import WorkerConfig, run_study
 
     require([ROOT / paths.SCHEMA, ROOT / paths.split_file("train"), ROOT / paths.split_file("valid")])
     data = load_data(ROOT, ctx.params)  # the stage loads this before run_study too
@@ -565,7 +568,7 @@ def part_workers(
             st.open_study(store, spec, info.shown)  # created here, as the stage does before run_study
             threads = max(1, params.train.n_jobs // workers)  # as the stage divides train.n_jobs
             config = WorkerConfig(
-                root=ROOT,
+                load=partial(load_data, ROOT, params),
                 params=params,
                 spec=spec,
                 info=info,
@@ -869,7 +872,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import optuna
 
     from reproml.config import load_params
-    from reproml.gate import metric_spec
+    from reproml.metrics import metric_spec
     from reproml.stages.common import feature_spec
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

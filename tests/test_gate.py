@@ -10,20 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sklearn import metrics as skm
 
 from reproml.config import PromoteParams
-from reproml.evaluate import compute_metrics
-from reproml.gate import (
-    GateResult,
-    MetricSpec,
-    UnknownMetricError,
-    _presorted_auc,
-    decide,
-    metric_spec,
-    paired_bootstrap,
-    score,
-)
+from reproml.gate import GateResult, decide
+from reproml.metrics import MetricSpec, score
 
 AUC = MetricSpec("roc_auc", higher_is_better=True)
 RMSE = MetricSpec("rmse", higher_is_better=False)
@@ -249,74 +239,7 @@ def test_slice_with_one_class_not_judged() -> None:
     assert not lga.judged and math.isnan(lga.challenger)
 
 
-# --- bootstrap, metrics, record -----------------------------------------------------------------
-
-
-def test_paired_bootstrap_deterministic_and_covers_improvement() -> None:
-    y, good, poor = classification(500)
-    first = paired_bootstrap(AUC, y, good, poor, samples=300, confidence=0.9, seed=3)
-    again = paired_bootstrap(AUC, y, good, poor, samples=300, confidence=0.9, seed=3)
-    other = paired_bootstrap(AUC, y, good, poor, samples=300, confidence=0.9, seed=4)
-    assert first == again
-    assert first[1:] != other[1:]
-    improvement, low, high = first
-    assert improvement == pytest.approx(skm.roc_auc_score(y, good) - skm.roc_auc_score(y, poor))
-    assert low < improvement < high
-
-
-def test_paired_bootstrap_orients_lower_is_better() -> None:
-    y, good, poor = regression(400)
-    improvement, low, high = paired_bootstrap(RMSE, y, good, poor, samples=200, confidence=0.95, seed=0)
-    expected = skm.root_mean_squared_error(y, poor) - skm.root_mean_squared_error(y, good)
-    assert improvement == pytest.approx(expected) and improvement > 0
-    assert 0 < low < improvement < high
-    reverse = paired_bootstrap(RMSE, y, poor, good, samples=200, confidence=0.95, seed=0)
-    assert reverse[0] == pytest.approx(-improvement)
-    assert reverse[1] < reverse[2] < 0
-
-
-def test_presorted_auc_matches_sklearn_with_weights() -> None:
-    rng = np.random.default_rng(11)
-    for trial in range(20):
-        rows = int(rng.integers(5, 400))
-        y = rng.integers(0, 2, size=rows)
-        y[:2] = [0, 1]
-        scores = rng.uniform(size=rows)
-        if trial % 2:
-            scores = np.round(scores, 1)  # many ties
-        weight = rng.integers(0, 4, size=rows).astype(float)
-        weight[:2] = 1.0
-        expected = skm.roc_auc_score(y, scores, sample_weight=weight)
-        assert _presorted_auc(y, scores)(weight) == pytest.approx(expected, abs=1e-12)
-    assert math.isnan(_presorted_auc(np.array([0, 1]), np.array([0.2, 0.4]))(np.array([1.0, 0.0])))
-
-
-@pytest.mark.parametrize(
-    ("task", "names"),
-    [
-        ("classification", ["accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "log_loss"]),
-        ("regression", ["mae", "mse", "rmse", "r2"]),
-    ],
-)
-def test_score_agrees_with_evaluate(task: str, names: list[str]) -> None:
-    y, good, _ = classification(200) if task == "classification" else regression(200)
-    reported = compute_metrics(y, good, task)
-    for name in names:
-        assert score(metric_spec(name, task), y, good) == pytest.approx(reported[name]), name
-
-
-def test_metric_spec_defaults_and_unknown() -> None:
-    assert metric_spec(None, "classification") == MetricSpec("roc_auc", True)
-    assert metric_spec(None, "regression") == MetricSpec("rmse", False)
-    assert metric_spec("log_loss", "classification") == MetricSpec("log_loss", False)
-    assert metric_spec("r2", "regression") == MetricSpec("r2", True)
-    with pytest.raises(ValueError, match=r"unknown metric 'auc'.*roc_auc") as caught:
-        metric_spec("auc", "classification")
-    assert isinstance(caught.value, UnknownMetricError)
-    with pytest.raises(ValueError, match="mae, mse, rmse, r2"):
-        metric_spec("roc_auc", "regression")
-    with pytest.raises(ValueError, match="unknown task"):
-        metric_spec(None, "ranking")
+# --- record -----------------------------------------------------------------
 
 
 def test_to_dict_is_json_with_nan_as_none() -> None:

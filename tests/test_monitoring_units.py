@@ -14,8 +14,8 @@ import pytest
 
 from reproml.config import MonitorParams
 from reproml.errors import ReproError
-from reproml.gate import metric_spec
 from reproml.io import file_md5
+from reproml.metrics import metric_spec
 from reproml.monitoring import batches, champion, concept, decision, quality, reports, store
 from reproml.monitoring.drift import ColumnDrift, DriftResult, bucket, reference_levels
 

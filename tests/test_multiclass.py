@@ -18,7 +18,8 @@ from optuna.trial import TrialState
 from sklearn import metrics as skm
 from threadpoolctl import threadpool_limits
 
-from reproml import metrics
+from reproml import bootstrap, metrics
+from reproml.bootstrap import paired_bootstrap
 from reproml.config import PromoteParams, parse_params
 from reproml.errors import ConfigError, DataValidationError
 from reproml.evaluate import (
@@ -30,7 +31,8 @@ from reproml.evaluate import (
     predict_scores,
 )
 from reproml.features import FeatureSpec
-from reproml.gate import MetricSpec, decide, metric_spec, paired_bootstrap
+from reproml.gate import decide
+from reproml.metrics import MetricSpec, metric_spec
 from reproml.models import ClassLabels
 from reproml.train import fit_model
 from reproml.tuning.objective import Objective, prepare_data
@@ -184,7 +186,7 @@ def test_weighted_macro_auc_matches_sklearn_with_weights() -> None:
         expected = skm.roc_auc_score(
             codes, normalised, multi_class="ovr", labels=[0, 1, 2], sample_weight=weight
         )
-        fast = metrics.weighted_scorer(AUC_OVR, y, proba, labels=LABELS)
+        fast = bootstrap.weighted_scorer(AUC_OVR, y, proba, labels=LABELS)
         assert fast(weight) == pytest.approx(expected, abs=1e-12)
     assert math.isnan(fast(np.where(codes == 2, 0.0, 1.0)))  # a class weighted out entirely
 

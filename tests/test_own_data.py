@@ -41,6 +41,7 @@ from reproml.config import (
     simulation_branch,
 )
 from reproml.errors import ConfigError
+from reproml.metrics import metric_spec
 from reproml.monitoring import batches
 from reproml.paths import branch_name
 from reproml.registry import RegistryError
@@ -164,7 +165,7 @@ def test_a_null_floor_is_auc_070_or_beating_a_constant_prediction() -> None:
     assert first.promote and "of a constant prediction" in first.reason, first.reason
     assert not gate.decide(y, poor, None, params, "regression").promote
     labels = (y > 50).astype(int)
-    floor, _ = gate.first_model_floor(gate.metric_spec(None, "classification"), labels, good, None)
+    floor, _ = gate.first_model_floor(metric_spec(None, "classification"), labels, good, None)
     assert floor == 0.70
 
 

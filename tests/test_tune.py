@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from reproml.config import Params, parse_params, with_model_params
 from reproml.features import FeatureSpec
-from reproml.gate import metric_spec
+from reproml.metrics import metric_spec
 from reproml.tuning import space, storage, study
 from reproml.tuning.objective import Objective, prepare_data
 from tests.conftest import default_params, tiny_frame
@@ -212,7 +212,7 @@ def test_interrupted_trials_fail_and_their_params_are_queued_again(tmp_path: Pat
     trial = the_study.ask()
     trial.suggest_float("learning_rate", 0.01, 0.3)  # then the process dies: the trial stays RUNNING
     resumed, _ = study.open_study(storage.open_storage(info), make_spec(), info.shown)
-    assert study.fail_interrupted(resumed) == [0]
+    assert study.fail_interrupted(resumed, storage.open_storage(info)) == [0]
     states = [t.state for t in resumed.get_trials()]
     assert states == [TrialState.FAIL, TrialState.WAITING]
     assert resumed.trials[1].params == {} and resumed.trials[1].user_attrs["retry_of"] == 0

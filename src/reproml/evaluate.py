@@ -18,8 +18,6 @@ from sklearn import metrics as skm
 
 from reproml import metrics
 
-PRIMARY_METRIC = metrics.PRIMARY
-
 
 def predict_scores(model: Any, X: pd.DataFrame, task: str) -> np.ndarray:
     """Probability of the positive class for classification, every class's probability (columns in
@@ -55,7 +53,7 @@ def overfit_check(by_split: dict[str, dict[str, float]], task: str, margin: floa
     one where lower is better (regression's RMSE) the gap relative to the training value, so the
     margin means the same thing whatever the target's units.
     """
-    metric = PRIMARY_METRIC[task]
+    metric = metrics.PRIMARY[task]
     train, valid = by_split["train"][metric], by_split["valid"][metric]
     higher = metrics.METRICS[metric].higher_is_better
     gap = train - valid if higher else (valid - train) / max(train, 1e-12)
@@ -158,9 +156,9 @@ def permutation_importance_frame(
     """
     from sklearn.inspection import permutation_importance
 
-    scoring: Any = "roc_auc" if task == "classification" else "neg_root_mean_squared_error"
-    if task == "multiclass":
-        scoring = _multiclass_scorer(metrics.metric_spec(None, task))
+    spec = metrics.metric_spec(None, task)
+    # sklearn's own scorer where the table names one (the same number), ours otherwise
+    scoring: Any = metrics.METRICS[spec.name].sklearn_scorer or _scorer(spec, task)
     result = permutation_importance(
         model, X, y, scoring=scoring, n_repeats=repeats, random_state=seed, n_jobs=1
     )
@@ -174,15 +172,17 @@ def permutation_importance_frame(
     return frame.sort_values("importance", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def _multiclass_scorer(spec: metrics.MetricSpec) -> Any:
-    """A `scoring` callable for sklearn: the metric in the model's own class order, higher = better.
+def _scorer(spec: metrics.MetricSpec, task: str) -> Any:
+    """A `scoring` callable for sklearn: the metric (multiclass: in the model's own class order),
+    higher = better.
 
     sklearn's string scorers infer the classes from the `y` they are given, so a sample missing a
     rare class would fail; this one always scores against `model.classes_`.
     """
 
     def scorer(model: Any, X: pd.DataFrame, y: np.ndarray) -> float:
-        value = metrics.score(spec, y, predict_scores(model, X, "multiclass"), labels=list(model.classes_))
+        labels = list(model.classes_) if task == "multiclass" else None
+        value = metrics.score(spec, y, predict_scores(model, X, task), labels=labels)
         return value if spec.higher_is_better else -value
 
     return scorer

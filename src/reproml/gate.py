@@ -21,6 +21,9 @@ Scores are those of `reproml.metrics`: P(positive) for binary classification, pr
 regression, and for multiclass one probability column per class, both models' columns in the order
 of `labels` (the class labels `y` holds), judged on a macro metric (default: macro one-vs-rest
 ROC-AUC) with the same paired bootstrap.
+
+What a metric is and which way is better lives in `reproml.metrics`; the bootstrap interval in
+`reproml.bootstrap`. This module holds the rules only.
 """
 
 from __future__ import annotations
@@ -32,26 +35,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from reproml.bootstrap import paired_bootstrap
 from reproml.config import PromoteParams
-from reproml.metrics import (
-    MetricSpec,
-    UnknownMetricError,
-    check_same_length,
-    encode,
-    metric_spec,
-    presorted_auc,
-    score,
-)
-from reproml.metrics import weighted_scorer as _weighted_scorer
-
-# The metric side (names, directions, sklearn functions, NaN rules) lives in `reproml.metrics`;
-# these names stay importable from here for the callers that judge models (monitoring, tuning).
-__all__ = ["GateResult", "MetricSpec", "SliceResult", "UnknownMetricError", "decide", "metric_spec",
-           "paired_bootstrap", "score", "weighted_scorer"]  # fmt: skip
-_presorted_auc = presorted_auc
-_check_same_length = check_same_length
+from reproml.metrics import METRICS, MetricSpec, check_same_length, class_codes, metric_spec, oriented, score
 
 
 @dataclass(frozen=True)
@@ -87,54 +74,6 @@ class GateResult:
         return _jsonable(dataclasses.asdict(self))
 
 
-def paired_bootstrap(
-    spec: MetricSpec,
-    y: np.ndarray,
-    challenger: np.ndarray,
-    champion: np.ndarray,
-    samples: int,
-    confidence: float,
-    seed: int,
-    labels: Sequence[Any] | None = None,
-) -> tuple[float, float, float]:
-    """(improvement, low, high): the oriented improvement on all rows and its percentile interval.
-
-    Each resample draws rows with replacement once and scores BOTH models on those rows, so the
-    interval is of the paired difference: the row-to-row noise both models share cancels, which is
-    what makes a small real improvement detectable. A resample is drawn as per-row counts used as
-    sample weights, which is the same as materialising the resampled rows but cheaper. Resamples on
-    which the metric is undefined (e.g. one class drawn) are dropped; if none is left the interval
-    is NaN, which the gate rejects. Deterministic for a seed. Multiclass: `labels` names the class of
-    each score column (see `reproml.metrics.score`).
-    """
-    if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
-    y = np.asarray(y)
-    challenger = np.asarray(challenger, dtype=np.float64)
-    champion = np.asarray(champion, dtype=np.float64)
-    _check_same_length(y, challenger, champion)
-    y = _class_codes(y, challenger, labels)
-    improvement = _oriented(spec, score(spec, y, challenger), score(spec, y, champion))
-    n = len(y)
-    if n == 0 or not math.isfinite(improvement):
-        return improvement, math.nan, math.nan
-    challenger_at = _weighted_scorer(spec, y, challenger)
-    champion_at = _weighted_scorer(spec, y, champion)
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(samples, dtype=np.float64)
-    for i in range(samples):
-        counts = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(np.float64)
-        diffs[i] = _oriented(spec, challenger_at(counts), champion_at(counts))
-    diffs = diffs[np.isfinite(diffs)]
-    if diffs.size == 0:
-        return improvement, math.nan, math.nan
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(diffs, [tail, 1.0 - tail])
-    return improvement, float(low), float(high)
-
-
 def decide(
     y: np.ndarray,
     challenger: np.ndarray,
@@ -157,8 +96,8 @@ def decide(
     challenger = np.asarray(challenger, dtype=np.float64)
     champion = None if champion is None else np.asarray(champion, dtype=np.float64)
     slices = None if slices is None else np.asarray(slices, dtype=object)
-    _check_same_length(y, challenger, champion, slices)
-    y = _class_codes(y, challenger, labels)
+    check_same_length(y, challenger, champion, slices)
+    y = class_codes(y, challenger, labels)
     name, rows = spec.name, len(y)
 
     def result(promote: bool, reason: str, **numbers: Any) -> GateResult:
@@ -247,22 +186,20 @@ def decide(
     )
 
 
-# `promote.floor: null` for the ranking metrics: the floor the bundled flights were always held to.
-AUC_FLOOR = 0.70
-
-
 def first_model_floor(
     spec: MetricSpec, y: np.ndarray, challenger: np.ndarray, floor: float | None
 ) -> tuple[float, str]:
     """The floor a first model must reach, and where it comes from: `promote.floor` when set;
-    else 0.70 for ROC-AUC (binary or macro one-vs-rest), and for any other metric the value of a
+    else the metric's own floor in `reproml.metrics` (0.70 for ROC-AUC, binary or macro one-vs-rest),
+    and for any other metric the value of a
     constant prediction on the same rows (the mean for regression and P(positive), the class
     shares for multiclass), which the first model must beat: a floor in the data's own units, so
     an RMSE of 40 minutes is not held to 0.70."""
     if floor is not None:
         return floor, ""
-    if spec.name in ("roc_auc", "roc_auc_ovr"):
-        return AUC_FLOOR, ""
+    fixed = METRICS[spec.name].floor
+    if fixed is not None:
+        return fixed, ""
     values = np.asarray(y, dtype=np.float64)
     if challenger.ndim == 2:  # multiclass: y holds column positions (class codes)
         shares = np.bincount(values.astype(np.int64), minlength=challenger.shape[1]) / max(len(values), 1)
@@ -312,33 +249,10 @@ def _slice_results(
         size = int(mask.sum())
         ours = score(spec, y[mask], challenger[mask])
         theirs = math.nan if champion is None else score(spec, y[mask], champion[mask])
-        improvement = _oriented(spec, ours, theirs)
+        improvement = oriented(spec, ours, theirs)
         judged = size >= min_rows and math.isfinite(improvement)
         out.append(SliceResult(str(value), size, ours, theirs, improvement, judged))
     return out
-
-
-def weighted_scorer(
-    spec: MetricSpec, y: np.ndarray, scores: np.ndarray, labels: Sequence[Any] | None = None
-) -> Callable[[np.ndarray], float]:
-    """`row weights -> metric` for bootstrap resamples drawn as per-row counts (see `paired_bootstrap`).
-
-    Public for monitoring, whose quality interval resamples the same way and needs the same fast
-    ROC-AUC path to stay within its time budget.
-    """
-    return _weighted_scorer(spec, y, scores, labels)
-
-
-def _class_codes(y: np.ndarray, scores: np.ndarray, labels: Sequence[Any] | None) -> np.ndarray:
-    """Multiclass labels as score-column positions, once, so resamples and slices skip the lookup."""
-    if labels is None or scores.ndim != 2 or pd.isna(y).any():
-        return y
-    return encode(y, labels)
-
-
-def _oriented(spec: MetricSpec, challenger: float, champion: float) -> float:
-    """Positive means the challenger is better, whichever way the metric points."""
-    return challenger - champion if spec.higher_is_better else champion - challenger
 
 
 def _fmt(value: float) -> str:

@@ -55,6 +55,10 @@ class Metric:
     `every_class`: undefined unless every class occurs in `y` (ranking metrics).
     `xgboost`: per task, the XGBoost `eval_metric` whose value IS this metric (same number, same
     direction), so boosting can early-stop and report to the pruner on it.
+    `floor`: the value a first model must reach when `promote.floor` is null; None means "beat a
+    constant prediction on the same rows" (the gate computes that floor in the data's own units).
+    `sklearn_scorer`: sklearn's scorer string for the same number (oriented higher-is-better), where
+    one exists, for sklearn's own tools (permutation importance).
     """
 
     name: str
@@ -64,6 +68,8 @@ class Metric:
     function: MetricFunction
     every_class: bool = False
     xgboost: Mapping[str, str] = field(default_factory=dict)
+    floor: float | None = None
+    sklearn_scorer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,11 @@ class MetricSpec:
 
     name: str
     higher_is_better: bool
+
+    @property
+    def direction(self) -> Literal["maximize", "minimize"]:
+        """Optuna's name for the metric's direction."""
+        return "maximize" if self.higher_is_better else "minimize"
 
 
 def predicted_labels(scores: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
@@ -155,6 +166,9 @@ def _r2(y: np.ndarray, s: np.ndarray, w: np.ndarray | None, t: float) -> float:
     return float(skm.r2_score(y, s, sample_weight=w, force_finite=False))
 
 
+# `promote.floor: null` for the ranking metrics: the floor the bundled flights were always held to.
+AUC_FLOOR = 0.70
+
 _BINARY = frozenset({"classification"})
 _MULTICLASS = frozenset({"multiclass"})
 _CLASSES = _BINARY | _MULTICLASS
@@ -170,8 +184,18 @@ TABLE: tuple[Metric, ...] = (
     Metric("recall_macro", _MULTICLASS, True, "labels", _averaged(skm.recall_score, "macro")),
     Metric("f1_macro", _MULTICLASS, True, "labels", _averaged(skm.f1_score, "macro")),
     Metric("f1_weighted", _MULTICLASS, True, "labels", _averaged(skm.f1_score, "weighted")),
-    Metric("roc_auc", _BINARY, True, "probabilities", _roc_auc, True, {"classification": "auc"}),
-    Metric("roc_auc_ovr", _MULTICLASS, True, "probabilities", _roc_auc_ovr, True),
+    Metric(
+        "roc_auc",
+        _BINARY,
+        True,
+        "probabilities",
+        _roc_auc,
+        True,
+        {"classification": "auc"},
+        floor=AUC_FLOOR,
+        sklearn_scorer="roc_auc",
+    ),
+    Metric("roc_auc_ovr", _MULTICLASS, True, "probabilities", _roc_auc_ovr, True, floor=AUC_FLOOR),
     Metric("pr_auc", _BINARY, True, "probabilities", _pr_auc, True, {"classification": "aucpr"}),
     Metric(
         "log_loss",
@@ -183,7 +207,15 @@ TABLE: tuple[Metric, ...] = (
     ),
     Metric("mae", _REGRESSION, False, "values", _mae, xgboost={"regression": "mae"}),
     Metric("mse", _REGRESSION, False, "values", _mse),
-    Metric("rmse", _REGRESSION, False, "values", _rmse, xgboost={"regression": "rmse"}),
+    Metric(
+        "rmse",
+        _REGRESSION,
+        False,
+        "values",
+        _rmse,
+        xgboost={"regression": "rmse"},
+        sklearn_scorer="neg_root_mean_squared_error",
+    ),
     Metric("r2", _REGRESSION, True, "values", _r2),
 )
 METRICS: dict[str, Metric] = {m.name: m for m in TABLE}
@@ -193,6 +225,14 @@ METRICS: dict[str, Metric] = {m.name: m for m in TABLE}
 PRIMARY: dict[str, str] = {"classification": "roc_auc", "multiclass": "roc_auc_ovr", "regression": "rmse"}
 # The metric of the learning curve and of XGBoost's early stopping in the final fit.
 CURVE: dict[str, str] = {"classification": "roc_auc", "multiclass": "log_loss", "regression": "rmse"}
+# The task's loss: what XGBoost early-stops on when the tuned metric has no XGBoost twin.
+LOSS: dict[str, str] = {"classification": "log_loss", "multiclass": "log_loss", "regression": "rmse"}
+# The columns `reproml runs` shows per task (test split; the primary metric first).
+HEADLINE: dict[str, tuple[str, ...]] = {
+    "classification": ("roc_auc", "pr_auc", "f1"),
+    "multiclass": ("roc_auc_ovr", "log_loss", "f1_macro"),
+    "regression": ("rmse", "mae", "r2"),
+}
 
 
 def for_task(task: str) -> list[Metric]:
@@ -217,6 +257,18 @@ def metric_spec(name: str | None, task: str, key: str = "promote.metric") -> Met
 def xgboost_metric(name: str, task: str) -> str | None:
     """The XGBoost eval_metric that computes exactly `name` for `task`, if there is one."""
     return METRICS[name].xgboost.get(task)
+
+
+def xgboost_eval_metrics(task: str) -> list[str]:
+    """The eval metrics of a final XGBoost fit: the task's loss, then its learning-curve metric
+    (XGBoost early-stops on the last one), each once."""
+    names = (METRICS[LOSS[task]].xgboost[task], METRICS[CURVE[task]].xgboost[task])
+    return list(dict.fromkeys(names))
+
+
+def oriented(spec: MetricSpec | Metric, new: float, old: float) -> float:
+    """How much better `new` is than `old`: positive means better, whichever way the metric points."""
+    return new - old if spec.higher_is_better else old - new
 
 
 def encode(y: np.ndarray, labels: Sequence[Any]) -> np.ndarray:
@@ -252,7 +304,7 @@ def score(
     if scores.ndim == 2:
         if pd.isna(y).any():
             return math.nan  # an unlabelled row, as a NaN label is for binary and regression
-        y = _as_codes(y, scores, labels)
+        y = as_codes(y, scores, labels)
     if len(y) == 0 or (weight is not None and not weight.sum() > 0):
         return math.nan
     if not (np.all(np.isfinite(scores)) and all_finite(y)):
@@ -263,7 +315,16 @@ def score(
     return value if math.isfinite(value) else math.nan
 
 
-def _as_codes(y: np.ndarray, scores: np.ndarray, labels: Sequence[Any] | None) -> np.ndarray:
+def class_codes(y: np.ndarray, scores: np.ndarray, labels: Sequence[Any] | None) -> np.ndarray:
+    """Multiclass labels as score-column positions, once, so resamples and slices skip the lookup;
+    anything else (1-D scores, no labels, an unlabelled row) is returned as it is."""
+    if labels is None or scores.ndim != 2 or pd.isna(y).any():
+        return y
+    return encode(y, labels)
+
+
+def as_codes(y: np.ndarray, scores: np.ndarray, labels: Sequence[Any] | None) -> np.ndarray:
+    """Multiclass `y` as column positions of `scores`: encoded by `labels`, or checked to be codes."""
     if labels is not None:
         if len(labels) != scores.shape[1]:
             raise ValueError(f"{scores.shape[1]} score columns but {len(labels)} class labels {list(labels)}")
@@ -283,67 +344,10 @@ def _every_class_present(y: np.ndarray, scores: np.ndarray, weight: np.ndarray |
     return bool((seen == 1).any() and (seen != 1).any())
 
 
-def weighted_scorer(
-    spec: MetricSpec | Metric, y: np.ndarray, scores: np.ndarray, labels: Sequence[Any] | None = None
-) -> Callable[[np.ndarray], float]:
-    """`row weights -> metric`, for bootstrap resamples drawn as per-row counts.
-
-    ROC-AUC gets a dedicated path: sklearn re-sorts the scores on every call (~12 ms at 27k rows,
-    so ~12 s for 500 paired resamples), while the scores' order never changes between resamples.
-    Grouping the rows by distinct score once makes each resample two `bincount`s and a `cumsum`;
-    macro one-vs-rest ROC-AUC is that per class, averaged. tests check both against sklearn.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(y)
-    if scores.ndim == 2:
-        check_same_length(y, scores)
-        y = _as_codes(y, scores, labels)
-    finite = bool(np.all(np.isfinite(scores))) and all_finite(y)
-    if spec.name == "roc_auc" and finite:
-        return presorted_auc(y, scores)
-    if spec.name == "roc_auc_ovr" and finite and len(y):
-        return _presorted_ovr_auc(y, scores)
-    return lambda weight: score(spec, y, scores, sample_weight=weight)
-
-
-def presorted_auc(y: np.ndarray, scores: np.ndarray) -> Callable[[np.ndarray], float]:
-    """Weighted ROC-AUC = P(score of a positive > score of a negative) + half the ties, weights as
-    row multiplicities: exactly the trapezoidal area sklearn computes."""
-    _, group = np.unique(scores, return_inverse=True)  # groups in ascending score order
-    group = group.ravel()
-    groups = int(group.max()) + 1 if group.size else 0
-    positive = (np.asarray(y) == 1).astype(np.float64)
-
-    def auc(weight: np.ndarray) -> float:
-        pos = np.bincount(group, weights=weight * positive, minlength=groups)
-        neg = np.bincount(group, weights=weight, minlength=groups) - pos
-        total_pos, total_neg = float(pos.sum()), float(neg.sum())
-        if total_pos <= 0.0 or total_neg <= 0.0:
-            return math.nan
-        negatives_below = np.cumsum(neg) - neg
-        # np.sum of a product, not `@`: BLAS dot spins up threads that stall on a busy 2-core machine
-        return float(np.sum(pos * (negatives_below + 0.5 * neg))) / (total_pos * total_neg)
-
-    return auc
-
-
-def _presorted_ovr_auc(codes: np.ndarray, scores: np.ndarray) -> Callable[[np.ndarray], float]:
-    """Macro one-vs-rest ROC-AUC per resample: each class's presorted AUC of its own (row-normalised)
-    probability column, averaged; NaN when a class is absent, as sklearn refuses it."""
-    proba = scores / scores.sum(axis=1, keepdims=True)
-    per_class = [presorted_auc((codes == k).astype(int), proba[:, k]) for k in range(scores.shape[1])]
-
-    def auc(weight: np.ndarray) -> float:
-        values = [one(weight) for one in per_class]
-        return float(np.mean(values)) if all(math.isfinite(v) for v in values) else math.nan
-
-    return auc
-
-
 def per_class(y: np.ndarray, scores: np.ndarray, labels: Sequence[Any]) -> pd.DataFrame:
     """Precision, recall, F1 and support of each class (most probable class predicted), one row per
     class in `labels` order: what macro averages hide."""
-    codes = _as_codes(np.asarray(y), np.asarray(scores), labels)
+    codes = as_codes(np.asarray(y), np.asarray(scores), labels)
     predicted = predicted_labels(np.asarray(scores, dtype=np.float64))
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         codes, predicted, labels=list(range(len(labels))), zero_division=0

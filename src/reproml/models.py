@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
-from reproml.config import TrainParams
-from reproml.metrics import CURVE, METRICS
+from reproml.config import TrainParams, XGBoostParams
+from reproml.metrics import xgboost_eval_metrics
 
 CLASSIFICATION_TASKS = frozenset({"classification", "multiclass"})
 
@@ -81,19 +81,11 @@ def make_estimator(train: TrainParams, task: str, seed: int, categorical_mask: l
         p = train.xgboost
         cls = xgb.XGBClassifier if classification else xgb.XGBRegressor
         return cls(
-            tree_method="hist",
+            **xgboost_params(p, task),
             n_estimators=p.n_estimators,
-            learning_rate=p.learning_rate,
-            max_depth=p.max_depth,
-            min_child_weight=p.min_child_weight,
-            subsample=p.subsample,
-            colsample_bytree=p.colsample_bytree,
-            reg_lambda=p.reg_lambda,
-            max_bin=p.max_bin,
             early_stopping_rounds=p.early_stopping_rounds,
-            objective=xgboost_objective(task),
             # early stopping watches the last: the task's learning-curve metric
-            eval_metric=["logloss", "auc"] if task == "classification" else [_xgboost_curve(task)],
+            eval_metric=xgboost_eval_metrics(task),
             enable_categorical=any(categorical_mask),
             feature_types=["c" if is_cat else "q" for is_cat in categorical_mask] or None,
             n_jobs=train.n_jobs,
@@ -144,6 +136,18 @@ def xgboost_objective(task: str) -> str:
     return {"classification": "binary:logistic", "multiclass": "multi:softprob"}.get(task, "reg:squarederror")
 
 
-def _xgboost_curve(task: str) -> str:
-    """XGBoost's name for the task's learning-curve metric (`reproml.metrics.CURVE`)."""
-    return METRICS[CURVE[task]].xgboost[task]
+def xgboost_params(p: XGBoostParams, task: str) -> dict[str, Any]:
+    """`train.xgboost` as XGBoost booster parameters, the one mapping both the final fit (the
+    sklearn wrapper, which passes them through) and the tuning trials (`xgboost.train`) use. Round
+    counts, threads, seeds and evaluation metrics differ between the two and are added by each."""
+    return {
+        "objective": xgboost_objective(task),
+        "tree_method": "hist",
+        "learning_rate": p.learning_rate,
+        "max_depth": p.max_depth,
+        "min_child_weight": p.min_child_weight,
+        "subsample": p.subsample,
+        "colsample_bytree": p.colsample_bytree,
+        "reg_lambda": p.reg_lambda,
+        "max_bin": p.max_bin,
+    }

@@ -22,11 +22,12 @@ def _plain(value: object) -> Text:
     return Text(str(value))
 
 
-COLUMNS = {
-    "classification": ["test_roc_auc", "test_pr_auc", "test_f1", "valid_roc_auc"],
-    "multiclass": ["test_roc_auc_ovr", "test_log_loss", "test_f1_macro", "valid_roc_auc_ovr"],
-    "regression": ["test_rmse", "test_mae", "test_r2", "valid_rmse"],
-}
+def columns(task: str) -> list[str]:
+    """The metric columns of `reproml runs` for a task: its headline metrics on the test split, then
+    its primary metric on the validation split (`reproml.metrics.HEADLINE` / `PRIMARY`)."""
+    from reproml.metrics import HEADLINE, PRIMARY
+
+    return [f"test_{name}" for name in HEADLINE[task]] + [f"valid_{PRIMARY[task]}"]
 
 
 def runs_table(root: Path, experiment_name: str, limit: int) -> Table:
@@ -48,7 +49,7 @@ def runs_table(root: Path, experiment_name: str, limit: int) -> Table:
     for header in ("run", "started", "status", "model"):
         table.add_column(header)
     task = found[0].data.params.get("data.task", "classification") if found else "classification"
-    metrics = COLUMNS[task]
+    metrics = columns(task)
     for name in metrics:
         table.add_column(name, justify="right")
     for header in ("overfit", "data (ingested md5)", "commit"):

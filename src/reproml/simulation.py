@@ -39,9 +39,9 @@ COLUMNS = {
 
 def metric_name(task: str, metric: str | None) -> str:
     """The metric the monitor judges `task` on (`monitor.metric`, else the task's primary one)."""
-    from reproml import gate
+    from reproml.metrics import metric_spec
 
-    return gate.metric_spec(metric, task, "monitor.metric").name
+    return metric_spec(metric, task, "monitor.metric").name
 
 
 def headers(metric: str) -> list[str]:
@@ -51,18 +51,18 @@ def headers(metric: str) -> list[str]:
 
 
 def baseline_metric(model: Any, frame: pd.DataFrame, target: str, task: str, metric: str | None) -> float:
-    """The metric the monitor uses (`gate.score`), for `model` on labelled `frame`; multiclass
+    """The metric the monitor uses (`reproml.metrics.score`), for `model` on labelled `frame`; multiclass
     scores are read in the model's own class order."""
-    from reproml import gate
     from reproml.evaluate import predict_scores
+    from reproml.metrics import metric_spec, score
 
     labelled = frame[frame[target].notna()]
     if labelled.empty:
         return math.nan
     scores = predict_scores(model, labelled[list(model.feature_names_in_)], task)
     labels = list(model.classes_) if task == "multiclass" else None
-    return gate.score(
-        gate.metric_spec(metric, task, "monitor.metric"), labelled[target].to_numpy(), scores, labels=labels
+    return score(
+        metric_spec(metric, task, "monitor.metric"), labelled[target].to_numpy(), scores, labels=labels
     )
 
 

@@ -1,10 +1,10 @@
 """Concept drift, seen where it hurts: the champion's quality on a labelled batch against its quality
 on its own test split.
 
-The metric is the promotion gate's (`reproml.gate.metric_spec` / `score`), so "quality" means
+The metric is the promotion gate's (`reproml.metrics.metric_spec` / `score`), so "quality" means
 the same number in both places. The two sets of rows are different rows, so the interval is an
-unpaired percentile bootstrap: each resample redraws the test rows and the batch rows
-independently (as per-row counts used as weights, the gate's fast path) and takes the drop.
+unpaired percentile bootstrap (`reproml.bootstrap.unpaired_bootstrap`): each resample redraws the
+test rows and the batch rows independently and takes the drop.
 `drop` is oriented so that positive always means the champion got worse, for ROC-AUC and RMSE
 alike. Multiclass scores are the probability matrix in the champion's class order (`labels`), the
 metric a macro one (default: one-vs-rest ROC-AUC, which needs every class among the batch's
@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reproml.gate import MetricSpec, score, weighted_scorer
-from reproml.metrics import METRICS, for_task, per_class
+from reproml.bootstrap import unpaired_bootstrap
+from reproml.metrics import METRICS, MetricSpec, for_task, oriented, per_class, score
 from reproml.monitoring.scores import PREDICTION, proba_columns
 
 
@@ -58,10 +58,6 @@ class QualityChange:
         return asdict(self)
 
 
-def _drop(spec: MetricSpec, reference: float, batch: float) -> float:
-    return reference - batch if spec.higher_is_better else batch - reference
-
-
 def quality_change(
     spec: MetricSpec,
     y_reference: np.ndarray,
@@ -80,30 +76,12 @@ def quality_change(
     batch is kept too."""
     reference_value = score(spec, y_reference, s_reference, labels=labels)
     batch_value = score(spec, y_batch, s_batch, labels=labels)
-    drop = _drop(spec, reference_value, batch_value)
-    low = high = batch_low = batch_high = math.nan
+    drop = oriented(spec, reference_value, batch_value)  # positive: worse on the batch
+    (low, high), (batch_low, batch_high) = (math.nan, math.nan), (math.nan, math.nan)
     if math.isfinite(drop):
-        at_reference = weighted_scorer(
-            spec, np.asarray(y_reference), np.asarray(s_reference, dtype=float), labels
+        (low, high), (batch_low, batch_high) = unpaired_bootstrap(
+            spec, y_reference, s_reference, y_batch, s_batch, samples, confidence, seed, labels
         )
-        at_batch = weighted_scorer(spec, np.asarray(y_batch), np.asarray(s_batch, dtype=float), labels)
-        rng = np.random.default_rng(seed)
-        n_ref, n_batch = len(y_reference), len(y_batch)
-        drops = np.empty(samples, dtype=np.float64)
-        values = np.empty(samples, dtype=np.float64)
-        for i in range(samples):
-            ref_counts = np.bincount(rng.integers(0, n_ref, size=n_ref), minlength=n_ref).astype(float)
-            batch_counts = np.bincount(rng.integers(0, n_batch, size=n_batch), minlength=n_batch).astype(
-                float
-            )
-            values[i] = at_batch(batch_counts)
-            drops[i] = _drop(spec, at_reference(ref_counts), values[i])
-        tail = (1.0 - confidence) / 2.0
-        drops, values = drops[np.isfinite(drops)], values[np.isfinite(values)]
-        if drops.size:
-            low, high = (float(q) for q in np.quantile(drops, [tail, 1.0 - tail]))
-        if values.size:
-            batch_low, batch_high = (float(q) for q in np.quantile(values, [tail, 1.0 - tail]))
     return QualityChange(
         metric=spec.name,
         higher_is_better=spec.higher_is_better,

@@ -149,8 +149,8 @@ def _judge(
     clock: _Clock,
     backfill: bool = False,
 ) -> dict[str, Any]:
-    from reproml import gate as promotion_gate
     from reproml.evaluate import predict_scores
+    from reproml.metrics import metric_spec
 
     watch = params.monitor
     record: dict[str, Any] = {
@@ -245,7 +245,7 @@ def _judge(
     labelled = current[current[best.target].notna()] if best.target in current.columns else current.iloc[:0]
     if len(labelled) >= watch.min_rows:
         with clock.step("quality"):
-            spec = promotion_gate.metric_spec(watch.metric, best.task, "monitor.metric")
+            spec = metric_spec(watch.metric, best.task, "monitor.metric")
             test = champion.load_split(
                 root, champion.TEST, best.data_md5[champion.TEST], f"champion v{best.version}"
             )

@@ -10,18 +10,22 @@ MLflow gets one parent run per invocation with one child run per trial, logged a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from reproml import paths
 from reproml.config import Params, flatten, model_section
-from reproml.io import file_md5, write_json
-from reproml.stages.common import load
+from reproml.io import file_md5, read_json, write_json
+from reproml.stages.common import classes_of, feature_spec, load
+
+if TYPE_CHECKING:
+    from reproml.tuning.objective import TuneData
 
 TUNE_METRICS = paths.METRICS / "tune.json"
 TRIAL_STAGE = "tune-trial"
@@ -48,6 +52,19 @@ def study_context(root: Path, params: Params, metric: str) -> dict[str, Any]:
             for p in (paths.SCHEMA, paths.split_file("train"), paths.split_file("valid"))
         },
     }
+
+
+def load_data(root: Path, params: Params) -> TuneData:
+    """The train and valid splits, preprocessed for the trials (module level: tune workers in other
+    processes call it by name)."""
+    import pandas as pd
+
+    from reproml.tuning.objective import prepare_data
+
+    schema = read_json(root / paths.SCHEMA)
+    train = pd.read_parquet(root / paths.split_file("train"))
+    valid = pd.read_parquet(root / paths.split_file("valid"))
+    return prepare_data(train, valid, feature_spec(params, schema), params, classes_of(params, schema))
 
 
 def _fingerprint(context: dict[str, Any]) -> str:
@@ -143,13 +160,11 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
     from reproml import lineage, tracking
     from reproml.metrics import metric_spec
     from reproml.tuning import space, storage, study
-    from reproml.tuning.runner import WorkerConfig, load_data, run_study
+    from reproml.tuning.runner import WorkerConfig, run_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     metric = metric_spec(tune.metric, params.data.task, key="tune.metric")
-    direction: Literal["maximize", "minimize"] = tune.direction or (
-        "maximize" if metric.higher_is_better else "minimize"
-    )
+    direction: Literal["maximize", "minimize"] = tune.direction or metric.direction
     context = study_context(root, params, metric.name)
     fingerprint = _fingerprint(context)
     model = params.train.model
@@ -184,7 +199,7 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
     with storage.study_session(info, spec.name):
         store = storage.open_storage(info)
         the_study, created = study.open_study(store, spec, info.shown)
-        interrupted = study.fail_interrupted(the_study)
+        interrupted = study.fail_interrupted(the_study, store)
         queued: list[str] = []
         if created and tune.warm_start:
             candidates = [_champion_params(root, params)]
@@ -227,7 +242,7 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
                     tracking.log_child_run(experiment_id, parent, **record)
 
             config = WorkerConfig(
-                root=root.resolve(),
+                load=functools.partial(load_data, root.resolve(), params),
                 params=params,
                 spec=spec,
                 info=info,

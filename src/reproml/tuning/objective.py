@@ -23,9 +23,10 @@ import optuna
 import pandas as pd
 
 from reproml.config import Params, with_model_params
+from reproml.evaluate import predict_scores
 from reproml.features import FeatureSpec, build_preprocessor
-from reproml.metrics import MetricSpec, encode, score, xgboost_metric
-from reproml.models import class_order, make_estimator, xgboost_objective
+from reproml.metrics import LOSS, MetricSpec, encode, score, xgboost_metric
+from reproml.models import class_order, make_estimator, xgboost_params
 from reproml.tuning.space import SPACES
 
 
@@ -133,13 +134,7 @@ class Objective:
             trial.set_user_attr("best_iteration", int(estimator.n_iter_))
         else:
             estimator.fit(self.data.X_train, self.data.y_train)
-        if self.task == "classification":
-            scores = estimator.predict_proba(self.data.X_valid)[:, 1]
-        elif self.task == "multiclass":
-            scores = estimator.predict_proba(self.data.X_valid)
-        else:
-            scores = estimator.predict(self.data.X_valid)
-        return score(self.metric, self.data.y_valid, scores)
+        return score(self.metric, self.data.y_valid, predict_scores(estimator, self.data.X_valid, self.task))
 
     def _matrices(self, threads: int) -> tuple[Any, Any]:
         import xgboost as xgb
@@ -166,7 +161,7 @@ class Objective:
         dtrain, dvalid = self._matrices(threads)
         twin = xgboost_metric(self.metric.name, self.task)
         # without a twin, boosting early-stops on the task's loss and the pruner gets the metric
-        eval_metric = twin or ("rmse" if self.task == "regression" else xgboost_metric("log_loss", self.task))
+        eval_metric = twin or xgboost_metric(LOSS[self.task], self.task)
         maximize = self.metric.higher_is_better
         measure = self._logged(twin, maximize) if twin else self._computed(dvalid)
         report = _ReportAndPrune(
@@ -175,16 +170,8 @@ class Objective:
         classes = {"num_class": self.data.n_classes} if self.task == "multiclass" else {}
         booster = xgb.train(
             {
-                "objective": xgboost_objective(self.task),
+                **xgboost_params(p, self.task),
                 **classes,
-                "tree_method": "hist",
-                "learning_rate": p.learning_rate,
-                "max_depth": p.max_depth,
-                "min_child_weight": p.min_child_weight,
-                "subsample": p.subsample,
-                "colsample_bytree": p.colsample_bytree,
-                "reg_lambda": p.reg_lambda,
-                "max_bin": p.max_bin,
                 "eval_metric": eval_metric,
                 "nthread": threads,
                 "seed": tuned.seed,

@@ -1,6 +1,7 @@
 """Workers on one study: this process runs one in a thread, `workers - 1` more run as processes.
 
-All workers talk only to the Optuna storage. This process also watches the storage and hands
+Each worker runs Optuna's `study.optimize` to the exact budget (`study.run_trials`); all workers
+talk only to the Optuna storage. This process also watches the storage and hands
 each newly finished trial and the running counts to callbacks (MLflow logging, the progress bar),
 so MLflow sees one writer and the bar is live whatever the number of workers.
 """
@@ -16,17 +17,13 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import optuna
-import pandas as pd
 
-from reproml import paths
 from reproml.config import Params
-from reproml.io import read_json
 from reproml.metrics import metric_spec
 from reproml.redaction import install_scrubbing, scrub
-from reproml.tuning.objective import Objective, TuneData, prepare_data
+from reproml.tuning.objective import Objective, TuneData
 from reproml.tuning.storage import StorageInfo, TuneError, open_storage
 from reproml.tuning.study import Budget, Counts, StudySpec, counts, pruner, run_trials, sampler
 
@@ -35,24 +32,18 @@ POLL_SECONDS = 0.5
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """Everything a worker process needs, picklable for `spawn`."""
+    """Everything a worker process needs, picklable for `spawn`.
 
-    root: Path
+    `load` gives a worker its preprocessed rows: a module-level function (with its arguments bound
+    by `functools.partial`) of whoever calls the runner, so tuning never imports the stages."""
+
+    load: Callable[[], TuneData]
     params: Params
     spec: StudySpec
     info: StorageInfo
     budget: Budget
     threads: int
     index: int = 0
-
-
-def load_data(root: Path, params: Params) -> TuneData:
-    from reproml.stages.common import classes_of, feature_spec
-
-    schema = read_json(root / paths.SCHEMA)
-    train = pd.read_parquet(root / paths.split_file("train"))
-    valid = pd.read_parquet(root / paths.split_file("valid"))
-    return prepare_data(train, valid, feature_spec(params, schema), params, classes_of(params, schema))
 
 
 def _work(config: WorkerConfig, data: TuneData, stop: Callable[[], bool]) -> int:
@@ -81,7 +72,7 @@ def worker_main(config: WorkerConfig) -> None:
     install_scrubbing()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        _work(config, load_data(config.root, config.params), lambda: False)
+        _work(config, config.load(), lambda: False)
     except Exception:  # multiprocessing would print the traceback raw, storage URL and all
         sys.stderr.write(scrub(traceback.format_exc()))
         raise SystemExit(1) from None

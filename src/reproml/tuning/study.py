@@ -5,21 +5,25 @@ direction, metric, search space or data: Optuna would otherwise keep the stored 
 incomparable values. Trials left RUNNING by a killed process are marked FAIL (they will never
 finish) and their parameters are queued again, so a crash loses no completed trial and no idea.
 
-Budget: `n_trials` counts trials that completed or were pruned. Workers claim a trial under a
-file lock that counts those plus the ones running, so N workers never overshoot it.
+Budget: `n_trials` counts trials that completed or were pruned. Each worker runs Optuna's own
+`study.optimize`; its `ExactBudget` callback claims the next trial under a file lock that counts
+those plus the ones running, so N workers never overshoot it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import optuna
-from optuna.trial import TrialState
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from reproml.io import file_lock
 from reproml.metrics import MetricSpec
@@ -153,16 +157,18 @@ def open_study(storage: Any, spec: StudySpec, shown: str) -> tuple[optuna.Study,
     return study, True
 
 
-def fail_interrupted(study: optuna.Study) -> list[int]:
+def fail_interrupted(study: optuna.Study, storage: BaseStorage) -> list[int]:
     """Mark FAIL the trials a killed process left RUNNING, and queue their parameters again.
 
     Safe only while this process holds the study's session lock: no live worker owns them.
+    `storage` is the study's own (Optuna's public storage API finds a trial by study and number).
     """
-    storage = study._storage
+    study_id = storage.get_study_id_from_name(study.study_name)
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_user_attr(trial_id, "interrupted", True)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
         failed.append(trial.number)
         if trial.params:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
@@ -225,15 +231,53 @@ def counts(study: optuna.Study) -> Counts:
     return result
 
 
-def _claim(study: optuna.Study, budget: Budget, claim_lock: Any) -> optuna.Trial | None:
-    with file_lock(claim_lock):
-        if budget.deadline is not None and time.time() >= budget.deadline:
-            return None
-        if budget.n_trials is not None:
+class ExactBudget:
+    """An Optuna callback that ends a worker's `study.optimize` at the exact trial budget.
+
+    `MaxTrialsCallback` counts after a trial ends, and Optuna's next `ask` is not atomic with that
+    count, so N workers can overshoot by N - 1. Here the count (finished trials plus running ones)
+    and the next `ask` share a file lock: `claim` takes it and keeps it while the budget has room,
+    and the trial's objective releases it (`started`) once Optuna has created the trial. It also
+    stops a worker whose objective failed `MAX_CONSECUTIVE_FAILURES` times in a row.
+    """
+
+    def __init__(self, budget: Budget, lock_path: Path, stop: Callable[[], bool]) -> None:
+        self._budget = budget
+        self._lock_path = lock_path
+        self._stop = stop
+        self._held = contextlib.ExitStack()
+        self._failures = 0
+
+    def claim(self, study: optuna.Study) -> bool:
+        """True, holding the lock, when one more trial fits; False (lock released) otherwise."""
+        if self._stop():
+            return False
+        self._held.enter_context(file_lock(self._lock_path))
+        budget = self._budget
+        spent = budget.deadline is not None and time.time() >= budget.deadline
+        if not spent and budget.n_trials is not None:
             taken = len(study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING)))
-            if taken >= budget.n_trials:
-                return None
-        return study.ask()
+            spent = taken >= budget.n_trials
+        if spent:
+            self.started()
+        return not spent
+
+    def started(self) -> None:
+        """The claimed trial exists (RUNNING, so counted): let other workers claim."""
+        self._held.close()
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.FAIL:
+            self._failures += 1
+            if self._failures >= MAX_CONSECUTIVE_FAILURES:
+                raise TuneError(
+                    f"{self._failures} trials in a row failed in study {study.study_name!r}; "
+                    f"the last: {trial.user_attrs.get('error')}"
+                )
+        else:
+            self._failures = 0
+        if not self.claim(study):
+            study.stop()
 
 
 def run_trials(
@@ -243,34 +287,35 @@ def run_trials(
     info: StorageInfo,
     stop: Callable[[], bool] = lambda: False,
 ) -> int:
-    """Ask, evaluate and tell until the budget is spent; returns how many trials this worker ran."""
-    claim_lock = info.lock_dir / f"{study.study_name}.claim"
+    """`study.optimize` until the budget is spent; returns how many trials this worker ran.
+
+    A failing trial is kept as FAIL with its (scrubbed) error as the `error` attribute, and tuning
+    goes on; a NaN metric is a failure too (Optuna marks it FAIL), named as such.
+    """
+    guard = ExactBudget(budget, info.lock_dir / f"{study.study_name}.claim", stop)
     ran = 0
-    failures = 0
-    while not stop():
-        trial = _claim(study, budget, claim_lock)
-        if trial is None:
-            break
+
+    def measured(trial: optuna.Trial) -> float:
+        nonlocal ran
+        guard.started()
         ran += 1
         trial.set_user_attr("worker_pid", os.getpid())
         try:
-            value: float | None = objective(trial)
-            error = None if value == value else "the metric is undefined (NaN) on the validation split"
+            value = objective(trial)
         except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
-            failures = 0
-            continue
+            raise
         except Exception as exc:
-            value, error = None, scrub(f"{type(exc).__name__}: {exc}")[:2000]  # kept in the study and MLflow
-        if error is None:
-            study.tell(trial, value)
-            failures = 0
-            continue
-        trial.set_user_attr("error", error)
-        study.tell(trial, state=TrialState.FAIL)
-        failures += 1
-        if failures >= MAX_CONSECUTIVE_FAILURES:
-            raise TuneError(
-                f"{failures} trials in a row failed in study {study.study_name!r}; the last: {error}"
-            )
+            trial.set_user_attr("error", scrub(f"{type(exc).__name__}: {exc}")[:2000])  # kept in MLflow too
+            raise
+        if value != value:
+            trial.set_user_attr("error", "the metric is undefined (NaN) on the validation split")
+        return value
+
+    if not guard.claim(study):
+        return 0
+    try:
+        timeout = None if budget.deadline is None else max(budget.deadline - time.time(), 0.0)
+        study.optimize(measured, timeout=timeout, catch=(Exception,), callbacks=[guard], gc_after_trial=False)
+    finally:
+        guard.started()  # a claim the loop did not use (its timeout ended it first)
     return ran
