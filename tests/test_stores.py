@@ -168,3 +168,31 @@ def test_lock_versions_are_every_dependency_and_output(tmp_path: Path) -> None:
     (tmp_path / "dvc.lock").write_text("stages: [1, 2]\n")
     with pytest.raises(ReproError, match=r"dvc\.lock is not a DVC lock file"):
         lock_versions(tmp_path)
+
+
+def test_a_flow_refuses_data_that_head_does_not_hold(tmp_path: Path) -> None:
+    """data/source.py through the git store: HEAD's params.yaml and data file decide, not the
+    working tree's."""
+    import yaml
+
+    from reproml.config import parse_params
+    from reproml.data.source import check_committed
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    with pytest.raises(ReproError, match=r"HEAD has no params\.yaml \(.+\): commit the project first"):
+        check_committed(outside, parse_params({}), "reproml retrain")
+    root = git_repo(tmp_path / "repo")  # HEAD's params.yaml: the bundled flights
+    check_committed(root, parse_params({}), "reproml retrain")
+    mine = {"data": {"path": "data/raw/mine.csv", "target": "y", "time_column": None}}
+    with pytest.raises(ReproError, match=r"HEAD, whose params\.yaml names .*commit params\.yaml"):
+        check_committed(root, parse_params(mine), "reproml simulate")
+    (root / "params.yaml").write_text(yaml.safe_dump(mine))
+    git.run(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "mine")
+    with pytest.raises(ReproError, match=r"holds neither data/raw/mine\.csv \(data\.path\) nor .*\.dvc"):
+        check_committed(root, parse_params(mine), "reproml simulate")
+    (root / "data" / "raw").mkdir(parents=True)
+    (root / "data" / "raw" / "mine.csv.dvc").write_text("outs: []\n")
+    git.run(root, "add", "-A")
+    git.run(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "dvc file")
+    check_committed(root, parse_params(mine), "reproml simulate")
