@@ -28,8 +28,9 @@ from reproml.config import MonitorParams
 from reproml.features import FeatureSpec, build_preprocessor, category_levels
 from reproml.io import file_md5
 from reproml.monitoring import decision, drift, quality, store
-from reproml.reproduce import CorruptCacheError, reproduce
+from reproml.reproduce import reproduce
 from reproml.stages.monitor import run_monitor
+from reproml.stores.dvc import CorruptCacheError
 from tests.project import BIN, PIPELINE_RUNS, Project, sampled_params
 
 TRAIN = "data/prepared/train.parquet"

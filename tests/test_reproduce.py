@@ -28,13 +28,12 @@ from reproml.reproduce import (
     Check,
     Reproduction,
     RunView,
-    cache_object,
     check_lineage,
     compare_runs,
     load_run,
-    parse_dvc_config,
     reproduce,
 )
+from reproml.stores.dvc import DvcStore
 from reproml.tuning.space import distributions
 from tests.project import PIPELINE_RUNS, Project, sampled_params
 
@@ -163,7 +162,9 @@ def test_fresh_clone_reproduces_with_data_from_the_dvc_remote(
     assert result.identical, (result.differences, result.failure)
     assert {c.detail for c in result.of("data")} == {"DVC remote 'storage'"}
     md5 = baseline.data.tags[f"reproml.data.{TRAIN_SPLIT}"]
-    assert cache_object(clone / ".dvc" / "cache", md5) is not None
+    with DvcStore.open(clone) as store:
+        fetched = store.object_path(md5)
+    assert fetched is not None and fetched.resolve().is_relative_to((clone / ".dvc" / "cache").resolve())
 
 
 def test_changed_param_is_named_with_its_key(project: Project, baseline: Any) -> None:
@@ -304,24 +305,6 @@ def test_compare_shows_the_differing_param_and_both_metrics(project: Project, ru
     done = project.run("reproml", "compare", a.run_id, b.run_id)
     for text in ("train.model", "xgboost", "random_forest", "test_roc_auc", auc.a, auc.b, "DIFFERS"):
         assert text in done.stdout
-
-
-def test_dvc_config_listing_gives_later_levels_precedence(tmp_path: Path) -> None:
-    listing = (
-        ".dvc/config\tremote.storage.url=/abs/one\n"
-        ".dvc/config\tcore.remote=storage\n"
-        ".dvc/config.local\tremote.storage.url=/abs/two\n"
-        ".dvc/config.local\tremote.s3.url=s3://bucket/path\n"
-        ".dvc/config.local\tremote.s3.endpointurl=http://minio:9000\n"
-    )
-    store = parse_dvc_config(listing, tmp_path)
-    assert store.cache == (tmp_path / ".dvc" / "cache").resolve()
-    assert store.default == "storage"
-    assert store.remotes == {
-        "storage": {"url": "/abs/two"},
-        "s3": {"url": "s3://bucket/path", "endpointurl": "http://minio:9000"},
-    }
-    assert store.ordered_remotes() == ["storage", "s3"]
 
 
 def replace_bytes(path: Path, content: bytes) -> None:

@@ -10,37 +10,25 @@ import hashlib
 import importlib.metadata
 import json
 import platform
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
+from reproml.stores import git
 
 LIBRARIES = ("mlflow", "xgboost-cpu", "scikit-learn", "pandas", "numpy", "pyarrow", "dvc", "optuna")
 # Paths a running `dvc repro` rewrites itself; their changes do not make the code dirty.
 PIPELINE_WRITES = ("dvc.lock", "metrics/")
 
 
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=30
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout
-
-
 def git_state(root: Path) -> dict[str, Any]:
     """Commit and dirty flag; dirty ignores the files the pipeline itself writes while running."""
-    commit = _git(root, "rev-parse", "HEAD")
-    status = _git(root, "status", "--porcelain", "--untracked-files=normal")
-    if commit is None or status is None:
+    commit = git.head(root)
+    changed = git.changed_paths(root)
+    if commit is None or changed is None:
         return {"commit": None, "dirty": True, "dirty_paths": ["(not a git repository with commits)"]}
-    changed = [line[3:] for line in status.splitlines() if line.strip()]
     # DVC adds each new stage output to a .gitignore; ignore rules never change what is built.
     dirty = [p for p in changed if not p.startswith(PIPELINE_WRITES) and Path(p).name != ".gitignore"]
-    return {"commit": commit.strip(), "dirty": bool(dirty), "dirty_paths": dirty[:20]}
+    return {"commit": commit, "dirty": bool(dirty), "dirty_paths": dirty[:20]}
 
 
 # What decides a model besides data and params: the library code and the pipeline definition.
@@ -69,20 +57,6 @@ def sha256_file(path: Path) -> str | None:
 
 def params_hash(resolved: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
-
-
-def dvc_lock_outputs(root: Path) -> dict[str, str]:
-    """`path -> md5` of every stage output recorded in dvc.lock (empty when there is none yet)."""
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        return {}
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    found: dict[str, str] = {}
-    for stage in stages.values():
-        for out in stage.get("outs", []):
-            if "md5" in out:
-                found[out["path"]] = out["md5"]
-    return found
 
 
 def library_versions() -> dict[str, str]:

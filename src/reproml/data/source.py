@@ -9,30 +9,27 @@ old data set; both commands refuse that up front, saying what to commit.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import yaml
 
 from reproml.config import Params, data_source, parse_params
 from reproml.errors import ReproError
-
-
-def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+from reproml.stores import git
 
 
 def check_committed(root: Path, params: Params, command: str) -> None:
     """Refuse `command` when HEAD's params.yaml names another data source than the working one, or
     HEAD holds neither `data.path` nor its `.dvc` file."""
-    shown = _git(root, "show", "HEAD:params.yaml")
-    if shown.returncode != 0:
+    try:
+        shown = git.show_file(root, "HEAD", "params.yaml")
+    except git.GitError as exc:
         raise ReproError(
             f"{command} works on a git branch made from HEAD, and HEAD has no params.yaml "
-            f"({shown.stderr.strip() or 'not a git repository'}): commit the project first"
-        )
+            f"({exc.reason or 'not a git repository'}): commit the project first"
+        ) from None
     now = data_source(params.data)
-    committed = data_source(parse_params(yaml.safe_load(shown.stdout), "params.yaml at HEAD").data)
+    committed = data_source(parse_params(yaml.safe_load(shown), "params.yaml at HEAD").data)
     if committed != now:
         raise ReproError(
             f"{command} works on a git branch made from HEAD, whose params.yaml names "
@@ -42,7 +39,7 @@ def check_committed(root: Path, params: Params, command: str) -> None:
     path = params.data.path
     if path is None:
         return
-    if not any(_git(root, "cat-file", "-e", f"HEAD:{p}").returncode == 0 for p in (path, f"{path}.dvc")):
+    if not any(git.has_file(root, "HEAD", p) for p in (path, f"{path}.dvc")):
         raise ReproError(
             f"{command} works on a git branch made from HEAD, which holds neither {path} (data.path) "
             f"nor {path}.dvc: `dvc add {path}` and commit {path}.dvc (or commit the file) first"

@@ -22,6 +22,7 @@ import pandas as pd
 from reproml import paths
 from reproml.errors import ReproError
 from reproml.io import file_md5
+from reproml.stores.dvc import CorruptCacheError, DvcStore, verified_objects
 
 TRAIN, TEST = str(paths.split_file("train")), str(paths.split_file("test"))
 IMPORTANCE_ARTIFACT = "importance.json"  # logged by stages/evaluate.py with mlflow.log_table
@@ -152,36 +153,37 @@ def load_split(root: Path, path: str, md5: str, champion: str) -> pd.DataFrame:
     champion's own would make every drift number wrong. A cache object whose bytes do not match
     its md5 is refused (CorruptCacheError names it), even when the working file would do: the
     corruption would otherwise surface later, in `dvc checkout` or a reproduction."""
-    import tempfile
+    try:  # the cache may live elsewhere (`dvc config cache.dir`), the version on a remote: ask DVC
+        store: DvcStore | None = DvcStore.open(root)
+    except ReproError:
+        store = None  # not a DVC project: only the working file can be that version
+    try:
+        return pd.read_parquet(_version_file(store, root, path, md5, champion))
+    finally:
+        if store is not None:
+            store.close()
 
-    from reproml.reproduce import CorruptCacheError, dvc_store, verified_cache_object, verified_objects
 
-    cached = verified_cache_object(root / ".dvc" / "cache", md5, path)
+def _version_file(store: DvcStore | None, root: Path, path: str, md5: str, champion: str) -> Path:
+    """Where version `md5` of `path` lies, verified: the cache, the working file, the remote."""
+    cached = store.verified_object(md5, path) if store is not None else None
     if cached is not None:
-        return pd.read_parquet(cached)
+        return cached
     working = root / path
     working_md5 = file_md5(working) if working.is_file() else None
     if working_md5 == md5:
-        return pd.read_parquet(working)
-    try:  # the cache may live elsewhere (`dvc config cache.dir`), the version on a remote: ask DVC
-        store = dvc_store(root)
-    except ReproError:
-        store = None  # not a DVC project (or no `dvc`): nothing more to look in
+        return working
     now = f"md5 {working_md5}" if working_md5 else "missing"
-    if store is not None:
-        scratch = root / ".reproml"
-        scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="dvc-fetch-", dir=scratch) as fetch:
-            try:
-                found = verified_objects(store, {path: md5}, Path(fetch))[path]
-            except CorruptCacheError:
-                raise
-            except ReproError as exc:
-                raise ChampionError(
-                    f"{champion} was trained on {path} with md5 {md5}; the working file is {now}, and {exc}"
-                ) from None
-            return pd.read_parquet(found.path)
-    raise ChampionError(
-        f"{champion} was trained on {path} with md5 {md5}, which is neither in the DVC cache nor the "
-        f"working file ({now}); restore it with `dvc pull` (or `dvc checkout` at the champion's commit)"
-    )
+    if store is None:
+        raise ChampionError(
+            f"{champion} was trained on {path} with md5 {md5}, which is neither in the DVC cache nor the "
+            f"working file ({now}); restore it with `dvc pull` (or `dvc checkout` at the champion's commit)"
+        )
+    try:
+        return verified_objects(store, {path: md5})[path].path
+    except CorruptCacheError:
+        raise
+    except ReproError as exc:
+        raise ChampionError(
+            f"{champion} was trained on {path} with md5 {md5}; the working file is {now}, and {exc}"
+        ) from None
