@@ -74,23 +74,7 @@ ui: install ## the MLflow UI for this project's runs and registry, at http://127
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db \
 		--host 127.0.0.1 --port 5000 --workers 1
 
-monitor-# PostgreSQL for the team stack: the Debian package, installed once (as root) when its binaries are missing.
-postgresql:
-	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null || { \
-		echo "installing PostgreSQL (apt-get install -y postgresql)"; \
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
-
-team-up: install postgresql ## start the team stack (PostgreSQL, MLflow, Prefect + 2 workers, Dask + 2 workers, S3 stand-in)
-	$(BIN)/python -m reproml.team up
-
-team-down: ## stop the team stack, every process of it (state stays in .reproml/team/)
-	$(BIN)/python -m reproml.team down
-
-team-status: ## the team stack's services, pids, addresses and health
-	$(BIN)/python -m reproml.team status
-
-ui: install ## Evidently's UI over monitoring/workspace, at http://127.0.0.1:8000 (Ctrl-C stops it)
+monitor-ui: install ## Evidently's UI over monitoring/workspace, at http://127.0.0.1:8000 (Ctrl-C stops it)
 	DO_NOT_TRACK=1 $(BIN)/evidently ui --workspace monitoring/workspace --host 127.0.0.1 --port 8000
 
 check: install ## ruff (lint + format check) and mypy
