@@ -409,7 +409,9 @@ def dask_workers_ready(ports: dict[str, int]) -> Callable[[], bool]:
         from distributed import Client
 
         try:
-            with Client(f"tcp://{HOST}:{ports['dask']}", timeout=3) as client:
+            with Client(  # type: ignore[no-untyped-call]
+                f"tcp://{HOST}:{ports['dask']}", timeout=3
+            ) as client:
                 names = {info.get("name") for info in client.scheduler_info()["workers"].values()}
         except (OSError, TimeoutError):
             return False

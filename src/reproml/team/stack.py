@@ -21,6 +21,7 @@ from reproml.team import processes, services
 from reproml.team.layout import (
     HOST,
     PORT_ENV,
+    WORK_POOL,
     Layout,
     TeamError,
     choose_ports,
@@ -77,7 +78,8 @@ def up(root: Path, timeout: float = READY_S) -> Started:
             if port is not None and port_in_use(port):
                 raise TeamError(
                     f"cannot start {service}: port {port} on {HOST} is taken by another program; "
-                    f"pick another with {PORT_ENV[SERVICE_PORT[service]]}=<port> (or delete {layout.ports_file})"
+                    f"pick another with {PORT_ENV[SERVICE_PORT[service]]}=<port> "
+                    f"(or delete {layout.ports_file})"
                 )
             pids[service] = processes.spawn(layout, service, command, env, user=user)
             result.started.append(service)
@@ -214,7 +216,7 @@ def _configure_dvc_remote(layout: Layout, ports: dict[str, int]) -> _Remote:
 def _stop(layout: Layout, names: list[str], timeout: float = 10) -> list[str]:
     """Stop `names`: workers, then servers, then PostgreSQL, each phase's services side by side.
     Returns the services found and stopped."""
-    stopped = []
+    stopped: list[str] = []
     for phase in STOP_PHASES:
         found = processes.ours(layout.root)
         batch = [(name, found[name]) for name in phase if name in names and found.get(name)]
@@ -281,5 +283,5 @@ def _probe(layout: Layout, name: str, ports: dict[str, int]) -> tuple[str, bool]
     if name == "dask-scheduler":
         return f"tcp://{HOST}:{ports['dask']}", services.port_open(ports, "dask")()
     if name in PREFECT_WORKERS:
-        return f"pool {services.WORK_POOL}", True
+        return f"pool {WORK_POOL}", True
     return f"tcp://{HOST}:{ports['dask']}", True
