@@ -332,10 +332,11 @@ def process_pool_template(layout: Layout, ports: dict[str, int]) -> subprocess.P
 def ensure_work_pool(ports: dict[str, int], template: subprocess.Popen[str], deadline: float) -> None:
     """The process work pool (as `prefect work-pool create --type process` makes it), if missing."""
     api = f"http://{HOST}:{ports['prefect']}/api"
-    out, err = template.communicate(timeout=max(1.0, deadline - time.monotonic()))
     while True:
         try:
             _api(f"{api}/work_pools/{WORK_POOL}")
+            template.kill()  # not needed: the pool is there
+            template.communicate()
             return
         except urllib.error.HTTPError as exc:
             if exc.code != 404:
@@ -345,6 +346,7 @@ def ensure_work_pool(ports: dict[str, int], template: subprocess.Popen[str], dea
             if time.monotonic() > deadline:
                 raise TeamError(f"the Prefect server at {api} does not answer: {exc}") from None
             time.sleep(0.5)
+    out, err = template.communicate(timeout=max(1.0, deadline - time.monotonic()))
     if template.returncode != 0:
         raise TeamError(f"reading Prefect's process work pool template failed:\n{err}")
     body = {"name": WORK_POOL, "type": "process", "base_job_template": json.loads(out)}
