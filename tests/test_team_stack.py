@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from reproml.team import processes, stack
-from reproml.team.layout import BUCKET, Layout, password
+from reproml.team.layout import BUCKET, Layout, TeamError, choose_ports, password
 from reproml.team.services import DASK_WORKERS, PREFECT_WORKERS, SERVICES
 from tests.conftest import in_ci
 from tests.project import BIN, Project, sampled_params
@@ -84,6 +84,23 @@ def python(code: str, env: dict[str, str], cwd: Path, timeout: float = 240) -> s
     )
     assert done.returncode == 0, f"exited {done.returncode}\n{done.stdout}\n{done.stderr}"
     return done.stdout
+
+
+def test_a_bad_port_variable_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REPROML_TEAM_MLFLOW_PORT", "http")
+    with pytest.raises(TeamError, match="REPROML_TEAM_MLFLOW_PORT='http' is not a port number"):
+        choose_ports(Layout(tmp_path), keep=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands PostgreSQL to the postgres user")
+def test_a_folder_the_postgres_user_cannot_enter_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    (locked / "project").mkdir(parents=True)
+    locked.chmod(0o700)
+    with pytest.raises(TeamError, match=r"cannot enter /\S+ \(mode 0o700\): `chmod o\+x /"):
+        stack.up(locked / "project", timeout=30)
+    assert processes.ours(locked / "project") == {}
+    assert not (locked / "project" / ".reproml" / "team" / "pg").exists()
 
 
 def test_up_again_starts_nothing_and_status_shows_every_service_ready(team_stack: Path) -> None:

@@ -150,11 +150,26 @@ def base_env(layout: Layout, ports: dict[str, int]) -> dict[str, str]:
 # --- PostgreSQL ----------------------------------------------------------------------------------
 
 
+def check_reachable(layout: Layout, user: str | None) -> None:
+    """Refuse early, and say what to do, when the `postgres` user cannot enter the project folder."""
+    if user is None:
+        return
+    uid = pwd.getpwnam(user).pw_uid
+    for folder in reversed(layout.pg_dir.resolve().parents):
+        info = folder.stat()
+        if info.st_uid != uid and not info.st_mode & 0o001:
+            raise TeamError(
+                f"PostgreSQL runs as the `{user}` user (it refuses root), which cannot enter {folder} "
+                f"(mode {oct(info.st_mode & 0o777)}): `chmod o+x {folder}`, or keep the project elsewhere"
+            )
+
+
 def init_cluster(layout: Layout, secret: str) -> None:
     """initdb a cluster under `.reproml/team/pg` (once) with `reproml` as its superuser."""
+    user = postgres_user()
+    check_reachable(layout, user)
     if (layout.pg_dir / "PG_VERSION").exists():
         return
-    user = postgres_user()
     if layout.pg_dir.exists():
         shutil.rmtree(layout.pg_dir)  # a half-made cluster from an interrupted initdb
     layout.pg_dir.mkdir(mode=0o700, parents=True)
