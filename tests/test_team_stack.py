@@ -92,6 +92,18 @@ def test_a_bad_port_variable_is_named(tmp_path: Path, monkeypatch: pytest.Monkey
         choose_ports(Layout(tmp_path), keep=False)
 
 
+def test_a_lost_secrets_file_is_named_instead_of_a_cluster_that_refuses_every_login(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    layout.pg_dir.mkdir(parents=True)
+    (layout.pg_dir / "PG_VERSION").write_text("15\n")
+    with pytest.raises(
+        TeamError, match=r"secrets is gone but the cluster in .*pg was made with the password"
+    ):
+        stack.up(tmp_path, timeout=30)
+    assert processes.ours(tmp_path) == {}
+    assert not layout.secrets.exists()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root hands PostgreSQL to the postgres user")
 def test_a_folder_the_postgres_user_cannot_enter_is_refused_before_anything_starts(tmp_path: Path) -> None:
     locked = tmp_path / "locked"

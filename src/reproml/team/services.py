@@ -247,7 +247,12 @@ def postgres_ready(layout: Layout, ports: dict[str, int]) -> Callable[[], bool]:
 
         try:
             connection = _connect(layout, ports)
-        except psycopg2.OperationalError:
+        except psycopg2.OperationalError as exc:
+            if "password authentication failed" in str(exc):
+                raise TeamError(
+                    f"PostgreSQL refuses the password in {layout.secrets}: it is not the one the cluster in "
+                    f"{layout.pg_dir} was made with (restore it, or delete {layout.pg_dir})"
+                ) from None
             return False
         connection.close()  # type: ignore[attr-defined]
         return True

@@ -65,7 +65,14 @@ def up(root: Path, timeout: float = READY_S) -> Started:
     with locked(layout):
         running = processes.ours(layout.root)
         ports = choose_ports(layout, keep=bool(running))
-        secret = password(layout) or new_password()
+        secret = password(layout)
+        if secret is None:
+            if (layout.pg_dir / "PG_VERSION").exists():
+                raise TeamError(
+                    f"{layout.secrets} is gone but the cluster in {layout.pg_dir} was made with the "
+                    f"password it held: restore the file, or delete {layout.pg_dir} to start empty"
+                )
+            secret = new_password()
         write_secrets(layout, secret, ports["postgres"])
         write_env(layout, ports)
         pids: dict[str, int | None] = {}
