@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reproml.team import processes, services
+from reproml.team import postgres, processes, services
 from reproml.team.layout import (
     HOST,
     PORT_ENV,
@@ -98,8 +98,8 @@ def up(root: Path, timeout: float = READY_S) -> Started:
             dask_env = services.dask_env(layout, ports)
             start("dask-scheduler", services.dask_scheduler_command(layout, ports), dask_env)
             if "postgres" not in running:
-                services.init_cluster(layout, secret)
-            start("postgres", services.postgres_command(layout, ports), base, user=services.postgres_user())
+                postgres.init_cluster(layout, secret)
+            start("postgres", postgres.postgres_command(layout, ports), base, user=postgres.postgres_user())
             remote = _configure_dvc_remote(layout, ports)
             template = services.process_pool_template(layout, ports)
 
@@ -109,10 +109,10 @@ def up(root: Path, timeout: float = READY_S) -> Started:
                 layout,
                 "postgres",
                 pids["postgres"],
-                services.postgres_ready(layout, ports),
+                postgres.postgres_ready(layout, ports),
                 deadline,
             )
-            services.create_databases(layout, ports)
+            postgres.create_databases(layout, ports)
             start("mlflow", services.mlflow_command(layout, ports), services.mlflow_env(layout, ports))
             prefect_env = services.prefect_env(layout, ports)
             start("prefect", services.prefect_server_command(ports), prefect_env)
@@ -279,7 +279,7 @@ def status(root: Path) -> list[ServiceStatus]:
 
 def _probe(layout: Layout, name: str, ports: dict[str, int]) -> tuple[str, bool]:
     if name == "postgres":
-        return f"{HOST}:{ports['postgres']}", services.postgres_ready(layout, ports)()
+        return f"{HOST}:{ports['postgres']}", postgres.postgres_ready(layout, ports)()
     if name == "mlflow":
         url = f"http://{HOST}:{ports['mlflow']}"
         return url, services.http_ok(f"{url}/health")
