@@ -13,7 +13,7 @@ export UV_PYTHON_DOWNLOADS := never
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install run test test-slow up down ui monitor-ui check format benchmark clean
+.PHONY: help install run test test-slow up down team-up team-down team-status postgresql ui monitor-ui check format benchmark clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -53,6 +53,22 @@ up: install ## start the Prefect server (http://127.0.0.1:4200) and the MLflow U
 
 down: ## stop the servers `make up` started (logs stay in .reproml/servers/)
 	$(BIN)/python -m flows.servers down
+
+# PostgreSQL for the team stack: the Debian package, installed once (as root) when its binaries are missing.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null || { \
+		echo "installing PostgreSQL (apt-get install -y postgresql)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+team-up: install postgresql ## start the team stack (PostgreSQL, MLflow, Prefect + 2 workers, Dask + 2 workers, S3 stand-in)
+	$(BIN)/python -m reproml.team up
+
+team-down: ## stop the team stack, every process of it (state stays in .reproml/team/)
+	$(BIN)/python -m reproml.team down
+
+team-status: ## the team stack's services, pids, addresses and health
+	$(BIN)/python -m reproml.team status
 
 ui: install ## the MLflow UI for this project's runs and registry, at http://127.0.0.1:5000 (Ctrl-C stops it)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db \

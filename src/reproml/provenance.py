@@ -1,7 +1,9 @@
 """Model provenance: a model is deserialised only once it is shown to be one this project logged.
 
 A model's source must resolve (`..`, symlinks, MLflow 3's `models:/m-<id>`) to a place under the
-experiment's artifact root; other schemes are refused. Its files are then copied to a local folder
+experiment's artifact root: a local path (`file:`), or, when the tracking store is a server that
+serves artifacts (`mlflow server --serve-artifacts`, team mode), an `mlflow-artifacts:` location on
+that same server; other schemes are refused. Its files are then copied to a local folder
 and hashed (`tracking.model_digest`), and the digest must be the one its run recorded when it logged
 them (`tracking.MODEL_SHA256_TAG`). Only that verified copy is deserialised, so the bytes checked
 are the bytes loaded. A model file is code (pickle) or names the code to trust (skops' trusted
@@ -12,11 +14,12 @@ every process that loads a model.
 from __future__ import annotations
 
 import os
+import posixpath
 import tempfile
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 from mlflow.entities.model_registry import ModelVersion
@@ -32,22 +35,73 @@ class ProvenanceError(ReproError):
 
 
 @dataclass(frozen=True)
+class Location:
+    """A checked artifact location: a resolved local path, or a path on the tracking server.
+
+    `server` is None for the local file system, else the `mlflow-artifacts:` authority as written
+    ("" is the tracking server itself, kept apart from a server named explicitly): one location
+    lies within another only on the same server.
+    """
+
+    server: str | None
+    path: PurePath
+
+    def within(self, root: Location) -> bool:
+        return self.server == root.server and (self.path == root.path or root.path in self.path.parents)
+
+    @property
+    def uri(self) -> str:
+        """Where the files are downloaded from."""
+        if self.server is None:
+            return Path(self.path).as_uri()
+        return (
+            f"mlflow-artifacts://{self.server}{self.path}" if self.server else f"mlflow-artifacts:{self.path}"
+        )
+
+    def __str__(self) -> str:
+        return str(self.path) if self.server is None else self.uri
+
+
+@dataclass(frozen=True)
 class ModelSource:
     """Where a model's files are, resolved and checked to lie under the experiment's artifact root."""
 
     uri: str  # as given (a version's source, a run's model URI)
-    path: Path  # resolved: no `..`, no symlink
+    location: Location  # resolved: no `..`, no symlink
     run_id: str | None  # the run that logged it, when the URI says (a logged model, runs:/)
+
+    @property
+    def path(self) -> PurePath:
+        return self.location.path
+
+
+def _location(uri: str, what: str, tracking_uri: str) -> Location:
+    """The resolved location of a `file:` URI, an absolute plain path or, only when the tracking
+    store is a server (http/https), an `mlflow-artifacts:` URI.
+
+    The one place that decides which artifact locations can be checked: every other scheme (http,
+    s3, dbfs, ...) is refused. A served location is not mapped to the server's disk (only the
+    server knows it); it is normalised, with any `..`, query or fragment refused, so that the
+    containment check and the download see the same path. The digest check after the download
+    (`verified_files`) is what shows the bytes are the ones the run logged.
+    """
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme != "mlflow-artifacts":
+        return Location(None, _local_path(uri, what))
+    store = urllib.parse.urlsplit(tracking_uri).scheme
+    if store not in ("http", "https"):
+        raise ProvenanceError(
+            f"{what} {uri!r} uses the 'mlflow-artifacts' scheme, which only a tracking server serves, "
+            f"but the tracking store is {store or 'a local path'}"
+        )
+    raw = urllib.parse.unquote(parsed.path)
+    if parsed.query or parsed.fragment or not raw.startswith("/") or ".." in raw.split("/"):
+        raise ProvenanceError(f"{what} {uri!r} is not a plain mlflow-artifacts location")
+    return Location(parsed.netloc, PurePosixPath(posixpath.normpath(raw)))
 
 
 def _local_path(uri: str, what: str) -> Path:
-    """The resolved local path of a `file:` URI or an absolute plain path.
-
-    The one place that decides which artifact locations can be checked: every other scheme (http,
-    s3, dbfs, ...) is refused. Team mode's `mlflow server --serve-artifacts` gives experiments
-    `mlflow-artifacts:` roots; to allow them, resolve that scheme here to the server's artifact
-    destination, once that resolution is itself verified.
-    """
+    """The resolved local path of a `file:` URI or an absolute plain path (other schemes refused)."""
     parsed = urllib.parse.urlsplit(uri)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost") or parsed.query or parsed.fragment:
@@ -58,17 +112,17 @@ def _local_path(uri: str, what: str) -> Path:
     else:
         raise ProvenanceError(
             f"{what} {uri!r} uses the {parsed.scheme!r} scheme: reproml can only check local artifacts "
-            "(a file:// URI or a path)"
+            "(a file:// URI or a path) or those a tracking server serves (mlflow-artifacts:)"
         )
     if not os.path.isabs(location):
         raise ProvenanceError(f"{what} {uri!r} is a relative path")
     return Path(os.path.realpath(location))
 
 
-def artifact_root(client: MlflowClient, experiment_id: str) -> Path:
+def artifact_root(client: MlflowClient, experiment_id: str) -> Location:
     """This project's experiment artifact root, resolved."""
     location = str(client.get_experiment(experiment_id).artifact_location)
-    return _local_path(location, f"the artifact root of experiment {experiment_id}")
+    return _location(location, f"the artifact root of experiment {experiment_id}", client.tracking_uri)
 
 
 def resolve_source(client: MlflowClient, uri: str, experiment_id: str) -> ModelSource:
@@ -109,12 +163,13 @@ def resolve_source(client: MlflowClient, uri: str, experiment_id: str) -> ModelS
     except MlflowException as exc:
         raise ProvenanceError(f"model source {uri!r} cannot be resolved: {exc.message}") from None
     root = artifact_root(client, experiment_id)
-    path = _local_path(location, "model source" if location == uri else f"model source {uri!r} at")
-    if path != root and root not in path.parents:
+    what = "model source" if location == uri else f"model source {uri!r} at"
+    resolved = _location(location, what, client.tracking_uri)
+    if not resolved.within(root):
         raise ProvenanceError(
-            f"model source {uri!r} resolves to {path}, outside this project's artifact root {root}"
+            f"model source {uri!r} resolves to {resolved}, outside this project's artifact root {root}"
         )
-    return ModelSource(uri=uri, path=path, run_id=run_id)
+    return ModelSource(uri=uri, location=resolved, run_id=run_id)
 
 
 def check_source(client: MlflowClient, version: ModelVersion, experiment_id: str) -> ModelSource:
@@ -130,17 +185,17 @@ def check_source(client: MlflowClient, version: ModelVersion, experiment_id: str
         stored = resolve_source(client, str(download), experiment_id)
     except (ProvenanceError, MlflowException) as exc:
         raise ProvenanceError(f"{label}: {exc}; refusing to load it") from None
-    if stored.path != source.path:
+    if stored.location != source.location:
         raise ProvenanceError(
-            f"{label}: its source {version.source} is {source.path} but MLflow would load it from "
-            f"{stored.path}; refusing to load it"
+            f"{label}: its source {version.source} is {source.location} but MLflow would load it from "
+            f"{stored.location}; refusing to load it"
         )
     if source.run_id and version.run_id and source.run_id != version.run_id:
         raise ProvenanceError(
             f"{label} claims run {version.run_id} but its files were logged by run {source.run_id}; "
             "refusing to load it"
         )
-    return ModelSource(uri=source.uri, path=source.path, run_id=source.run_id or version.run_id)
+    return ModelSource(uri=source.uri, location=source.location, run_id=source.run_id or version.run_id)
 
 
 def verified_files(client: MlflowClient, source: ModelSource, into: Path, label: str) -> Path:
@@ -151,7 +206,7 @@ def verified_files(client: MlflowClient, source: ModelSource, into: Path, label:
     """
     if source.run_id is None:
         raise ProvenanceError(
-            f"{label} ({source.path}) names no run, so no recorded digest; refusing to load it"
+            f"{label} ({source.location}) names no run, so no recorded digest; refusing to load it"
         )
     try:
         expected = client.get_run(source.run_id).data.tags.get(tracking.MODEL_SHA256_TAG)
@@ -159,15 +214,15 @@ def verified_files(client: MlflowClient, source: ModelSource, into: Path, label:
         raise ProvenanceError(f"{label}: its run {source.run_id} cannot be read: {exc.message}") from None
     if not expected:
         raise ProvenanceError(
-            f"{label} ({source.path}): run {source.run_id} recorded no digest of its model files "
+            f"{label} ({source.location}): run {source.run_id} recorded no digest of its model files "
             f"(tag {tracking.MODEL_SHA256_TAG}), so they cannot be verified; refusing to load them "
             "(retrain with `dvc repro` to log a verifiable model)"
         )
-    local = tracking.fetch_model_files(source.path.as_uri(), into)
+    local = tracking.fetch_model_files(source.location.uri, into)
     actual = tracking.model_digest(local)
     if actual != expected:
         raise ProvenanceError(
-            f"{label}: the model files at {source.path} have digest {actual}, but run {source.run_id} "
+            f"{label}: the model files at {source.location} have digest {actual}, but run {source.run_id} "
             f"recorded {expected} when it logged them; they were changed since, refusing to load them"
         )
     return local
@@ -179,7 +234,7 @@ def verify_logged_model(client: MlflowClient, uri: str, run_id: str, experiment_
     source = resolve_source(client, uri, experiment_id)
     if source.run_id is not None and source.run_id != run_id:
         raise ProvenanceError(f"{uri} was logged by run {source.run_id}, not by run {run_id}")
-    source = ModelSource(uri=source.uri, path=source.path, run_id=run_id)
+    source = ModelSource(uri=source.uri, location=source.location, run_id=run_id)
     with tempfile.TemporaryDirectory(prefix="reproml-model-") as scratch:
         verified_files(client, source, Path(scratch), f"the model {uri} of run {run_id}")
     return source

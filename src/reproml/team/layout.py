@@ -1,0 +1,256 @@
+"""Where the team stack keeps its state, which ports it listens on, its secret, and its env file.
+
+Everything lives under `.reproml/team/` in the project (gitignored): one log per service, the
+PostgreSQL cluster (`pg/`), MLflow's served artifacts (`mlartifacts/`), Prefect's home, Dask's
+scratch space, `ports.json` (chosen once, so a second `up` finds the same stack), `secrets` and
+`env` (both 0600).
+
+The database password never appears in a URL, a command line or a log: `secrets` is a libpq
+password file (`host:port:db:user:password`), and every client (MLflow's and Optuna's psycopg2,
+Prefect's asyncpg) is pointed at it with `PGPASSFILE`. So `env` holds no password at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import secrets as _secrets
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+# Services with a port, and the variable that pins each one (else a free port is chosen once).
+PORTED = ("postgres", "mlflow", "prefect", "dask", "s3")
+PORT_ENV = {name: f"REPROML_TEAM_{name.upper()}_PORT" for name in PORTED}
+DB_USER = "reproml"
+DATABASES = ("mlflow", "prefect", "optuna")
+WORK_POOL = "reproml-team"
+BUCKET = "reproml-dvc"
+DVC_REMOTE = "team"
+# The S3 stand-in (moto) accepts any credentials; these only have to be present and consistent.
+S3_KEY_ID = "reproml-team"
+S3_SECRET = "reproml-team-stand-in"
+
+
+class TeamError(RuntimeError):
+    """The team stack cannot be started, reached or stopped; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The paths of one project's team stack."""
+
+    root: Path
+
+    @property
+    def dir(self) -> Path:
+        return self.root / ".reproml" / "team"
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.dir / "pg"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.dir / "mlartifacts"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.dir / "prefect"
+
+    @property
+    def dask_dir(self) -> Path:
+        return self.dir / "dask"
+
+    @property
+    def secrets(self) -> Path:
+        return self.dir / "secrets"
+
+    @property
+    def env_file(self) -> Path:
+        return self.dir / "env"
+
+    @property
+    def ports_file(self) -> Path:
+        return self.dir / "ports.json"
+
+    def log(self, service: str) -> Path:
+        return self.dir / f"{service}.log"
+
+    def prepare(self) -> None:
+        """Create the state folder, traversable by the `postgres` user that owns `pg/` when we are root."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o755)
+
+
+def write_private(target: Path, text: str) -> None:
+    """Write `text` to `target` atomically with mode 0600 from the first byte (never world-readable)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)  # mkstemp: 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(name, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+# Below Linux's ephemeral range (32768-60999), so that no outgoing connection holds our port.
+PORT_RANGE = (20000, 32000)
+
+
+def _free_port(taken: set[int]) -> int:
+    """A free port below the ephemeral range, not one of `taken`."""
+    for _ in range(200):
+        number = random.randint(*PORT_RANGE)
+        if number not in taken and not port_in_use(number):
+            return number
+    raise TeamError(
+        f"no free port found in {PORT_RANGE[0]}-{PORT_RANGE[1]}: pin them with {PORT_ENV['mlflow']} etc."
+    )
+
+
+def port_in_use(number: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, number))
+        except OSError:
+            return True
+    return False
+
+
+def _env_port(name: str) -> int | None:
+    value = os.environ.get(PORT_ENV[name])
+    if not value:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 0 < number < 65536:
+        raise TeamError(f"{PORT_ENV[name]}={value!r} is not a port number (1-65535)")
+    return number
+
+
+def saved_ports(layout: Layout) -> dict[str, int]:
+    """The ports recorded by the last `up` ({} before the first)."""
+    try:
+        saved = json.loads(layout.ports_file.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise TeamError(
+            f"{layout.ports_file} is unreadable ({exc}): delete it and run `make team-up`"
+        ) from None
+    return {name: int(saved[name]) for name in PORTED if name in saved}
+
+
+def choose_ports(layout: Layout, keep: bool) -> dict[str, int]:
+    """Each service's port: `REPROML_TEAM_<NAME>_PORT`, else the recorded one, else a free one.
+
+    `keep` (some service still runs) keeps recorded ports even if taken, since ours take them; a
+    fresh start replaces a recorded port that something else took meanwhile. Recorded for the next call.
+    """
+    saved = saved_ports(layout)
+    chosen: dict[str, int] = {}
+    for name in PORTED:
+        pinned = _env_port(name)
+        if pinned is not None:
+            chosen[name] = pinned
+        elif name in saved and (keep or not port_in_use(saved[name])):
+            chosen[name] = saved[name]
+        else:
+            chosen[name] = _free_port(set(chosen.values()))
+    if chosen != saved:
+        layout.dir.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(chosen, indent=2, sort_keys=True) + "\n"
+        write_private(layout.ports_file, text)
+        layout.ports_file.chmod(0o644)
+    return chosen
+
+
+def password(layout: Layout) -> str | None:
+    """The database password recorded in `secrets`, or None before the first `up`."""
+    try:
+        lines = layout.secrets.read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in lines:
+        if line and not line.startswith("#"):
+            fields = line.split(":")
+            if len(fields) == 5 and fields[3] == DB_USER:
+                return fields[4]
+    raise TeamError(
+        f"{layout.secrets} holds no password line for {DB_USER}: delete .reproml/team and start again"
+    )
+
+
+def new_password() -> str:
+    """A random password with no character libpq's password file would need escaped (`:` or `\\`)."""
+    return _secrets.token_urlsafe(24)
+
+
+def write_secrets(layout: Layout, secret: str, pg_port: int) -> None:
+    """The libpq password file (0600): the one place the password is written."""
+    text = (
+        "# reproml team stack: libpq password file (PGPASSFILE); keep it 0600, never commit or print it\n"
+        f"{HOST}:{pg_port}:*:{DB_USER}:{secret}\n"
+    )
+    write_private(layout.secrets, text)
+
+
+def database_url(ports: dict[str, int], database: str, driver: str = "postgresql") -> str:
+    """A URL without password: the client finds it through `PGPASSFILE`."""
+    return f"{driver}://{DB_USER}@{HOST}:{ports['postgres']}/{database}"
+
+
+def urls(layout: Layout, ports: dict[str, int]) -> dict[str, str]:
+    """The variables that point every command at the stack (what `env` exports)."""
+    return {
+        "MLFLOW_TRACKING_URI": f"http://{HOST}:{ports['mlflow']}",
+        "PREFECT_API_URL": f"http://{HOST}:{ports['prefect']}/api",
+        "PGPASSFILE": str(layout.secrets.resolve()),
+        "REPROML_TUNE_STORAGE": database_url(ports, "optuna"),
+        "DASK_SCHEDULER_ADDRESS": f"tcp://{HOST}:{ports['dask']}",
+        "REPROML_TEAM_WORK_POOL": WORK_POOL,
+        "AWS_ACCESS_KEY_ID": S3_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_ENDPOINT_URL": f"http://{HOST}:{ports['s3']}",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
+def write_env(layout: Layout, ports: dict[str, int]) -> None:
+    """`.reproml/team/env` (0600): `source` it (or `set -a; . env`) to use the stack."""
+    header = (
+        "# reproml team stack (`make team-up`): `source .reproml/team/env` points reproml, MLflow, Prefect,\n"
+        "# Optuna, Dask and DVC's S3 remote at it. The database password is in PGPASSFILE, not here;\n"
+        "# the AWS keys are the S3 stand-in's (moto accepts any).\n"
+    )
+    body = "".join(f"export {key}={_quoted(value)}\n" for key, value in urls(layout, ports).items())
+    write_private(layout.env_file, header + body)
+
+
+def _quoted(value: str) -> str:
+    return "'" + value.replace("'", "'\"'\"'") + "'"
+
+
+@contextlib.contextmanager
+def locked(layout: Layout) -> Iterator[None]:
+    """One `up` or `down` of this project's stack at a time."""
+    import fcntl
+
+    layout.prepare()
+    with (layout.dir / "lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
