@@ -49,10 +49,10 @@ test-slow: install ## the slow tests (the main job on all 336,776 flights)
 	$(BIN)/pytest -m slow
 
 up: install ## start the Prefect server (http://127.0.0.1:4200) and the MLflow UI (http://127.0.0.1:5000) in the background
-	$(BIN)/python -m flows.servers up
+	$(BIN)/python -m reproml.servers up
 
 down: ## stop the servers `make up` started (logs stay in .reproml/servers/)
-	$(BIN)/python -m flows.servers down
+	$(BIN)/python -m reproml.servers down
 
 # PostgreSQL for the team stack: the Debian package, installed once (as root) when its binaries are missing.
 postgresql:
@@ -92,6 +92,6 @@ benchmark: install ## pipeline overhead, CLI start-up, tuning against random sea
 	$(BIN)/python benchmarks/tuning.py
 
 clean: ## stop the servers, remove pipeline outputs and local MLflow state (keeps .venv and the DVC cache)
-	-test -x $(BIN)/python && $(BIN)/python -m flows.servers down
+	-test -x $(BIN)/python && $(BIN)/python -m reproml.servers down
 	rm -rf data/ingested.parquet data/schema.json data/prepared models plots predictions mlflow.db mlartifacts registry optuna .reproml
 	git worktree prune

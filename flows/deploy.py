@@ -1,8 +1,6 @@
-"""Deployments, served from this process: `reproml serve` (or `python flows/deploy.py`).
-
-`monitoring/daily` runs the monitoring flow on a cron schedule (the next production batch each
-time); `training/on-demand` has no schedule and runs when triggered (`prefect deployment run
-training/on-demand`, the UI, or the monitoring flow's hand-off). Both allow one run at a time.
+"""Deployments, served from this process: `reproml serve` (or `python -m flows.deploy [cron]` in
+the project root). What is deployed is `reproml.orchestration.deploy`; this module builds the
+Prefect deployments from it and serves them.
 """
 
 from __future__ import annotations
@@ -11,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DAILY = "0 6 * * *"
+from reproml.orchestration.deploy import DAILY, deployment_specs
 
 
 def deployments(root: Path, cron: str = DAILY, every: str = "month") -> list[Any]:
@@ -20,25 +18,18 @@ def deployments(root: Path, cron: str = DAILY, every: str = "month") -> list[Any
     from flows.monitoring import monitoring
     from flows.training import training
 
-    home = str(root.resolve())
+    flows: dict[str, Any] = {"monitoring": monitoring, "training": training}
     return [
-        monitoring.to_deployment(
-            name="daily",
-            cron=cron,
-            parameters={"root": home, "every": every},
-            concurrency_limit=1,
-            tags=["reproml"],
+        flows[spec.flow].to_deployment(
+            name=spec.name,
+            parameters=spec.parameters,
+            concurrency_limit=spec.concurrency_limit,
+            tags=spec.tags,
             entrypoint_type=EntrypointType.MODULE_PATH,
-            description="The next production batch against the champion; retrain verdicts start training.",
-        ),
-        training.to_deployment(
-            name="on-demand",
-            parameters={"root": home},
-            concurrency_limit=1,
-            tags=["reproml"],
-            entrypoint_type=EntrypointType.MODULE_PATH,
-            description="A new DVC data version (optional), dvc repro, challenger, promotion gate.",
-        ),
+            description=spec.description,
+            **({"cron": spec.cron} if spec.cron else {}),
+        )
+        for spec in deployment_specs(root, cron, every)
     ]
 
 
@@ -52,7 +43,7 @@ def serve(root: Path, cron: str = DAILY, every: str = "month") -> None:
 if __name__ == "__main__":
     import os
 
-    from flows.servers import ensure_prefect
+    from reproml.servers import ensure_prefect
 
     os.environ["PREFECT_API_URL"] = ensure_prefect(Path.cwd())
     serve(Path.cwd(), *(sys.argv[1:2] or [DAILY]))

@@ -1,37 +1,21 @@
 """The monitoring flow: the next production batch against the champion, and on a `retrain`
-verdict the training flow with that batch as a new data version, then the gate."""
+verdict the training flow with that batch as a new data version, then the gate. The steps are
+`reproml.orchestration.monitoring`."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.commands import retry_transient
+from flows.common import retry_transient
 from flows.training import training
+from reproml.orchestration import monitoring as steps
 
-
-@task(name="next_batch")
-def next_batch(root: Path, every: str) -> str | None:
-    """The period after the newest monitored batch, or None when production data runs out."""
-    import pandas as pd
-
-    from reproml.monitoring import batches, store
-    from reproml.stages.common import load
-
-    params = load(root)
-    first, last = batches.production_span(root, params.data.time_column)
-    history = store.history(root, params.register_.model_name)
-    seen = [pd.Timestamp(r["batch_time"]) for r in history if r.get("batch_time")]
-    return batches.next_period(max(seen, default=None), first, last, every)
-
-
-@task(name="monitor", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)
-def monitor(root: Path, batch: str, backfill: bool = False) -> dict[str, Any]:
-    from reproml.stages.monitor import run_monitor
-
-    return run_monitor(root, batch, backfill=backfill)
+next_batch = task(name="next_batch")(steps.next_batch)
+monitor = task(name="monitor", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)(
+    steps.monitor
+)
 
 
 @flow(name="monitoring", log_prints=True)
@@ -56,22 +40,7 @@ def monitoring(
         log.info("no production batch after the newest monitored one: nothing to do")
         return {"batch": None}
     record = monitor(home, spec, backfill)
-    drift = record.get("drift") or {}
-    quality = record.get("quality") or {}
-    summary: dict[str, Any] = {
-        "batch": record["batch_id"],
-        "verdict": record["verdict"],
-        "summary": record.get("summary"),
-        "reasons": record.get("reasons"),
-        "rows": record.get("rows"),
-        "weighted_drift_share": drift.get("weighted_drift_share"),
-        "drift_share": drift.get("drift_share"),
-        "quality": quality.get("batch_value"),
-        "metric": quality.get("metric"),
-        "champion": record["champion"],
-        "labelled": record.get("labelled"),
-        "retrain": None,
-    }
+    summary = steps.summary(record)
     log.info("%s: %s (%s)", record["batch_id"], record["verdict"], record.get("summary"))
     if record["verdict"] == "retrain" and retrain:
         if not record.get("labelled"):

@@ -111,7 +111,7 @@ def free_port() -> int:
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One real Prefect server for the whole test session (a real one starts in ~8-15 s), on a free
     port with its own home; its scheduler looks for due runs every 5 s instead of 60."""
-    from flows import servers
+    from reproml import servers
 
     root = tmp_path_factory.mktemp("prefect-server")
     with pytest.MonkeyPatch.context() as patch:  # only while starting: projects see just the URL

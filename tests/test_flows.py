@@ -278,7 +278,8 @@ def test_transient_failures_are_retried_and_real_ones_are_not(tmp_path: Path, pr
     from prefect import flow, task
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.commands import CommandError, retry_transient, run
+    from flows.common import retry_transient
+    from reproml.orchestration.commands import CommandError, run
 
     marker = tmp_path / "tried"
     flaky = (
@@ -331,7 +332,7 @@ def test_one_training_flow_per_workspace(project: Project, prefect_api: str) -> 
     from prefect.concurrency.sync import concurrency
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.training import limit_name
+    from reproml.orchestration.training import limit_name
 
     p = project
     earlier = {r.id for r in prefect_flow_runs(prefect_api, "training")}

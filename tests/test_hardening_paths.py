@@ -139,14 +139,14 @@ def in_tree(tree: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.mark.parametrize("name", ["..", "../x", "-f", ".hidden", "a/../b", "x.lock", "a//b", "a b", "x/"])
 def test_a_branch_that_could_name_another_folder_is_refused(tree: Path, name: str) -> None:
-    from flows.gitwork import worktree_path
+    from reproml.orchestration.worktree import worktree_path
 
     with pytest.raises(PathError, match="branch="):
         worktree_path(tree, name)
 
 
 def test_plain_branch_names_map_to_a_folder_under_worktrees(tree: Path) -> None:
-    from flows.gitwork import worktree_path
+    from reproml.orchestration.worktree import worktree_path
 
     for name in ("reproml/retrain", "reproml/simulation", "team_a/v1.2"):
         assert worktree_path(tree, name).parent == tree / ".reproml" / "worktrees"

@@ -156,10 +156,10 @@ def test_promote_and_monitoring_never_load_a_foreign_model(project: Path, tmp_pa
     client.set_registered_model_alias(NAME, registry.CHAMPION, foreign.version)  # as if moved by hand
     with pytest.raises(ReproError, match="outside this project's artifact root"):
         load_champion(project, client, NAME, experiment_id)
-    from flows.simulate import report
+    from reproml.orchestration.replay import report
 
     with pytest.raises(ReproError, match="outside this project's artifact root"):
-        report.fn(project, [], int(foreign.version))
+        report(project, [], int(foreign.version))
     assert not marker.exists(), "a foreign model was unpickled"
 
 
@@ -222,10 +222,10 @@ def test_a_registered_model_changed_on_disk_is_never_loaded(project: Path, tmp_p
     hostile_mlflow_model(files, marker, template=None)  # tampered after it became champion
     with pytest.raises(ReproError, match=changed):
         load_champion(project, client, NAME, experiment_id)
-    from flows.simulate import report
+    from reproml.orchestration.replay import report
 
     with pytest.raises(ReproError, match=changed):
-        report.fn(project, [], 1)
+        report(project, [], 1)
     assert not marker.exists(), "a tampered model was unpickled"
 
     restore()

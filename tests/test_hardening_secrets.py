@@ -290,7 +290,7 @@ def test_uncaught_tracebacks_of_the_cli_are_scrubbed(tmp_path: Path) -> None:
 
 
 def test_a_failed_flow_command_is_reported_and_logged_without_its_secrets() -> None:
-    from flows.commands import CommandError, run
+    from reproml.orchestration.commands import CommandError, run
 
     with pytest.raises(CommandError) as caught:
         run(["sh", "-c", "echo connecting to https://u:hunter2@h/x?token=tok-hunter2; exit 3"], Path("."))
@@ -308,7 +308,8 @@ def test_prefect_run_logs_and_states_on_the_server_hold_no_secret(
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.commands import CommandError, run
+    import flows.common  # noqa: F401  (the flows' edge: command output into the run's log, scrubbed)
+    from reproml.orchestration.commands import CommandError, run
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-hunter2-key")
     echo = "echo 'fetching https://u:hunter2pw@h/x with key aws-hunter2-key'"
@@ -382,7 +383,7 @@ def test_canary_secrets_reach_no_store_file_log_or_output(
     MLflow server reached with `user:<canary>@` (its password holding `/`, `@` and `:`), an
     Optuna RDB storage on SQLite with `?password=<canary>` (SQLite ignores it), and canary
     tokens in MLFLOW_TRACKING_TOKEN, AWS_SECRET_ACCESS_KEY and PREFECT_API_KEY."""
-    from flows import servers
+    from reproml import servers
 
     canary = f"c4n4ry{uuid.uuid4().hex[:12]}"
     params = sampled_params(6000)

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from flows.commands import CommandError, TransientError, run
 from reproml import paths, retrain, simulation
 from reproml.config import load_params
 from reproml.data import labelled
 from reproml.errors import ConfigError, DataValidationError
 from reproml.monitoring import batches
+from reproml.orchestration.commands import CommandError, TransientError, run
 from tests.conftest import REPO
 
 D = dt.date

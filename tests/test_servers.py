@@ -1,4 +1,4 @@
-"""flows.servers: the project's Prefect server and MLflow UI start, answer, are reused and stop whole.
+"""reproml.servers: the project's Prefect server and MLflow UI start, answer, are reused and stop whole.
 
 The unit tests use stand-in processes (a sleeping Python with or without our marker); the
 integration test starts the real servers once, on free ports, over a tiny MLflow store in tmp_path.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import servers
+from reproml import servers
 
 _http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -92,12 +92,14 @@ def write_pid(root: Path, name: str, pid: int) -> Path:
 
 
 def members(pgid: int) -> list[int]:
-    """Live, non-zombie processes of a group, from /proc."""
+    """Live, non-zombie processes of a group, as psutil and the kernel see them."""
+    import psutil
+
     found = []
-    for entry in Path("/proc").iterdir():
-        stat = servers._proc_stat(int(entry.name)) if entry.name.isdigit() else None
-        if stat is not None and stat[0] != "Z" and stat[2] == str(pgid):
-            found.append(int(entry.name))
+    for pid in psutil.pids():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                found.append(pid)
     return found
 
 

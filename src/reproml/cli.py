@@ -1,7 +1,9 @@
 """`reproml`: one subcommand per DVC stage, plus the verbs people type.
 
 Only Typer and Rich are imported at start-up; each command imports the heavy libraries it needs,
-so `reproml --help` stays as quick as importing pandas.
+so `reproml --help` stays as quick as importing pandas. Prefect is imported only by the commands
+that run a flow (retrain, serve, simulate), and the flows are the project's own `flows/` package,
+found in the project root (`_flows`), not an installed one.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import typer
@@ -304,17 +307,49 @@ def monitoring_history() -> None:
     console.print(monitoring_table(found, name))
 
 
+def _flows_root() -> Path:
+    """The project root whose `flows/` package holds the Prefect definitions (the wheel installs
+    only the library); exit 2 naming the folder when it is not there."""
+    from reproml.errors import ReproError
+    from reproml.paths import project_root
+
+    try:
+        root = project_root(ROOT)
+        if not (root / "flows" / "__init__.py").is_file():
+            raise ReproError(
+                f"{root / 'flows'} is not a package: the Prefect flows live in the project's flows/ "
+                "folder (restore it from git)"
+            )
+    except ReproError as exc:
+        raise _failed("no flows", exc) from None
+    return root
+
+
 def _prefect() -> None:
     """Point Prefect at a real server: PREFECT_API_URL, else the project's (`make up`), started
-    if needed. Flows never run on Prefect's temporary per-process server."""
+    if needed. Flows never run on Prefect's temporary per-process server. The project's flows/ is
+    checked first, so nothing is started for a command that cannot run."""
     import os
 
-    from flows.servers import ensure_prefect
+    from reproml.servers import ensure_prefect
 
+    _flows_root()
     try:
         os.environ["PREFECT_API_URL"] = ensure_prefect(ROOT.resolve())
     except Exception as exc:  # the message names the server, URL and log
         raise _failed("no Prefect server", exc) from None
+
+
+def _flows(module: str) -> ModuleType:
+    """`flows.<module>` of the project this command runs in (after `_prefect`: Prefect reads its
+    settings when imported). The root goes on `sys.path` so the served deployments' module
+    entrypoints (`flows.monitoring`) import in their run processes too."""
+    import importlib
+
+    root = str(_flows_root())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module(f"flows.{module}")
 
 
 @app.command()
@@ -348,8 +383,7 @@ def retrain(
     except ReproError as exc:
         raise _failed("reproml retrain refused", exc) from None
     _prefect()
-    from flows.training import training
-
+    training = _flows("training").training
     summary = training(root=str(ROOT.resolve()), labelled=source, branch=branch)
     console.print(_clean(summary["promotion"]), highlight=False)
 
@@ -362,9 +396,7 @@ def serve(
     """Create the deployments (monitoring/daily on `cron`, training/on-demand) and run them until
     stopped; `prefect deployment ls` and the Prefect UI list them."""
     _prefect()
-    from flows.deploy import serve as serve_deployments
-
-    serve_deployments(ROOT.resolve(), cron, every)
+    _flows("deploy").serve(ROOT.resolve(), cron, every)
 
 
 @app.command()
@@ -395,8 +427,9 @@ def simulate(
     _prefect()
     from rich.table import Table
 
-    from flows.simulate import simulate as replay
     from reproml.simulation import COLUMNS, cell, headers
+
+    replay = _flows("simulate").simulate
 
     first, last = spans[0].label, spans[-1].label
     result = replay(root=str(ROOT.resolve()), every=every, start=first, end=last)

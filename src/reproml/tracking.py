@@ -50,7 +50,7 @@ BATCH = 100
 # How long a call waits for another process's write lock on a SQLite store before giving up.
 STORE_WAIT_ENV = "REPROML_STORE_WAIT_S"
 MLFLOW_STORE_WAIT_S = 20.0  # MLflow's own `PRAGMA busy_timeout`, used when the variable is unset
-LOCKED = "database is locked"  # SQLite's words; flows.commands retries on them
+LOCKED = "database is locked"  # SQLite's words; reproml.orchestration.commands retries on them
 # Beside a SQLite store: how runs this host could not end (locked store) should be ended.
 UNENDED_DIR = Path(".reproml/unended-runs")
 

@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from flows.commands import CommandError, run
+from reproml.orchestration.commands import CommandError, run
 from reproml.paths import branch_name, site_cache
 
 

@@ -1,20 +1,27 @@
 """The project's local Prefect server and MLflow UI, in the background: `make up` / `make down`.
 
-`python -m flows.servers up|down|status`. Each server runs in its own session (so its own process
-group, stopped as a whole), writes its output to `.reproml/servers/<name>.log` and its pid to
-`.reproml/servers/<name>.pid`. Prefect keeps its database under `.reproml/prefect`, so every project
-has its own; MLflow serves the project's `mlflow.db` and `mlartifacts/`.
+`python -m reproml.servers up|down|status` in the project root (or `--root`, which must be the
+project the command runs in: `reproml.paths.project_root`). Each server runs in its own session
+(so its own process group, stopped as a whole), writes its output to `.reproml/servers/<name>.log`
+and its pid to `.reproml/servers/<name>.pid`. Prefect keeps its database under `.reproml/prefect`,
+so every project has its own; MLflow serves the project's `mlflow.db` and `mlartifacts/`.
 
 A pid counts as ours only if the process carries the marker variable this module put in its
-environment, so a pid file left by a crash is never mistaken for a process that reused the pid.
-This module only spawns processes: it imports neither Prefect nor MLflow.
+environment (read with psutil), so a pid file left by a crash is never mistaken for a process that
+reused the pid. This module only spawns processes: it imports neither Prefect nor MLflow.
+
+Why not `prefect server start --background` / `prefect server stop`: Prefect 3.8 starts the
+server with its output piped to a process that exits at once (so no log, and writes that fail),
+in the caller's process group, records no way to tell a reused pid, and `stop` sends SIGTERM to
+that one pid only; the log, the marker, the group stop and the health wait here are what `make up`
+and the tests rely on. One start or stop at a time goes through the library's flock
+(`reproml.io.file_lock`), the primitive the training lock is built on.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import itertools
 import os
 import signal
@@ -23,9 +30,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
+
+from reproml.io import file_lock
 
 PREFECT_PORT = 4200
 MLFLOW_PORT = 5000
@@ -34,8 +45,6 @@ HOST_ENV = "REPROML_SERVER_HOST"
 PORT_ENV = {"prefect": "REPROML_PREFECT_PORT", "mlflow": "REPROML_MLFLOW_PORT"}
 DEFAULT_PORT = {"prefect": PREFECT_PORT, "mlflow": MLFLOW_PORT}
 NAMES = ("prefect", "mlflow")
-# The project this file belongs to (`flows/` sits in the project root).
-ROOT = Path(__file__).resolve().parents[1]
 # Set in each server's environment to `<name>@<root>`: how a pid is recognised as ours.
 MARKER_ENV = "REPROML_SERVER_ID"
 LOG_TAIL = 20
@@ -184,11 +193,13 @@ def _environment(root: Path, name: str) -> dict[str, str]:
     return env
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, ...), None if gone."""
+def _process(pid: int) -> psutil.Process | None:
+    """The process `pid`, or None if there is none (0 and negatives are no process of ours)."""
+    if pid <= 0:
+        return None
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
         return None
 
 
@@ -201,64 +212,58 @@ def _reap(pid: int) -> None:
 def _alive(pid: int) -> bool:
     """Whether the process exists and is not a zombie."""
     _reap(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    process = _process(pid)
+    if process is None:
         return False
-    except PermissionError:
+    try:
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
         return True
-    stat = _proc_stat(pid)
-    return stat is None or stat[0] != "Z"
 
 
 def _is_ours(pid: int, root: Path, name: str) -> bool:
     """Whether `pid` is (a process of) this project's `name` server, not a reused pid."""
-    entry = f"{MARKER_ENV}={_marker(root, name)}".encode()
-    if Path("/proc/self/environ").exists():
-        try:
-            return entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:  # gone, or another user's process
-            return False
-    # No /proc (macOS): the command line must be the one we start.
-    argv, command = _command_line(pid), _command(root, name)
-    return bool(argv) and command[0] in argv[:2] and all(part in argv for part in command[1:4])
+    process = _process(pid)
+    if process is None:
+        return False
+    try:
+        return bool(process.environ().get(MARKER_ENV) == _marker(root, name))
+    except psutil.Error:  # gone, a zombie, or another user's process
+        return False
 
 
 def _command_line(pid: int) -> list[str]:
-    """The process's arguments ([] if it is gone)."""
+    """The process's arguments ([] if it is gone or not readable)."""
+    process = _process(pid)
+    if process is None:
+        return []
     try:
-        return [
-            arg.decode(errors="replace") for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        ]
-    except OSError:
-        pass
-    shown = subprocess.run(["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
-    return shown.stdout.split()  # approximate: a path with spaces would be split
+        return list(process.cmdline())
+    except psutil.Error:
+        return []
+
+
+def _group(pid: int) -> int | None:
+    """The process group of `pid`, None if it is gone."""
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
 
 
 def _members(pgid: int) -> list[int]:
     """Live (not zombie) processes of process group `pgid`."""
-    if not Path("/proc/self/stat").exists():
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return []
-        return [pgid]
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[0] != "Z" and stat[2] == str(pgid):
-                found.append(int(entry.name))
-    return found
+    return [pid for pid in psutil.pids() if _group(pid) == pgid and _alive(pid)]
 
 
 def _ours_left(pgid: int, root: Path, name: str) -> bool:
     """Whether any process of the `name` server's group `pgid` is alive.
 
-    Our server leads its own group, so pgid == its pid. Linux never hands out a pid still in use as
-    a group id: if a process that is not ours has that pid, our group is gone; if none has it,
-    workers a `kill -9` of the main process left behind may still be in the group.
+    Our server leads its own group, so pgid == its pid. The kernel never hands out a pid still in
+    use as a group id: if a process that is not ours has that pid, our group is gone; if none has
+    it, workers a `kill -9` of the main process left behind may still be in the group.
     """
     if _alive(pgid):
         return _is_ours(pgid, root, name)
@@ -282,15 +287,10 @@ def _write_pid(root: Path, name: str, pid: int) -> None:
 
 def _find(root: Path, name: str) -> int | None:
     """This project's `name` server found by its marker (when its pid file was deleted, e.g. by
-    `make clean`): the leader of its process group, or None. Linux only."""
-    if not Path("/proc/self/stat").exists():
-        return None
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            pid = int(entry.name)
-            stat = _proc_stat(pid)
-            if stat is not None and stat[2] == entry.name and _alive(pid) and _is_ours(pid, root, name):
-                return pid
+    `make clean`): the leader of its process group, or None."""
+    for pid in psutil.pids():
+        if _group(pid) == pid and _alive(pid) and _is_ours(pid, root, name):
+            return pid
     return None
 
 
@@ -313,16 +313,9 @@ def running(root: Path, name: str) -> int | None:
     return None
 
 
-@contextlib.contextmanager
-def _locked(root: Path, name: str) -> Iterator[None]:
+def _locked(root: Path, name: str) -> contextlib.AbstractContextManager[bool]:
     """One start or stop of a server at a time, across processes."""
-    state_dir(root).mkdir(parents=True, exist_ok=True)
-    with (state_dir(root) / f"{name}.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return file_lock(state_dir(root) / f"{name}.lock")
 
 
 def _signal(pgid: int, signum: int) -> None:
@@ -606,11 +599,20 @@ def _listed(names: Sequence[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`up` starts both servers, `down` stops them, `status` shows them; 1 on failure."""
-    parser = argparse.ArgumentParser(prog="python -m flows.servers", description=DESCRIPTION)
+    from reproml.errors import ReproError
+    from reproml.paths import project_root
+
+    parser = argparse.ArgumentParser(prog="python -m reproml.servers", description=DESCRIPTION)
     parser.add_argument("action", choices=["up", "down", "status"])
-    parser.add_argument("--root", type=Path, default=ROOT, help="project root (default: this checkout)")
+    parser.add_argument(
+        "--root", type=Path, default=Path("."), help="project root (default: the working directory)"
+    )
     args = parser.parse_args(argv)
-    root: Path = args.root.resolve()
+    try:
+        root = project_root(args.root, "--root")
+    except ReproError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     lines: list[str] = []
     failed = False
     try:

@@ -1,9 +1,12 @@
-"""External commands (git, dvc, reproml) run from flows: output into the run's log, a whole
+"""External commands (git, dvc, reproml) run for the flows: output into the run's log, a whole
 process group stopped when the flow is, and transient failures told apart from real ones.
 
 A stage runs as `dvc repro -s <stage>` in its own process group. When the flow process gets
 SIGTERM, Prefect raises `TerminationSignal` in it; `run` then sends SIGTERM to the group, so
 `reproml train` ends its MLflow run KILLED and writes no model, and DVC leaves `dvc.lock` as it was.
+
+Where the lines go is set by the edge (`use_logger`): the flows hand in Prefect's run logger, so
+this module never imports Prefect; without one, the `reproml.orchestration` logger gets them.
 """
 
 from __future__ import annotations
@@ -12,15 +15,11 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reproml.redaction import install_scrubbing, scrub
-
-# Every log record of a flow process (Prefect's run logs, stored on its server, included) and any
-# uncaught traceback lose passwords and tokens; the flows all import this module.
-install_scrubbing()
+from reproml.redaction import scrub
 
 # Failures worth another try: another process holds a lock for a moment.
 TRANSIENT_MARKERS = (
@@ -30,23 +29,43 @@ TRANSIENT_MARKERS = (
     "Timeout: a lock",
 )
 
+Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
+LOGGER = logging.getLogger("reproml.orchestration")
+
 
 class CommandError(RuntimeError):
     """A command failed for a reason another try will not fix."""
 
 
 class TransientError(CommandError):
-    """A command failed because something was busy; Prefect retries these with backoff."""
+    """A command failed because something was busy; the flows retry these with backoff."""
 
 
-def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
+def _default_logger() -> Logger:
+    return LOGGER
 
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger("reproml.flows")
+
+_logger_factory: Callable[[], Logger] = _default_logger
+
+
+def use_logger(factory: Callable[[], Logger]) -> None:
+    """Where command lines and output are logged from now on (`factory` is asked at each command,
+    so it can return the logger of whichever flow or task run is current)."""
+    global _logger_factory
+    _logger_factory = factory
+
+
+def logger() -> Logger:
+    """The logger commands (and the steps that report progress) write to."""
+    return _logger_factory()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether `exc` is something a moment's wait can fix: a `TransientError`, or a library error
+    (in-process MLflow, say) whose message carries one of the same markers."""
+    if isinstance(exc, TransientError):
+        return True
+    return any(marker in str(exc) for marker in TRANSIENT_MARKERS)
 
 
 def stop_group(process: subprocess.Popen[Any], grace_s: float = 30.0) -> None:
@@ -65,7 +84,7 @@ def stop_group(process: subprocess.Popen[Any], grace_s: float = 30.0) -> None:
 
 def run(args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None, quiet: bool = False) -> str:
     """Run `args` in `cwd`; return its output, or raise TransientError / CommandError with its tail."""
-    log = _logger()
+    log = logger()
     shown = scrub(" ".join(args))
     log.info("$ %s  (in %s)", shown, cwd)
     process = subprocess.Popen(
@@ -94,14 +113,3 @@ def run(args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None, qu
         tail = scrub("".join(lines[-25:]))  # the message becomes the task's state on the Prefect server
         raise kind(f"`{shown}` in {cwd} exited with {code}:\n{tail}")
     return output
-
-
-def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect `retry_condition_fn`: retry only what a moment's wait can fix."""
-    try:
-        state.result()
-    except TransientError:
-        return True
-    except Exception as exc:  # a library error (in-process MLflow, say): the same markers decide
-        return any(marker in str(exc) for marker in TRANSIENT_MARKERS)
-    return False

@@ -1,0 +1,48 @@
+"""The monitoring flow's steps: which production batch comes next, the monitor itself, and the
+flow's summary of a monitored batch (what the hand-off to the training flow reads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def next_batch(root: Path, every: str) -> str | None:
+    """The period after the newest monitored batch, or None when production data runs out."""
+    import pandas as pd
+
+    from reproml.monitoring import batches, store
+    from reproml.stages.common import load
+
+    params = load(root)
+    first, last = batches.production_span(root, params.data.time_column)
+    history = store.history(root, params.register_.model_name)
+    seen = [pd.Timestamp(r["batch_time"]) for r in history if r.get("batch_time")]
+    return batches.next_period(max(seen, default=None), first, last, every)
+
+
+def monitor(root: Path, batch: str, backfill: bool = False) -> dict[str, Any]:
+    """One batch against the champion (`reproml monitor`): its record, verdict included."""
+    from reproml.stages.monitor import run_monitor
+
+    return run_monitor(root, batch, backfill=backfill)
+
+
+def summary(record: dict[str, Any]) -> dict[str, Any]:
+    """What the monitoring flow returns for a monitored batch; `retrain` is filled by the hand-off."""
+    drift = record.get("drift") or {}
+    quality = record.get("quality") or {}
+    return {
+        "batch": record["batch_id"],
+        "verdict": record["verdict"],
+        "summary": record.get("summary"),
+        "reasons": record.get("reasons"),
+        "rows": record.get("rows"),
+        "weighted_drift_share": drift.get("weighted_drift_share"),
+        "drift_share": drift.get("drift_share"),
+        "quality": quality.get("batch_value"),
+        "metric": quality.get("metric"),
+        "champion": record["champion"],
+        "labelled": record.get("labelled"),
+        "retrain": None,
+    }

@@ -1,0 +1,101 @@
+"""The production replay's steps (`reproml simulate`): a clean start, the champion after each
+period, and the report against the model never retrained.
+
+The replay starts from the pipeline's model and a clean history (the model's earlier outputs are
+moved to `monitoring/<model>/archive/`), so running it twice tells the same story. Binary,
+multiclass and regression alike: the table and the page show the monitor's metric for the task.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+from typing import Any
+
+from reproml.orchestration.worktree import open_worktree
+
+
+def reset(root: Path, branch: str) -> int:
+    """Archive earlier monitoring outputs, start the branch again from HEAD, and make the
+    pipeline's registered model the champion (a forced promotion, recorded, if it is not)."""
+    from mlflow.tracking import MlflowClient
+
+    from reproml import registry, tracking
+    from reproml.io import read_json
+    from reproml.monitoring import store
+    from reproml.stages.common import load
+    from reproml.stages.register import REGISTERED, run_promote
+
+    params = load(root)
+    name = params.register_.model_name
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    archive = root / store.archive(name) / stamp
+    for kind in store.KINDS:
+        folder = root / store.home(name) / kind
+        if folder.exists():
+            archive.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(folder), str(archive / kind))
+    open_worktree(root, branch, reset=True)
+    registered = root / REGISTERED
+    if not registered.is_file():
+        raise FileNotFoundError(f"{registered} not found: run `dvc repro` before `reproml simulate`")
+    start = int(read_json(registered)["version"])
+    tracking.setup(root, params.mlflow.experiment_name)
+    current = registry.alias_version(MlflowClient(), params.register_.model_name, registry.CHAMPION)
+    if current is None or int(current.version) != start:
+        run_promote(root, version=start, reason="reproml simulate starts from the pipeline's model")
+    return start
+
+
+def champion_version(root: Path) -> int | None:
+    """The version the `champion` alias names now, or None."""
+    from mlflow.tracking import MlflowClient
+
+    from reproml import registry
+    from reproml.stages.common import load
+
+    name = load(root).register_.model_name
+    champion = registry.alias_version(MlflowClient(), name, registry.CHAMPION)
+    return None if champion is None else int(champion.version)
+
+
+def report(root: Path, outcomes: list[dict[str, Any]], baseline_version: int) -> dict[str, Any]:
+    """Score the never-retrained model on each batch's labelled rows; write the HTML and JSON."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from reproml import provenance, registry, simulation, tracking
+    from reproml.monitoring import store
+    from reproml.stages.common import load
+
+    params = load(root)
+    experiment_id = tracking.setup(root, params.mlflow.experiment_name)
+    name = params.register_.model_name
+    client = MlflowClient()
+    model = provenance.load_model_version(
+        client, client.get_model_version(name, str(baseline_version)), experiment_id
+    )
+    rows = []
+    for outcome in outcomes:
+        baseline = float("nan")
+        if outcome.get("labelled"):
+            frame = pd.read_parquet(root / outcome["labelled"])
+            baseline = simulation.baseline_metric(
+                model, frame, params.data.target, params.data.task, params.monitor.metric
+            )
+        rows.append(simulation.row(outcome, baseline, outcome["champion_after"]))
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    metric = next(
+        (r["metric"] for r in rows if r.get("metric")),
+        simulation.metric_name(params.data.task, params.monitor.metric),
+    )
+    title = f"reproml simulate: {name}'s production replay"
+    page = simulation.write(root / store.reports(name), rows, metric, baseline_version, title)
+    return {
+        "rows": rows,
+        "html": str(page.relative_to(root)),
+        "baseline_version": baseline_version,
+        "final_champion": None if champion is None else int(champion.version),
+        "metric": metric,
+    }

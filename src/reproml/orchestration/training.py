@@ -1,0 +1,258 @@
+"""The training flow's steps: (new labelled data ->) new DVC data version -> `dvc repro` ->
+challenger -> promotion gate.
+
+Everything happens in a git worktree of `retrain.branch` (`.reproml/worktrees/`), which shares
+the project's DVC cache and remote and, through `REPROML_WORKSPACE`, its MLflow store, registry
+audit trail and Optuna studies. The user's branch and working tree are never touched.
+
+DVC decides what is stale and in which order: `stage_order` reads DVC's own graph, and each stage
+runs as `dvc repro -s <stage>` (skipped by DVC when nothing it depends on changed). `flows/training.py`
+makes each of these steps a Prefect task and holds the workspace's slot and training lock around them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from reproml.orchestration.commands import logger, run
+from reproml.orchestration.worktree import commit, tool
+
+LABELLED_DVC = "data/raw/labelled.dvc"
+# what `dvc repro` and `dvc add` change, committed after each step (never the user's other files)
+PIPELINE_FILES = ["dvc.lock", "metrics", "params.yaml", LABELLED_DVC, "data/raw/.gitignore"]
+
+
+def stage_env(root: Path) -> dict[str, str]:
+    """Stages in the worktree keep the workspace's state and find this environment's tools."""
+    from reproml.paths import WORKSPACE_ENV
+
+    return {
+        WORKSPACE_ENV: str(root),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+    }
+
+
+def workspace_env(root: Path) -> contextlib.AbstractContextManager[None]:
+    """In-process library calls (promotion) see the workspace the way the stages do."""
+    from reproml.env import overridden
+    from reproml.paths import WORKSPACE_ENV
+
+    return overridden(WORKSPACE_ENV, str(root))
+
+
+def limit_name(root: Path) -> str:
+    """The name of the workspace's one-training-at-a-time concurrency limit on the Prefect server."""
+    return "reproml-training-" + hashlib.sha1(str(root).encode()).hexdigest()[:10]
+
+
+def champion_values(root: Path, model_name: str, model: str) -> dict[str, Any]:
+    """The champion's own `train.<model>` values (tuned ones included), from its MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    from reproml import registry, retrain, tracking
+    from reproml.stages.common import load
+
+    with workspace_env(root):
+        tracking.setup(root, load(root).mlflow.experiment_name)
+        client = MlflowClient()
+        version = registry.alias_version(client, model_name, registry.CHAMPION)
+        if version is None or version.run_id is None:
+            return {}
+        return retrain.champion_values(client.get_run(version.run_id).data.params, model)
+
+
+def champion_classes(root: Path, params: Any) -> tuple[list[Any] | None, str]:
+    """The champion's class order (its run's `reproml.classes` tag) and how to name it; without a
+    champion, the classes ingest recorded in data/schema.json."""
+    from mlflow.tracking import MlflowClient
+
+    from reproml import paths, registry, tracking
+    from reproml.io import read_json
+
+    with workspace_env(root):
+        tracking.setup(root, params.mlflow.experiment_name)
+        client = MlflowClient()
+        version = registry.alias_version(client, params.register_.model_name, registry.CHAMPION)
+        if version is not None and version.run_id is not None:
+            tag = client.get_run(version.run_id).data.tags.get("reproml.classes")
+            if tag:
+                return list(json.loads(tag)), f"champion v{version.version}"
+    schema = root / paths.SCHEMA
+    classes = read_json(schema).get("classes") if schema.is_file() else None
+    return (list(classes) if classes else None), "the champion"
+
+
+def check_batch(root: Path, labelled: Path) -> str | None:
+    """Why the labelled batch cannot make a challenger the gate can judge (multiclass: a class
+    without rows under a metric that needs every class; see `reproml.retrain`), or None."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from reproml import metrics, retrain
+    from reproml.stages.common import load
+
+    params = load(root)
+    if params.data.task != "multiclass" or not labelled.is_file():
+        return None  # a missing file or column is add_batch's to report
+    spec = metrics.metric_spec(params.promote.metric, "multiclass")
+    target = params.data.target
+    if not metrics.METRICS[spec.name].every_class or target not in pq.read_schema(labelled).names:
+        return None
+    classes, champion = champion_classes(root, params)
+    if not classes:
+        return None
+    absent = retrain.missing_classes(pd.read_parquet(labelled, columns=[target])[target], classes)
+    if not absent:
+        return None
+    return retrain.class_refusal(labelled.name, absent, classes, spec.name, champion)
+
+
+def add_batch(root: Path, tree: Path, labelled: Path) -> dict[str, Any]:
+    """The batch joins `data/raw/labelled/` as a new DVC data version; the window slides onto it;
+    both are committed on the retrain branch so the train run's lineage names that commit."""
+    import pandas as pd
+
+    from reproml import paths, retrain
+    from reproml.io import write_text
+    from reproml.stages.common import load
+
+    params = load(tree)
+    if not labelled.is_file():
+        raise FileNotFoundError(f"labelled batch {labelled} not found")
+    time_column = params.data.time_column
+    if time_column is None:
+        raise ValueError("data.time_column is null: a retrain slides a time window")
+    start, end = retrain.batch_span(pd.read_parquet(labelled, columns=[time_column])[time_column])
+    window = retrain.slide(retrain.window_of(params), start, end)
+    folder = tree / paths.LABELLED_DATA
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / labelled.name
+    shutil.copyfile(labelled, target)
+    trials = params.retrain.tune_trials
+    fixed = champion_values(root, params.register_.model_name, params.train.model) if trials == 0 else None
+    text, _ = retrain.edit_params((tree / "params.yaml").read_text(), window, trials, fixed)
+    write_text(tree / "params.yaml", text)
+    run([tool("dvc"), "add", "--quiet", str(paths.LABELLED_DATA)], tree, env=stage_env(root))
+    sha = commit(
+        tree,
+        f"reproml retrain: add labelled batch {labelled.name}; window {window.to_dict()}",
+        PIPELINE_FILES,
+    )
+    md5 = (tree / LABELLED_DVC).read_text().split("md5: ", 1)[1].split()[0]
+    return {"file": str(target.relative_to(tree)), "md5": md5, "window": window.to_dict(), "commit": sha}
+
+
+def head(tree: Path) -> str:
+    return run(["git", "rev-parse", "HEAD"], tree, quiet=True).strip()
+
+
+def rollback(tree: Path, commit: str) -> None:
+    """The worktree back at `commit`, labelled data included: a failed retrain leaves no data
+    version behind for the next one to trip over."""
+    from reproml import paths
+
+    logger().warning("retrain failed: resetting %s to %s", tree, commit[:10])
+    run(["git", "reset", "--hard", "--quiet", commit], tree, quiet=True)
+    if (tree / LABELLED_DVC).is_file():
+        run([tool("dvc"), "checkout", "--force", "--quiet", LABELLED_DVC], tree, quiet=True)
+    else:
+        shutil.rmtree(tree / paths.LABELLED_DATA, ignore_errors=True)
+
+
+def stage_order(tree: Path) -> list[str]:
+    """The pipeline's stages, upstream first, as DVC's own graph orders them."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(tree)) as repo:
+        ordered = reversed(list(nx.topological_sort(repo.index.graph)))
+        return [stage.name for stage in ordered if stage.cmd]
+
+
+def run_stage(tree: Path, name: str, env: dict[str, str]) -> str:
+    """`dvc repro` of one stage: `ran`, or `skipped` when DVC found nothing it depends on changed."""
+    out = run([tool("dvc"), "repro", "--single-item", name], tree, env=env)
+    return "skipped" if "didn't change, skipping" in out else "ran"
+
+
+def push(tree: Path, env: dict[str, str]) -> None:
+    run([tool("dvc"), "push", "--quiet"], tree, env=env)
+
+
+def commit_lock(tree: Path, message: str) -> str | None:
+    """Commit what `dvc repro` changed on the retrain branch; None if nothing did."""
+    return commit(tree, message, PIPELINE_FILES)
+
+
+def promote(root: Path, tree: Path) -> dict[str, Any]:
+    """The promotion gate over the worktree's challenger, with the workspace's registry."""
+    from reproml.stages.register import run_promote
+
+    with workspace_env(root):
+        return run_promote(tree)
+
+
+def data_versions(tree: Path) -> dict[str, str]:
+    """Every output and dependency md5 dvc.lock now records, by path."""
+    import yaml
+
+    lock = yaml.safe_load((tree / "dvc.lock").read_text())
+    versions: dict[str, str] = {}
+    for entry in lock.get("stages", {}).values():
+        for item in [*entry.get("deps", []), *entry.get("outs", [])]:
+            if "md5" in item:
+                versions[item["path"]] = item["md5"]
+    return versions
+
+
+def refusal(branch: str, reason: str, why: str) -> dict[str, Any]:
+    """The training flow's summary when it refused to start: the shape of a finished one, with the
+    outcome `refused` where a gate decision would be."""
+    return {
+        "branch": branch,
+        "worktree": None,
+        "reason": reason,
+        "added": None,
+        "stages": {},
+        "commit": None,
+        "data_versions": {},
+        "challenger": None,
+        "promotion": {
+            "action": "refused",
+            "reason": why,
+        },
+    }
+
+
+def summary(
+    branch: str,
+    tree: Path,
+    reason: str,
+    added: dict[str, Any] | None,
+    stages: dict[str, str],
+    lock_commit: str | None,
+    decision: dict[str, Any],
+) -> dict[str, Any]:
+    """The training flow's result: what was added, which stages ran, the data versions dvc.lock
+    now names, the challenger and the gate's decision."""
+    from reproml.stages.register import REGISTERED
+
+    return {
+        "branch": branch,
+        "worktree": str(tree),
+        "reason": reason,
+        "added": added,
+        "stages": stages,
+        "commit": lock_commit,
+        "data_versions": data_versions(tree),
+        "challenger": json.loads((tree / REGISTERED).read_text()),
+        "promotion": {k: decision.get(k) for k in ("action", "reason", "challenger", "champion", "record")},
+    }
