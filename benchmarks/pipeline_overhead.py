@@ -3,9 +3,9 @@
 Two targets from the project's issue, each printed as a ratio of medians against a bare baseline
 measured side by side (machines are noisy, so runs alternate and medians are compared):
 
-* a full `dvc repro --force` (ingest -> prepare -> train -> evaluate) against one bare Python
-  process doing the same load, fit and scoring with no DVC, no MLflow and no stage files:
-  target 1.3 or less;
+* a full `dvc repro --force evaluate` (ingest -> prepare -> tune, switched off -> train ->
+  evaluate) against one bare Python process doing the same load, fit and scoring with no DVC, no
+  MLflow and no stage files: target 1.3 or less;
 * `reproml --help` against `python -c "import pandas"`: target 1.5 or less.
 
 Why a copy: the pipeline runs in a scratch copy of the *current working tree* (tracked files plus
@@ -17,6 +17,9 @@ The bare baseline (`--bare`, run as its own process by this script) calls reprom
 (`reproml.data.ingest.ingest`, `reproml.data.split.split`, `reproml.train.fit_model`,
 `reproml.evaluate`), so both sides run the same algorithms with the same params and must produce
 the same metrics; the script checks that they do. See benchmarks/README.md for how to read it.
+
+Where the time goes is read from the standard library's profiler over the real CLI (`python -m
+cProfile ... reproml STAGE`), grouped by the library each function lives in: nothing is patched.
 
 Run: `.venv/bin/python benchmarks/pipeline_overhead.py [--repeats N | --quick]`.
 """
