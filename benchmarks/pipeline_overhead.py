@@ -531,7 +531,7 @@ def report(
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)  # a log file keeps whole rows
     n = len(pipes)
     pipe = [p.wall for p in pipes]
     full = [b.full for b in bares]
