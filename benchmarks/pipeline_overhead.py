@@ -550,7 +550,7 @@ def report(
     for header in ("run", "median", "min", "max"):
         timing.add_column(header, justify="left" if header == "run" else "right")
     timing.add_row(
-        "dvc repro --force evaluate (4 stages, DVC + MLflow)", _s(_med(pipe)), _s(min(pipe)), _s(max(pipe))
+        "dvc repro --force evaluate (5 stages, DVC + MLflow)", _s(_med(pipe)), _s(min(pipe)), _s(max(pipe))
     )
     timing.add_row("bare: load + fit + score (one process)", _s(_med(fit)), _s(min(fit)), _s(max(fit)))
     timing.add_row("bare: + permutation importance + plots", _s(_med(full)), _s(min(full)), _s(max(full)))
