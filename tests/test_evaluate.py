@@ -237,3 +237,64 @@ def test_permutation_importance_ranks_informative_above_noise(model: str, task: 
     worse = compute_metrics(valid["y"].to_numpy(), predict_scores(trained.pipeline, shuffled, task), task)
     drop = baseline[metric] - worse[metric] if task == "classification" else worse[metric] - baseline[metric]
     assert drop == pytest.approx(by_name["x1"], rel=0.5)
+
+
+@pytest.mark.parametrize(
+    ("model", "task"),
+    [
+        ("xgboost", "classification"),
+        ("hist_gradient_boosting", "regression"),
+        ("logistic", "classification"),
+        ("random_forest", "multiclass"),
+    ],
+)
+def test_permutation_importance_equals_sklearn_on_the_whole_pipeline(model: str, task: str) -> None:
+    """Preprocessing once and redoing only the shuffled column's transformer changes no number:
+    the frame equals sklearn's permutation importance of the plain pipeline, for tree models
+    (codes, date parts) and linear ones (one-hot, scaling)."""
+    from sklearn.inspection import permutation_importance
+
+    from reproml.evaluate import _multiclass_scorer, _PreprocessedOnce, _shuffled_column_only
+    from reproml.metrics import metric_spec
+
+    frame = tiny_frame(rows=400, seed=3, task="classification" if task != "regression" else task)
+    if task == "multiclass":
+        frame["y"] = np.where(frame["x1"] > 0.5, "high", np.where(frame["x1"] < -0.5, "low", "mid"))
+    frame.loc[frame.index[::17], "cat"] = None  # missing categories take their own path
+    spec = FeatureSpec(numeric=["x1", "x2"], categorical=["cat"], time_column="when", date_parts=["hour"])
+    raw = default_params()
+    raw["data"].update({"path": "data/raw/tiny.csv", "target": "y", "task": task, "time_column": "when"})
+    raw["train"].update({"model": model, "n_jobs": 1})
+    raw["train"]["xgboost"].update({"n_estimators": 30, "min_child_weight": 1.0})
+    raw["train"]["random_forest"].update({"n_estimators": 10, "min_samples_leaf": 5})
+    raw["train"]["hist_gradient_boosting"].update({"max_iter": 30})
+    params = Params.model_validate(raw)
+    train, valid = frame.iloc[:300].reset_index(drop=True), frame.iloc[300:].reset_index(drop=True)
+    classes = sorted(frame["y"].unique()) if task == "multiclass" else None
+    trained = fit_model(train, valid, spec, params, classes)
+    X, y = valid[spec.input_columns], valid["y"].to_numpy()
+
+    assert isinstance(_shuffled_column_only(trained.pipeline, X), _PreprocessedOnce)
+    got = permutation_importance_frame(trained.pipeline, X, y, task, repeats=3, seed=7)
+    scoring: object = {"classification": "roc_auc", "regression": "neg_root_mean_squared_error"}.get(task)
+    if task == "multiclass":
+        scoring = _multiclass_scorer(metric_spec(None, task))
+    plain = permutation_importance(trained.pipeline, X, y, scoring=scoring, n_repeats=3, random_state=7)
+    expected = pd.DataFrame(
+        {"feature": list(X.columns), "importance": plain.importances_mean, "std": plain.importances_std}
+    ).sort_values("importance", ascending=False, kind="stable")
+    pd.testing.assert_frame_equal(got, expected.reset_index(drop=True), check_exact=True)
+    assert got["importance"].abs().sum() > 0  # something was shuffled that mattered
+
+
+def test_permutation_importance_falls_back_to_the_plain_model_when_it_is_no_column_pipeline() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from reproml.evaluate import _shuffled_column_only
+
+    frame = tiny_frame(rows=100, seed=1)
+    X = frame[["x1", "x2"]]
+    model = LogisticRegression().fit(X, frame["y"])
+    assert _shuffled_column_only(model, X) is model
+    result = permutation_importance_frame(model, X, frame["y"].to_numpy(), "classification", 2, 0)
+    assert result["feature"].iloc[0] == "x1"

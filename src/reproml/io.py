@@ -17,11 +17,12 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from reproml.errors import ReproError
+
+if TYPE_CHECKING:  # only an annotation here: a stage that writes no parquet (`tune` switched off,
+    import pandas as pd  # `register`) does not pay pandas' import
 
 # What "the storage is full" looks like: no space, no quota left, or over the file size limit.
 DISK_FULL = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",

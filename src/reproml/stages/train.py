@@ -15,10 +15,9 @@ from reproml.io import file_md5, read_json, write_json, write_with
 from reproml.stages.common import classes_of, feature_spec, load
 
 
-def _requirements() -> list[str]:
-    from reproml.lineage import library_versions
-
-    versions = library_versions()
+def _requirements(versions: dict[str, str]) -> list[str]:
+    """The logged model's pip requirements, from the versions the run's lineage tag records (looked
+    up once per stage: each look-up scans every installed distribution)."""
     keep = ["mlflow", "scikit-learn", "xgboost-cpu", "pandas", "numpy", "pyarrow"]
     extra = {name: importlib.metadata.version(name) for name in ("skops", "cloudpickle")}
     return [f"{n}=={versions[n]}" for n in keep if n in versions] + [f"{n}=={v}" for n, v in extra.items()]
@@ -76,6 +75,7 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
     classes = classes_of(params, schema)
     resolved = flat_params(params)
     git = lineage.git_state(root)
+    versions = lineage.library_versions()
     inputs = [paths.INGESTED, paths.SCHEMA, *(paths.split_file(s) for s in ("train", "valid", "test"))]
     if tuned is not None:
         inputs.append(paths.BEST_PARAMS)
@@ -96,7 +96,7 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
             "reproml.code_sha256": lineage.code_hash(root),
             "reproml.seed": str(params.seed),
             "reproml.data_source": schema["source"],
-            "reproml.libraries": json.dumps(lineage.library_versions(), sort_keys=True),
+            "reproml.libraries": json.dumps(versions, sort_keys=True),
             **{f"reproml.data.{path}": md5 for path, md5 in data_md5.items()},
         }
         if classes is not None:  # the order of the model's probability columns, as labels
@@ -132,8 +132,10 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
         write_json(root / paths.HISTORY, history)
         model_md5 = file_md5(root / paths.MODEL)
         example = valid[spec.input_columns].head(5)
+        code = Path(__file__).parents[1]
+        inputs_frame = train[spec.input_columns]
         model_uri = tracking.log_sklearn_model(
-            trained.pipeline, train[spec.input_columns], example, Path(__file__).parents[1], _requirements()
+            trained.pipeline, inputs_frame, example, code, _requirements(versions)
         )
         summary = {
             "fit_seconds": round(trained.fit_seconds, 3),
