@@ -254,7 +254,7 @@ def test_permutation_importance_equals_sklearn_on_the_whole_pipeline(model: str,
     (codes, date parts) and linear ones (one-hot, scaling)."""
     from sklearn.inspection import permutation_importance
 
-    from reproml.evaluate import _multiclass_scorer, _PreprocessedOnce, _shuffled_column_only
+    from reproml.evaluate import _PreprocessedOnce, _scorer, _shuffled_column_only
     from reproml.metrics import metric_spec
 
     frame = tiny_frame(rows=400, seed=3, task="classification" if task != "regression" else task)
@@ -278,7 +278,7 @@ def test_permutation_importance_equals_sklearn_on_the_whole_pipeline(model: str,
     got = permutation_importance_frame(trained.pipeline, X, y, task, repeats=3, seed=7)
     scoring: object = {"classification": "roc_auc", "regression": "neg_root_mean_squared_error"}.get(task)
     if task == "multiclass":
-        scoring = _multiclass_scorer(metric_spec(None, task))
+        scoring = _scorer(metric_spec(None, task), task)
     plain = permutation_importance(trained.pipeline, X, y, scoring=scoring, n_repeats=3, random_state=7)
     expected = pd.DataFrame(
         {"feature": list(X.columns), "importance": plain.importances_mean, "std": plain.importances_std}
