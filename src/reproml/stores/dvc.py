@@ -230,3 +230,15 @@ def lock_versions(root: Path) -> dict[str, str]:
             f"{lock} is not a DVC lock file (stages: deps/outs with path and md5): {exc}"
         ) from None
     return versions
+
+
+def tracked_md5(dvc_file: Path) -> str:
+    """The md5 a `.dvc` file (what `dvc add` writes) records for its output (`<md5>.dir` for a
+    folder); a ReproError naming the file when it records none."""
+    try:
+        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [])
+        return str(outs[0]["md5"])
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, KeyError, IndexError) as exc:
+        raise ReproError(
+            f"{dvc_file} is not a .dvc file recording an output md5 (outs: - md5): {exc}"
+        ) from None
