@@ -24,7 +24,7 @@ from typing import Any
 from reproml.orchestration.commands import logger, run
 from reproml.orchestration.worktree import commit, tool
 from reproml.stores import git
-from reproml.stores.dvc import lock_versions, tracked_md5
+from reproml.stores.dvc import lock_versions, pipeline_stages, tracked_md5
 
 LABELLED_DVC = "data/raw/labelled.dvc"
 # what `dvc repro` and `dvc add` change, committed after each step (never the user's other files)
@@ -174,12 +174,7 @@ def rollback(tree: Path, commit: str) -> None:
 
 def stage_order(tree: Path) -> list[str]:
     """The pipeline's stages, upstream first, as DVC's own graph orders them."""
-    import networkx as nx
-    from dvc.repo import Repo
-
-    with Repo(str(tree)) as repo:
-        ordered = reversed(list(nx.topological_sort(repo.index.graph)))
-        return [stage.name for stage in ordered if stage.cmd]
+    return pipeline_stages(tree)
 
 
 def run_stage(tree: Path, name: str, env: dict[str, str]) -> str:

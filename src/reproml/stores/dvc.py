@@ -242,3 +242,14 @@ def tracked_md5(dvc_file: Path) -> str:
         raise ReproError(
             f"{dvc_file} is not a .dvc file recording an output md5 (outs: - md5): {exc}"
         ) from None
+
+
+def pipeline_stages(root: Path) -> list[str]:
+    """The names of the pipeline's command stages at `root` (dvc.yaml), upstream first, in the
+    order DVC's own stage graph gives them."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        ordered = reversed(list(nx.topological_sort(repo.index.graph)))
+        return [stage.name for stage in ordered if stage.cmd]
