@@ -77,10 +77,11 @@ ui: install ## the MLflow UI for this project's runs and registry, at http://127
 monitor-ui: install ## Evidently's UI over monitoring/workspace, at http://127.0.0.1:8000 (Ctrl-C stops it)
 	DO_NOT_TRACK=1 $(BIN)/evidently ui --workspace monitoring/workspace --host 127.0.0.1 --port 8000
 
-check: install ## ruff (lint + format check) and mypy
+check: install ## ruff (lint + format check), mypy and the import contract (layers; see ARCHITECTURE.md)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: install ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .

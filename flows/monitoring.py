@@ -31,7 +31,8 @@ def monitoring(
     the newest monitored) and hand a `retrain` verdict to the training flow with the batch's
     labelled rows. A `batch` older than the newest monitored one is `out_of_order` (not judged)
     unless `backfill`. `root` must be the project the flow runs in (`reproml.paths.project_root`)."""
-    from reproml.paths import batch_spec, project_root
+    from reproml.monitoring.batches import batch_spec
+    from reproml.paths import project_root
 
     log = get_run_logger()
     home = project_root(root, "root")

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from reproml import paths
 from reproml.cli import app
+from reproml.monitoring.batches import batch_spec
 from reproml.paths import PathError
 from reproml.tuning import storage
 from tests.conftest import REPO
@@ -89,11 +90,11 @@ def test_allowed_paths_still_work(tree: Path) -> None:
     (tree / "data" / "alias.csv").symlink_to(data)  # a link that stays inside is followed
     assert paths.confined("data/alias.csv", tree, "batch") == data
     # periods are not paths; files come back resolved and relative to the project
-    assert paths.batch_spec(tree, "2013-08") == "2013-08"
-    assert paths.batch_spec(tree, "2013-02-30") == "2013-02-30"  # the monitor says what is wrong
-    assert paths.batch_spec(tree, "data/raw/../batch.csv") == "data/batch.csv"
+    assert batch_spec(tree, "2013-08") == "2013-08"
+    assert batch_spec(tree, "2013-02-30") == "2013-02-30"  # the monitor says what is wrong
+    assert batch_spec(tree, "data/raw/../batch.csv") == "data/batch.csv"
     with pytest.raises(PathError, match=re.escape("batch='../outside.csv'")):
-        paths.batch_spec(tree, "../outside.csv")
+        batch_spec(tree, "../outside.csv")
 
 
 def test_root_must_be_this_project(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from reproml.errors import ReproError
 from reproml.stores import git
-from reproml.stores.dvc import CorruptCacheError, DvcStore, lock_versions, verified_objects
+from reproml.stores.dvc import CorruptCacheError, DvcStore, lock_versions, tracked_md5, verified_objects
 
 
 def git_repo(root: Path) -> Path:
@@ -86,6 +86,37 @@ def test_a_worktree_is_added_at_a_commit_and_removed(tmp_path: Path) -> None:
     assert not tree.exists()
     listed = git.run(root, "worktree", "list", "--porcelain").stdout
     assert str(tree) not in listed
+
+
+def test_a_branch_worktree_is_made_kept_and_reset_and_commits_only_what_changed(tmp_path: Path) -> None:
+    """The retrain branch's worktree: made from HEAD, reopened as it is, remade with `reset`;
+    `commit` commits the named paths that changed (none: None), with or without an identity."""
+    root = git_repo(tmp_path / "repo")
+    start = git.head(root)
+    tree = tmp_path / "trees" / "retrain"
+    assert not git.branch_exists(root, "retrain")
+    git.add_branch_worktree(root, tree, "retrain")
+    assert git.branch_exists(root, "retrain") and git.head(tree) == start
+    assert git.commit(tree, "nothing", ["params.yaml", "absent.txt"]) is None
+    (tree / "params.yaml").write_text("seed: 2\n")
+    (tree / "other.txt").write_text("not named\n")
+    env = {"GIT_CONFIG_GLOBAL": str(tmp_path / "none"), "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(tmp_path)}
+    with pytest.MonkeyPatch.context() as patch:  # no identity anywhere: reproml's own is used
+        for key, value in env.items():
+            patch.setenv(key, value)
+        made = git.commit(tree, "seed 2", ["params.yaml", "absent.txt"])
+    assert made is not None and made != start and git.head(tree) == made
+    assert git.show_file(root, "retrain", "params.yaml") == "seed: 2\n"
+    assert git.changed_paths(tree) == ["other.txt"]
+    assert "reproml@localhost" in git.run(tree, "log", "-1", "--format=%ae").stdout
+    git.add_branch_worktree(root, tree, "retrain")  # reopened: the branch as it is
+    assert git.head(tree) == made
+    git.add_branch_worktree(root, tree, "retrain", reset=True)  # remade at root's HEAD
+    assert git.head(tree) == start and not (tree / "other.txt").exists()
+    assert git.ls_files(tree, "*.yaml") == ["params.yaml"] and git.ls_files(tree, "*.dvc") == []
+    (tree / "params.yaml").write_text("seed: 3\n")
+    git.reset_hard(tree, start or "HEAD")
+    assert (tree / "params.yaml").read_text() == "seed: 1\n"
 
 
 # --- DVC ---------------------------------------------------------------------------------------
@@ -168,6 +199,17 @@ def test_lock_versions_are_every_dependency_and_output(tmp_path: Path) -> None:
     (tmp_path / "dvc.lock").write_text("stages: [1, 2]\n")
     with pytest.raises(ReproError, match=r"dvc\.lock is not a DVC lock file"):
         lock_versions(tmp_path)
+
+
+def test_a_dvc_file_md5_is_its_output_md5_or_refused_naming_it(tmp_path: Path) -> None:
+    added = tmp_path / "labelled.dvc"
+    added.write_text("outs:\n- md5: abc.dir\n  size: 3\n  nfiles: 1\n  path: labelled\n")
+    assert tracked_md5(added) == "abc.dir"
+    added.write_text("outs: []\n")
+    with pytest.raises(ReproError, match=r"labelled\.dvc is not a \.dvc file"):
+        tracked_md5(added)
+    with pytest.raises(ReproError, match=r"absent\.dvc is not a \.dvc file"):
+        tracked_md5(tmp_path / "absent.dvc")
 
 
 def test_a_flow_refuses_data_that_head_does_not_hold(tmp_path: Path) -> None:

@@ -280,7 +280,7 @@ def monitor(
     Writes monitoring/<model>/records/<batch>.json, the Evidently reports under
     monitoring/<model>/reports/ and one MLflow run in the `<experiment>-monitoring` experiment.
     """
-    from reproml.paths import batch_spec
+    from reproml.monitoring.batches import batch_spec
     from reproml.report import verdict_table
     from reproml.stages.monitor import run_monitor
 

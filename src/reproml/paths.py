@@ -84,23 +84,6 @@ def relative(path: Path, root: Path) -> str:
     return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
 
 
-def batch_spec(root: Path, spec: str, param: str = "batch") -> str:
-    """A monitoring batch `spec` made safe: a period (`2013-08`, ...) as it is, anything that names
-    a file confined to the data folders (`confined`) and returned resolved.
-
-    A spec is a period only when no file of that name exists, the order the monitor itself uses.
-    """
-    from reproml.monitoring.batches import BatchError, parse_period
-
-    if not os.path.lexists(root / spec):
-        try:
-            if parse_period(spec) is not None:
-                return spec
-        except BatchError:
-            return spec  # written as a period, but not a valid one: the monitor says why
-    return relative(confined(spec, root, param), root)
-
-
 def project_root(value: str | Path, param: str = "root") -> Path:
     """The resolved `value` if it is the project this process works for; else a `PathError`.
 

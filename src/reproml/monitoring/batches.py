@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,3 +274,18 @@ def resolve(
     if period is not None:
         return from_period(root, period, time_column)
     raise BatchError(f"--batch {spec!r} is neither a file (looked for {path}) nor a period ({PERIOD_FORMS})")
+
+
+def batch_spec(root: Path, spec: str, param: str = "batch") -> str:
+    """A monitoring batch `spec` made safe: a period (`2013-08`, ...) as it is, anything that names
+    a file confined to the data folders (`paths.confined`) and returned resolved.
+
+    A spec is a period only when no file of that name exists, the order the monitor itself uses.
+    """
+    if not os.path.lexists(root / spec):
+        try:
+            if parse_period(spec) is not None:
+                return spec
+        except BatchError:
+            return spec  # written as a period, but not a valid one: the monitor says why
+    return paths.relative(paths.confined(spec, root, param), root)

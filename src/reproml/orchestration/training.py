@@ -23,6 +23,8 @@ from typing import Any
 
 from reproml.orchestration.commands import logger, run
 from reproml.orchestration.worktree import commit, tool
+from reproml.stores import git
+from reproml.stores.dvc import lock_versions, pipeline_stages, tracked_md5
 
 LABELLED_DVC = "data/raw/labelled.dvc"
 # what `dvc repro` and `dvc add` change, committed after each step (never the user's other files)
@@ -146,12 +148,15 @@ def add_batch(root: Path, tree: Path, labelled: Path) -> dict[str, Any]:
         f"reproml retrain: add labelled batch {labelled.name}; window {window.to_dict()}",
         PIPELINE_FILES,
     )
-    md5 = (tree / LABELLED_DVC).read_text().split("md5: ", 1)[1].split()[0]
+    md5 = tracked_md5(tree / LABELLED_DVC)
     return {"file": str(target.relative_to(tree)), "md5": md5, "window": window.to_dict(), "commit": sha}
 
 
 def head(tree: Path) -> str:
-    return run(["git", "rev-parse", "HEAD"], tree, quiet=True).strip()
+    found = git.head(tree)
+    if found is None:
+        raise git.GitError(f"{tree} has no commit checked out (`git rev-parse HEAD` failed)")
+    return found
 
 
 def rollback(tree: Path, commit: str) -> None:
@@ -160,7 +165,7 @@ def rollback(tree: Path, commit: str) -> None:
     from reproml import paths
 
     logger().warning("retrain failed: resetting %s to %s", tree, commit[:10])
-    run(["git", "reset", "--hard", "--quiet", commit], tree, quiet=True)
+    git.reset_hard(tree, commit)
     if (tree / LABELLED_DVC).is_file():
         run([tool("dvc"), "checkout", "--force", "--quiet", LABELLED_DVC], tree, quiet=True)
     else:
@@ -169,12 +174,7 @@ def rollback(tree: Path, commit: str) -> None:
 
 def stage_order(tree: Path) -> list[str]:
     """The pipeline's stages, upstream first, as DVC's own graph orders them."""
-    import networkx as nx
-    from dvc.repo import Repo
-
-    with Repo(str(tree)) as repo:
-        ordered = reversed(list(nx.topological_sort(repo.index.graph)))
-        return [stage.name for stage in ordered if stage.cmd]
+    return pipeline_stages(tree)
 
 
 def run_stage(tree: Path, name: str, env: dict[str, str]) -> str:
@@ -202,15 +202,7 @@ def promote(root: Path, tree: Path) -> dict[str, Any]:
 
 def data_versions(tree: Path) -> dict[str, str]:
     """Every output and dependency md5 dvc.lock now records, by path."""
-    import yaml
-
-    lock = yaml.safe_load((tree / "dvc.lock").read_text())
-    versions: dict[str, str] = {}
-    for entry in lock.get("stages", {}).values():
-        for item in [*entry.get("deps", []), *entry.get("outs", [])]:
-            if "md5" in item:
-                versions[item["path"]] = item["md5"]
-    return versions
+    return lock_versions(tree)
 
 
 def refusal(branch: str, reason: str, why: str) -> dict[str, Any]:

@@ -230,3 +230,26 @@ def lock_versions(root: Path) -> dict[str, str]:
             f"{lock} is not a DVC lock file (stages: deps/outs with path and md5): {exc}"
         ) from None
     return versions
+
+
+def tracked_md5(dvc_file: Path) -> str:
+    """The md5 a `.dvc` file (what `dvc add` writes) records for its output (`<md5>.dir` for a
+    folder); a ReproError naming the file when it records none."""
+    try:
+        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [])
+        return str(outs[0]["md5"])
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, KeyError, IndexError) as exc:
+        raise ReproError(
+            f"{dvc_file} is not a .dvc file recording an output md5 (outs: - md5): {exc}"
+        ) from None
+
+
+def pipeline_stages(root: Path) -> list[str]:
+    """The names of the pipeline's command stages at `root` (dvc.yaml), upstream first, in the
+    order DVC's own stage graph gives them."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        ordered = reversed(list(nx.topological_sort(repo.index.graph)))
+        return [stage.name for stage in ordered if stage.cmd]

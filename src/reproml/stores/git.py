@@ -95,3 +95,51 @@ def remove_worktree(root: Path, path: Path) -> None:
 def prune_worktrees(root: Path) -> None:
     """Forget worktrees whose folders are gone (removed by hand, or after an interruption)."""
     run(root, "worktree", "prune", check=False)
+
+
+def branch_exists(root: Path, branch: str) -> bool:
+    """Whether the local branch `branch` exists in the repository at `root`."""
+    ref = f"refs/heads/{branch}"
+    done = run(root, "rev-parse", "--verify", "--quiet", ref, check=False, timeout=LOOKUP_TIMEOUT_S)
+    return done.returncode == 0
+
+
+def add_branch_worktree(root: Path, path: Path, branch: str, reset: bool = False) -> None:
+    """A checkout of `branch` at `path`, recorded as a worktree of `root`: the branch as it is when
+    it exists, else (or with `reset`) the branch (re)made at `root`'s HEAD. An existing worktree at
+    `path` is kept unless `reset`, which removes it first."""
+    run(root, "worktree", "prune")
+    if reset and path.exists():
+        run(root, "worktree", "remove", "--force", str(path))
+    if (path / ".git").exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if branch_exists(root, branch) and not reset:
+        run(root, "worktree", "add", str(path), branch)
+    else:
+        run(root, "worktree", "add", "-B", branch, str(path), "HEAD")
+
+
+def ls_files(root: Path, *patterns: str) -> list[str]:
+    """Tracked paths matching the pathspecs `patterns` (all tracked paths without any)."""
+    return [f for f in run(root, "ls-files", "--", *patterns, timeout=LOOKUP_TIMEOUT_S).stdout.split() if f]
+
+
+def commit(root: Path, message: str, paths: list[str]) -> str | None:
+    """Commit `paths` (whatever of them changed; deletions too) and return the new HEAD; None when
+    none of them changed. Hooks are skipped (a machine commit, not a user's), and a repository
+    without a configured identity commits as "reproml" rather than failing."""
+    present = [p for p in paths if (root / p).exists()]
+    if present:
+        run(root, "add", "--all", "--", *present)
+    if not run(root, "diff", "--cached", "--name-only").stdout.split():
+        return None
+    configured = run(root, "config", "user.email", check=False, timeout=LOOKUP_TIMEOUT_S).returncode == 0
+    identity = [] if configured else ["-c", "user.name=reproml retrain", "-c", "user.email=reproml@localhost"]
+    run(root, *identity, "commit", "--quiet", "--no-verify", "-m", message)
+    return run(root, "rev-parse", "HEAD").stdout.strip()
+
+
+def reset_hard(root: Path, commit: str) -> None:
+    """The working tree and index of `root` back at `commit` (uncommitted changes dropped)."""
+    run(root, "reset", "--hard", "--quiet", commit)
