@@ -209,7 +209,7 @@ def test_changed_data_file_is_refused_naming_the_object(project: Project, baseli
 def test_changed_line_of_code_is_named(project: Project, baseline: Any) -> None:
     """Stands for a record that names code other than what ran: its commit tag points at a
     commit whose model code has one line changed (XGBoost's learning rate doubled)."""
-    old, new = "learning_rate=p.learning_rate,", "learning_rate=p.learning_rate * 2,"
+    old, new = '"learning_rate": p.learning_rate,', '"learning_rate": p.learning_rate * 2,'
     commit = commit_beside(project, "faster-learning", "src/reproml/models.py", old, new)
     run_id = copy_run(baseline, tags={"reproml.git_commit": commit})
     result = rebuild(project.root, run_id)
