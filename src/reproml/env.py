@@ -59,6 +59,21 @@ def seconds(name: str, default: float, note: str = "") -> float:
     return parsed
 
 
+def port(name: str) -> int | None:
+    """A port number from the environment variable `name` (unset or empty: None); ValueError with
+    a message naming the variable unless it is 1-65535."""
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 0 < number < 65536:
+        raise ValueError(f"{name}={value!r} is not a port number (1-65535)")
+    return number
+
+
 def environ_snapshot() -> dict[str, str]:
     """A copy of os.environ that survives other threads changing it.
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import psutil
 
+from reproml.env import port as env_port
 from reproml.io import file_lock
 
 PREFECT_PORT = 4200
@@ -76,16 +77,11 @@ def host() -> str:
 def port(name: str) -> int:
     """The server's port: its default, or `REPROML_PREFECT_PORT` / `REPROML_MLFLOW_PORT`."""
     _check_name(name)
-    value = os.environ.get(PORT_ENV[name])
-    if not value:
-        return DEFAULT_PORT[name]
     try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if not 0 < number < 65536:
-        raise ServerError(f"{PORT_ENV[name]}={value!r} is not a port number (1-65535)")
-    return number
+        chosen = env_port(PORT_ENV[name])
+    except ValueError as exc:
+        raise ServerError(str(exc)) from None
+    return DEFAULT_PORT[name] if chosen is None else chosen
 
 
 def _client_host(listen: str) -> str:

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from reproml.env import port
+
 HOST = "127.0.0.1"
 # Services with a port, and the variable that pins each one (else a free port is chosen once).
 PORTED = ("postgres", "mlflow", "prefect", "dask", "s3")
@@ -127,16 +129,10 @@ def port_in_use(number: int) -> bool:
 
 
 def _env_port(name: str) -> int | None:
-    value = os.environ.get(PORT_ENV[name])
-    if not value:
-        return None
     try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if not 0 < number < 65536:
-        raise TeamError(f"{PORT_ENV[name]}={value!r} is not a port number (1-65535)")
-    return number
+        return port(PORT_ENV[name])
+    except ValueError as exc:
+        raise TeamError(str(exc)) from None
 
 
 def saved_ports(layout: Layout) -> dict[str, int]:
