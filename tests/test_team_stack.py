@@ -47,7 +47,9 @@ def team_stack() -> Iterator[Path]:
         if in_ci():
             pytest.fail(f"CI=true, so the team tests must run, but {message}: .ci/run installs it")
         pytest.skip(message)
-    root = Path(tempfile.mkdtemp(prefix="reproml-team-test-"))
+    # /tmp itself, not tempfile's cached folder: an earlier test in this worker may have pointed
+    # that inside a pytest folder (0700), which `postgres` cannot enter
+    root = Path(tempfile.mkdtemp(prefix="reproml-team-test-", dir="/tmp"))
     root.chmod(0o755)
     began = time.monotonic()
     try:
