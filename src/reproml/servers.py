@@ -353,7 +353,8 @@ def _terminate(pgid: int, timeout: float) -> bool:
     return _gone(pgid, 5)
 
 
-def _port_in_use(listen: str, number: int) -> bool:
+def port_in_use(listen: str, number: int) -> bool:
+    """Whether `number` cannot be bound on `listen` (another program holds it)."""
     family = socket.AF_INET6 if ":" in listen else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -383,7 +384,7 @@ def _log_tail(root: Path, name: str) -> str:
 def _spawn(root: Path, name: str) -> int:
     """Start the server's process in a new session, recording its pid; return the pid."""
     listen, number = host(), port(name)
-    if _port_in_use(listen, number):
+    if port_in_use(listen, number):
         kind = {"prefect": "a Prefect server", "mlflow": "an MLflow server"}[name]
         what = f"{kind} (another project's?)" if _healthy(_health_url(root, name), 1) else "another program"
         raise ServerError(

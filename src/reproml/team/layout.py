@@ -17,7 +17,6 @@ import json
 import os
 import random
 import secrets as _secrets
-import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -119,13 +118,10 @@ def _free_port(taken: set[int]) -> int:
 
 
 def port_in_use(number: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((HOST, number))
-        except OSError:
-            return True
-    return False
+    """Whether `number` is taken on the stack's host (the same probe the local servers use)."""
+    from reproml.servers import port_in_use as taken
+
+    return taken(HOST, number)
 
 
 def _env_port(name: str) -> int | None:
