@@ -49,8 +49,8 @@ if TYPE_CHECKING:
     from reproml.config import Params
     from reproml.features import FeatureSpec
     from reproml.metrics import MetricSpec
+    from reproml.stores.optuna import StorageInfo
     from reproml.tuning.objective import TuneData
-    from reproml.tuning.storage import StorageInfo
     from reproml.tuning.study import StudySpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,7 +193,7 @@ def study_spec(ctx: Context, name: str, seed: int, pruner: str) -> StudySpec:
 
 def temp_storage(ctx: Context, name: str) -> tuple[StorageInfo, Any]:
     """A fresh journal file (and its lock folder) inside the scratch folder, never the project's."""
-    from reproml.tuning import storage
+    from reproml.stores import optuna as storage
 
     folder = ctx.scratch / "optuna" / name
     info = storage.resolve(folder, str(folder / "studies.journal"))

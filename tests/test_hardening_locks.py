@@ -443,7 +443,7 @@ def test_a_locked_store_is_a_clear_error_naming_it(project: Project) -> None:
 def test_a_store_locked_mid_run_ends_the_run_failed(project: Project) -> None:
     """The lock arrives while `reproml train` has its run open: a clear error, and the run, which
     cannot be ended while the store is locked, ends FAILED (with why) when the next run starts."""
-    from reproml import tracking
+    from reproml.stores.mlflow import connection, runs
 
     p = project
     known = set(train_runs(p))
@@ -465,8 +465,8 @@ def test_a_store_locked_mid_run_ends_the_run_failed(project: Project) -> None:
     assert "Traceback" not in output
     assert status == "RUNNING"  # it could not be ended while locked
 
-    experiment = tracking.setup(p.root, "reproml")
-    with tracking.tracked_run(experiment, run_name="next"):
+    experiment = connection.setup(p.root, "reproml")
+    with runs.tracked_run(experiment, run_name="next"):
         pass
     run = client(p).get_run(run_id)
     assert run.info.status == "FAILED"

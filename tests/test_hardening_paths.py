@@ -25,7 +25,7 @@ from reproml import paths
 from reproml.cli import app
 from reproml.monitoring.batches import batch_spec
 from reproml.paths import PathError
-from reproml.tuning import storage
+from reproml.stores import optuna as storage
 from tests.conftest import REPO
 from tests.project import BIN, Project, sampled_params
 
@@ -291,7 +291,7 @@ from pathlib import Path
 import optuna
 from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import get_lock_file
-from reproml.tuning import storage
+from reproml.stores import optuna as storage
 
 path, flags = Path(sys.argv[1]), Path(sys.argv[2])
 optuna.logging.set_verbosity(optuna.logging.WARNING)

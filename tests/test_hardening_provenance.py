@@ -30,7 +30,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from reproml import gate, registry, tracking
+from reproml import gate, registry
 from reproml.config import PromoteParams
 from reproml.errors import ReproError
 from reproml.monitoring.champion import load_champion
@@ -40,6 +40,7 @@ from reproml.stages.ingest import run_ingest
 from reproml.stages.prepare import run_prepare
 from reproml.stages.register import run_promote
 from reproml.stages.train import run_train
+from reproml.stores.mlflow import connection, models
 from tests.test_registry import NAME, alias, pipeline, project  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
@@ -74,7 +75,7 @@ def hostile_mlflow_model(target: Path, marker: Path, template: Path | None = Non
 
 
 def experiment(root: Path) -> str:
-    return tracking.setup(root, load(root).mlflow.experiment_name)
+    return connection.setup(root, load(root).mlflow.experiment_name)
 
 
 def model_files(client: MlflowClient, version: str) -> Path:
@@ -102,7 +103,7 @@ def evaluated_run(experiment_id: str) -> str:
 def test_register_refuses_a_foreign_source_before_creating_a_version(tmp_path: Path) -> None:
     root = tmp_path / "project"
     root.mkdir()
-    experiment_id = tracking.setup(root, "provenance")
+    experiment_id = connection.setup(root, "provenance")
     client = MlflowClient()
     run_id = evaluated_run(experiment_id)
     artifacts = root / "mlartifacts"
@@ -110,7 +111,7 @@ def test_register_refuses_a_foreign_source_before_creating_a_version(tmp_path: P
     (artifacts / "inside").mkdir(parents=True)
     (artifacts / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     copied = hostile_mlflow_model(artifacts / "copied" / "model", tmp_path / "marker")
-    other_experiment = tracking.setup(root, "someone-else")
+    other_experiment = connection.setup(root, "someone-else")
     other_model = client.create_logged_model(other_experiment, name="theirs")
     other_run = evaluated_run(other_experiment)
     hostile = {
@@ -132,7 +133,7 @@ def test_register_refuses_a_foreign_source_before_creating_a_version(tmp_path: P
     }
     for uri, reason in hostile.items():
         with pytest.raises(registry.RegistryError, match=reason):
-            registry.register(client, run_id, NAME, experiment_id, uri)
+            registry.register(run_id, NAME, experiment_id, uri)
         assert versions() == [], f"{uri} left a registered version behind"
     assert not (tmp_path / "marker").exists()
 
@@ -155,7 +156,7 @@ def test_promote_and_monitoring_never_load_a_foreign_model(project: Path, tmp_pa
     assert alias("champion") is None
     client.set_registered_model_alias(NAME, registry.CHAMPION, foreign.version)  # as if moved by hand
     with pytest.raises(ReproError, match="outside this project's artifact root"):
-        load_champion(project, client, NAME, experiment_id)
+        load_champion(project, NAME, experiment_id)
     from reproml.orchestration.replay import report
 
     with pytest.raises(ReproError, match="outside this project's artifact root"):
@@ -221,7 +222,7 @@ def test_a_registered_model_changed_on_disk_is_never_loaded(project: Path, tmp_p
     assert run_promote(project, version=1, reason="the real model")["action"] == "force"
     hostile_mlflow_model(files, marker, template=None)  # tampered after it became champion
     with pytest.raises(ReproError, match=changed):
-        load_champion(project, client, NAME, experiment_id)
+        load_champion(project, NAME, experiment_id)
     from reproml.orchestration.replay import report
 
     with pytest.raises(ReproError, match=changed):
@@ -229,14 +230,14 @@ def test_a_registered_model_changed_on_disk_is_never_loaded(project: Path, tmp_p
     assert not marker.exists(), "a tampered model was unpickled"
 
     restore()
-    assert load_champion(project, client, NAME, experiment_id).version == 1  # the real one still loads
-    recorded = client.get_run(registered["run_id"]).data.tags[tracking.MODEL_SHA256_TAG]
-    assert recorded == tracking.model_digest(files)
-    client.delete_tag(registered["run_id"], tracking.MODEL_SHA256_TAG)
+    assert load_champion(project, NAME, experiment_id).version == 1  # the real one still loads
+    recorded = client.get_run(registered["run_id"]).data.tags[models.MODEL_SHA256_TAG]
+    assert recorded == models.model_digest(files)
+    client.delete_tag(registered["run_id"], models.MODEL_SHA256_TAG)
     with pytest.raises(
         ReproError, match=rf"model {NAME} version 1 \({re.escape(str(files))}\): run .* recorded no digest"
     ):
-        load_champion(project, client, NAME, experiment_id)
+        load_champion(project, NAME, experiment_id)
 
 
 # --- the audit record comes before the aliases move -------------------------------------------
@@ -246,7 +247,7 @@ def test_a_failed_alias_move_is_recorded_and_leaves_the_aliases_as_they_were(pro
     registered = pipeline(project)
     client = MlflowClient()
     experiment_id = experiment(project)
-    second = registry.register(client, registered["run_id"], NAME, experiment_id, registered["model_uri"])
+    second = registry.register(registered["run_id"], NAME, experiment_id, registered["model_uri"])
     assert run_promote(project, version=1, reason="baseline")["action"] == "force"
     assert [(r["action"], r["status"]) for r in registry.history(project)] == [("force", "done")]
 
@@ -255,7 +256,7 @@ def test_a_failed_alias_move_is_recorded_and_leaves_the_aliases_as_they_were(pro
         return gate.decide(y, challenger, None, PromoteParams(floor=0.0, slice_column=None), "classification")
 
     with pytest.raises(registry.RegistryError, match="failed while moving its aliases"):
-        registry.promote(project, client, NAME, experiment_id, decide, "classification")
+        registry.promote(project, NAME, experiment_id, decide, "classification")
     records = registry.history(project)
     assert len(records) == 2
     failed = records[-1]

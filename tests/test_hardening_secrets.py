@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
-from reproml import cli, tracking
+from reproml import cli
 from reproml.config import parse_params
 from reproml.errors import ConfigError
 from reproml.redaction import (
@@ -39,7 +39,9 @@ from reproml.redaction import (
     secret_values,
     split_userinfo,
 )
-from reproml.tuning import storage, study
+from reproml.stores import optuna as storage
+from reproml.stores.mlflow import connection, runs
+from reproml.tuning import study
 from tests.conftest import default_params, free_port
 from tests.project import Project, sampled_params
 from tests.test_tune import journal, make_spec
@@ -203,14 +205,14 @@ def test_params_refuse_an_environment_secret_and_never_echo_a_secret_named_key(
 
 
 def test_mlflow_params_and_tags_are_scrubbed_as_they_are_logged(tmp_path: Path) -> None:
-    experiment_id = tracking.setup(tmp_path, "secrets")
+    experiment_id = connection.setup(tmp_path, "secrets")
     run = MlflowClient().create_run(experiment_id)
-    tracking.log_batch(
+    runs.log_batch(
         run.info.run_id,
         params={"storage": "postgresql://me:pa/ss-hunter2@db/optuna"},
         tags={"reproml.storage": "sqlite:///s.db?password=hunter2", "plain": "sqlite:///s.db"},
     )
-    child = tracking.log_child_run(
+    child = runs.log_child_run(
         experiment_id, run.info.run_id, "trial-0", "FAILED", 0, 1, {}, {},
         {"reproml.error": "OperationalError: http://u:hunter2@h refused"},
     )  # fmt: skip
@@ -225,14 +227,14 @@ def test_mlflow_params_and_tags_are_scrubbed_as_they_are_logged(tmp_path: Path) 
 def test_tracking_uri_credentials_go_to_mlflows_variables_not_its_uri(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv(tracking.USERNAME_ENV, raising=False)
-    monkeypatch.delenv(tracking.PASSWORD_ENV, raising=False)
+    monkeypatch.delenv(connection.USERNAME_ENV, raising=False)
+    monkeypatch.delenv(connection.PASSWORD_ENV, raising=False)
     uri = f"http://reproml:{quote('pa/ss@hunter2', safe='')}@127.0.0.1:5999"
-    assert tracking._credentials_to_env(uri) == "http://127.0.0.1:5999"
-    assert os.environ[tracking.USERNAME_ENV] == "reproml"
-    assert os.environ[tracking.PASSWORD_ENV] == "pa/ss@hunter2"
+    assert connection._credentials_to_env(uri) == "http://127.0.0.1:5999"
+    assert os.environ[connection.USERNAME_ENV] == "reproml"
+    assert os.environ[connection.PASSWORD_ENV] == "pa/ss@hunter2"
     for kept in ("http://127.0.0.1:5999", "sqlite:////tmp/m.db"):
-        assert tracking._credentials_to_env(kept) == kept
+        assert connection._credentials_to_env(kept) == kept
 
 
 def test_cli_errors_and_the_runs_table_never_print_the_tracking_password(

@@ -23,12 +23,13 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from reproml import registry, tracking
+from reproml import registry
 from reproml.cli import app
 from reproml.errors import ReproError
 from reproml.monitoring import store
 from reproml.stages.monitor import run_monitor
 from reproml.stages.register import run_promote
+from reproml.stores.mlflow import connection
 from tests.conftest import open_in_chromium, tiny_frame
 from tests.test_registry import NAME, pipeline, project_params
 
@@ -90,7 +91,7 @@ def mlflow_run(record: dict[str, Any]) -> Any:
 
 
 def champion_run_id() -> str:
-    version = registry.alias_version(MlflowClient(), NAME, "champion")
+    version = registry.alias_version(NAME, "champion")
     assert version is not None and version.run_id is not None
     return str(version.run_id)
 
@@ -225,7 +226,7 @@ def test_the_reference_follows_the_champion(project: Path) -> None:
 
 
 def test_no_champion_is_a_clear_error(project: Path) -> None:
-    tracking.setup(project, "reproml")
+    connection.setup(project, "reproml")
     MlflowClient().delete_registered_model_alias(NAME, "champion")
     with pytest.raises(ReproError, match=f"model '{NAME}' has no 'champion' version"):
         monitor(project, batch(), "orphan")

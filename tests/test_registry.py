@@ -22,13 +22,14 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from reproml import gate, registry, tracking
+from reproml import gate, registry
 from reproml.errors import ReproError
 from reproml.stages.evaluate import run_evaluate
 from reproml.stages.ingest import run_ingest
 from reproml.stages.prepare import run_prepare
 from reproml.stages.register import run_promote, run_register, run_rollback
 from reproml.stages.train import run_train
+from reproml.stores.mlflow import connection, runs
 from tests.conftest import tiny_frame, user_data_params
 
 pytestmark = pytest.mark.integration
@@ -65,7 +66,7 @@ def pipeline(root: Path, **changes: Any) -> dict[str, Any]:
 
 
 def alias(name: str) -> int | None:
-    found = registry.alias_version(MlflowClient(), NAME, name)
+    found = registry.alias_version(NAME, name)
     return None if found is None else int(found.version)
 
 
@@ -214,9 +215,9 @@ HOLDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from reproml import tracking
-    experiment = tracking.setup(Path(sys.argv[1]), "states")
-    with tracking.tracked_run(experiment) as run:
+    from reproml.stores.mlflow import connection, models, runs
+    experiment = connection.setup(Path(sys.argv[1]), "states")
+    with runs.tracked_run(experiment) as run:
         print(run.info.run_id, flush=True)
         time.sleep(120)
     """
@@ -233,7 +234,7 @@ def start_holder(root: Path) -> tuple[subprocess.Popen[str], str]:
 
 
 def run_status(root: Path, run_id: str) -> str:
-    mlflow.set_tracking_uri(tracking.tracking_uri(root))
+    mlflow.set_tracking_uri(connection.tracking_uri(root))
     return str(MlflowClient().get_run(run_id).info.status)
 
 
@@ -251,8 +252,8 @@ def test_sigkilled_run_is_marked_killed_when_the_next_run_starts(tmp_path: Path)
     proc.wait(timeout=30)
     time.sleep(0.2)
     assert run_status(tmp_path, run_id) == "RUNNING"  # nothing marks it without us
-    experiment = tracking.setup(tmp_path, "states")
-    with tracking.tracked_run(experiment) as run:
+    experiment = connection.setup(tmp_path, "states")
+    with runs.tracked_run(experiment) as run:
         pass
     client = MlflowClient()
     assert client.get_run(run_id).info.status == "KILLED"
@@ -263,8 +264,8 @@ def test_sigkilled_run_is_marked_killed_when_the_next_run_starts(tmp_path: Path)
 def test_a_live_run_of_another_process_is_left_alone(tmp_path: Path) -> None:
     proc, run_id = start_holder(tmp_path)
     try:
-        experiment = tracking.setup(tmp_path, "states")
-        assert tracking.mark_dead_runs(experiment) == []
+        experiment = connection.setup(tmp_path, "states")
+        assert runs.mark_dead_runs(experiment) == []
         assert run_status(tmp_path, run_id) == "RUNNING"
     finally:
         proc.kill()

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from reproml import lineage, tracking
+from reproml import lineage
 from reproml.config import flat_params, parse_params
 from reproml.errors import ReproError
 from reproml.reproduce import (
@@ -34,6 +34,7 @@ from reproml.reproduce import (
     reproduce,
 )
 from reproml.stores.dvc import DvcStore
+from reproml.stores.mlflow import runs as mlflow_runs
 from reproml.tuning.space import distributions
 from tests.project import PIPELINE_RUNS, Project, sampled_params
 
@@ -76,13 +77,15 @@ def copy_run(run: Any, tags: dict[str, str] | None = None, params_json: dict[str
     """A new run holding `run`'s params, metrics, lineage tags and params.json, then `tags` and
     `params_json` in place of the originals: a record with one thing changed."""
     client = MlflowClient()
-    logged = params_json or mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{tracking.PARAMS_ARTIFACT}")
+    logged = params_json or mlflow.artifacts.load_dict(
+        f"runs:/{run.info.run_id}/{mlflow_runs.PARAMS_ARTIFACT}"
+    )
     copy = client.create_run(run.info.experiment_id, run_name=f"copy-of-{run.info.run_name}")
     run_id = str(copy.info.run_id)
-    lineage_tags = {k: v for k, v in run.data.tags.items() if k.startswith(tracking.TAG_PREFIX)}
+    lineage_tags = {k: v for k, v in run.data.tags.items() if k.startswith(mlflow_runs.TAG_PREFIX)}
     record = {"params": run.data.params, "metrics": run.data.metrics, "tags": lineage_tags | (tags or {})}
-    tracking.log_batch(run_id, **record)
-    client.log_dict(run_id, logged, tracking.PARAMS_ARTIFACT)
+    mlflow_runs.log_batch(run_id, **record)
+    client.log_dict(run_id, logged, mlflow_runs.PARAMS_ARTIFACT)
     client.set_terminated(run_id)
     return run_id
 
@@ -172,7 +175,7 @@ def test_changed_param_is_named_with_its_key(project: Project, baseline: Any) ->
     the params hash) say 5 boosting rounds at most, while MLflow's logged params and the metrics
     come from 2000 (early-stopped), as when the artifact is re-logged or edited after the run.
     (Not a tuned key: best_params.json, placed by its md5, would override it.)"""
-    logged = mlflow.artifacts.load_dict(f"runs:/{baseline.info.run_id}/{tracking.PARAMS_ARTIFACT}")
+    logged = mlflow.artifacts.load_dict(f"runs:/{baseline.info.run_id}/{mlflow_runs.PARAMS_ARTIFACT}")
     logged["train"]["xgboost"]["n_estimators"] = 5
     changed_hash = lineage.params_hash(flat_params(parse_params(logged)))
     run_id = copy_run(baseline, tags={"reproml.params_sha256": changed_hash}, params_json=logged)
@@ -249,7 +252,7 @@ def test_dirty_source_is_refused_naming_the_path(project: Project, baseline: Any
     harmless = json.dumps(["params.yaml"])
     run_id = copy_run(baseline, tags={"reproml.git_dirty": "true", "reproml.git_dirty_paths": harmless})
     assert (
-        check_lineage(project.root, MlflowClient().get_run(run_id)).commit
+        check_lineage(project.root, mlflow_runs.get_run(run_id)).commit
         == baseline.data.tags["reproml.git_commit"]
     )
 
@@ -280,13 +283,13 @@ def test_unknown_run_exits_2_with_a_clear_message(project: Project) -> None:
 
 
 def test_alias_names_the_registered_models_run(project: Project, runs: dict[str, Any]) -> None:
-    assert load_run(project.root, "@challenger").info.run_id == runs["random_forest"].info.run_id
+    assert load_run(project.root, "@challenger").run_id == runs["random_forest"].info.run_id
     with pytest.raises(ReproError, match="no version aliased 'nobody'"):
         load_run(project.root, "@nobody")
 
 
 def test_compare_shows_the_differing_param_and_both_metrics(project: Project, runs: dict[str, Any]) -> None:
-    a, b = RunView.of(runs["xgboost"]), RunView.of(runs["random_forest"])
+    a, b = (RunView.of(mlflow_runs.Run.of(runs[m])) for m in ("xgboost", "random_forest"))
     rows = {(r.section, r.key): r for r in compare_runs(a, b)}
     assert rows[("params", "train.model")].a == "xgboost"
     assert rows[("params", "train.model")].b == "random_forest"

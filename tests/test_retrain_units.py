@@ -135,14 +135,15 @@ def test_periods_and_the_next_batch() -> None:
 
 
 def test_the_workspace_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from reproml import tracking
+    from reproml.stores.mlflow import connection
 
     monkeypatch.delenv(paths.WORKSPACE_ENV, raising=False)
     assert paths.workspace(tmp_path / "tree") == tmp_path / "tree"
     monkeypatch.setenv(paths.WORKSPACE_ENV, str(tmp_path / "home"))
     assert paths.workspace(tmp_path / "tree") == tmp_path / "home"
     assert (
-        tracking.tracking_uri(tmp_path / "tree") == f"sqlite:///{(tmp_path / 'home' / 'mlflow.db').resolve()}"
+        connection.tracking_uri(tmp_path / "tree")
+        == f"sqlite:///{(tmp_path / 'home' / 'mlflow.db').resolve()}"
     )
 
 

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from reproml import tracking
+from reproml.stores.mlflow import connection, models, runs
 
 
 @pytest.fixture
 def experiment(tmp_path: Path) -> str:
-    return tracking.setup(tmp_path, "tests")
+    return connection.setup(tmp_path, "tests")
 
 
 def status(run_id: str) -> str:
@@ -28,29 +28,29 @@ def test_setup_keeps_store_and_artifacts_in_the_project(tmp_path: Path, experime
     assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     location = MlflowClient().get_experiment(experiment).artifact_location
     assert location == (tmp_path / "mlartifacts").resolve().as_uri()
-    assert tracking.setup(tmp_path, "tests") == experiment
+    assert connection.setup(tmp_path, "tests") == experiment
 
 
 def test_tracking_uri_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
-    assert tracking.tracking_uri(tmp_path) == f"sqlite:///{tmp_path / 'other.db'}"
+    assert connection.tracking_uri(tmp_path) == f"sqlite:///{tmp_path / 'other.db'}"
 
 
 def test_successful_block_finishes_the_run(experiment: str) -> None:
-    with tracking.tracked_run(experiment, run_name="ok") as run:
+    with runs.tracked_run(experiment, run_name="ok") as run:
         pass
     assert status(run.info.run_id) == "FINISHED"
 
 
 def test_exception_marks_the_run_failed(experiment: str) -> None:
-    with pytest.raises(ValueError), tracking.tracked_run(experiment) as run:
+    with pytest.raises(ValueError), runs.tracked_run(experiment) as run:
         raise ValueError("boom")
     assert status(run.info.run_id) == "FAILED"
 
 
 def test_sigterm_marks_the_run_killed_and_restores_the_handler(experiment: str) -> None:
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(SystemExit) as stopped, tracking.tracked_run(experiment) as run:
+    with pytest.raises(SystemExit) as stopped, runs.tracked_run(experiment) as run:
         os.kill(os.getpid(), signal.SIGTERM)
     assert stopped.value.code == 128 + signal.SIGTERM
     assert status(run.info.run_id) == "KILLED"
@@ -58,15 +58,15 @@ def test_sigterm_marks_the_run_killed_and_restores_the_handler(experiment: str) 
 
 
 def test_ctrl_c_marks_the_run_killed(experiment: str) -> None:
-    with pytest.raises(KeyboardInterrupt), tracking.tracked_run(experiment) as run:
+    with pytest.raises(KeyboardInterrupt), runs.tracked_run(experiment) as run:
         raise KeyboardInterrupt
     assert status(run.info.run_id) == "KILLED"
 
 
 def test_resuming_a_run_and_failing_marks_it_failed(experiment: str) -> None:
-    with tracking.tracked_run(experiment) as run:
+    with runs.tracked_run(experiment) as run:
         pass
-    with pytest.raises(RuntimeError), tracking.tracked_run(experiment, run_id=run.info.run_id):
+    with pytest.raises(RuntimeError), runs.tracked_run(experiment, run_id=run.info.run_id):
         raise RuntimeError("evaluate broke")
     assert status(run.info.run_id) == "FAILED"
 
@@ -75,8 +75,8 @@ def test_log_batch_goes_past_mlflow_batch_limits(experiment: str) -> None:
     params = {f"p.{i:03d}": str(i) for i in range(250)}
     metrics = {f"m_{i:04d}": float(i) for i in range(1200)}
     tags = {f"reproml.t{i}": "x" for i in range(130)}
-    with tracking.tracked_run(experiment) as run:
-        tracking.log_batch(run.info.run_id, params=params, metrics=metrics, tags=tags)
+    with runs.tracked_run(experiment) as run:
+        runs.log_batch(run.info.run_id, params=params, metrics=metrics, tags=tags)
     data = MlflowClient().get_run(run.info.run_id).data
     assert data.params == params
     assert data.metrics == metrics
@@ -85,8 +85,8 @@ def test_log_batch_goes_past_mlflow_batch_limits(experiment: str) -> None:
 
 def test_metric_series_keeps_every_step(experiment: str) -> None:
     values = list(np.linspace(0.5, 0.8, 1500))
-    with tracking.tracked_run(experiment) as run:
-        tracking.log_metric_series(run.info.run_id, "curve_valid_auc", values)
+    with runs.tracked_run(experiment) as run:
+        runs.log_metric_series(run.info.run_id, "curve_valid_auc", values)
     history = MlflowClient().get_metric_history(run.info.run_id, "curve_valid_auc")
     assert [m.step for m in history] == list(range(1, 1501))
     assert history[-1].value == pytest.approx(0.8)
@@ -95,11 +95,11 @@ def test_metric_series_keeps_every_step(experiment: str) -> None:
 def test_find_run_for_model_returns_the_newest_match(experiment: str) -> None:
     ids = []
     for _ in range(2):
-        with tracking.tracked_run(experiment) as run:
-            tracking.log_batch(run.info.run_id, tags={tracking.MODEL_MD5_TAG: "abc"})
+        with runs.tracked_run(experiment) as run:
+            runs.log_batch(run.info.run_id, tags={runs.MODEL_MD5_TAG: "abc"})
         ids.append(run.info.run_id)
-    assert tracking.find_run_for_model(experiment, "abc") == ids[-1]
-    assert tracking.find_run_for_model(experiment, "def") is None
+    assert runs.find_run_for_model(experiment, "abc") == ids[-1]
+    assert runs.find_run_for_model(experiment, "def") is None
 
 
 def test_frame_schema_marks_columns_with_gaps_optional() -> None:
@@ -112,7 +112,7 @@ def test_frame_schema_marks_columns_with_gaps_optional() -> None:
             "b": [True, False],
         }
     )
-    schema = {c["name"]: (c["type"], c["required"]) for c in tracking.frame_schema(frame).to_dict()}
+    schema = {c["name"]: (c["type"], c["required"]) for c in models.frame_schema(frame).to_dict()}
     assert schema == {
         "n": ("double", False),
         "i": ("long", True),
@@ -124,8 +124,8 @@ def test_frame_schema_marks_columns_with_gaps_optional() -> None:
 
 def test_dataset_input_records_the_given_digest(experiment: str) -> None:
     frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "y": [0, 1, 0]})
-    with tracking.tracked_run(experiment) as run:
-        tracking.log_dataset(
+    with runs.tracked_run(experiment) as run:
+        models.log_dataset(
             run.info.run_id, frame, "train", "data/prepared/train.parquet", "d" * 32, "training"
         )
     inputs = MlflowClient().get_run(run.info.run_id).inputs

@@ -16,7 +16,8 @@ from optuna.trial import TrialState
 from reproml.config import Params, parse_params, with_model_params
 from reproml.features import FeatureSpec
 from reproml.metrics import metric_spec
-from reproml.tuning import space, storage, study
+from reproml.stores import optuna as storage
+from reproml.tuning import space, study
 from reproml.tuning.objective import Objective, prepare_data
 from tests.conftest import default_params, tiny_frame
 
@@ -346,11 +347,11 @@ def test_the_champions_params_warm_start_only_the_same_model(tmp_path: Path) -> 
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from reproml import tracking
     from reproml.stages.tune import _champion_params
+    from reproml.stores.mlflow import connection
 
     params = make_params("xgboost")
-    experiment = tracking.setup(tmp_path, "reproml")
+    experiment = connection.setup(tmp_path, "reproml")
     client = MlflowClient()
     assert _champion_params(tmp_path, params) is None  # no registry yet
     with mlflow.start_run(experiment_id=experiment) as run:
@@ -367,14 +368,14 @@ def test_the_champions_params_warm_start_only_the_same_model(tmp_path: Path) -> 
 def test_a_trial_run_left_half_written_by_a_kill_is_dropped_to_be_logged_again(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from reproml import tracking
+    from reproml.stores.mlflow import connection, runs
 
-    experiment = tracking.setup(tmp_path, "reproml")
+    experiment = connection.setup(tmp_path, "reproml")
     client = MlflowClient()
     tags = {"reproml.stage": "tune-trial", "reproml.study_name": "s"}
     done = client.create_run(experiment, tags={**tags, "reproml.trial_number": "0"})
     client.set_terminated(done.info.run_id, "FINISHED")
     torn = client.create_run(experiment, tags={**tags, "reproml.trial_number": "1"})  # its process died here
     found = "tags.`reproml.study_name` = 's' and tags.`reproml.stage` = 'tune-trial'"
-    assert tracking.logged_tag_values(experiment, found, "reproml.trial_number") == {"0"}
+    assert runs.logged_tag_values(experiment, found, "reproml.trial_number") == {"0"}
     assert client.get_run(torn.info.run_id).info.lifecycle_stage == "deleted"

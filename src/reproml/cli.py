@@ -79,13 +79,13 @@ def _known_fault(exc: BaseException) -> Exception | None:
             return disk_full_error(link.filename2 or link.filename, link, atomic=False)
         text = str(link)
         if ("database is locked" in text or "database or disk is full" in text) and _through_mlflow(link):
-            from reproml import tracking
+            from reproml.stores.mlflow import connection
 
-            uri = tracking.tracking_uri(ROOT)
+            uri = connection.tracking_uri(ROOT)
             if "locked" in text:
-                return tracking.store_locked_error(uri)
+                return connection.store_locked_error(uri)
             return DiskFullError(
-                f"MLflow store {tracking.store_name(uri)}: database or disk is full. Free space where it "
+                f"MLflow store {connection.store_name(uri)}: database or disk is full. Free space where it "
                 "lives and run again; a run left RUNNING is ended when the next run starts"
             )
     return None

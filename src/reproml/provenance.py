@@ -3,12 +3,12 @@
 A model's source must resolve (`..`, symlinks, MLflow 3's `models:/m-<id>`) to a place under the
 experiment's artifact root: a local path (`file:`), or, when the tracking store is a server that
 serves artifacts (`mlflow server --serve-artifacts`, team mode), an `mlflow-artifacts:` location on
-that same server; other schemes are refused. Its files are then copied to a local folder
-and hashed (`tracking.model_digest`), and the digest must be the one its run recorded when it logged
-them (`tracking.MODEL_SHA256_TAG`). Only that verified copy is deserialised, so the bytes checked
-are the bytes loaded. A model file is code (pickle) or names the code to trust (skops' trusted
-types, the MLmodel file): anything that could write the artifact store could otherwise run code in
-every process that loads a model.
+that same server; other schemes are refused. Its files are then copied to a local folder and
+hashed (`reproml.stores.mlflow.models.model_digest`), and the digest must be the one its run
+recorded when it logged them (`models.MODEL_SHA256_TAG`). Only that verified copy is
+deserialised, so the bytes checked are the bytes loaded. A model file is code (pickle) or names the
+code to trust (skops' trusted types, the MLmodel file): anything that could write the artifact
+store could otherwise run code in every process that loads a model.
 """
 
 from __future__ import annotations
@@ -22,12 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-
-from reproml import tracking
 from reproml.errors import ReproError
+from reproml.stores.mlflow import connection, models, runs, versions
+from reproml.stores.mlflow.connection import MlflowError
+from reproml.stores.mlflow.versions import Version
 
 
 class ProvenanceError(ReproError):
@@ -119,13 +117,13 @@ def _local_path(uri: str, what: str) -> Path:
     return Path(os.path.realpath(location))
 
 
-def artifact_root(client: MlflowClient, experiment_id: str) -> Location:
+def artifact_root(experiment_id: str) -> Location:
     """This project's experiment artifact root, resolved."""
-    location = str(client.get_experiment(experiment_id).artifact_location)
-    return _location(location, f"the artifact root of experiment {experiment_id}", client.tracking_uri)
+    location = runs.experiment_artifact_location(experiment_id)
+    return _location(location, f"the artifact root of experiment {experiment_id}", connection.current_uri())
 
 
-def resolve_source(client: MlflowClient, uri: str, experiment_id: str) -> ModelSource:
+def resolve_source(uri: str, experiment_id: str) -> ModelSource:
     """Resolve a model URI to its files and refuse it unless they lie under the artifact root.
 
     `models:/m-<id>` (MLflow 3's logged models) resolve through the logged model's artifact
@@ -142,29 +140,29 @@ def resolve_source(client: MlflowClient, uri: str, experiment_id: str) -> ModelS
                 raise ProvenanceError(
                     f"model source {uri!r} is a registry reference, not a logged model (models:/m-<id>)"
                 )
-            logged = client.get_logged_model(model_id)
+            logged = models.logged_model(model_id)
             if str(logged.experiment_id) != experiment_id:
                 raise ProvenanceError(
                     f"model source {uri!r} was logged in experiment {logged.experiment_id}, not this "
                     f"project's experiment {experiment_id}"
                 )
-            location, run_id = str(logged.artifact_location), logged.source_run_id
+            location, run_id = logged.artifact_location, logged.source_run_id
         elif scheme == "runs":
             run_id, _, inside = uri.removeprefix("runs:/").partition("/")
-            run = client.get_run(run_id)
-            if str(run.info.experiment_id) != experiment_id:
+            run = runs.get_run(run_id)
+            if run.experiment_id != experiment_id:
                 raise ProvenanceError(
-                    f"model source {uri!r} belongs to experiment {run.info.experiment_id}, not this "
+                    f"model source {uri!r} belongs to experiment {run.experiment_id}, not this "
                     f"project's experiment {experiment_id}"
                 )
-            location = f"{str(run.info.artifact_uri).rstrip('/')}/{inside}"
+            location = f"{run.artifact_uri.rstrip('/')}/{inside}"
         else:
             location = uri
-    except MlflowException as exc:
+    except MlflowError as exc:
         raise ProvenanceError(f"model source {uri!r} cannot be resolved: {exc.message}") from None
-    root = artifact_root(client, experiment_id)
+    root = artifact_root(experiment_id)
     what = "model source" if location == uri else f"model source {uri!r} at"
-    resolved = _location(location, what, client.tracking_uri)
+    resolved = _location(location, what, connection.current_uri())
     if not resolved.within(root):
         raise ProvenanceError(
             f"model source {uri!r} resolves to {resolved}, outside this project's artifact root {root}"
@@ -172,7 +170,7 @@ def resolve_source(client: MlflowClient, uri: str, experiment_id: str) -> ModelS
     return ModelSource(uri=uri, location=resolved, run_id=run_id)
 
 
-def check_source(client: MlflowClient, version: ModelVersion, experiment_id: str) -> ModelSource:
+def check_source(version: Version, experiment_id: str) -> ModelSource:
     """Refuse a version whose artifacts lie outside this project's experiment artifact root.
 
     Both the version's source and the location MLflow itself would download it from are checked,
@@ -180,10 +178,10 @@ def check_source(client: MlflowClient, version: ModelVersion, experiment_id: str
     """
     label = f"model {version.name} version {version.version}"
     try:
-        source = resolve_source(client, str(version.source), experiment_id)
-        download = client.get_model_version_download_uri(version.name, version.version)
-        stored = resolve_source(client, str(download), experiment_id)
-    except (ProvenanceError, MlflowException) as exc:
+        source = resolve_source(version.source, experiment_id)
+        download = versions.download_uri(version.name, version.version)
+        stored = resolve_source(download, experiment_id)
+    except (ProvenanceError, MlflowError) as exc:
         raise ProvenanceError(f"{label}: {exc}; refusing to load it") from None
     if stored.location != source.location:
         raise ProvenanceError(
@@ -198,7 +196,7 @@ def check_source(client: MlflowClient, version: ModelVersion, experiment_id: str
     return ModelSource(uri=source.uri, location=source.location, run_id=source.run_id or version.run_id)
 
 
-def verified_files(client: MlflowClient, source: ModelSource, into: Path, label: str) -> Path:
+def verified_files(source: ModelSource, into: Path, label: str) -> Path:
     """A local copy of `source`'s files under `into`, whose digest is the one its run recorded.
 
     Nothing is deserialised here; callers load from the returned copy, so the checked bytes are the
@@ -209,17 +207,17 @@ def verified_files(client: MlflowClient, source: ModelSource, into: Path, label:
             f"{label} ({source.location}) names no run, so no recorded digest; refusing to load it"
         )
     try:
-        expected = client.get_run(source.run_id).data.tags.get(tracking.MODEL_SHA256_TAG)
-    except MlflowException as exc:
+        expected = runs.get_run(source.run_id).tags.get(models.MODEL_SHA256_TAG)
+    except MlflowError as exc:
         raise ProvenanceError(f"{label}: its run {source.run_id} cannot be read: {exc.message}") from None
     if not expected:
         raise ProvenanceError(
             f"{label} ({source.location}): run {source.run_id} recorded no digest of its model files "
-            f"(tag {tracking.MODEL_SHA256_TAG}), so they cannot be verified; refusing to load them "
+            f"(tag {models.MODEL_SHA256_TAG}), so they cannot be verified; refusing to load them "
             "(retrain with `dvc repro` to log a verifiable model)"
         )
-    local = tracking.fetch_model_files(source.location.uri, into)
-    actual = tracking.model_digest(local)
+    local = models.fetch_model_files(source.location.uri, into)
+    actual = models.model_digest(local)
     if actual != expected:
         raise ProvenanceError(
             f"{label}: the model files at {source.location} have digest {actual}, but run {source.run_id} "
@@ -228,33 +226,31 @@ def verified_files(client: MlflowClient, source: ModelSource, into: Path, label:
     return local
 
 
-def verify_logged_model(client: MlflowClient, uri: str, run_id: str, experiment_id: str) -> ModelSource:
+def verify_logged_model(uri: str, run_id: str, experiment_id: str) -> ModelSource:
     """Refuse `uri` as run `run_id`'s model unless it resolves under the artifact root, that run
     logged it, and its files are unchanged since (nothing is loaded): what `register` asks."""
-    source = resolve_source(client, uri, experiment_id)
+    source = resolve_source(uri, experiment_id)
     if source.run_id is not None and source.run_id != run_id:
         raise ProvenanceError(f"{uri} was logged by run {source.run_id}, not by run {run_id}")
     source = ModelSource(uri=source.uri, location=source.location, run_id=run_id)
     with tempfile.TemporaryDirectory(prefix="reproml-model-") as scratch:
-        verified_files(client, source, Path(scratch), f"the model {uri} of run {run_id}")
+        verified_files(source, Path(scratch), f"the model {uri} of run {run_id}")
     return source
 
 
-def verify_model_version(client: MlflowClient, version: ModelVersion, experiment_id: str) -> None:
+def verify_model_version(version: Version, experiment_id: str) -> None:
     """Refuse a version from elsewhere or whose files changed since they were logged (no load)."""
     label = f"model {version.name} version {version.version}"
-    source = check_source(client, version, experiment_id)
+    source = check_source(version, experiment_id)
     with tempfile.TemporaryDirectory(prefix="reproml-model-") as scratch:
-        verified_files(client, source, Path(scratch), label)
+        verified_files(source, Path(scratch), label)
 
 
-def load_model_version(client: MlflowClient, version: ModelVersion, experiment_id: str) -> Any:
+def load_model_version(version: Version, experiment_id: str) -> Any:
     """The version's sklearn model: source checked, files copied and verified, then deserialised
     from that verified copy. Every load of an MLflow model in reproml goes through here."""
-    import mlflow
-
     label = f"model {version.name} version {version.version}"
-    source = check_source(client, version, experiment_id)
+    source = check_source(version, experiment_id)
     with tempfile.TemporaryDirectory(prefix="reproml-model-") as scratch:
-        local = verified_files(client, source, Path(scratch), label)
-        return mlflow.sklearn.load_model(str(local))
+        local = verified_files(source, Path(scratch), label)
+        return models.load_sklearn_model(local)

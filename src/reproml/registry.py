@@ -22,15 +22,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from reproml import paths, provenance
 from reproml.errors import ReproError
 from reproml.io import file_lock, file_md5, read_json, write_json
 from reproml.monitoring import store
 from reproml.redaction import scrub, scrub_obj
+from reproml.stores.mlflow import runs, versions
+from reproml.stores.mlflow.connection import MlflowError
+from reproml.stores.mlflow.versions import Version
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 RECORDS = Path("registry/records")
@@ -56,41 +56,31 @@ class EvalData:
     sources: dict[str, str]  # path -> md5
 
 
-def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+def alias_version(name: str, alias: str) -> Version | None:
+    """The version `alias` names, or None."""
+    return versions.alias_version(name, alias)
 
 
-def register(
-    client: MlflowClient, run_id: str, model_name: str, experiment_id: str, model_uri: str
-) -> ModelVersion:
+def register(run_id: str, model_name: str, experiment_id: str, model_uri: str) -> Version:
     """A new version from a finished, evaluated run, tagged with its lineage, aliased `challenger`."""
-    run = client.get_run(run_id)
-    if run.info.status != "FINISHED":
-        raise RegistryError(f"run {run_id} is {run.info.status}, not FINISHED; nothing registered")
-    if run.data.tags.get("reproml.evaluated") != "true":
+    run = runs.get_run(run_id)
+    if run.status != "FINISHED":
+        raise RegistryError(f"run {run_id} is {run.status}, not FINISHED; nothing registered")
+    if run.tags.get("reproml.evaluated") != "true":
         raise RegistryError(f"run {run_id} was never evaluated; run `dvc repro` to evaluate it first")
-    if run.info.experiment_id != experiment_id:
+    if run.experiment_id != experiment_id:
         raise RegistryError(f"run {run_id} belongs to another experiment; nothing registered")
     try:
-        provenance.verify_logged_model(client, model_uri, run_id, experiment_id)
+        provenance.verify_logged_model(model_uri, run_id, experiment_id)
     except provenance.ProvenanceError as exc:
         raise RegistryError(f"{exc}; nothing registered") from None
     lineage = {
         k: v
-        for k, v in run.data.tags.items()
+        for k, v in run.tags.items()
         if k.startswith("reproml.data.") or k in ("reproml.git_commit", "reproml.params_sha256")
     }
-    with contextlib.suppress(MlflowException):
-        client.create_registered_model(model_name)
-    # An MLflow server (not the SQLite store) accepts a logged model's `models:/m-...` only with its id.
-    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    version = client.create_model_version(
-        model_name, model_uri, run_id=run_id, tags={"reproml.run_id": run_id, **lineage}, model_id=model_id
-    )
-    client.set_registered_model_alias(model_name, CHALLENGER, version.version)
+    version = versions.create_version(model_name, model_uri, run_id, {"reproml.run_id": run_id, **lineage})
+    versions.set_alias(model_name, CHALLENGER, version.version)
     return version
 
 
@@ -132,12 +122,10 @@ def eval_data(root: Path, name: str, time_column: str | None = None) -> EvalData
     return EvalData(pd.concat(frames, ignore_index=True), sources)
 
 
-def model_scores(
-    client: MlflowClient, version: ModelVersion, experiment_id: str, frame: pd.DataFrame, task: str
-) -> np.ndarray:
+def model_scores(version: Version, experiment_id: str, frame: pd.DataFrame, task: str) -> np.ndarray:
     from reproml.evaluate import predict_scores
 
-    model = provenance.load_model_version(client, version, experiment_id)
+    model = provenance.load_model_version(version, experiment_id)
     missing = [str(c) for c in model.feature_names_in_ if c not in frame.columns]
     if missing:
         raise RegistryError(
@@ -155,7 +143,7 @@ def promotion_lock(root: Path) -> Iterator[None]:
         yield
 
 
-def _describe(version: ModelVersion | None) -> dict[str, Any] | None:
+def _describe(version: Version | None) -> dict[str, Any] | None:
     if version is None:
         return None
     return {"version": int(version.version), "run_id": version.run_id}
@@ -182,29 +170,27 @@ def _new_record(root: Path, name: str, record: dict[str, Any]) -> tuple[Path, di
     return target, record
 
 
-def _tag_decision(client: MlflowClient, name: str, record: dict[str, Any]) -> None:
+def _tag_decision(name: str, record: dict[str, Any]) -> None:
     """The decision as tags on its challenger's (or restored champion's) version."""
     subject = record.get("challenger") or record.get("champion") or {}
     if subject.get("version") is None:
         return
     version = str(subject["version"])
-    client.set_model_version_tag(name, version, "reproml.decision", record["action"])
-    client.set_model_version_tag(name, version, "reproml.decision_reason", record["reason"][:5000])
-    client.set_model_version_tag(name, version, "reproml.decision_record", record["record"])
+    versions.set_version_tag(name, version, "reproml.decision", record["action"])
+    versions.set_version_tag(name, version, "reproml.decision_reason", record["reason"][:5000])
+    versions.set_version_tag(name, version, "reproml.decision_record", record["record"])
 
 
-def _aliases(client: MlflowClient, name: str) -> dict[str, int | None]:
+def _aliases(name: str) -> dict[str, int | None]:
     """The aliases as they are now (None where unset or unreadable)."""
     now: dict[str, int | None] = {}
     for alias in (CHAMPION, CHALLENGER, PREVIOUS):
-        version = alias_version(client, name, alias)
+        version = alias_version(name, alias)
         now[alias] = None if version is None else int(version.version)
     return now
 
 
-def _decide(
-    root: Path, client: MlflowClient, name: str, record: dict[str, Any], move: Callable[[], None] | None
-) -> dict[str, Any]:
+def _decide(root: Path, name: str, record: dict[str, Any], move: Callable[[], None] | None) -> dict[str, Any]:
     """Record the decision, then carry it out (`move` the aliases), then record how that went.
 
     The record is on disk before any alias moves (status `pending`), so a crash in between cannot
@@ -222,7 +208,7 @@ def _decide(
         record |= {
             "status": FAILED,
             "error": error,
-            "aliases_after": _aliases(client, name),
+            "aliases_after": _aliases(name),
             "reason": f"NOT APPLIED, moving the aliases failed ({error}); "
             f"the decision was: {record['reason']}",
         }
@@ -236,17 +222,17 @@ def _decide(
     if move is not None:
         record["status"] = DONE
         write_json(target, record)
-    _tag_decision(client, name, record)
+    _tag_decision(name, record)
     return record
 
 
-def settle_pending(root: Path, client: MlflowClient, name: str) -> list[Path]:
+def settle_pending(root: Path, name: str) -> list[Path]:
     """Say what became of decisions whose process died while moving their aliases.
 
     Called under the promotion lock, so no live process is moving aliases: a `pending` record is
     a dead one's. Its move took effect if the champion is the version it was to make champion.
     """
-    champion = alias_version(client, name, CHAMPION)
+    champion = alias_version(name, CHAMPION)
     now = None if champion is None else int(champion.version)
     settled = []
     for path in sorted((paths.workspace(root) / RECORDS).glob("*.json")):
@@ -257,14 +243,14 @@ def settle_pending(root: Path, client: MlflowClient, name: str) -> list[Path]:
         applied = meant.get("version") is not None and int(meant["version"]) == now
         record |= {
             "status": DONE if applied else NOT_APPLIED,
-            "aliases_after": _aliases(client, name),
+            "aliases_after": _aliases(name),
             "settled": f"{dt.datetime.now(dt.UTC).isoformat()} by {getpass.getuser()}: the process that "
             f"made this decision ended while moving the aliases; the champion is v{now}, so the "
             f"decision {'took effect' if applied else 'did not take effect'}",
         }
         write_json(path, record)
         if applied:
-            _tag_decision(client, name, record)
+            _tag_decision(name, record)
         settled.append(path)
     return settled
 
@@ -273,27 +259,26 @@ def history(root: Path) -> list[dict[str, Any]]:
     return [read_json(p) for p in sorted((paths.workspace(root) / RECORDS).glob("*.json"))]
 
 
-def _move_aliases(client: MlflowClient, name: str, new: ModelVersion, old: ModelVersion | None) -> None:
+def _move_aliases(name: str, new: Version, old: Version | None) -> None:
     """`previous` to the old champion, then `champion` to `new`; if the second move fails,
     `previous` is put back, so a failure leaves the aliases as they were where MLflow allows."""
-    before = alias_version(client, name, PREVIOUS)
+    before = alias_version(name, PREVIOUS)
     if old is not None:
-        client.set_registered_model_alias(name, PREVIOUS, old.version)
+        versions.set_alias(name, PREVIOUS, old.version)
     try:
-        client.set_registered_model_alias(name, CHAMPION, new.version)
+        versions.set_alias(name, CHAMPION, new.version)
     except BaseException:
         if old is not None:
-            with contextlib.suppress(MlflowException):
+            with contextlib.suppress(MlflowError):
                 if before is None:
-                    client.delete_registered_model_alias(name, PREVIOUS)
+                    versions.delete_alias(name, PREVIOUS)
                 else:
-                    client.set_registered_model_alias(name, PREVIOUS, before.version)
+                    versions.set_alias(name, PREVIOUS, before.version)
         raise
 
 
 def promote(
     root: Path,
-    client: MlflowClient,
     name: str,
     experiment_id: str,
     decide: Any,
@@ -310,22 +295,20 @@ def promote(
     if version is not None and not reason:
         raise RegistryError("a forced promotion needs --reason")
     challenger = (
-        client.get_model_version(name, str(version))
-        if version is not None
-        else alias_version(client, name, CHALLENGER)
+        versions.get_version(name, version) if version is not None else alias_version(name, CHALLENGER)
     )
     if challenger is None:
         raise RegistryError(f"model {name!r} has no {CHALLENGER!r} version; run `dvc repro` first")
-    provenance.verify_model_version(client, challenger, experiment_id)
-    run_status = client.get_run(str(challenger.run_id)).info.status if challenger.run_id else "unknown"
+    provenance.verify_model_version(challenger, experiment_id)
+    run_status = runs.get_run(challenger.run_id).status if challenger.run_id else "unknown"
     if run_status != "FINISHED":
         raise RegistryError(
             f"version {challenger.version} comes from run {challenger.run_id} which is {run_status}, "
             "not FINISHED; it cannot be promoted"
         )
-    champion = alias_version(client, name, CHAMPION)
+    champion = alias_version(name, CHAMPION)
     if champion is not None:
-        provenance.check_source(client, champion, experiment_id)
+        provenance.check_source(champion, experiment_id)
     if champion is not None and champion.version == challenger.version:
         # e.g. a second `make run` with nothing new: no decision to make, nothing to record
         return {
@@ -343,9 +326,9 @@ def promote(
         data = eval_data(root, name, schema.get("time_column"))
         target = schema["target"]
         y = data.frame[target].to_numpy()
-        challenger_scores = model_scores(client, challenger, experiment_id, data.frame, task)
+        challenger_scores = model_scores(challenger, experiment_id, data.frame, task)
         champion_scores = (
-            None if champion is None else model_scores(client, champion, experiment_id, data.frame, task)
+            None if champion is None else model_scores(champion, experiment_id, data.frame, task)
         )
         result = decide(y, challenger_scores, champion_scores, data.frame)
         promote_it = bool(result.promote)
@@ -356,8 +339,8 @@ def promote(
             "eval_data": data.sources,
         }
     with promotion_lock(root):
-        settle_pending(root, client, name)
-        current = alias_version(client, name, CHAMPION)
+        settle_pending(root, name)
+        current = alias_version(name, CHAMPION)
         if _describe(current) != _describe(champion):
             record |= {
                 "action": "abort",
@@ -365,17 +348,17 @@ def promote(
                 f"this decision was being made; nothing moved (was: {record['reason']})",
             }
             promote_it = False
-        move = (lambda: _move_aliases(client, name, challenger, champion)) if promote_it else None
-        return _decide(root, client, name, record, move)
+        move = (lambda: _move_aliases(name, challenger, champion)) if promote_it else None
+        return _decide(root, name, record, move)
 
 
-def rollback(root: Path, client: MlflowClient, name: str, reason: str) -> dict[str, Any]:
+def rollback(root: Path, name: str, reason: str) -> dict[str, Any]:
     """`previous` becomes the champion again; the demoted champion becomes `previous`, so a second
     rollback undoes the first."""
     with promotion_lock(root):
-        settle_pending(root, client, name)
-        champion = alias_version(client, name, CHAMPION)
-        previous = alias_version(client, name, PREVIOUS)
+        settle_pending(root, name)
+        champion = alias_version(name, CHAMPION)
+        previous = alias_version(name, PREVIOUS)
         if previous is None or champion is None:
             raise RegistryError(f"model {name!r} has no {PREVIOUS!r} version to roll back to")
         record = {
@@ -384,4 +367,4 @@ def rollback(root: Path, client: MlflowClient, name: str, reason: str) -> dict[s
             "champion": _describe(previous),
             "demoted": _describe(champion),
         }
-        return _decide(root, client, name, record, lambda: _move_aliases(client, name, previous, champion))
+        return _decide(root, name, record, lambda: _move_aliases(name, previous, champion))

@@ -31,42 +31,38 @@ def columns(task: str) -> list[str]:
 
 
 def runs_table(root: Path, experiment_name: str, limit: int) -> Table:
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from reproml import tracking
     from reproml.redaction import redact_url
+    from reproml.stores.mlflow import connection, runs
 
-    experiment_id = tracking.setup(root, experiment_name)
-    found = MlflowClient().search_runs(  # pipeline runs; tuning studies and their trials have their own
+    experiment_id = connection.setup(root, experiment_name)
+    found = runs.search_runs(  # pipeline runs; tuning studies and their trials have their own
         [experiment_id],
         filter_string="tags.`reproml.stage` = 'train'",
         order_by=["attributes.start_time DESC"],
         max_results=limit,
     )
-    store = redact_url(mlflow.get_tracking_uri())  # never a password in a terminal or a CI log
+    store = redact_url(connection.current_uri())  # never a password in a terminal or a CI log
     table = Table(title=f"MLflow runs · experiment {experiment_name!r} · {store}")
     for header in ("run", "started", "status", "model"):
         table.add_column(header)
-    task = found[0].data.params.get("data.task", "classification") if found else "classification"
+    task = found[0].params.get("data.task", "classification") if found else "classification"
     metrics = columns(task)
     for name in metrics:
         table.add_column(name, justify="right")
     for header in ("overfit", "data (ingested md5)", "commit"):
         table.add_column(header)
     for run in found:
-        data, info = run.data, run.info
-        started = datetime.fromtimestamp(info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
-        dirty = "+dirty" if data.tags.get("reproml.git_dirty") == "true" else ""
+        started = datetime.fromtimestamp(run.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+        dirty = "+dirty" if run.tags.get("reproml.git_dirty") == "true" else ""
         table.add_row(
-            _plain(info.run_name or info.run_id[:8]),
+            _plain(run.name or run.run_id[:8]),
             started,
-            info.status,
-            _plain(data.params.get("train.model", "?")),
-            *(f"{data.metrics[m]:.4f}" if m in data.metrics else "-" for m in metrics),
-            data.tags.get("reproml.overfit", "-"),
-            data.tags.get(f"reproml.data.{paths.INGESTED}", "-")[:10],
-            data.tags.get("reproml.git_commit", "")[:7] + dirty,
+            run.status,
+            _plain(run.params.get("train.model", "?")),
+            *(f"{run.metrics[m]:.4f}" if m in run.metrics else "-" for m in metrics),
+            run.tags.get("reproml.overfit", "-"),
+            run.tags.get(f"reproml.data.{paths.INGESTED}", "-")[:10],
+            run.tags.get("reproml.git_commit", "")[:7] + dirty,
         )
     return table
 

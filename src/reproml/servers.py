@@ -156,7 +156,7 @@ def _command(root: Path, name: str) -> list[str]:
         "ui",
         "--backend-store-uri",
         f"sqlite:///{root / 'mlflow.db'}",
-        # the same place `reproml.tracking.setup` gives experiments it creates
+        # the same place `reproml.stores.mlflow.connection.setup` gives experiments it creates
         "--default-artifact-root",
         (root / "mlartifacts").as_uri(),
         "--artifacts-destination",

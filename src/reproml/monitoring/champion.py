@@ -25,7 +25,7 @@ from reproml.io import file_md5
 from reproml.stores.dvc import CorruptCacheError, DvcStore, verified_objects
 
 TRAIN, TEST = str(paths.split_file("train")), str(paths.split_file("test"))
-IMPORTANCE_ARTIFACT = "importance.json"  # logged by stages/evaluate.py with mlflow.log_table
+IMPORTANCE_ARTIFACT = "importance.json"  # logged by stages/evaluate.py as an MLflow table
 
 
 class ChampionError(ReproError):
@@ -56,17 +56,13 @@ class Champion:
         return out | ({"classes": self.classes} if self.classes else {})
 
 
-def _artifact_json(client: Any, run_id: str, artifact: str) -> Any:
-    from reproml.env import overridden
+def _artifact_json(run_id: str, artifact: str) -> Any:
+    from reproml.stores.mlflow import runs
 
     try:
-        # a progress bar for one small file is noise
-        with (
-            overridden("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
-            tempfile.TemporaryDirectory() as scratch,
-        ):
-            local = client.download_artifacts(run_id, artifact, dst_path=scratch)
-            return json.loads(Path(local).read_text())
+        with tempfile.TemporaryDirectory() as scratch:
+            local = runs.download_artifact(run_id, artifact, Path(scratch))
+            return json.loads(local.read_text())
     except Exception as exc:  # MlflowException, OSError: the message says which
         raise ChampionError(f"run {run_id} has no readable artifact {artifact!r}: {exc}") from None
 
@@ -83,31 +79,32 @@ def importance_of(table: Any, run_id: str) -> dict[str, float]:
         ) from None
 
 
-def load_champion(root: Path, client: Any, name: str, experiment_id: str) -> Champion:
+def load_champion(root: Path, name: str, experiment_id: str) -> Champion:
     """The version aliased `champion`, checked to come from this project, with its run's lineage.
 
     Its model is deserialised only from files whose digest is the one its run recorded.
     """
     from reproml import provenance, registry
+    from reproml.stores.mlflow import runs
 
-    version = registry.alias_version(client, name, registry.CHAMPION)
+    version = registry.alias_version(name, registry.CHAMPION)
     if version is None:
         raise ChampionError(
             f"model {name!r} has no {registry.CHAMPION!r} version: "
             "run `dvc repro` and `reproml promote` first"
         )
-    provenance.check_source(client, version, experiment_id)
+    provenance.check_source(version, experiment_id)
     run_id = str(version.run_id)
-    tags = client.get_run(run_id).data.tags
+    tags = runs.get_run(run_id).tags
     missing = [p for p in (TRAIN, TEST) if f"reproml.data.{p}" not in tags]
     if missing:
         raise ChampionError(
             f"champion v{version.version} (run {run_id}) records no data version for {missing}; "
             "it cannot be compared against the data it was trained on"
         )
-    params = _artifact_json(client, run_id, "params.json")
-    importance = importance_of(_artifact_json(client, run_id, IMPORTANCE_ARTIFACT), run_id)
-    model = provenance.load_model_version(client, version, experiment_id)
+    params = _artifact_json(run_id, "params.json")
+    importance = importance_of(_artifact_json(run_id, IMPORTANCE_ARTIFACT), run_id)
+    model = provenance.load_model_version(version, experiment_id)
     data = params.get("data", {})
     task = str(data.get("task"))
     label = f"champion v{version.version} (run {run_id})"

@@ -103,15 +103,12 @@ def monitor(root: Path, spec: str, params: Params, backfill: bool = False) -> di
     A batch older than the newest one monitored gets the verdict `out_of_order` and is not
     measured, unless `backfill` says it is monitored late on purpose (then it is judged as usual).
     """
-    from mlflow.tracking import MlflowClient
-
-    from reproml import tracking
+    from reproml.stores.mlflow import connection, runs
 
     clock = _Clock()
     with clock.step("load champion"):
-        experiment_id = tracking.setup(root, params.mlflow.experiment_name)
-        client = MlflowClient()
-        best = champion.load_champion(root, client, params.register_.model_name, experiment_id)
+        experiment_id = connection.setup(root, params.mlflow.experiment_name)
+        best = champion.load_champion(root, params.register_.model_name, experiment_id)
         label = f"champion v{best.version} (run {best.run_id})"
         reference = champion.load_split(root, champion.TRAIN, best.data_md5[champion.TRAIN], label)
     with clock.step("read batch"):
@@ -122,11 +119,11 @@ def monitor(root: Path, spec: str, params: Params, backfill: bool = False) -> di
     )
     with clock.step("quality gate"):
         gate = quality.check(batch.frame, reference, schema, params.monitor, batch.read_error)
-    monitoring_id = tracking.setup(root, f"{params.mlflow.experiment_name}-monitoring")
+    monitoring_id = connection.setup(root, f"{params.mlflow.experiment_name}-monitoring")
     with store.monitor_lock(root, best.name):
         past = [r for r in store.history(root, best.name) if r.get("batch_id") != batch.id]
         seq = max((int(r.get("seq", 0)) for r in past), default=0) + 1
-        with tracking.tracked_run(monitoring_id, run_name=batch.id) as run:
+        with runs.tracked_run(monitoring_id, run_name=batch.id) as run:
             record = _judge(root, params, best, reference, schema, batch, gate, past, seq, clock, backfill)
             record["mlflow"] = {"experiment_id": monitoring_id, "run_id": run.info.run_id}
             with clock.step("write record"):
@@ -309,9 +306,7 @@ def _finish(record: dict[str, Any], verdict: decision.Decision, clock: _Clock) -
 
 def _track(run_id: str, record: dict[str, Any], root: Path, path: Path) -> None:
     """The record's headline numbers as metrics, its identity as tags, the files as artifacts."""
-    import mlflow
-
-    from reproml import tracking
+    from reproml.stores.mlflow import runs
 
     quality_change = record.get("quality") or {}
     drift_result = record.get("drift") or {}
@@ -347,7 +342,7 @@ def _track(run_id: str, record: dict[str, Any], root: Path, path: Path) -> None:
     if quality_change.get("metric"):
         tags["reproml.quality_metric"] = quality_change["metric"]
     params = {f"monitor.{k}": str(v) for k, v in record["decision"]["thresholds"].items()}
-    tracking.log_batch(run_id, params=params, metrics=metrics, tags=tags, step=int(record["seq"]))
-    mlflow.log_artifact(str(path), artifact_path="record")
+    runs.log_batch(run_id, params=params, metrics=metrics, tags=tags, step=int(record["seq"]))
+    runs.log_artifact(path, artifact_path="record")
     for report in record["reports"].values():
-        mlflow.log_artifact(str(root / report), artifact_path="reports")
+        runs.log_artifact(root / report, artifact_path="reports")

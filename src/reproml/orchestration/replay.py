@@ -19,13 +19,12 @@ from reproml.orchestration.worktree import open_worktree
 def reset(root: Path, branch: str) -> int:
     """Archive earlier monitoring outputs, start the branch again from HEAD, and make the
     pipeline's registered model the champion (a forced promotion, recorded, if it is not)."""
-    from mlflow.tracking import MlflowClient
-
-    from reproml import registry, tracking
+    from reproml import registry
     from reproml.io import read_json
     from reproml.monitoring import store
     from reproml.stages.common import load
     from reproml.stages.register import REGISTERED, run_promote
+    from reproml.stores.mlflow import connection
 
     params = load(root)
     name = params.register_.model_name
@@ -41,8 +40,8 @@ def reset(root: Path, branch: str) -> int:
     if not registered.is_file():
         raise FileNotFoundError(f"{registered} not found: run `dvc repro` before `reproml simulate`")
     start = int(read_json(registered)["version"])
-    tracking.setup(root, params.mlflow.experiment_name)
-    current = registry.alias_version(MlflowClient(), params.register_.model_name, registry.CHAMPION)
+    connection.setup(root, params.mlflow.experiment_name)
+    current = registry.alias_version(params.register_.model_name, registry.CHAMPION)
     if current is None or int(current.version) != start:
         run_promote(root, version=start, reason="reproml simulate starts from the pipeline's model")
     return start
@@ -50,32 +49,27 @@ def reset(root: Path, branch: str) -> int:
 
 def champion_version(root: Path) -> int | None:
     """The version the `champion` alias names now, or None."""
-    from mlflow.tracking import MlflowClient
-
     from reproml import registry
     from reproml.stages.common import load
 
     name = load(root).register_.model_name
-    champion = registry.alias_version(MlflowClient(), name, registry.CHAMPION)
+    champion = registry.alias_version(name, registry.CHAMPION)
     return None if champion is None else int(champion.version)
 
 
 def report(root: Path, outcomes: list[dict[str, Any]], baseline_version: int) -> dict[str, Any]:
     """Score the never-retrained model on each batch's labelled rows; write the HTML and JSON."""
     import pandas as pd
-    from mlflow.tracking import MlflowClient
 
-    from reproml import provenance, registry, simulation, tracking
+    from reproml import provenance, registry, simulation
     from reproml.monitoring import store
     from reproml.stages.common import load
+    from reproml.stores.mlflow import connection, versions
 
     params = load(root)
-    experiment_id = tracking.setup(root, params.mlflow.experiment_name)
+    experiment_id = connection.setup(root, params.mlflow.experiment_name)
     name = params.register_.model_name
-    client = MlflowClient()
-    model = provenance.load_model_version(
-        client, client.get_model_version(name, str(baseline_version)), experiment_id
-    )
+    model = provenance.load_model_version(versions.get_version(name, baseline_version), experiment_id)
     rows = []
     for outcome in outcomes:
         baseline = float("nan")
@@ -85,7 +79,7 @@ def report(root: Path, outcomes: list[dict[str, Any]], baseline_version: int) ->
                 model, frame, params.data.target, params.data.task, params.monitor.metric
             )
         rows.append(simulation.row(outcome, baseline, outcome["champion_after"]))
-    champion = registry.alias_version(client, name, registry.CHAMPION)
+    champion = registry.alias_version(name, registry.CHAMPION)
     metric = next(
         (r["metric"] for r in rows if r.get("metric")),
         simulation.metric_name(params.data.task, params.monitor.metric),

@@ -57,34 +57,30 @@ def limit_name(root: Path) -> str:
 
 def champion_values(root: Path, model_name: str, model: str) -> dict[str, Any]:
     """The champion's own `train.<model>` values (tuned ones included), from its MLflow run."""
-    from mlflow.tracking import MlflowClient
-
-    from reproml import registry, retrain, tracking
+    from reproml import registry, retrain
     from reproml.stages.common import load
+    from reproml.stores.mlflow import connection, runs
 
     with workspace_env(root):
-        tracking.setup(root, load(root).mlflow.experiment_name)
-        client = MlflowClient()
-        version = registry.alias_version(client, model_name, registry.CHAMPION)
+        connection.setup(root, load(root).mlflow.experiment_name)
+        version = registry.alias_version(model_name, registry.CHAMPION)
         if version is None or version.run_id is None:
             return {}
-        return retrain.champion_values(client.get_run(version.run_id).data.params, model)
+        return retrain.champion_values(runs.get_run(version.run_id).params, model)
 
 
 def champion_classes(root: Path, params: Any) -> tuple[list[Any] | None, str]:
     """The champion's class order (its run's `reproml.classes` tag) and how to name it; without a
     champion, the classes ingest recorded in data/schema.json."""
-    from mlflow.tracking import MlflowClient
-
-    from reproml import paths, registry, tracking
+    from reproml import paths, registry
     from reproml.io import read_json
+    from reproml.stores.mlflow import connection, runs
 
     with workspace_env(root):
-        tracking.setup(root, params.mlflow.experiment_name)
-        client = MlflowClient()
-        version = registry.alias_version(client, params.register_.model_name, registry.CHAMPION)
+        connection.setup(root, params.mlflow.experiment_name)
+        version = registry.alias_version(params.register_.model_name, registry.CHAMPION)
         if version is not None and version.run_id is not None:
-            tag = client.get_run(version.run_id).data.tags.get("reproml.classes")
+            tag = runs.get_run(version.run_id).tags.get("reproml.classes")
             if tag:
                 return list(json.loads(tag)), f"champion v{version.version}"
     schema = root / paths.SCHEMA

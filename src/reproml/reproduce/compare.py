@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from reproml.reproduce.checks import close
 from reproml.reproduce.record import DATA_PREFIX, PREDICTIONS_TAG
+
+if TYPE_CHECKING:
+    from reproml.stores.mlflow.runs import Run
 
 
 @dataclass(frozen=True)
@@ -21,13 +24,13 @@ class RunView:
     tags: dict[str, str]
 
     @classmethod
-    def of(cls, run: Any) -> RunView:
+    def of(cls, run: Run) -> RunView:
         return cls(
-            run_id=str(run.info.run_id),
-            name=str(run.info.run_name or run.info.run_id[:8]),
-            params=dict(run.data.params),
-            metrics={k: float(v) for k, v in run.data.metrics.items()},
-            tags=dict(run.data.tags),
+            run_id=run.run_id,
+            name=run.name or run.run_id[:8],
+            params=dict(run.params),
+            metrics=dict(run.metrics),
+            tags=dict(run.tags),
         )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -40,6 +40,9 @@ from reproml.reproduce.workspace import (
 )
 from reproml.stores import git
 from reproml.stores.dvc import DvcStore, Progress, verified_objects
+
+if TYPE_CHECKING:
+    from reproml.stores.mlflow.runs import Run
 
 
 def _quiet(message: str) -> None:
@@ -97,11 +100,9 @@ def _rebuild_and_compare(root: Path, recorded: Recorded, work: Path, progress: P
     )
 
 
-def compare_rebuild(recorded: Recorded, rebuilt: Any, worktree: Path, root: Path) -> list[Check]:
+def compare_rebuild(recorded: Recorded, rebuilt: Run, worktree: Path, root: Path) -> list[Check]:
     """Recorded against rebuilt: what the rebuild logged, measured by the commit's own code."""
-    tags: dict[str, str] = dict(rebuilt.data.tags)
-    params: dict[str, str] = dict(rebuilt.data.params)
-    metrics = {k: float(v) for k, v in rebuilt.data.metrics.items()}
+    tags, params, metrics = dict(rebuilt.tags), dict(rebuilt.params), dict(rebuilt.metrics)
     libraries = json.loads(tags["reproml.libraries"]) if tags.get("reproml.libraries") else None
     return [
         compare_code(recorded, tags.get("reproml.code_sha256") or lineage.code_hash(worktree)),

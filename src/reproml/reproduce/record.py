@@ -12,11 +12,14 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reproml import paths
 from reproml.errors import ReproError
 from reproml.stores import git
+
+if TYPE_CHECKING:
+    from reproml.stores.mlflow.runs import Run
 
 DATA_PREFIX = "reproml.data."
 PREDICTIONS_TAG = "reproml.test_predictions_sha256"
@@ -48,29 +51,25 @@ class Recorded:
     has_params_json: bool
 
 
-def load_run(root: Path, ref: str) -> Any:
+def load_run(root: Path, ref: str) -> Run:
     """The MLflow run `ref` names (a run id, or `@alias` of the registered model) from the
     project's tracking store; a ReproError naming the store when there is none."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from reproml import tracking
     from reproml.config import load_params
+    from reproml.stores.mlflow import connection, runs, versions
 
     params = load_params(root / "params.yaml")
-    tracking.setup(root, params.mlflow.experiment_name)
-    client = MlflowClient()
-    uri = tracking.shown_tracking_uri(root)
+    connection.setup(root, params.mlflow.experiment_name)
+    uri = connection.shown_tracking_uri(root)
     run_id = ref
     if ref.startswith("@"):
         name = params.register_.model_name
-        try:
-            run_id = str(client.get_model_version_by_alias(name, ref[1:]).run_id)
-        except MlflowException:
-            raise ReproError(f"model {name!r} has no version aliased {ref[1:]!r} in {uri}") from None
+        version = versions.alias_version(name, ref[1:])
+        if version is None:
+            raise ReproError(f"model {name!r} has no version aliased {ref[1:]!r} in {uri}")
+        run_id = str(version.run_id)
     try:
-        return client.get_run(run_id)
-    except MlflowException:
+        return runs.get_run(run_id)
+    except connection.MlflowError:
         raise ReproError(f"no MLflow run with id {run_id!r} in the tracking store {uri}") from None
 
 
@@ -79,15 +78,15 @@ def _safe_relative(path: str) -> bool:
     return bool(parts) and not Path(path).is_absolute() and ".." not in parts
 
 
-def check_lineage(root: Path, run: Any) -> Recorded:
+def check_lineage(root: Path, run: Run) -> Recorded:
     """Everything a rebuild needs, or a ReproError saying what the run lacks.
 
     A run is rebuildable when it names a commit of this repository, a version of every input data
     file, and its params; a working tree with uncommitted changes other than params.yaml (whose
     exact content the run logged as params.json) cannot be recovered: refused.
     """
-    run_id = str(run.info.run_id)
-    tags: dict[str, str] = dict(run.data.tags)
+    run_id = run.run_id
+    tags: dict[str, str] = dict(run.tags)
     refuse = f"run {run_id} cannot be rebuilt:"
     missing = [f"{tag} ({why})" for tag, why in REQUIRED_TAGS.items() if not tags.get(tag)]
     if missing:
@@ -124,8 +123,8 @@ def check_lineage(root: Path, run: Any) -> Recorded:
         run_id=run_id,
         commit=commit,
         tags=tags,
-        params=dict(run.data.params),
-        metrics={k: float(v) for k, v in run.data.metrics.items()},
+        params=dict(run.params),
+        metrics=dict(run.metrics),
         data=data,
         dirty_paths=dirty_paths,
         has_params_json=has_params_json,
@@ -147,22 +146,15 @@ def _dirty_paths(recorded: str | None) -> list[str]:
 
 
 def _has_params_artifact(run_id: str) -> bool:
-    from mlflow.tracking import MlflowClient
+    from reproml.stores.mlflow import runs
 
-    from reproml.tracking import PARAMS_ARTIFACT
-
-    return any(f.path == PARAMS_ARTIFACT for f in MlflowClient().list_artifacts(run_id))
+    return runs.PARAMS_ARTIFACT in runs.artifact_paths(run_id)
 
 
 def download_params(run_id: str, into: Path) -> dict[str, Any]:
     """The run's params.json (params.yaml as it trained with it), downloaded under `into`."""
-    from mlflow.tracking import MlflowClient
+    from reproml.stores.mlflow import runs
 
-    from reproml.env import overridden
-    from reproml.tracking import PARAMS_ARTIFACT
-
-    into.mkdir(parents=True, exist_ok=True)
-    with overridden("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):  # a bar for one small file is noise
-        local = MlflowClient().download_artifacts(run_id, PARAMS_ARTIFACT, dst_path=str(into))
-    loaded: dict[str, Any] = json.loads(Path(local).read_text())
+    local = runs.download_artifact(run_id, runs.PARAMS_ARTIFACT, into)
+    loaded: dict[str, Any] = json.loads(local.read_text())
     return loaded

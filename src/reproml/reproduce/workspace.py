@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -34,6 +34,9 @@ MLFLOW_REDIRECTS = (
     "MLFLOW_EXPERIMENT_ID",
     "MLFLOW_RUN_ID",
 )
+
+if TYPE_CHECKING:
+    from reproml.stores.mlflow.runs import Run
 
 
 def work_dir(root: Path, run_id: str) -> Path:
@@ -123,26 +126,12 @@ def run_stages(worktree: Path, progress: Progress, stages: Iterable[str] = STAGE
     return None
 
 
-def rebuilt_run(worktree: Path) -> Any | None:
-    """The one run the rebuild logged into the worktree's own MLflow store, if any.
-
-    Read through a store whose connections are closed afterwards: MLflow caches one engine per
-    database URI, and the same run rebuilt again in this process (same worktree path, new file)
-    would otherwise be read from the deleted database of the previous rebuild.
-    """
-    from mlflow.entities import ViewType
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+def rebuilt_run(worktree: Path) -> Run | None:
+    """The one run the rebuild logged into the worktree's own MLflow store, if any (read through
+    a store of its own, closed afterwards: see `runs.newest_run_in`)."""
+    from reproml.stores.mlflow import runs
 
     database = worktree / "mlflow.db"
     if not database.is_file():
         return None
-    store_class: Any = SqlAlchemyStore  # untyped in MLflow
-    store = store_class(f"sqlite:///{database.resolve()}", (worktree / "mlartifacts").resolve().as_uri())
-    try:
-        experiments = [e.experiment_id for e in store.search_experiments(view_type=ViewType.ALL)]
-        found = store.search_runs(
-            experiments, "", ViewType.ALL, max_results=1, order_by=["attributes.start_time DESC"]
-        )
-        return found[0] if found else None
-    finally:
-        store.engine.dispose()
+    return runs.newest_run_in(database, worktree / "mlartifacts")

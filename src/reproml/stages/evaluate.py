@@ -147,11 +147,11 @@ def load_logged_model(root: Path, experiment_id: str, experiment_name: str) -> t
     """
     import joblib
 
-    from reproml import tracking
+    from reproml.stores.mlflow import runs
 
     data = (root / paths.MODEL).read_bytes()
     model_md5 = hashlib.md5(data).hexdigest()
-    run_id = tracking.find_run_for_model(experiment_id, model_md5)
+    run_id = runs.find_run_for_model(experiment_id, model_md5)
     if run_id is None:
         raise ReproError(
             f"{paths.MODEL} (md5 {model_md5}) was not logged by any run of MLflow experiment "
@@ -162,10 +162,8 @@ def load_logged_model(root: Path, experiment_id: str, experiment_name: str) -> t
 
 
 def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
-    import mlflow
-
     from reproml import evaluate as ev
-    from reproml import tracking
+    from reproml.stores.mlflow import connection, runs
 
     params = load(root)
     schema = read_json(root / paths.SCHEMA)
@@ -173,9 +171,9 @@ def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
     classes = classes_of(params, schema)
     history = read_json(root / paths.HISTORY)
     columns = feature_spec(params, schema).input_columns
-    experiment_id = tracking.setup(root, params.mlflow.experiment_name)
+    experiment_id = connection.setup(root, params.mlflow.experiment_name)
     model, run_id = load_logged_model(root, experiment_id, params.mlflow.experiment_name)
-    with tracking.tracked_run(experiment_id, run_id=run_id):
+    with runs.tracked_run(experiment_id, run_id=run_id):
         splits = {name: pd.read_parquet(root / paths.split_file(name)) for name in ("train", "valid", "test")}
         _same_classes(model, classes)
         scores = {name: ev.predict_scores(model, f[columns], task) for name, f in splits.items()}
@@ -206,7 +204,7 @@ def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
             "reproml.test_predictions_sha256": digest,
             "reproml.evaluated": "true",
         }
-        tracking.log_batch(run_id, metrics=flat, tags=tags)
-        mlflow.log_artifacts(str(root / paths.PLOTS / "images"), artifact_path="plots")
-        mlflow.log_table(importance, artifact_file="importance.json")
+        runs.log_batch(run_id, metrics=flat, tags=tags)
+        runs.log_artifacts(root / paths.PLOTS / "images", artifact_path="plots")
+        runs.log_table(importance, artifact_file="importance.json")
     return {"run_id": run_id, "test": by_split["test"], "overfit": overfit, "predictions_sha256": digest}

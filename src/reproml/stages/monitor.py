@@ -42,20 +42,18 @@ def check_champion_source(root: Path, params: Params) -> None:
     """Before any batch is read: the champion of `register.model_name` was trained on the data
     source params.yaml names. After switching data without a new champion, a batch of the new data
     would be scored by the old model against the old model's reference: refused, naming both."""
-    from mlflow.tracking import MlflowClient
-
-    from reproml import registry, tracking
+    from reproml import registry
     from reproml.config import data_source
     from reproml.monitoring.champion import ChampionError
     from reproml.stages.register import own_model_hint, version_source
+    from reproml.stores.mlflow import connection
 
-    tracking.setup(root, params.mlflow.experiment_name)
-    client = MlflowClient()
+    connection.setup(root, params.mlflow.experiment_name)
     name = params.register_.model_name
-    champion = registry.alias_version(client, name, registry.CHAMPION)
+    champion = registry.alias_version(name, registry.CHAMPION)
     if champion is None:
         return  # the monitor's own message: run `dvc repro` and `reproml promote` first
-    found, expected = version_source(client, champion), data_source(params.data)
+    found, expected = version_source(champion), data_source(params.data)
     if found is not None and found != expected:
         raise ChampionError(
             f"the champion of {name!r} (register.model_name), v{champion.version}, was trained on "

@@ -7,7 +7,7 @@ stage because its outcome depends on the registry's state, not only on files and
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -18,25 +18,27 @@ from reproml.errors import ConfigError, ReproError
 from reproml.io import file_md5, read_json, write_json
 from reproml.stages.common import classes_of, load
 
+if TYPE_CHECKING:
+    from reproml.stores.mlflow.versions import Version
+
 REGISTERED = Path("models/registered.json")
 DATA_SOURCE_TAG = "reproml.data_source"
 
 
-def _context(root: Path) -> tuple[Any, Any, str]:
-    from mlflow.tracking import MlflowClient
-
-    from reproml import tracking
+def _context(root: Path) -> tuple[Params, str]:
+    from reproml.stores.mlflow import connection
 
     params = load(root)
-    experiment_id = tracking.setup(root, params.mlflow.experiment_name)
-    return params, MlflowClient(), experiment_id
+    return params, connection.setup(root, params.mlflow.experiment_name)
 
 
-def version_source(client: Any, version: Any) -> DataSource | None:
+def version_source(version: Version) -> DataSource | None:
     """The data source a model version's run was trained on (None: a run that logged none)."""
+    from reproml.stores.mlflow import runs
+
     if not version.run_id:
         return None
-    return data_source_of_run(client.get_run(version.run_id).data.params)
+    return data_source_of_run(runs.get_run(version.run_id).params)
 
 
 def own_model_hint(name: str, expected: DataSource) -> str:
@@ -47,19 +49,17 @@ def own_model_hint(name: str, expected: DataSource) -> str:
     return f"set register.model_name to a name of its own (e.g. {own}-{expected.task})"
 
 
-def check_same_source(
-    client: Any, name: str, expected: DataSource, aliases: tuple[str, ...], doing: str
-) -> None:
+def check_same_source(name: str, expected: DataSource, aliases: tuple[str, ...], doing: str) -> None:
     """Refuse, naming both data sources and what to set, when a version `aliases` name of model
     `name` was trained on another data source than `expected` (one model, one data source: its
     versions are compared on the same rows, monitored against the same history)."""
     from reproml import registry
 
     for alias in aliases:
-        version = registry.alias_version(client, name, alias)
+        version = registry.alias_version(name, alias)
         if version is None:
             continue
-        found = version_source(client, version)
+        found = version_source(version)
         if found is None or found == expected:
             continue
         fix = own_model_hint(name, expected)
@@ -92,21 +92,22 @@ def check_slice_column(root: Path, params: Params) -> None:
 
 
 def run_register(root: Path = Path(".")) -> dict[str, Any]:
-    from reproml import registry, tracking
+    from reproml import registry
+    from reproml.stores.mlflow import runs, versions
 
-    params, client, experiment_id = _context(root)
+    params, experiment_id = _context(root)
     model_md5 = file_md5(root / paths.MODEL)
-    run_id = tracking.find_run_for_model(experiment_id, model_md5)
+    run_id = runs.find_run_for_model(experiment_id, model_md5)
     if run_id is None:
         raise ReproError(f"no MLflow run logged {paths.MODEL} (md5 {model_md5}); run `dvc repro` first")
-    run = client.get_run(run_id)
-    model_uri = run.data.tags["reproml.model_uri"]
+    run = runs.get_run(run_id)
+    model_uri = run.tags["reproml.model_uri"]
     name = params.register_.model_name
-    source = data_source_of_run(run.data.params) or data_source(params.data)
+    source = data_source_of_run(run.params) or data_source(params.data)
     # the champion decides: a challenger of other data (left by an older version) is replaced here
-    check_same_source(client, name, source, (registry.CHAMPION,), "register")
-    version = registry.register(client, run_id, name, experiment_id, model_uri)
-    client.set_model_version_tag(name, version.version, DATA_SOURCE_TAG, source.describe())
+    check_same_source(name, source, (registry.CHAMPION,), "register")
+    version = registry.register(run_id, name, experiment_id, model_uri)
+    versions.set_version_tag(name, version.version, DATA_SOURCE_TAG, source.describe())
     summary = {
         "model_name": version.name,
         "version": int(version.version),
@@ -123,22 +124,23 @@ def run_promote(
 ) -> dict[str, Any]:
     from reproml import gate, registry
 
-    params, client, experiment_id = _context(root)
+    params, experiment_id = _context(root)
     task, column = params.data.task, params.promote.slice_column
     name = params.register_.model_name
     # before any model is scored: the rows, the slice column and both models belong to the data in use
     check_slice_column(root, params)
     labels = classes_of(params, read_json(root / paths.SCHEMA))
     source = data_source(params.data)
-    check_same_source(client, name, source, (registry.CHAMPION,), "promote")
+    check_same_source(name, source, (registry.CHAMPION,), "promote")
     if version is None:
-        check_same_source(client, name, source, (registry.CHALLENGER,), "promote")
+        check_same_source(name, source, (registry.CHALLENGER,), "promote")
     else:
-        from mlflow.exceptions import MlflowException
+        from reproml.stores.mlflow import versions
+        from reproml.stores.mlflow.connection import MlflowError
 
         try:
-            forced = version_source(client, client.get_model_version(name, str(version)))
-        except MlflowException:
+            forced = version_source(versions.get_version(name, version))
+        except MlflowError:
             forced = None  # no such version: registry.promote says so
         if forced is not None and forced != source:
             raise ReproError(
@@ -156,11 +158,11 @@ def run_promote(
             y, challenger, champion, params.promote, task, slices=slices, seed=params.seed, labels=labels
         )
 
-    return registry.promote(root, client, name, experiment_id, decide, task, version=version, reason=reason)
+    return registry.promote(root, name, experiment_id, decide, task, version=version, reason=reason)
 
 
 def run_rollback(root: Path = Path("."), reason: str = "") -> dict[str, Any]:
     from reproml import registry
 
-    params, client, _ = _context(root)
-    return registry.rollback(root, client, params.register_.model_name, reason)
+    params, _ = _context(root)
+    return registry.rollback(root, params.register_.model_name, reason)

@@ -47,23 +47,21 @@ def tuned_params(root: Path, params: Params) -> tuple[Params, dict[str, Any] | N
 
 def _tune_run(experiment_id: str, study_name: str) -> str | None:
     """The newest finished parent run of the study that produced best_params.json."""
-    from mlflow.tracking import MlflowClient
+    from reproml.stores.mlflow import runs
 
-    found = MlflowClient().search_runs(
-        [experiment_id],
-        filter_string=f"tags.`reproml.stage` = 'tune' and tags.`reproml.study_name` = '{study_name}' "
+    found = runs.newest_run(
+        experiment_id,
+        f"tags.`reproml.stage` = 'tune' and tags.`reproml.study_name` = '{study_name}' "
         "and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
     )
-    return found[0].info.run_id if found else None
+    return found.run_id if found else None
 
 
 def run_train(root: Path = Path(".")) -> dict[str, Any]:
     import joblib
-    import mlflow
 
-    from reproml import lineage, tracking
+    from reproml import lineage
+    from reproml.stores.mlflow import connection, models, runs
     from reproml.train import fit_model
 
     committed = load(root)
@@ -80,9 +78,9 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
     if tuned is not None:
         inputs.append(paths.BEST_PARAMS)
     data_md5 = {str(p): file_md5(root / p) for p in inputs}
-    experiment_id = tracking.setup(root, params.mlflow.experiment_name)
+    experiment_id = connection.setup(root, params.mlflow.experiment_name)
     commit = (git["commit"] or "nogit")[:7]
-    with tracking.tracked_run(experiment_id, run_name=f"{params.train.model}-{commit}") as run:
+    with runs.tracked_run(experiment_id, run_name=f"{params.train.model}-{commit}") as run:
         run_id = run.info.run_id
         tags = {
             "mlflow.source.git.commit": git["commit"] or "",
@@ -116,12 +114,12 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
             }
         # MLflow params are the effective ones (tuned values applied); params.json is params.yaml,
         # what a rebuild starts from (it reads the same best_params.json, by md5).
-        tracking.log_batch(run_id, params=resolved, tags=tags)
-        mlflow.log_dict(committed.model_dump(mode="json", by_alias=True), tracking.PARAMS_ARTIFACT)
+        runs.log_batch(run_id, params=resolved, tags=tags)
+        runs.log_dict(committed.model_dump(mode="json", by_alias=True), runs.PARAMS_ARTIFACT)
         test = pd.read_parquet(root / paths.split_file("test"))
         for name, frame, context in (("train", train, "training"), ("test", test, "testing")):
             path = str(paths.split_file(name))
-            tracking.log_dataset(run_id, frame, name, path, data_md5[path], context)
+            models.log_dataset(run_id, frame, name, path, data_md5[path], context)
         trained = fit_model(train, valid, spec, params, classes)
         write_with(root / paths.MODEL, lambda p: joblib.dump(trained.pipeline, p))
         history = {
@@ -134,18 +132,18 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
         example = valid[spec.input_columns].head(5)
         code = Path(__file__).parents[1]
         inputs_frame = train[spec.input_columns]
-        model_uri = tracking.log_sklearn_model(
+        model_uri = models.log_sklearn_model(
             trained.pipeline, inputs_frame, example, code, _requirements(versions)
         )
         summary = {
             "fit_seconds": round(trained.fit_seconds, 3),
             "best_iteration": trained.best_iteration,
         }
-        tracking.log_batch(
+        runs.log_batch(
             run_id,
             metrics={k: v for k, v in summary.items() if v is not None},
-            tags={tracking.MODEL_MD5_TAG: model_md5, "reproml.model_uri": model_uri},
+            tags={runs.MODEL_MD5_TAG: model_md5, "reproml.model_uri": model_uri},
         )
         for name, curve in trained.history.items():
-            tracking.log_metric_series(run_id, f"curve_{name}_{trained.history_metric}", curve)
+            runs.log_metric_series(run_id, f"curve_{name}_{trained.history_metric}", curve)
     return {"run_id": run_id, "model_uri": model_uri, **summary}

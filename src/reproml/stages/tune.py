@@ -73,15 +73,13 @@ def _fingerprint(context: dict[str, Any]) -> str:
 
 def _champion_params(root: Path, params: Params) -> tuple[str, dict[str, Any]] | None:
     """The registered champion's values for this model's space, when it is the same model."""
-    from mlflow.tracking import MlflowClient
-
     from reproml import registry
+    from reproml.stores.mlflow import runs
 
-    client = MlflowClient()
-    version = registry.alias_version(client, params.register_.model_name, registry.CHAMPION)
+    version = registry.alias_version(params.register_.model_name, registry.CHAMPION)
     if version is None or not version.run_id:
         return None
-    logged = client.get_run(version.run_id).data.params
+    logged = runs.get_run(version.run_id).params
     if logged.get("train.model") != params.train.model:
         return None
     prefix = f"train.{model_section(params.train.model)}."
@@ -125,9 +123,10 @@ def _log_plots(study: Any) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import mlflow
     import optuna
     from optuna.visualization import matplotlib as ovm
+
+    from reproml.stores.mlflow import runs
 
     plots: dict[str, Callable[[Any], Any]] = {
         "tuning/optimization_history.png": ovm.plot_optimization_history,
@@ -143,7 +142,7 @@ def _log_plots(study: Any) -> None:
             figure = axes.figure
             figure.set_size_inches(8, 5)
             figure.tight_layout()
-            mlflow.log_figure(figure, name)
+            runs.log_figure(figure, name)
             plt.close(figure)
 
 
@@ -154,12 +153,13 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
         write_json(root / paths.BEST_PARAMS, {"enabled": False, "model": params.train.model})
         write_json(root / TUNE_METRICS, {"enabled": False})
         return {"enabled": False, "model": params.train.model}
-    import mlflow
     import optuna
 
-    from reproml import lineage, tracking
+    from reproml import lineage
     from reproml.metrics import metric_spec
-    from reproml.tuning import space, storage, study
+    from reproml.stores import optuna as storage
+    from reproml.stores.mlflow import connection, runs
+    from reproml.tuning import space, study
     from reproml.tuning.runner import WorkerConfig, run_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -209,16 +209,16 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
             candidates.append(("params.yaml", section))
             inside = [(src, space.within(model, vals)) for src, vals in (c for c in candidates if c)]
             queued = study.warm_start(the_study, [(s, v) for s, v in inside if v is not None])
-        experiment_id = tracking.setup(root, params.mlflow.experiment_name)
+        experiment_id = connection.setup(root, params.mlflow.experiment_name)
         trial_filter = f"tags.`reproml.study_name` = '{spec.name}' and tags.`reproml.stage` = '{TRIAL_STAGE}'"
-        logged = tracking.logged_tag_values(experiment_id, trial_filter, "reproml.trial_number")
+        logged = runs.logged_tag_values(experiment_id, trial_filter, "reproml.trial_number")
         budget = study.Budget(tune.n_trials, time.time() + tune.timeout_s if tune.timeout_s else None)
         before = study.counts(the_study)
         started = time.perf_counter()
         git = lineage.git_state(root)
-        with tracking.tracked_run(experiment_id, run_name=f"tune-{spec.name}") as run:
+        with runs.tracked_run(experiment_id, run_name=f"tune-{spec.name}") as run:
             parent = run.info.run_id
-            tracking.log_batch(
+            runs.log_batch(
                 parent,
                 params=flatten({"tune": tune.model_dump(mode="json"), "train": {"model": model}}),
                 tags={
@@ -239,7 +239,7 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
             def log_finished(trials: list[Any]) -> None:
                 for trial in trials:
                     record = _trial_record(trial, metric.name, spec.name)
-                    tracking.log_child_run(experiment_id, parent, **record)
+                    runs.log_child_run(experiment_id, parent, **record)
 
             config = WorkerConfig(
                 load=functools.partial(load_data, root.resolve(), params),
@@ -273,8 +273,8 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
                 "wall_s": round(wall, 2),
                 "trials_per_minute": round(60 * ran / wall, 2) if wall > 0 else 0.0,
             }
-            tracking.log_batch(parent, metrics={k: float(v) for k, v in summary.items()})
-            mlflow.log_dict(
+            runs.log_batch(parent, metrics={k: float(v) for k, v in summary.items()})
+            runs.log_dict(
                 {"params": best.params, "value": best.value, "trial": best.number}, "best_params.json"
             )
             _log_plots(the_study)

@@ -23,8 +23,8 @@ import optuna
 from reproml.config import Params
 from reproml.metrics import metric_spec
 from reproml.redaction import install_scrubbing, scrub
+from reproml.stores.optuna import StorageInfo, TuneError, open_storage
 from reproml.tuning.objective import Objective, TuneData
-from reproml.tuning.storage import StorageInfo, TuneError, open_storage
 from reproml.tuning.study import Budget, Counts, StudySpec, counts, pruner, run_trials, sampler
 
 POLL_SECONDS = 0.5

@@ -28,8 +28,8 @@ from optuna.trial import FrozenTrial, TrialState
 from reproml.io import file_lock
 from reproml.metrics import MetricSpec
 from reproml.redaction import scrub
+from reproml.stores.optuna import StorageInfo, TuneError
 from reproml.tuning.space import space_changes
-from reproml.tuning.storage import StorageInfo, TuneError
 
 ATTR_PREFIX = "reproml."
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)

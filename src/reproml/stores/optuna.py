@@ -1,4 +1,5 @@
-"""Where studies live, and the locks and repairs that keep them whole across crashes.
+"""The Optuna storage store: where studies live, opening that storage, and the locks and repairs
+that keep it whole across crashes (samplers, pruners and trials stay in `reproml.tuning`).
 
 The default is an Optuna journal file in the project: an append-only log that several processes
 can share, and that keeps every finished trial when a process is killed. A crash in the middle of
