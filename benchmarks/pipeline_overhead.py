@@ -14,8 +14,8 @@ the code you are looking at, and your workspace's data, models, `mlflow.db` and 
 touched. `PYTHONPATH` points at the copy's `src/` so the copy's code wins over an editable install.
 
 The bare baseline (`--bare`, run as its own process by this script) calls reproml's pure functions
-(`reproml.data.ingest.ingest`, `reproml.data.split.split`, `reproml.train.fit_model`,
-`reproml.evaluate`), so both sides run the same algorithms with the same params and must produce
+(`reproml.data.ingest.ingest`, `reproml.data.split.split`, `reproml.fitting.fit_model`,
+`reproml.scoring`), so both sides run the same algorithms with the same params and must produce
 the same metrics; the script checks that they do. See benchmarks/README.md for how to read it.
 
 Where the time goes is read from the standard library's profiler over the real CLI (`python -m
@@ -126,12 +126,12 @@ def bare_main(report: Path) -> None:
     import numpy as np
     import pandas as pd
 
-    from reproml import evaluate as ev
+    from reproml import scoring as ev
     from reproml.config import load_params
     from reproml.data.ingest import ingest
     from reproml.data.split import split
+    from reproml.fitting import fit_model
     from reproml.stages.common import feature_spec
-    from reproml.train import fit_model
 
     imported_at = time.time()
     lap("imports (after interpreter start)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from reproml.evaluate import compute_metrics
 from reproml.metrics import (
     HEADLINE,
     METRICS,
@@ -18,6 +17,7 @@ from reproml.metrics import (
     score,
     xgboost_eval_metrics,
 )
+from reproml.scoring import compute_metrics
 from tests.test_gate import classification, regression
 
 

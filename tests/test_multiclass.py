@@ -22,7 +22,12 @@ from reproml import bootstrap, metrics
 from reproml.bootstrap import paired_bootstrap
 from reproml.config import PromoteParams, parse_params
 from reproml.errors import ConfigError, DataValidationError
-from reproml.evaluate import (
+from reproml.features import FeatureSpec
+from reproml.fitting import fit_model
+from reproml.gate import decide
+from reproml.metrics import MetricSpec, metric_spec
+from reproml.models import ClassLabels
+from reproml.scoring import (
     compute_metrics,
     confusion_frame,
     one_vs_rest_frames,
@@ -30,11 +35,6 @@ from reproml.evaluate import (
     permutation_importance_frame,
     predict_scores,
 )
-from reproml.features import FeatureSpec
-from reproml.gate import decide
-from reproml.metrics import MetricSpec, metric_spec
-from reproml.models import ClassLabels
-from reproml.train import fit_model
 from reproml.tuning.objective import Objective, prepare_data
 from tests.conftest import default_params, user_data_params
 

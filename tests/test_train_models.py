@@ -12,9 +12,9 @@ from sklearn.metrics import r2_score, roc_auc_score
 from threadpoolctl import threadpool_limits
 
 from reproml.config import Params
-from reproml.evaluate import predict_scores
 from reproml.features import FeatureSpec
-from reproml.train import TrainedModel, fit_model
+from reproml.fitting import TrainedModel, fit_model
+from reproml.scoring import predict_scores
 from tests.conftest import default_params, tiny_frame
 
 SPEC = FeatureSpec(

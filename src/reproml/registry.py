@@ -123,7 +123,7 @@ def eval_data(root: Path, name: str, time_column: str | None = None) -> EvalData
 
 
 def model_scores(version: Version, experiment_id: str, frame: pd.DataFrame, task: str) -> np.ndarray:
-    from reproml.evaluate import predict_scores
+    from reproml.scoring import predict_scores
 
     model = provenance.load_model_version(version, experiment_id)
     missing = [str(c) for c in model.feature_names_in_ if c not in frame.columns]

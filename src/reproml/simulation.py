@@ -53,8 +53,8 @@ def headers(metric: str) -> list[str]:
 def baseline_metric(model: Any, frame: pd.DataFrame, target: str, task: str, metric: str | None) -> float:
     """The metric the monitor uses (`reproml.metrics.score`), for `model` on labelled `frame`; multiclass
     scores are read in the model's own class order."""
-    from reproml.evaluate import predict_scores
     from reproml.metrics import metric_spec, score
+    from reproml.scoring import predict_scores
 
     labelled = frame[frame[target].notna()]
     if labelled.empty:

@@ -146,8 +146,8 @@ def _judge(
     clock: _Clock,
     backfill: bool = False,
 ) -> dict[str, Any]:
-    from reproml.evaluate import predict_scores
     from reproml.metrics import metric_spec
+    from reproml.scoring import predict_scores
 
     watch = params.monitor
     record: dict[str, Any] = {

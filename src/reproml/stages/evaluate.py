@@ -32,7 +32,7 @@ def curve_frames(
     confusion matrix of its labels, per-class precision/recall/F1, and each class's one-vs-rest ROC
     and precision-recall curves (long form, a `class` column; drawn as PNGs for the MLflow UI).
     """
-    from reproml import evaluate as ev
+    from reproml import scoring as ev
 
     frames = {
         "importance": importance,
@@ -162,7 +162,7 @@ def load_logged_model(root: Path, experiment_id: str, experiment_name: str) -> t
 
 
 def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
-    from reproml import evaluate as ev
+    from reproml import scoring as ev
     from reproml.stores.mlflow import connection, runs
 
     params = load(root)

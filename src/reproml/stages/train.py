@@ -61,8 +61,8 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
     import joblib
 
     from reproml import lineage
+    from reproml.fitting import fit_model
     from reproml.stores.mlflow import connection, models, runs
-    from reproml.train import fit_model
 
     committed = load(root)
     params, tuned = tuned_params(root, committed)

@@ -23,10 +23,10 @@ import optuna
 import pandas as pd
 
 from reproml.config import Params, with_model_params
-from reproml.evaluate import predict_scores
 from reproml.features import FeatureSpec, build_preprocessor
 from reproml.metrics import LOSS, MetricSpec, encode, score, xgboost_metric
 from reproml.models import class_order, make_estimator, xgboost_params
+from reproml.scoring import predict_scores
 from reproml.tuning.space import SPACES
 
 

@@ -10,7 +10,9 @@ import pytest
 from sklearn import metrics as skm
 
 from reproml.config import Params
-from reproml.evaluate import (
+from reproml.features import FeatureSpec
+from reproml.fitting import fit_model
+from reproml.scoring import (
     compute_metrics,
     confusion_frame,
     learning_curve_frame,
@@ -21,8 +23,6 @@ from reproml.evaluate import (
     predictions_digest,
     roc_frame,
 )
-from reproml.features import FeatureSpec
-from reproml.train import fit_model
 from tests.conftest import default_params, tiny_frame
 
 Y = np.array([0, 0, 1, 1, 1, 0, 1, 0, 1, 1])
@@ -254,8 +254,8 @@ def test_permutation_importance_equals_sklearn_on_the_whole_pipeline(model: str,
     (codes, date parts) and linear ones (one-hot, scaling)."""
     from sklearn.inspection import permutation_importance
 
-    from reproml.evaluate import _PreprocessedOnce, _scorer, _shuffled_column_only
     from reproml.metrics import metric_spec
+    from reproml.scoring import _PreprocessedOnce, _scorer, _shuffled_column_only
 
     frame = tiny_frame(rows=400, seed=3, task="classification" if task != "regression" else task)
     if task == "multiclass":
@@ -290,7 +290,7 @@ def test_permutation_importance_equals_sklearn_on_the_whole_pipeline(model: str,
 def test_permutation_importance_falls_back_to_the_plain_model_when_it_is_no_column_pipeline() -> None:
     from sklearn.linear_model import LogisticRegression
 
-    from reproml.evaluate import _shuffled_column_only
+    from reproml.scoring import _shuffled_column_only
 
     frame = tiny_frame(rows=100, seed=1)
     X = frame[["x1", "x2"]]

@@ -1,7 +1,7 @@
 """Scores, metrics, curves and the overfitting check, all from sklearn.metrics.
 
 Everything here is pure: frames and arrays in, numbers and small frames out. `plots.py` draws the
-frames; `stages.py` writes them where DVC and MLflow look. Which metrics a task reports, and what
+frames; `stages/evaluate.py` writes them where DVC and MLflow look. Which metrics a task reports, and what
 each means, is `reproml.metrics`' table; scores are shaped as it describes (binary: P(positive),
 multiclass: one probability column per class in the model's `classes_` order).
 """
