@@ -162,7 +162,7 @@ def summary(
     label: str, runs: dict[str, list[dict[str, Any]]], target_s: float, target_gb: float | None
 ) -> None:
     def med(mode: str, key: str) -> float:
-        return statistics.median(r[key] for r in runs[mode])
+        return float(statistics.median(r[key] for r in runs[mode]))
 
     check, floor = med("monitor", "check_s"), med("floor", "check_s")
     peak = max(r["peak_gb"] for r in runs["monitor"])

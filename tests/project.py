@@ -91,7 +91,8 @@ class Project:
         return self.run("git", "rev-parse", "HEAD").stdout.strip()
 
     def lock(self) -> dict[str, Any]:
-        return yaml.safe_load((self.root / "dvc.lock").read_text())
+        lock: dict[str, Any] = yaml.safe_load((self.root / "dvc.lock").read_text())
+        return lock
 
     def lock_md5(self, path: str) -> str:
         for stage in self.lock()["stages"].values():

@@ -91,7 +91,7 @@ def bundled_params() -> dict[str, Any]:
 
 def own_data(params: dict[str, Any], data: dict[str, Any], prepare: dict[str, Any]) -> dict[str, Any]:
     """README: put the file under data/raw/, then set the `data:` and `prepare:` keys; nothing else."""
-    out = json.loads(json.dumps(params))
+    out: dict[str, Any] = json.loads(json.dumps(params))
     out["data"].update({"numeric_columns": [], "categorical_columns": [], "sample_rows": None, **data})
     out["prepare"].update({"exclude_columns": [], **prepare})
     return out

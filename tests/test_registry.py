@@ -15,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def project_params(**promote: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def project(make_project) -> Path:
+def project(make_project: Callable[..., Path]) -> Path:
     return make_project(project_params(), files={"data/raw/frame.parquet": tiny_frame(2000, seed=1)})
 
 

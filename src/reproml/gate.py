@@ -71,7 +71,8 @@ class GateResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The decision record: plain JSON types, NaN and infinities as None (JSON has neither)."""
-        return _jsonable(dataclasses.asdict(self))
+        record: dict[str, Any] = _jsonable(dataclasses.asdict(self))
+        return record
 
 
 def decide(

@@ -340,7 +340,7 @@ def as_codes(y: np.ndarray, scores: np.ndarray, labels: Sequence[Any] | None) ->
 def _every_class_present(y: np.ndarray, scores: np.ndarray, weight: np.ndarray | None) -> bool:
     seen = y if weight is None else y[weight > 0]
     if scores.ndim == 2:
-        return len(np.unique(seen)) == scores.shape[1]
+        return bool(len(np.unique(seen)) == scores.shape[1])
     return bool((seen == 1).any() and (seen != 1).any())
 
 

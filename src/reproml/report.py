@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 from rich.text import Text
 
 from reproml import paths
 from reproml.monitoring import store
+
+if TYPE_CHECKING:
+    from reproml.reproduce.compare import Row
 
 
 def _plain(value: object) -> Text:
@@ -70,7 +74,7 @@ def runs_table(root: Path, experiment_name: str, limit: int) -> Table:
 def registry_table(root: Path) -> Table:
     from reproml.registry import history
 
-    def version(entry: dict | None) -> str:
+    def version(entry: dict[str, Any] | None) -> str:
         return "-" if not entry else f"v{entry['version']}"
 
     table = Table(title="Registry decisions (registry/records/)")
@@ -91,7 +95,7 @@ def registry_table(root: Path) -> Table:
     return table
 
 
-def compare_table(rows: list, label_a: str, label_b: str) -> Table:
+def compare_table(rows: list[Row], label_a: str, label_b: str) -> Table:
     """`reproml compare`: rows of reproduce.compare_runs, the differing ones highlighted."""
     table = Table(title=f"{label_a} vs {label_b}")
     for header in ("", "key", label_a, label_b, "same?"):
@@ -120,7 +124,7 @@ def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _quality_cell(quality: dict | None) -> str:
+def _quality_cell(quality: dict[str, Any] | None) -> str:
     if not quality:
         return "-"
     low, high = quality.get("interval") or (None, None)
@@ -131,7 +135,7 @@ def _quality_cell(quality: dict | None) -> str:
     return f"{quality['metric']} {batch:.4f} vs {reference:.4f}, drop {drop:+.4f}{interval}"
 
 
-def verdict_table(record: dict) -> Table:
+def verdict_table(record: dict[str, Any]) -> Table:
     """`reproml monitor`: one batch's verdict and the reasons behind it."""
     champion = record.get("champion") or {}
     table = Table(
@@ -163,7 +167,7 @@ def verdict_table(record: dict) -> Table:
     return table
 
 
-def monitoring_table(records: list[dict], name: str) -> Table:
+def monitoring_table(records: list[dict[str, Any]], name: str) -> Table:
     """`reproml monitoring`: every monitored batch of model `name`, in the order it was monitored."""
     table = Table(title=f"Monitored batches of {name} ({store.records(name)}/; open {store.index(name)})")
     for header in (

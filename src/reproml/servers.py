@@ -286,7 +286,7 @@ def _find(root: Path, name: str) -> int | None:
     `make clean`): the leader of its process group, or None."""
     for pid in psutil.pids():
         if _group(pid) == pid and _alive(pid) and _is_ours(pid, root, name):
-            return pid
+            return int(pid)
     return None
 
 

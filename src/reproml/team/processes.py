@@ -114,7 +114,7 @@ def exited(pid: int) -> bool:
     if child is not None:
         return child.poll() is not None
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
 
@@ -151,7 +151,7 @@ def finish(processes: Sequence[psutil.Process], grace: float, timeout: float) ->
     _, alive = psutil.wait_procs(alive, timeout=5)
     for pid in [pid for pid, child in _children.items() if child.poll() is not None]:
         del _children[pid]
-    return alive
+    return list(alive)
 
 
 def stop(processes: Sequence[psutil.Process], signum: int, timeout: float) -> list[psutil.Process]:
