@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from reproml import servers
+from reproml.servers import layout, processes
 
 _http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -80,7 +81,7 @@ def sleeper(
     code = SLEEPER.format(spawn=WORKER if worker else "")
     process = subprocess.Popen([sys.executable, "-c", code, *args], env=env, start_new_session=True)
     started.append(process)
-    servers._children[process.pid] = process  # reaped by stop(), as the servers it starts are
+    processes._children[process.pid] = process  # reaped by stop(), as the servers it starts are
     return process
 
 
@@ -149,7 +150,7 @@ def test_a_live_process_that_is_not_ours_is_not_running_and_survives_stop(
 ) -> None:
     stranger = sleeper(sleepers, marker=None)
     other_project = sleeper(sleepers, marker=f"mlflow@{tmp_path / 'elsewhere'}")
-    other_server = sleeper(sleepers, marker=servers._marker(tmp_path, "prefect"))
+    other_server = sleeper(sleepers, marker=layout._marker(tmp_path, "prefect"))
     for process in (stranger, other_project, other_server):
         path = write_pid(tmp_path, "mlflow", process.pid)
         assert servers.running(tmp_path, "mlflow") is None
@@ -163,7 +164,7 @@ def test_a_live_process_that_is_not_ours_is_not_running_and_survives_stop(
 def test_stop_ends_our_whole_group_and_a_killed_leaders_workers(
     tmp_path: Path, sleepers: list[subprocess.Popen[bytes]]
 ) -> None:
-    marker = servers._marker(tmp_path, "mlflow")
+    marker = layout._marker(tmp_path, "mlflow")
     leader = sleeper(sleepers, marker, worker=True)
     wait_for(lambda: len(members(leader.pid)) == 2)
     write_pid(tmp_path, "mlflow", leader.pid)
@@ -189,8 +190,8 @@ def test_stop_ends_our_whole_group_and_a_killed_leaders_workers(
 def test_a_server_whose_pid_file_was_deleted_is_found_again(
     tmp_path: Path, sleepers: list[subprocess.Popen[bytes]]
 ) -> None:
-    server = sleeper(sleepers, servers._marker(tmp_path, "prefect"))
-    wait_for(lambda: servers._is_ours(server.pid, tmp_path, "prefect"))
+    server = sleeper(sleepers, layout._marker(tmp_path, "prefect"))
+    wait_for(lambda: processes._is_ours(server.pid, tmp_path, "prefect"))
     assert servers.running(tmp_path, "prefect") == server.pid  # e.g. after `make clean`
     assert servers.pid_file(tmp_path, "prefect").read_text() == f"{server.pid}\n"
     servers.pid_file(tmp_path, "prefect").unlink()
@@ -203,8 +204,8 @@ def test_a_server_running_on_another_port_is_not_silently_reused(
     tmp_path: Path, ports: dict[str, int], sleepers: list[subprocess.Popen[bytes]]
 ) -> None:
     elsewhere = ("--host", "127.0.0.1", "--port", str(ports["mlflow"] + 1))
-    server = sleeper(sleepers, servers._marker(tmp_path, "mlflow"), args=elsewhere)
-    wait_for(lambda: servers._is_ours(server.pid, tmp_path, "mlflow"))
+    server = sleeper(sleepers, layout._marker(tmp_path, "mlflow"), args=elsewhere)
+    wait_for(lambda: processes._is_ours(server.pid, tmp_path, "mlflow"))
     write_pid(tmp_path, "mlflow", server.pid)
     with pytest.raises(servers.ServerError, match=f"already runs on 127.0.0.1:{ports['mlflow'] + 1}"):
         servers.start(tmp_path, "mlflow", timeout=5)

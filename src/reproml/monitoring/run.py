@@ -23,6 +23,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,23 @@ def monitor(root: Path, spec: str, params: Params, backfill: bool = False) -> di
     return record
 
 
+@dataclass(frozen=True)
+class _Judging:
+    """What every step of judging one batch reads: the project, the champion, the batch, the clock."""
+
+    root: Path
+    params: Params
+    best: champion.Champion
+    batch: batches.Batch
+    gate: quality.QualityResult
+    past: list[dict[str, Any]]
+    seq: int
+    clock: _Clock
+
+    def decide(self, evidence: decision.Evidence) -> decision.Decision:
+        return decision.decide(evidence, self.params.monitor, self.past)
+
+
 def _judge(
     root: Path,
     params: Params,
@@ -146,34 +164,15 @@ def _judge(
     clock: _Clock,
     backfill: bool = False,
 ) -> dict[str, Any]:
-    from reproml.metrics import metric_spec
-    from reproml.scoring import predict_scores
-
+    """The batch's decision record: quality gate, order, scores, drift, quality, labelled window."""
+    job = _Judging(root, params, best, batch, gate, past, seq, clock)
     watch = params.monitor
-    record: dict[str, Any] = {
-        "batch_id": batch.id,
-        "seq": seq,
-        "source": batch.source,
-        "source_md5": batch.source_md5,
-        "monitored_at": dt.datetime.now(dt.UTC).isoformat(),
-        "rows": len(batch.frame),
-        "labelled_rows": gate.labelled_rows,
-        "champion": best.describe(),
-        "quality_gate": gate.to_dict(),
-        "drift": None,
-        "quality": None,
-        "reports": {},
-        "predictions": None,
-        "labelled": None,
-        "quarantine": None,
-        "batch_start": None,
-        "batch_time": None,
-        "backfill": backfill,
-    }
+    record = _new_record(job, backfill)
     if not gate.passed:
         record["quarantine"] = _quarantine(root, best.name, batch, gate.problems)
-        verdict = decision.decide(decision.Evidence(False, gate.problems, gate.rows, 0, seq=seq), watch, past)
-        return _finish(record, verdict, clock)
+        return _finish(
+            record, job.decide(decision.Evidence(False, gate.problems, gate.rows, 0, seq=seq)), clock
+        )
 
     frame = gate.frame
     batch_time = None
@@ -185,28 +184,87 @@ def _judge(
         if late:
             evidence = decision.Evidence(True, [], len(frame), gate.labelled_rows, batch_time=batch_time,
                                          seq=seq, out_of_order=late)  # fmt: skip
-            return _finish(record, decision.decide(evidence, watch, past), clock)
+            return _finish(record, job.decide(evidence), clock)
     with clock.step("score batch"):
-        scored = predict_scores(best.model, frame[best.input_columns], best.task)
-        stored = pd.concat(
-            [pd.DataFrame({"row": np.arange(len(frame))}), scores.columns(scored, best.classes)], axis=1
-        )
-        if schema.time_column:
-            stored.insert(1, schema.time_column, frame[schema.time_column].to_numpy())
-        if best.target in frame.columns:
-            stored[best.target] = frame[best.target].to_numpy()
-        stored["champion_version"] = best.version
-        target = root / store.predictions(best.name) / f"{batch.id}.parquet"
-        write_parquet(target, stored)
-        record["predictions"] = str(target.relative_to(root))
+        scored = _score_batch(job, frame, schema, record)
 
     if len(frame) < watch.min_rows:
         evidence = decision.Evidence(True, [], len(frame), gate.labelled_rows, batch_time=batch_time, seq=seq)
-        return _finish(record, decision.decide(evidence, watch, past), clock)
+        return _finish(record, job.decide(evidence), clock)
 
-    seed = params.seed
+    current, ref = _samples(job, frame, scored, reference, record)
+    folder = root / store.report_dir(best.name, batch.id)
+    stamp = None if batch_time is None else batch_time.to_pydatetime()
+    drifted = _measure_drift(job, reference, ref, current, schema, folder, stamp)
+    record["drift"] = drifted.to_dict()
+    snapshots = [drifted.snapshot]
+    record["reports"]["drift"] = str((folder / "drift.html").relative_to(root))
+    change = _measure_quality(job, current, folder, stamp, snapshots, record)
+
+    with clock.step("evidently workspace"):
+        record["evidently_workspace"] = workspace.add_snapshots(root, best.name, best.task, snapshots)
+    evidence = decision.Evidence(True, [], len(frame), gate.labelled_rows, drifted, change, batch_time, seq)
+    verdict = job.decide(evidence)
+    if gate.labelled_rows >= watch.min_rows:
+        record["labelled"] = _keep_labelled_window(job, frame, batch_time)
+    return _finish(record, verdict, clock)
+
+
+def _new_record(job: _Judging, backfill: bool) -> dict[str, Any]:
+    """The record before anything is measured: the batch, the champion and the quality gate."""
+    return {
+        "batch_id": job.batch.id,
+        "seq": job.seq,
+        "source": job.batch.source,
+        "source_md5": job.batch.source_md5,
+        "monitored_at": dt.datetime.now(dt.UTC).isoformat(),
+        "rows": len(job.batch.frame),
+        "labelled_rows": job.gate.labelled_rows,
+        "champion": job.best.describe(),
+        "quality_gate": job.gate.to_dict(),
+        "drift": None,
+        "quality": None,
+        "reports": {},
+        "predictions": None,
+        "labelled": None,
+        "quarantine": None,
+        "batch_start": None,
+        "batch_time": None,
+        "backfill": backfill,
+    }
+
+
+def _score_batch(
+    job: _Judging, frame: pd.DataFrame, schema: quality.Schema, record: dict[str, Any]
+) -> np.ndarray:
+    """The champion's scores of every row, written (with time and label) to the predictions folder."""
+    from reproml.scoring import predict_scores
+
+    best = job.best
+    scored = predict_scores(best.model, frame[best.input_columns], best.task)
+    stored = pd.concat(
+        [pd.DataFrame({"row": np.arange(len(frame))}), scores.columns(scored, best.classes)], axis=1
+    )
+    if schema.time_column:
+        stored.insert(1, schema.time_column, frame[schema.time_column].to_numpy())
+    if best.target in frame.columns:
+        stored[best.target] = frame[best.target].to_numpy()
+    stored["champion_version"] = best.version
+    target = job.root / store.predictions(best.name) / f"{job.batch.id}.parquet"
+    write_parquet(target, stored)
+    record["predictions"] = str(target.relative_to(job.root))
+    return scored
+
+
+def _samples(
+    job: _Judging, frame: pd.DataFrame, scored: np.ndarray, reference: pd.DataFrame, record: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The batch and reference samples the statistics use, each with the champion's scores."""
+    from reproml.scoring import predict_scores
+
+    best, watch, seed = job.best, job.params.monitor, job.params.seed
     current = sample(scores.with_scores(frame, scored, best.classes), watch.sample_rows, seed)
-    with clock.step("score reference"):
+    with job.clock.step("score reference"):
         ref = sample(reference, watch.reference_rows, seed)
         ref = scores.with_scores(
             ref, predict_scores(best.model, ref[best.input_columns], best.task), best.classes
@@ -221,78 +279,104 @@ def _judge(
         "train": {"path": champion.TRAIN, "md5": best.data_md5[champion.TRAIN], "rows": len(reference)},
         "test": {"path": champion.TEST, "md5": best.data_md5[champion.TEST]},
     }
-    folder = root / store.report_dir(best.name, batch.id)
-    stamp = None if batch_time is None else batch_time.to_pydatetime()
+    return current, ref
+
+
+def _measure_drift(
+    job: _Judging,
+    reference: pd.DataFrame,
+    ref: pd.DataFrame,
+    current: pd.DataFrame,
+    schema: quality.Schema,
+    folder: Path,
+    stamp: dt.datetime | None,
+) -> drift.DriftResult:
+    """Evidently's drift of the batch sample against the reference sample, and its HTML report."""
+    best, watch = job.best, job.params.monitor
     encoded = category_levels(best.model) or {}  # the champion's own groups; else sklearn's rule
     levels = {
         c: encoded.get(c) or drift.reference_levels(reference[c], best.max_categories)
         for c in schema.categorical
     }
-    with clock.step("drift (Evidently)"):
+    with job.clock.step("drift (Evidently)"):
         drifted = drift.measure(ref, current, schema, best.importance, levels,
                                 watch.drift_effect_floor, watch.drift_alpha, watch.min_rows,
-                                when=stamp, name=f"{batch.id} drift")  # fmt: skip
-    with clock.step("drift report html"):
+                                when=stamp, name=f"{job.batch.id} drift")  # fmt: skip
+    with job.clock.step("drift report html"):
         _save_html(drifted.snapshot, folder / "drift.html")
-    record["drift"] = drifted.to_dict()
-    snapshots = [drifted.snapshot]
-    record["reports"]["drift"] = str((folder / "drift.html").relative_to(root))
+    return drifted
 
-    change = None
+
+def _measure_quality(
+    job: _Judging,
+    current: pd.DataFrame,
+    folder: Path,
+    stamp: dt.datetime | None,
+    snapshots: list[Any],
+    record: dict[str, Any],
+) -> concept.QualityChange | None:
+    """With enough labelled rows: the metric's change against the test split (bootstrap interval)
+    and Evidently's quality report; else None."""
+    from reproml.metrics import metric_spec
+    from reproml.scoring import predict_scores
+
+    best, watch, seed = job.best, job.params.monitor, job.params.seed
     labelled = current[current[best.target].notna()] if best.target in current.columns else current.iloc[:0]
-    if len(labelled) >= watch.min_rows:
-        with clock.step("quality"):
-            spec = metric_spec(watch.metric, best.task, "monitor.metric")
-            test = champion.load_split(
-                root, champion.TEST, best.data_md5[champion.TEST], f"champion v{best.version}"
-            )
-            test = sample(test, watch.sample_rows, seed)  # all of it, normally: the value evaluate logged
-            test = scores.with_scores(
-                test, predict_scores(best.model, test[best.input_columns], best.task), best.classes
-            )
-            record["reference"]["test"]["rows_used"] = len(test)
-            change = concept.quality_change(
-                spec,
-                test[best.target].to_numpy(),
-                scores.scores_of(test, best.classes),
-                labelled[best.target].to_numpy(),
-                scores.scores_of(labelled, best.classes),
-                watch.bootstrap_samples,
-                watch.confidence,
-                seed,
-                labels=best.classes,
-                task=best.task,
-            )
-        with clock.step("quality report (Evidently)"):
-            snapshot, values = concept.report(
-                best.task,
-                best.target,
-                test,
-                labelled,
-                classes=best.classes,
-                when=stamp,
-                name=f"{batch.id} quality",
-            )
-            snapshots.append(snapshot)
-            change = concept.QualityChange(**{**change.to_dict(), "evidently": values})
-            _save_html(snapshot, folder / "quality.html")
-        record["quality"] = change.to_dict()
-        record["reports"]["quality"] = str((folder / "quality.html").relative_to(root))
+    if len(labelled) < watch.min_rows:
+        return None
+    with job.clock.step("quality"):
+        spec = metric_spec(watch.metric, best.task, "monitor.metric")
+        test = champion.load_split(
+            job.root, champion.TEST, best.data_md5[champion.TEST], f"champion v{best.version}"
+        )
+        test = sample(test, watch.sample_rows, seed)  # all of it, normally: the value evaluate logged
+        test = scores.with_scores(
+            test, predict_scores(best.model, test[best.input_columns], best.task), best.classes
+        )
+        record["reference"]["test"]["rows_used"] = len(test)
+        change = concept.quality_change(
+            spec,
+            test[best.target].to_numpy(),
+            scores.scores_of(test, best.classes),
+            labelled[best.target].to_numpy(),
+            scores.scores_of(labelled, best.classes),
+            watch.bootstrap_samples,
+            watch.confidence,
+            seed,
+            labels=best.classes,
+            task=best.task,
+        )
+    with job.clock.step("quality report (Evidently)"):
+        snapshot, values = concept.report(
+            best.task,
+            best.target,
+            test,
+            labelled,
+            classes=best.classes,
+            when=stamp,
+            name=f"{job.batch.id} quality",
+        )
+        snapshots.append(snapshot)
+        change = concept.QualityChange(**{**change.to_dict(), "evidently": values})
+        _save_html(snapshot, folder / "quality.html")
+    record["quality"] = change.to_dict()
+    record["reports"]["quality"] = str((folder / "quality.html").relative_to(job.root))
+    return change
 
-    with clock.step("evidently workspace"):
-        record["evidently_workspace"] = workspace.add_snapshots(root, best.name, best.task, snapshots)
-    evidence = decision.Evidence(True, [], len(frame), gate.labelled_rows, drifted, change, batch_time, seq)
-    verdict = decision.decide(evidence, watch, past)
-    if gate.labelled_rows >= watch.min_rows:
-        # the promotion gate scores both models on this window: a million rows would make every
-        # promotion slow without making it surer than the sample the statistics used
-        rows = sample(frame[frame[best.target].notna()], watch.sample_rows, seed)
-        target = root / store.labelled_path(best.name, batch.id, batch_time)
-        for old in (root / store.labelled(best.name)).glob(f"*_{batch.id}.parquet"):
-            old.unlink()  # the same batch monitored again replaces its window
-        write_parquet(target, rows)
-        record["labelled"] = str(target.relative_to(root))
-    return _finish(record, verdict, clock)
+
+def _keep_labelled_window(job: _Judging, frame: pd.DataFrame, batch_time: Any) -> str:
+    """The batch's labelled rows (sampled) as the model's newest labelled window; its path.
+
+    The promotion gate scores both models on this window: a million rows would make every
+    promotion slow without making it surer than the sample the statistics used.
+    """
+    best, watch = job.best, job.params.monitor
+    rows = sample(frame[frame[best.target].notna()], watch.sample_rows, job.params.seed)
+    target = job.root / store.labelled_path(best.name, job.batch.id, batch_time)
+    for old in (job.root / store.labelled(best.name)).glob(f"*_{job.batch.id}.parquet"):
+        old.unlink()  # the same batch monitored again replaces its window
+    write_parquet(target, rows)
+    return str(target.relative_to(job.root))
 
 
 def _finish(record: dict[str, Any], verdict: decision.Decision, clock: _Clock) -> dict[str, Any]:

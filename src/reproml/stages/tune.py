@@ -25,7 +25,12 @@ from reproml.io import file_md5, read_json, write_json
 from reproml.stages.common import classes_of, feature_spec, load
 
 if TYPE_CHECKING:
+    import optuna
+
+    from reproml.metrics import MetricSpec
+    from reproml.stores.optuna import StorageInfo
     from reproml.tuning.objective import TuneData
+    from reproml.tuning.study import StudySpec
 
 TUNE_METRICS = paths.METRICS / "tune.json"
 TRIAL_STAGE = "tune-trial"
@@ -146,29 +151,16 @@ def _log_plots(study: Any) -> None:
             plt.close(figure)
 
 
-def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = None) -> dict[str, Any]:
-    params = load(root)
-    tune = params.tune
-    if not tune.enabled:
-        write_json(root / paths.BEST_PARAMS, {"enabled": False, "model": params.train.model})
-        write_json(root / TUNE_METRICS, {"enabled": False})
-        return {"enabled": False, "model": params.train.model}
-    import optuna
-
-    from reproml import lineage
-    from reproml.metrics import metric_spec
-    from reproml.stores import optuna as storage
-    from reproml.stores.mlflow import connection, runs
+def _study_spec(
+    params: Params, metric: MetricSpec, direction: Literal["maximize", "minimize"], context: dict[str, Any]
+) -> StudySpec:
+    """The study this tuning run belongs to: named by the model and the fingerprint of its context
+    (unless tune.study_name names it), with the space, metric and pruning it was created with."""
     from reproml.tuning import space, study
-    from reproml.tuning.runner import WorkerConfig, run_study
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    metric = metric_spec(tune.metric, params.data.task, key="tune.metric")
-    direction: Literal["maximize", "minimize"] = tune.direction or metric.direction
-    context = study_context(root, params, metric.name)
+    tune, model = params.tune, params.train.model
     fingerprint = _fingerprint(context)
-    model = params.train.model
-    spec = study.StudySpec(
+    return study.StudySpec(
         name=tune.study_name or f"{model}-{fingerprint[:10]}",
         model=model,
         metric=metric,
@@ -182,6 +174,14 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
         report_every=tune.report_every,
         max_rounds=params.train.xgboost.n_estimators,
     )
+
+
+def _checked_storage(root: Path, params: Params) -> tuple[StorageInfo, list[str]]:
+    """The study storage, refused if SQLite is asked to serve parallel workers, a journal's torn
+    tail repaired first; with the repair notes (also issued as warnings)."""
+    from reproml.stores import optuna as storage
+
+    tune = params.tune
     info = storage.resolve(root, tune.storage)
     if info.kind == "rdb" and info.location.startswith("sqlite") and tune.workers > 1:
         raise storage.TuneError(
@@ -196,19 +196,54 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
         notes += [str(w.message) for w in caught]
         for note in notes:
             warnings.warn(note, stacklevel=1)
+    return info, notes
+
+
+def _warm_start(
+    root: Path, params: Params, store: optuna.storages.BaseStorage, the_study: optuna.Study, study_name: str
+) -> list[str]:
+    """Queue the champion's values, the newest other study's best and params.yaml's as the new
+    study's first trials (those inside the space); the sources queued."""
+    from reproml.tuning import space, study
+
+    model = params.train.model
+    candidates = [_champion_params(root, params)]
+    earlier = study.earlier_best(store, model, study_name)
+    candidates.append((f"study {earlier[0]}", earlier[1]) if earlier else None)
+    section = params.train.model_dump(mode="json")[model_section(model)]
+    candidates.append(("params.yaml", section))
+    inside = [(src, space.within(model, vals)) for src, vals in (c for c in candidates if c)]
+    return study.warm_start(the_study, [(s, v) for s, v in inside if v is not None])
+
+
+def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    params = load(root)
+    tune = params.tune
+    if not tune.enabled:
+        write_json(root / paths.BEST_PARAMS, {"enabled": False, "model": params.train.model})
+        write_json(root / TUNE_METRICS, {"enabled": False})
+        return {"enabled": False, "model": params.train.model}
+    import optuna
+
+    from reproml import lineage
+    from reproml.metrics import metric_spec
+    from reproml.stores import optuna as storage
+    from reproml.stores.mlflow import connection, runs
+    from reproml.tuning import study
+    from reproml.tuning.runner import WorkerConfig, run_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    metric = metric_spec(tune.metric, params.data.task, key="tune.metric")
+    direction: Literal["maximize", "minimize"] = tune.direction or metric.direction
+    context = study_context(root, params, metric.name)
+    spec = _study_spec(params, metric, direction, context)
+    model = params.train.model
+    info, notes = _checked_storage(root, params)
     with storage.study_session(info, spec.name):
         store = storage.open_storage(info)
         the_study, created = study.open_study(store, spec, info.shown)
         interrupted = study.fail_interrupted(the_study, store)
-        queued: list[str] = []
-        if created and tune.warm_start:
-            candidates = [_champion_params(root, params)]
-            earlier = study.earlier_best(store, model, spec.name)
-            candidates.append((f"study {earlier[0]}", earlier[1]) if earlier else None)
-            section = params.train.model_dump(mode="json")[model_section(model)]
-            candidates.append(("params.yaml", section))
-            inside = [(src, space.within(model, vals)) for src, vals in (c for c in candidates if c)]
-            queued = study.warm_start(the_study, [(s, v) for s, v in inside if v is not None])
+        queued = _warm_start(root, params, store, the_study, spec.name) if created and tune.warm_start else []
         experiment_id = connection.setup(root, params.mlflow.experiment_name)
         trial_filter = f"tags.`reproml.study_name` = '{spec.name}' and tags.`reproml.stage` = '{TRIAL_STAGE}'"
         logged = runs.logged_tag_values(experiment_id, trial_filter, "reproml.trial_number")
