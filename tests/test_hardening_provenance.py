@@ -261,7 +261,7 @@ def test_a_failed_alias_move_is_recorded_and_leaves_the_aliases_as_they_were(pro
     assert len(records) == 2
     failed = records[-1]
     assert (failed["action"], failed["status"]) == ("promote", "failed")
-    assert failed["challenger"]["version"] == int(second.version)
+    assert failed["challenger"] is not None and failed["challenger"]["version"] == int(second.version)
     assert "RESOURCE_DOES_NOT_EXIST" in failed["error"] or "not found" in failed["error"].lower()
     assert failed["reason"].startswith("NOT APPLIED")
     assert failed["aliases_after"] == {"champion": 1, "challenger": None, "previous": None}

@@ -179,7 +179,7 @@ def test_two_concurrent_promotions_one_wins_one_aborts(
         return real_decide(*args, **kwargs)
 
     monkeypatch.setattr(gate, "decide", slow_decide)
-    results: list[dict[str, Any]] = []
+    results: list[registry.DecisionRecord] = []
     threads = [threading.Thread(target=lambda: results.append(run_promote(project))) for _ in range(2)]
     for thread in threads:
         thread.start()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -126,7 +126,7 @@ def _training(name: str) -> contextlib.AbstractContextManager[Any]:
     return training_lock(ROOT, notify=notify)
 
 
-def _run_stage(name: str, stage: Callable[[Path], dict[str, Any]], training: bool = False) -> None:
+def _run_stage(name: str, stage: Callable[[Path], Mapping[str, Any]], training: bool = False) -> None:
     locked = _training(name) if training else contextlib.nullcontext()
     with _clear_errors(name), locked, console.status(f"[bold]{name}[/bold] running"):
         summary = stage(ROOT)

@@ -18,7 +18,7 @@ import getpass
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import pandas as pd
@@ -143,7 +143,38 @@ def promotion_lock(root: Path) -> Iterator[None]:
         yield
 
 
-def _describe(version: Version | None) -> dict[str, Any] | None:
+class VersionRef(TypedDict):
+    """A version as a decision record names it."""
+
+    version: int
+    run_id: str | None
+
+
+class DecisionRecord(TypedDict, total=False):
+    """One registry decision, as written to `registry/records/<stamp>-<action>-v<n>.json`.
+
+    `action` is promote, reject, force, abort, rollback (or none: nothing to decide, not written);
+    `status` and the fields after it are stamped by `_decide` / `settle_pending`.
+    """
+
+    action: str
+    reason: str
+    challenger: VersionRef | None
+    champion: VersionRef | None
+    demoted: VersionRef | None
+    gate: dict[str, Any]  # gate.GateResult.to_dict()
+    eval_data: dict[str, str]  # path -> md5 of the rows both models were scored on
+    status: str
+    error: str
+    aliases_after: dict[str, int | None]
+    settled: str
+    time: str
+    user: str
+    model_name: str
+    record: str  # the file, relative to the workspace
+
+
+def _describe(version: Version | None) -> VersionRef | None:
     if version is None:
         return None
     return {"version": int(version.version), "run_id": version.run_id}
@@ -156,24 +187,32 @@ def _describe(version: Version | None) -> dict[str, Any] | None:
 PENDING, DONE, FAILED, NOT_APPLIED = "pending", "done", "failed", "not applied"
 
 
-def _new_record(root: Path, name: str, record: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+def _new_record(root: Path, name: str, record: DecisionRecord) -> tuple[Path, DecisionRecord]:
     """Where the decision's JSON goes, and the record stamped with time, user and model name."""
     now = dt.datetime.now(dt.UTC)
     # a forced promotion's --reason is free text a person typed: it may quote a URL with a password
-    record = scrub_obj({"time": now.isoformat(), "user": getpass.getuser(), "model_name": name, **record})
-    subject = record.get("challenger") or record.get("champion") or {}
+    stamped: DecisionRecord = {
+        "time": now.isoformat(),
+        "user": getpass.getuser(),
+        "model_name": name,
+        **record,
+    }
+    record = cast(DecisionRecord, scrub_obj(stamped))
+    subject = record.get("challenger") or record.get("champion")
     stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
     target = (
-        paths.workspace(root) / RECORDS / f"{stamp}-{record['action']}-v{subject.get('version', 'none')}.json"
+        paths.workspace(root)
+        / RECORDS
+        / f"{stamp}-{record['action']}-v{subject['version'] if subject else 'none'}.json"
     )
     record["record"] = str(target.relative_to(paths.workspace(root)))
     return target, record
 
 
-def _tag_decision(name: str, record: dict[str, Any]) -> None:
+def _tag_decision(name: str, record: DecisionRecord) -> None:
     """The decision as tags on its challenger's (or restored champion's) version."""
-    subject = record.get("challenger") or record.get("champion") or {}
-    if subject.get("version") is None:
+    subject = record.get("challenger") or record.get("champion")
+    if subject is None or subject.get("version") is None:
         return
     version = str(subject["version"])
     versions.set_version_tag(name, version, "reproml.decision", record["action"])
@@ -190,7 +229,7 @@ def _aliases(name: str) -> dict[str, int | None]:
     return now
 
 
-def _decide(root: Path, name: str, record: dict[str, Any], move: Callable[[], None] | None) -> dict[str, Any]:
+def _decide(root: Path, name: str, record: DecisionRecord, move: Callable[[], None] | None) -> DecisionRecord:
     """Record the decision, then carry it out (`move` the aliases), then record how that went.
 
     The record is on disk before any alias moves (status `pending`), so a crash in between cannot
@@ -236,11 +275,11 @@ def settle_pending(root: Path, name: str) -> list[Path]:
     now = None if champion is None else int(champion.version)
     settled = []
     for path in sorted((paths.workspace(root) / RECORDS).glob("*.json")):
-        record = read_json(path)
+        record = _read_record(path)
         if record.get("status") != PENDING or record.get("model_name") != name:
             continue
-        meant = (record.get("champion") if record["action"] == "rollback" else record.get("challenger")) or {}
-        applied = meant.get("version") is not None and int(meant["version"]) == now
+        meant = record.get("champion") if record["action"] == "rollback" else record.get("challenger")
+        applied = meant is not None and meant.get("version") is not None and int(meant["version"]) == now
         record |= {
             "status": DONE if applied else NOT_APPLIED,
             "aliases_after": _aliases(name),
@@ -255,8 +294,14 @@ def settle_pending(root: Path, name: str) -> list[Path]:
     return settled
 
 
-def history(root: Path) -> list[dict[str, Any]]:
-    return [read_json(p) for p in sorted((paths.workspace(root) / RECORDS).glob("*.json"))]
+def history(root: Path) -> list[DecisionRecord]:
+    """Every decision recorded in this project, oldest first (read back from their JSON files)."""
+    return [_read_record(p) for p in sorted((paths.workspace(root) / RECORDS).glob("*.json"))]
+
+
+def _read_record(path: Path) -> DecisionRecord:
+    """A decision record file as written by `_decide` (the JSON edge: its keys are DecisionRecord's)."""
+    return cast(DecisionRecord, read_json(path))
 
 
 def _move_aliases(name: str, new: Version, old: Version | None) -> None:
@@ -285,7 +330,7 @@ def promote(
     task: str,
     version: int | None = None,
     reason: str | None = None,
-) -> dict[str, Any]:
+) -> DecisionRecord:
     """Run the gate (or force `version` with `reason`) and move aliases only if the champion is
     still the one that was judged; every outcome is recorded.
 
@@ -317,7 +362,7 @@ def promote(
             "champion": _describe(champion),
             "reason": f"version {challenger.version} is already the champion; nothing to decide",
         }
-    record: dict[str, Any] = {"challenger": _describe(challenger), "champion": _describe(champion)}
+    record: DecisionRecord = {"challenger": _describe(challenger), "champion": _describe(champion)}
     if version is not None:
         record |= {"action": "force", "reason": f"forced by {getpass.getuser()}: {reason}"}
         promote_it = True
@@ -352,7 +397,7 @@ def promote(
         return _decide(root, name, record, move)
 
 
-def rollback(root: Path, name: str, reason: str) -> dict[str, Any]:
+def rollback(root: Path, name: str, reason: str) -> DecisionRecord:
     """`previous` becomes the champion again; the demoted champion becomes `previous`, so a second
     rollback undoes the first."""
     with promotion_lock(root):
@@ -361,7 +406,7 @@ def rollback(root: Path, name: str, reason: str) -> dict[str, Any]:
         previous = alias_version(name, PREVIOUS)
         if previous is None or champion is None:
             raise RegistryError(f"model {name!r} has no {PREVIOUS!r} version to roll back to")
-        record = {
+        record: DecisionRecord = {
             "action": "rollback",
             "reason": f"rollback by {getpass.getuser()}: {reason}",
             "champion": _describe(previous),

@@ -18,6 +18,7 @@ from reproml import paths
 from reproml.monitoring import store
 
 if TYPE_CHECKING:
+    from reproml.registry import VersionRef
     from reproml.reproduce.compare import Row
 
 
@@ -74,7 +75,7 @@ def runs_table(root: Path, experiment_name: str, limit: int) -> Table:
 def registry_table(root: Path) -> Table:
     from reproml.registry import history
 
-    def version(entry: dict[str, Any] | None) -> str:
+    def version(entry: VersionRef | None) -> str:
         return "-" if not entry else f"v{entry['version']}"
 
     table = Table(title="Registry decisions (registry/records/)")

@@ -19,12 +19,15 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reproml.orchestration.commands import logger, run
 from reproml.orchestration.worktree import commit, tool
 from reproml.stores import git
 from reproml.stores.dvc import lock_versions, pipeline_stages, tracked_md5
+
+if TYPE_CHECKING:
+    from reproml.registry import DecisionRecord
 
 LABELLED_DVC = "data/raw/labelled.dvc"
 # what `dvc repro` and `dvc add` change, committed after each step (never the user's other files)
@@ -188,7 +191,7 @@ def commit_lock(tree: Path, message: str) -> str | None:
     return commit(tree, message, PIPELINE_FILES)
 
 
-def promote(root: Path, tree: Path) -> dict[str, Any]:
+def promote(root: Path, tree: Path) -> DecisionRecord:
     """The promotion gate over the worktree's challenger, with the workspace's registry."""
     from reproml.stages.register import run_promote
 
@@ -227,7 +230,7 @@ def summary(
     added: dict[str, Any] | None,
     stages: dict[str, str],
     lock_commit: str | None,
-    decision: dict[str, Any],
+    decision: DecisionRecord,
 ) -> dict[str, Any]:
     """The training flow's result: what was added, which stages ran, the data versions dvc.lock
     now names, the challenger and the gate's decision."""

@@ -19,6 +19,7 @@ from reproml.io import file_md5, read_json, write_json
 from reproml.stages.common import classes_of, load
 
 if TYPE_CHECKING:
+    from reproml.registry import DecisionRecord
     from reproml.stores.mlflow.versions import Version
 
 REGISTERED = Path("models/registered.json")
@@ -121,7 +122,7 @@ def run_register(root: Path = Path(".")) -> dict[str, Any]:
 
 def run_promote(
     root: Path = Path("."), version: int | None = None, reason: str | None = None
-) -> dict[str, Any]:
+) -> DecisionRecord:
     from reproml import gate, registry
 
     params, experiment_id = _context(root)
@@ -161,7 +162,7 @@ def run_promote(
     return registry.promote(root, name, experiment_id, decide, task, version=version, reason=reason)
 
 
-def run_rollback(root: Path = Path("."), reason: str = "") -> dict[str, Any]:
+def run_rollback(root: Path = Path("."), reason: str = "") -> DecisionRecord:
     from reproml import registry
 
     params, _ = _context(root)
