@@ -150,7 +150,7 @@ def _judge(
     backfill: bool = False,
 ) -> dict[str, Any]:
     from reproml.evaluate import predict_scores
-    from reproml.metrics import metric_spec
+    from reproml.metrics import THRESHOLD, metric_spec
 
     watch = params.monitor
     record: dict[str, Any] = {
@@ -265,6 +265,7 @@ def _judge(
                 seed,
                 labels=best.classes,
                 task=best.task,
+                threshold=best.threshold or THRESHOLD,
             )
         with clock.step("quality report (Evidently)"):
             snapshot, values = concept.report(
@@ -275,6 +276,7 @@ def _judge(
                 classes=best.classes,
                 when=stamp,
                 name=f"{batch.id} quality",
+                threshold=best.threshold or THRESHOLD,
             )
             snapshots.append(snapshot)
             change = concept.QualityChange(**{**change.to_dict(), "evidently": values})
