@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_limits
 from reproml import decisions, intervals, thresholds
 from reproml.config import parse_params
 from reproml.errors import ConfigError, ReproError
-from reproml.metrics import METRICS, score
+from reproml.metrics import METRICS, MetricSpec, score
 from reproml.monitoring import concept
 from reproml.train import fit_model
 from tests.test_multiclass import LABELS, params_for, three_class_frame
@@ -161,7 +161,12 @@ def test_conformal_intervals_cover_about_the_nominal_share() -> None:
     model = fit_model(train, valid.iloc[:600], SPEC, make_params("linear", "regression")).pipeline
     calib, test = valid.iloc[:200], valid.iloc[200:]
     found = intervals.conformal(
-        model, calib[SPEC.input_columns], calib["y"], test[SPEC.input_columns], test["y"], 0.9
+        model,
+        calib[SPEC.input_columns],
+        calib["y"].to_numpy(),
+        test[SPEC.input_columns],
+        test["y"].to_numpy(),
+        0.9,
     )
     predicted = model.predict(test[SPEC.input_columns])
     assert np.all(found.lower <= predicted) and np.all(predicted <= found.upper)
@@ -180,7 +185,16 @@ def test_monitoring_label_metrics_cut_at_the_champions_threshold_without_warning
     with warnings.catch_warnings():
         warnings.simplefilter("error", UndefinedMetricWarning)
         change = concept.quality_change(
-            METRICS["roc_auc"], y, scores, y, scores, 50, 0.95, 0, task="classification", threshold=cut
+            MetricSpec("roc_auc", True),
+            y,
+            scores,
+            y,
+            scores,
+            50,
+            0.95,
+            0,
+            task="classification",
+            threshold=cut,
         )
         _, values = concept.report("classification", "late", frame, frame, threshold=cut)
         concept.report("classification", "late", frame, frame)  # 0.5: nothing positive, still quiet
