@@ -94,3 +94,26 @@ def test_each_pipeline_execution_is_one_mlflow_run(project: Project) -> None:
     experiment = next(r for r in runs if r.data.params["train.model"] == "random_forest")
     assert experiment.data.tags["reproml.git_dirty"] == "true"
     assert "params.yaml" in json.loads(experiment.data.tags["reproml.git_dirty_paths"])
+
+
+def test_plots_diff_overlays_two_experiments_on_one_chart(project: Project) -> None:
+    """Curves are data series declared under `plots:`, so `dvc plots diff` draws both experiments'
+    ROC, precision-recall, calibration and threshold curves on one chart each (not two PNGs)."""
+    project.run(
+        "dvc", "exp", "run", "-n", "decided", "-S", "train.model=xgboost", "-S", "train.calibration=isotonic",
+        "-S", "evaluate.threshold=cost", "-S", "evaluate.cost_fn=4",
+    )  # fmt: skip
+    decision = json.loads((project.root / "metrics" / "metrics.json").read_text())["decision"]
+    assert decision["calibration"] == "isotonic" and decision["threshold_choice"]["rule"] == "cost"
+    shown = json.loads(project.run("dvc", "plots", "diff", "HEAD", "decided", "--json").stdout)["data"]
+    for prefix in ("ROC", "Precision-recall", "Calibration", "Threshold"):
+        (title,) = [t for t in shown if t.startswith(prefix)]
+        (chart,) = shown[title]  # one chart...
+        assert chart["type"] == "vega" and chart["revisions"] == ["HEAD", "decided"]
+        values = chart["content"]["data"]["values"]
+        assert {v["rev"] for v in values} == {"HEAD", "decided"}, title  # ...holding both experiments
+    calibration = next(v for t, v in shown.items() if t.startswith("Calibration"))[0]["content"]["data"][
+        "values"
+    ]
+    files = {(v["rev"], v["filename"]) for v in calibration}
+    assert ("decided", "calibration_uncalibrated.csv") in files and ("decided", "calibration.csv") in files

@@ -38,7 +38,8 @@ from tests.project import BIN, Project
 
 CLASSES = ["east", "north", "south", "west"]
 MULTICLASS_METRICS = {
-    "accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "roc_auc_ovr", "log_loss"
+    "accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "roc_auc_ovr", "log_loss",
+    "brier",
 }  # fmt: skip
 AUC_OVR = MetricSpec("roc_auc_ovr", higher_is_better=True)
 BRANCH = "reproml/retrain"

@@ -24,7 +24,10 @@ from tests.test_gate import classification, regression
 @pytest.mark.parametrize(
     ("task", "names"),
     [
-        ("classification", ["accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "log_loss"]),
+        (
+            "classification",
+            ["accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "log_loss", "brier"],
+        ),
         ("regression", ["mae", "mse", "rmse", "r2"]),
     ],
 )

@@ -110,6 +110,8 @@ def test_a_batch_like_training_is_ok_and_leaves_every_output(project: Path) -> N
         "version": 1,
         "run_id": run_id,
         "uri": f"models:/{NAME}@champion",
+        # the cut its predict applies, chosen on its validation split: monitoring's F1 uses it
+        "threshold": MlflowClient().get_run(run_id).data.metrics["threshold"],
     }
     predictions = pd.read_parquet(project / record["predictions"])
     assert len(predictions) == 1000 and predictions["prediction"].between(0, 1).all()

@@ -109,6 +109,7 @@ def test_multiclass_metrics_agree_with_sklearn_in_the_recorded_class_order() -> 
         "f1_weighted",
         "roc_auc_ovr",
         "log_loss",
+        "brier",
     ]
     assert list(got) == names
     assert got["accuracy"] == pytest.approx(skm.accuracy_score(y, predicted))
@@ -140,7 +141,7 @@ def test_the_table_is_the_one_place_metrics_are_named() -> None:
     for task in metrics.TASKS:
         names = [m.name for m in metrics.for_task(task)]
         assert metrics.PRIMARY[task] in names and metrics.CURVE[task] in names
-        assert all(m.higher_is_better == (m.name not in {"log_loss", "mae", "mse", "rmse"})
+        assert all(m.higher_is_better == (m.name not in {"log_loss", "brier", "mae", "mse", "rmse"})
                    for m in metrics.for_task(task))  # fmt: skip
     assert metric_spec(None, "multiclass") == MetricSpec("roc_auc_ovr", True)
     assert metrics.xgboost_metric("log_loss", "multiclass") == "mlogloss"

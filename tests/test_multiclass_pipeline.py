@@ -21,7 +21,8 @@ pytestmark = pytest.mark.integration
 CLASSES = ["barolo", "grignolino", "barbera"]  # wine's cultivars 0, 1, 2, as a user would name them
 SORTED = sorted(CLASSES)
 MULTICLASS_METRICS = {
-    "accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "roc_auc_ovr", "log_loss"
+    "accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "roc_auc_ovr", "log_loss",
+    "brier",
 }  # fmt: skip
 
 

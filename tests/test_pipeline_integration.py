@@ -61,7 +61,9 @@ def test_metrics_files_and_plots_are_what_dvc_reads(project: Project) -> None:
     workspace = shown[""]["data"]  # DVC keys the workspace by the empty revision name
     test_metrics = workspace["metrics/metrics.json"]["data"]["test"]
     assert 0.55 < test_metrics["roc_auc"] <= 1.0
-    assert set(test_metrics) == {"accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "log_loss"}
+    assert set(test_metrics) == {
+        "accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "log_loss", "brier"
+    }  # fmt: skip
     html = project.root / "plots_out"
     done = project.run("dvc", "plots", "show", "-o", str(html))
     assert "failed" not in (done.stdout + done.stderr).lower()

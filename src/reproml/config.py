@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from reproml.errors import ConfigError
 from reproml.redaction import find_credential, is_secret_name, scrub
@@ -162,9 +162,15 @@ class LinearParams(_Section):
     max_iter: PositiveInt = 1000
 
 
+Calibration = Literal["none", "isotonic", "sigmoid"]
+ThresholdRule = Literal["f1", "cost"]
+
+
 class TrainParams(_Section):
     model: ModelName = "xgboost"
     n_jobs: PositiveInt = 2
+    # classification: refit the probabilities on the validation split (sklearn CalibratedClassifierCV)
+    calibration: Calibration = "none"
     xgboost: XGBoostParams = XGBoostParams()
     random_forest: RandomForestParams = RandomForestParams()
     hist_gradient_boosting: HistGradientBoostingParams = HistGradientBoostingParams()
@@ -206,9 +212,30 @@ class TuneParams(_Section):
 
 
 class EvaluateParams(_Section):
+    """Scores and decisions. `threshold` is the binary cut from P(positive) to a label, chosen on the
+    validation split when `train` fits the model (`reproml.thresholds`): `f1` (the cut with the best
+    F1), `cost` (the lowest `cost_fp` x false positives + `cost_fn` x false negatives), or a fixed
+    number in (0, 1). Multiclass predicts the most probable class and takes `f1` (the default) only;
+    regression ignores it. `interval_level`: the nominal coverage of regression's conformal
+    prediction intervals."""
+
     overfit_margin: Annotated[float, Field(ge=0.0)] = 0.05
     importance_rows: PositiveInt = 5000
     importance_repeats: PositiveInt = 3
+    threshold: ThresholdRule | Fraction = "f1"
+    cost_fp: Annotated[float, Field(gt=0.0)] = 1.0
+    cost_fn: Annotated[float, Field(gt=0.0)] = 1.0
+    interval_level: Fraction = 0.9
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold(cls, value: Any) -> Any:
+        """One clear message instead of pydantic's per-member union errors."""
+        if isinstance(value, str) and value in ("f1", "cost"):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0.0 < value < 1.0:
+            return float(value)
+        raise ValueError(f"expected f1, cost or a number strictly between 0 and 1, got {value!r}")
 
 
 class MlflowParams(_Section):
@@ -469,6 +496,17 @@ class Params(_Section):
             tasks = " or ".join(wanted)
             raise ValueError(
                 f"train.model={self.train.model!r} is for {tasks}; data.task is {self.data.task!r}"
+            )
+        if self.data.task != "classification" and self.evaluate.threshold != "f1":
+            raise ValueError(
+                f"evaluate.threshold={self.evaluate.threshold!r} is for binary classification; "
+                f"data.task is {self.data.task!r} (multiclass predicts the most probable class, "
+                "regression has no threshold): set evaluate.threshold: f1, the default"
+            )
+        if self.data.task == "regression" and self.train.calibration != "none":
+            raise ValueError(
+                f"train.calibration={self.train.calibration!r} calibrates class probabilities; "
+                "data.task is 'regression': set train.calibration: none"
             )
         return self
 

@@ -131,6 +131,15 @@ def _log_loss(y: np.ndarray, s: np.ndarray, w: np.ndarray | None, t: float) -> f
     return float(skm.log_loss(y, np.clip(s, _EPS, 1 - _EPS), sample_weight=w, labels=[0, 1]))
 
 
+def _brier(y: np.ndarray, s: np.ndarray, w: np.ndarray | None, t: float) -> float:
+    """Mean squared distance between the probabilities and the one-hot labels (binary: of P(positive)
+    to 0/1); lower is better, and what calibration should lower."""
+    if s.ndim == 2:
+        proba = s / s.sum(axis=1, keepdims=True)
+        return float(skm.brier_score_loss(y, proba, sample_weight=w, labels=_codes(s)))
+    return float(skm.brier_score_loss(y, np.clip(s, 0.0, 1.0), sample_weight=w, pos_label=1))
+
+
 def _roc_auc(y: np.ndarray, s: np.ndarray, w: np.ndarray | None, t: float) -> float:
     return float(skm.roc_auc_score(y, s, sample_weight=w))
 
@@ -205,6 +214,7 @@ TABLE: tuple[Metric, ...] = (
         _log_loss,
         xgboost={"classification": "logloss", "multiclass": "mlogloss"},
     ),
+    Metric("brier", _CLASSES, False, "probabilities", _brier),
     Metric("mae", _REGRESSION, False, "values", _mae, xgboost={"regression": "mae"}),
     Metric("mse", _REGRESSION, False, "values", _mse),
     Metric(

@@ -53,6 +53,7 @@ def headers(metric: str) -> list[str]:
 def baseline_metric(model: Any, frame: pd.DataFrame, target: str, task: str, metric: str | None) -> float:
     """The metric the monitor uses (`reproml.metrics.score`), for `model` on labelled `frame`; multiclass
     scores are read in the model's own class order."""
+    from reproml.decisions import threshold_of
     from reproml.metrics import metric_spec, score
     from reproml.scoring import predict_scores
 
@@ -61,9 +62,9 @@ def baseline_metric(model: Any, frame: pd.DataFrame, target: str, task: str, met
         return math.nan
     scores = predict_scores(model, labelled[list(model.feature_names_in_)], task)
     labels = list(model.classes_) if task == "multiclass" else None
-    return score(
-        metric_spec(metric, task, "monitor.metric"), labelled[target].to_numpy(), scores, labels=labels
-    )
+    spec = metric_spec(metric, task, "monitor.metric")
+    cut = threshold_of(model)  # the model's own, as monitoring cuts the champion's
+    return score(spec, labelled[target].to_numpy(), scores, labels=labels, threshold=cut)
 
 
 def row(outcome: dict[str, Any], baseline: float, champion_after: int | None) -> dict[str, Any]:

@@ -51,8 +51,17 @@ class Champion:
     def uri(self) -> str:
         return f"models:/{self.name}@champion"
 
+    @property
+    def threshold(self) -> float | None:
+        """Binary: the cut its `predict` applies (chosen on its validation split, `evaluate.threshold`),
+        so monitoring's precision, recall and F1 are the labels it serves; None for other tasks."""
+        from reproml.decisions import threshold_of
+
+        return threshold_of(self.model) if self.task == "classification" else None
+
     def describe(self) -> dict[str, Any]:
         out = {"name": self.name, "version": self.version, "run_id": self.run_id, "uri": self.uri}
+        out |= {"threshold": self.threshold} if self.threshold is not None else {}
         return out | ({"classes": self.classes} if self.classes else {})
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from reproml.bootstrap import unpaired_bootstrap
-from reproml.metrics import METRICS, MetricSpec, for_task, oriented, per_class, score
+from reproml.metrics import METRICS, THRESHOLD, MetricSpec, for_task, oriented, per_class, score
 from reproml.monitoring.scores import PREDICTION, proba_columns
 
 
@@ -69,11 +69,12 @@ def quality_change(
     seed: int,
     labels: list[Any] | None = None,
     task: str | None = None,
+    threshold: float = THRESHOLD,
 ) -> QualityChange:
     """The drop from test split to batch, with its percentile bootstrap interval (NaN if undefined,
     e.g. a batch holding one class only: ROC-AUC has nothing to rank). Multiclass: `labels` is the
     class of each score column, the labels `y_*` hold. With `task`, every metric of the task on the
-    batch is kept too."""
+    batch is kept too, binary label metrics cut at `threshold` (the champion's)."""
     reference_value = score(spec, y_reference, s_reference, labels=labels)
     batch_value = score(spec, y_batch, s_batch, labels=labels)
     drop = oriented(spec, reference_value, batch_value)  # positive: worse on the batch
@@ -94,7 +95,9 @@ def quality_change(
         samples=samples,
         reference_rows=len(y_reference),
         batch_rows=len(y_batch),
-        batch_metrics={m.name: score(m, y_batch, s_batch, labels=labels) for m in for_task(task)}
+        batch_metrics={
+            m.name: score(m, y_batch, s_batch, labels=labels, threshold=threshold) for m in for_task(task)
+        }
         if task
         else {},
         per_class=_per_class(y_batch, s_batch, labels),
@@ -142,20 +145,30 @@ def report(
     classes: list[Any] | None = None,
     when: datetime | None = None,
     name: str | None = None,
+    threshold: float = THRESHOLD,
 ) -> tuple[Any, dict[str, float]]:
     """Evidently's classification/regression preset, batch (current) against the test split
     (reference); frames hold `target` and the score columns (`reproml.monitoring.scores`; for
-    multiclass `classes` names them). Returns the snapshot and its values: scalars by metric name,
-    per-class values as `<Metric>.<class>`."""
-    from evidently import Dataset, Report
+    multiclass `classes` names them; binary labels are cut at `threshold`, the champion's). Returns
+    the snapshot and its values: scalars by metric name, per-class values as `<Metric>.<class>`.
 
-    definition, preset, frames = _evidently_input(task, target, reference, batch, classes)
-    snapshot = Report([preset], include_tests=False).run(
-        Dataset.from_pandas(frames[1], data_definition=definition),
-        Dataset.from_pandas(frames[0], data_definition=definition),
-        timestamp=when,
-        name=name,
-    )
+    Evidently calls sklearn's precision without `zero_division`: where nothing is predicted
+    positive it reports 0, as our metrics do, and sklearn's UndefinedMetricWarning about it is
+    silenced here rather than printed for every such batch."""
+    import warnings
+
+    from evidently import Dataset, Report
+    from sklearn.exceptions import UndefinedMetricWarning
+
+    definition, preset, frames = _evidently_input(task, target, reference, batch, classes, threshold)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        snapshot = Report([preset], include_tests=False).run(
+            Dataset.from_pandas(frames[1], data_definition=definition),
+            Dataset.from_pandas(frames[0], data_definition=definition),
+            timestamp=when,
+            name=name,
+        )
     values: dict[str, float] = {}
     for metric in snapshot.dict()["metrics"]:
         value = metric.get("value")
@@ -168,7 +181,12 @@ def report(
 
 
 def _evidently_input(
-    task: str, target: str, reference: pd.DataFrame, batch: pd.DataFrame, classes: list[Any] | None
+    task: str,
+    target: str,
+    reference: pd.DataFrame,
+    batch: pd.DataFrame,
+    classes: list[Any] | None,
+    threshold: float = THRESHOLD,
 ) -> tuple[Any, Any, tuple[pd.DataFrame, pd.DataFrame]]:
     """Data definition, preset and the (reference, batch) frames Evidently reads, per task."""
     from evidently import BinaryClassification, DataDefinition, Regression
@@ -186,7 +204,7 @@ def _evidently_input(
         as_int = {target: lambda f: f[target].astype(int)}
         return (
             definition,
-            ClassificationPreset(),
+            ClassificationPreset(probas_threshold=threshold),
             (reference.assign(**as_int)[columns], batch.assign(**as_int)[columns]),
         )
     definition = DataDefinition(

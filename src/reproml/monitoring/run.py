@@ -317,7 +317,7 @@ def _measure_quality(
 ) -> concept.QualityChange | None:
     """With enough labelled rows: the metric's change against the test split (bootstrap interval)
     and Evidently's quality report; else None."""
-    from reproml.metrics import metric_spec
+    from reproml.metrics import THRESHOLD, metric_spec
     from reproml.scoring import predict_scores
 
     best, watch, seed = job.best, job.params.monitor, job.params.seed
@@ -345,6 +345,7 @@ def _measure_quality(
             seed,
             labels=best.classes,
             task=best.task,
+            threshold=best.threshold or THRESHOLD,
         )
     with job.clock.step("quality report (Evidently)"):
         snapshot, values = concept.report(
@@ -355,6 +356,7 @@ def _measure_quality(
             classes=best.classes,
             when=stamp,
             name=f"{job.batch.id} quality",
+            threshold=best.threshold or THRESHOLD,
         )
         snapshots.append(snapshot)
         change = concept.QualityChange(**{**change.to_dict(), "evidently": values})

@@ -25,6 +25,7 @@ def curve_frames(
     importance: pd.DataFrame,
     seed: int,
     classes: list[Any] | None = None,
+    threshold: float = 0.5,
 ) -> dict[str, pd.DataFrame]:
     """Every plot's data, keyed by the file stem dvc.yaml's `plots:` section names.
 
@@ -48,8 +49,67 @@ def curve_frames(
         frames["roc"] = ev.roc_frame(y, scores)
         frames["precision_recall"] = ev.precision_recall_frame(y, scores)
         frames["calibration"] = ev.calibration_frame(y, scores)
-        frames["confusion"] = ev.confusion_frame(y, scores)
+        frames["confusion"] = ev.confusion_frame(y, scores, threshold=threshold)
     return frames
+
+
+def decision_frames(
+    task: str,
+    y: dict[str, np.ndarray],
+    scores: dict[str, np.ndarray],
+    raw_scores: dict[str, np.ndarray],
+    cost_fp: float,
+    cost_fn: float,
+) -> dict[str, pd.DataFrame]:
+    """Binary only: precision, recall, F1 and cost per row at every threshold on the validation
+    split, where the threshold was chosen (`threshold`), and the test reliability curve of the
+    estimator before calibration (`calibration_uncalibrated`; the served model's is `calibration`)."""
+    from reproml import scoring as ev
+    from reproml import thresholds
+
+    if task != "classification":
+        return {}
+    curve = thresholds.curve(y["valid"], scores["valid"], cost_fp, cost_fn)
+    return {
+        "threshold": thresholds.thin(curve.iloc[::-1]),
+        "calibration_uncalibrated": ev.calibration_frame(y["test"], raw_scores["test"]),
+    }
+
+
+def decision_summary(
+    task: str,
+    history: dict[str, Any],
+    threshold: float,
+    y: dict[str, np.ndarray],
+    scores: dict[str, np.ndarray],
+    raw_scores: dict[str, np.ndarray],
+    labels: list[Any] | None,
+) -> dict[str, Any]:
+    """metrics.json's `decision`: the threshold the model applies and how it was chosen, and the
+    Brier score of the probabilities before/after calibration on validation and test."""
+    from reproml.metrics import METRICS, score
+
+    if task == "regression":
+        return {}
+    decided = history.get("decision") or {}
+    brier = {
+        split: {
+            "before": score(METRICS["brier"], y[split], raw_scores[split], labels=labels),
+            "after": score(METRICS["brier"], y[split], scores[split], labels=labels),
+        }
+        for split in ("valid", "test")
+    }
+    out: dict[str, Any] = {"calibration": decided.get("calibration", "none"), "brier": brier}
+    if task == "classification":
+        out["threshold"] = threshold
+        out["threshold_choice"] = decided.get("threshold")
+    return out
+
+
+def decision_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The MLflow metrics of `decision_summary`, `<split>_brier_uncalibrated` (`<split>_brier` is the
+    served model's; the threshold is logged by `train`, which chose it)."""
+    return {f"{split}_brier_uncalibrated": b["before"] for split, b in summary.get("brier", {}).items()}
 
 
 def draw(frames: dict[str, pd.DataFrame], metric: str, images: Path) -> None:
@@ -72,11 +132,18 @@ def draw(frames: dict[str, pd.DataFrame], metric: str, images: Path) -> None:
         plots.line(frames["roc"], "fpr", ["tpr"], images / "roc.png", "ROC (test)", diagonal=True)
         plots.line(frames["precision_recall"], "recall", ["precision"], images / "precision_recall.png",
                    "Precision-recall (test)")  # fmt: skip
-        plots.line(frames["calibration"], "mean_predicted", ["fraction_positive"], images / "calibration.png",
-                   "Calibration (test)", diagonal=True)  # fmt: skip
-        plots.confusion(
-            frames["confusion"], images / "confusion.png", "Confusion matrix (test, threshold 0.5)"
+        plots.confusion(frames["confusion"], images / "confusion.png", "Confusion matrix (test)")
+    if "threshold" in frames:
+        plots.line(frames["threshold"], "threshold", ["precision", "recall", "f1"], images / "threshold.png",
+                   "Precision, recall, F1 by threshold (validation)")  # fmt: skip
+        both = pd.concat(
+            [
+                frames["calibration"].assign(model="served"),
+                frames["calibration_uncalibrated"].assign(model="uncalibrated"),
+            ]
         )
+        plots.lines_by(both, "mean_predicted", "fraction_positive", "model", images / "calibration.png",
+                       "Reliability (test)", diagonal=True)  # fmt: skip
 
 
 def _draw_multiclass(frames: dict[str, pd.DataFrame], images: Path) -> None:
@@ -93,10 +160,17 @@ def _draw_multiclass(frames: dict[str, pd.DataFrame], images: Path) -> None:
                    images / "precision_recall.png", "Precision-recall, one vs rest (test)")  # fmt: skip
 
 
-def _predictions(scores: np.ndarray, y: np.ndarray, target: str, classes: list[Any] | None) -> pd.DataFrame:
-    """The test predictions: P(positive) or the prediction; multiclass the predicted label and one
-    `proba_<class>` column per class, in the model's class order."""
+def _predictions(
+    scores: np.ndarray, y: np.ndarray, target: str, classes: list[Any] | None, bounds: Any = None
+) -> pd.DataFrame:
+    """The test predictions: P(positive) or the prediction (regression: with its conformal interval,
+    `lower` and `upper`); multiclass the predicted label and one `proba_<class>` column per class, in
+    the model's class order."""
     if classes is None:
+        if bounds is not None:
+            return pd.DataFrame(
+                {"prediction": scores, "lower": bounds.lower, "upper": bounds.upper, target: y}
+            )
         return pd.DataFrame({"prediction": scores, target: y})
     predicted = np.asarray(classes, dtype=object)[np.argmax(scores, axis=1)]
     probabilities = {f"proba_{c}": scores[:, k] for k, c in enumerate(classes)}
@@ -162,6 +236,7 @@ def load_logged_model(root: Path, experiment_id: str, experiment_name: str) -> t
 
 
 def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
+    from reproml import decisions, intervals
     from reproml import scoring as ev
     from reproml.stores.mlflow import connection, runs
 
@@ -177,10 +252,22 @@ def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
         splits = {name: pd.read_parquet(root / paths.split_file(name)) for name in ("train", "valid", "test")}
         _same_classes(model, classes)
         scores = {name: ev.predict_scores(model, f[columns], task) for name, f in splits.items()}
+        ys = {name: f[target].to_numpy() for name, f in splits.items()}
+        threshold = decisions.threshold_of(model)  # the cut the model's predict applies
         by_split = {
-            name: ev.compute_metrics(splits[name][target].to_numpy(), scores[name], task, labels=classes)
+            name: ev.compute_metrics(ys[name], scores[name], task, threshold=threshold, labels=classes)
             for name in splits
         }
+        raw_scores = {name: scores[name] for name in ("valid", "test")}  # before calibration
+        if (history.get("decision") or {}).get("calibration", "none") != "none":
+            raw = decisions.uncalibrated(model)
+            raw_scores = {name: ev.predict_scores(raw, splits[name][columns], task) for name in raw_scores}
+        decided = decision_summary(task, history, threshold, ys, scores, raw_scores, classes)
+        bounds = None
+        if task == "regression":
+            valid_X, test_X = splits["valid"][columns], splits["test"][columns]
+            level = params.evaluate.interval_level
+            bounds = intervals.conformal(model, valid_X, ys["valid"], test_X, ys["test"], level)
         overfit = ev.overfit_check(by_split, task, params.evaluate.overfit_margin)
         valid = splits["valid"]
         sample = valid.sample(n=min(params.evaluate.importance_rows, len(valid)), random_state=seed)
@@ -188,17 +275,33 @@ def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
             model, sample[columns], sample[target].to_numpy(), task, params.evaluate.importance_repeats, seed
         )
         y_test, test_scores = splits["test"][target].to_numpy(), scores["test"]
-        frames = curve_frames(task, y_test, test_scores, history, importance, seed, classes)
+        frames = curve_frames(task, y_test, test_scores, history, importance, seed, classes, threshold)
+        frames |= decision_frames(
+            task, ys, scores, raw_scores, params.evaluate.cost_fp, params.evaluate.cost_fn
+        )
         for name, frame in frames.items():
             _write_csv(root / paths.PLOTS / f"{name}.csv", frame)
         draw(frames, history["metric"], root / paths.PLOTS / "images")
-        write_parquet(root / paths.PREDICTIONS, _predictions(test_scores, y_test, target, classes))
+        write_parquet(root / paths.PREDICTIONS, _predictions(test_scores, y_test, target, classes, bounds))
         per_class = _per_class(frames)
-        write_json(root / paths.METRICS / "metrics.json", {**by_split, "overfit": overfit, **per_class})
+        extra: dict[str, Any] = {"decision": decided} if decided else {}
+        if bounds is not None:
+            extra["intervals"] = bounds.summary()
+        write_json(
+            root / paths.METRICS / "metrics.json", {**by_split, "overfit": overfit, **per_class, **extra}
+        )
         digest = ev.predictions_digest(test_scores)
         flat = {f"{split}_{k}": v for split, values in by_split.items() for k, v in values.items()}
         flat |= _per_class_metrics(per_class)
         flat |= {"overfit_gap": overfit["gap"], "overfit": float(overfit["overfit"])}
+        flat |= decision_metrics(decided)
+        if bounds is not None:
+            flat |= {
+                "interval_level": bounds.level,
+                "test_interval_coverage": bounds.coverage,
+                "test_interval_coverage_gap": bounds.coverage - bounds.level,
+                "test_interval_mean_width": bounds.mean_width,
+            }
         tags = {
             "reproml.overfit": str(overfit["overfit"]).lower(),
             "reproml.test_predictions_sha256": digest,
@@ -207,4 +310,10 @@ def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
         runs.log_batch(run_id, metrics=flat, tags=tags)
         runs.log_artifacts(root / paths.PLOTS / "images", artifact_path="plots")
         runs.log_table(importance, artifact_file="importance.json")
-    return {"run_id": run_id, "test": by_split["test"], "overfit": overfit, "predictions_sha256": digest}
+    return {
+        "run_id": run_id,
+        "test": by_split["test"],
+        "overfit": overfit,
+        "predictions_sha256": digest,
+        **extra,
+    }

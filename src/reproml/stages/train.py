@@ -23,6 +23,23 @@ def _requirements(versions: dict[str, str]) -> list[str]:
     return [f"{n}=={versions[n]}" for n in keep if n in versions] + [f"{n}=={v}" for n, v in extra.items()]
 
 
+def decision_metrics(decided: Any) -> dict[str, float]:
+    """The run's metrics of `decisions.decide`: the threshold, its objective on the validation split,
+    and the validation Brier score before/after calibration."""
+    out = {f"valid_brier_{when}": value for when, value in decided.brier_valid.items()}
+    if decided.threshold is not None:
+        choice = decided.threshold
+        out |= {"threshold": choice.threshold, f"valid_threshold_{choice.objective}": choice.value}
+    return out
+
+
+def decision_tags(decided: Any) -> dict[str, str]:
+    tags = {"reproml.calibration": decided.calibration}
+    if decided.threshold is not None:
+        tags["reproml.threshold_rule"] = decided.threshold.rule
+    return tags
+
+
 def tuned_params(root: Path, params: Params) -> tuple[Params, dict[str, Any] | None]:
     """params.yaml with the `tune` stage's best values for `train.model` applied, and what was read.
 
@@ -60,7 +77,7 @@ def _tune_run(experiment_id: str, study_name: str) -> str | None:
 def run_train(root: Path = Path(".")) -> dict[str, Any]:
     import joblib
 
-    from reproml import lineage
+    from reproml import decisions, lineage
     from reproml.fitting import fit_model
     from reproml.stores.mlflow import connection, models, runs
 
@@ -121,28 +138,43 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
             path = str(paths.split_file(name))
             models.log_dataset(run_id, frame, name, path, data_md5[path], context)
         trained = fit_model(train, valid, spec, params, classes)
-        write_with(root / paths.MODEL, lambda p: joblib.dump(trained.pipeline, p))
+        served, decided = decisions.decide(
+            trained.pipeline,
+            valid,
+            spec.input_columns,
+            params.data.target,
+            params.data.task,
+            calibration=params.train.calibration,
+            rule=params.evaluate.threshold,
+            cost_fp=params.evaluate.cost_fp,
+            cost_fn=params.evaluate.cost_fn,
+        )
+        write_with(root / paths.MODEL, lambda p: joblib.dump(served, p))
         history = {
             "metric": trained.history_metric,
             "best_iteration": trained.best_iteration,
             "curves": trained.history,
+            "decision": decided.to_dict(),
         }
         write_json(root / paths.HISTORY, history)
         model_md5 = file_md5(root / paths.MODEL)
         example = valid[spec.input_columns].head(5)
         code = Path(__file__).parents[1]
         inputs_frame = train[spec.input_columns]
-        model_uri = models.log_sklearn_model(
-            trained.pipeline, inputs_frame, example, code, _requirements(versions)
-        )
+        model_uri = models.log_sklearn_model(served, inputs_frame, example, code, _requirements(versions))
         summary = {
             "fit_seconds": round(trained.fit_seconds, 3),
             "best_iteration": trained.best_iteration,
+            **decision_metrics(decided),
         }
         runs.log_batch(
             run_id,
             metrics={k: v for k, v in summary.items() if v is not None},
-            tags={runs.MODEL_MD5_TAG: model_md5, "reproml.model_uri": model_uri},
+            tags={
+                runs.MODEL_MD5_TAG: model_md5,
+                "reproml.model_uri": model_uri,
+                **decision_tags(decided),
+            },
         )
         for name, curve in trained.history.items():
             runs.log_metric_series(run_id, f"curve_{name}_{trained.history_metric}", curve)
