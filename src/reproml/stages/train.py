@@ -63,7 +63,7 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
     import joblib
     import mlflow
 
-    from reproml import lineage, tracking
+    from reproml import learned, lineage, tracking
     from reproml.train import fit_model
 
     committed = load(root)
@@ -98,6 +98,14 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
             "reproml.data_source": schema["source"],
             "reproml.libraries": json.dumps(versions, sort_keys=True),
             **{f"reproml.data.{path}": md5 for path, md5 in data_md5.items()},
+            learned.TAG: json.dumps(
+                learned.describe(
+                    train,
+                    {str(paths.split_file("train")): data_md5[str(paths.split_file("train"))]},
+                    schema.get("time_column"),
+                    "train split",
+                )
+            ),
         }
         if classes is not None:  # the order of the model's probability columns, as labels
             tags["reproml.classes"] = json.dumps(classes)
