@@ -239,3 +239,19 @@ def test_the_gate_scores_a_refit_champions_promoted_parent(make_project: Any) ->
     decision = run_promote(root)
     assert decision["champion_judged_as"]["version"] == first["version"]
     assert f"champion v{out['version']} is a refit of v{first['version']}" in decision["reason"]
+
+
+def test_simulate_refuses_an_unknown_policy_before_anything_starts(
+    make_project: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from reproml import cli
+
+    root = make_project()
+    monkeypatch.chdir(root)
+    result = CliRunner().invoke(cli.app, ["simulate", "--policies", "never,sometimes"])
+    assert result.exit_code == 2, result.output
+    assert "unknown policy ['sometimes']" in result.output and "never, always, reproml" in result.output
+    assert "Traceback" not in result.output
+    assert not (root / ".reproml" / "servers").exists()  # no Prefect server started for it
