@@ -51,9 +51,9 @@ def simulate(
     spans = replay_periods(home, params.data.time_column, start, end, every)
     replay_branch = branch_name(branch or simulation_branch(params.register_.model_name))
     results = []
-    for policy in chosen:
+    for number, policy in enumerate(chosen):
         started = time.perf_counter()
-        baseline_version = reset(home, replay_branch)
+        baseline_version = reset(home, replay_branch, keep_reports=number > 0)
         outcomes = []
         for period in spans:
             outcome = monitoring(

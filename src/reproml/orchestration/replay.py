@@ -16,9 +16,11 @@ from typing import Any
 from reproml.orchestration.worktree import open_worktree
 
 
-def reset(root: Path, branch: str) -> int:
+def reset(root: Path, branch: str, keep_reports: bool = False) -> int:
     """Archive earlier monitoring outputs, start the branch again from HEAD, and make the
-    pipeline's registered model the champion (a forced promotion, recorded, if it is not)."""
+    pipeline's registered model the champion (a forced promotion, recorded, if it is not).
+    `keep_reports`: the reports folder stays (the next policy of one `--policies` replay keeps the
+    pages of the policies before it; its batches' reports replace theirs)."""
     from mlflow.tracking import MlflowClient
 
     from reproml import registry, tracking
@@ -32,6 +34,8 @@ def reset(root: Path, branch: str) -> int:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     archive = root / store.archive(name) / stamp
     for kind in store.KINDS:
+        if keep_reports and kind == "reports":
+            continue
         folder = root / store.home(name) / kind
         if folder.exists():
             archive.mkdir(parents=True, exist_ok=True)
