@@ -370,7 +370,7 @@ class MonitorParams(_Section):
     confidence: Fraction = 0.95
     bootstrap_samples: Annotated[int, Field(ge=100)] = 500
     cooldown_unit: Literal["days", "batches"] = "days"
-    cooldown: Annotated[int, Field(ge=0)] = 28
+    cooldown: Annotated[int, Field(ge=0)] = 45
     max_retrains: PositiveInt = 2
     retrain_period: PositiveInt = 90
     max_missing_share: Share = 0.5
