@@ -26,13 +26,19 @@ def monitoring(
     retrain: bool = True,
     branch: str | None = None,
     backfill: bool = False,
+    policy: str = "reproml",
 ) -> dict[str, Any]:
     """Monitor `batch` (a file under data/ or monitoring/, or a period; default: the next one after
     the newest monitored) and hand a `retrain` verdict to the training flow with the batch's
     labelled rows. A `batch` older than the newest monitored one is `out_of_order` (not judged)
-    unless `backfill`. `root` must be the project the flow runs in (`reproml.paths.project_root`)."""
+    unless `backfill`. `root` must be the project the flow runs in (`reproml.paths.project_root`).
+    `policy` (`reproml.simulation.POLICIES`): `reproml` retrains on a `retrain` verdict, `always`
+    on every measured batch, `never` not at all (the replay's comparison)."""
+    import time
+
     from reproml.monitoring.batches import batch_spec
     from reproml.paths import project_root
+    from reproml.simulation import wants_retrain
 
     log = get_run_logger()
     home = project_root(root, "root")
@@ -43,14 +49,20 @@ def monitoring(
     record = monitor(home, spec, backfill)
     summary = steps.summary(record)
     log.info("%s: %s (%s)", record["batch_id"], record["verdict"], record.get("summary"))
-    if record["verdict"] == "retrain" and retrain:
+    summary["policy"] = policy
+    if retrain and wants_retrain(policy, record["verdict"]):
         if not record.get("labelled"):
-            log.warning("verdict retrain but the batch kept no labelled rows: nothing to retrain on")
+            log.warning(
+                "verdict %s but the batch kept no labelled rows: nothing to retrain on", record["verdict"]
+            )
         else:
+            started = time.perf_counter()
             summary["retrain"] = training(
                 root=str(home),
                 labelled=str(home / record["labelled"]),
-                reason=f"monitor {record['batch_id']}",
+                reason=f"monitor {record['batch_id']}"
+                + ("" if policy == "reproml" else f" (policy {policy})"),
                 branch=branch,
             )
+            summary["retrain_seconds"] = round(time.perf_counter() - started, 1)
     return summary

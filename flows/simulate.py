@@ -19,6 +19,7 @@ from reproml.orchestration import replay
 
 reset = task(name="reset")(replay.reset)
 report = task(name="report")(replay.report)
+compare = task(name="compare")(replay.compare)
 
 
 @flow(name="simulate", log_prints=True)
@@ -28,25 +29,49 @@ def simulate(
     start: str | None = None,
     end: str | None = None,
     branch: str | None = None,
+    policies: list[str] | None = None,
 ) -> dict[str, Any]:
     """Replay the periods `start`..`end` (default: every period of the held-back production rows)
-    on `branch` (default: `reproml/<model>/simulation`). Checked before anything moves: the data
-    is dated and the periods lie in its production rows."""
+    on `branch` (default: `reproml/<model>/simulation`) under each retrain policy in `policies`
+    (`never`, `always`, `reproml`; default: `reproml` alone), each from the same clean start.
+    Checked before anything moves: the data is dated and the periods lie in its production rows.
+    With more than one policy, `comparison` holds the table written to policies.md/.html."""
+    import time
+
     from reproml.config import simulation_branch
     from reproml.monitoring.batches import replay_periods
     from reproml.paths import branch_name, project_root
+    from reproml.simulation import REPROML, parse_policies
     from reproml.stages.common import load
 
     log = get_run_logger()
     home = project_root(root, "root")
     params = load(home)
+    chosen = parse_policies(",".join(policies or [REPROML]))
     spans = replay_periods(home, params.data.time_column, start, end, every)
     replay_branch = branch_name(branch or simulation_branch(params.register_.model_name))
-    baseline_version = reset(home, replay_branch)
-    outcomes = []
-    for period in spans:
-        outcome = monitoring(root=str(home), batch=period.label, every=every, branch=replay_branch)
-        outcome["champion_after"] = replay.champion_version(home)
-        log.info("%s: %s, champion v%s", period.label, outcome.get("verdict"), outcome["champion_after"])
-        outcomes.append(outcome)
-    return {**report(home, outcomes, baseline_version), "start": spans[0].label, "end": spans[-1].label}
+    results = []
+    for number, policy in enumerate(chosen):
+        started = time.perf_counter()
+        baseline_version = reset(home, replay_branch, keep_reports=number > 0)
+        outcomes = []
+        for period in spans:
+            outcome = monitoring(
+                root=str(home), batch=period.label, every=every, branch=replay_branch, policy=policy
+            )
+            outcome["champion_after"] = replay.champion_version(home)
+            log.info(
+                "%s %s: %s, champion v%s",
+                policy,
+                period.label,
+                outcome.get("verdict"),
+                outcome["champion_after"],
+            )
+            outcomes.append(outcome)
+        result = report(home, outcomes, baseline_version, None if len(chosen) == 1 else policy)
+        results.append({**result, "policy": policy, "seconds": time.perf_counter() - started})
+    last = next((r for r in results if r["policy"] == REPROML), results[-1])
+    out = {**last, "start": spans[0].label, "end": spans[-1].label, "policies": chosen}
+    if len(chosen) > 1:
+        out["comparison"] = compare(home, results)
+    return out

@@ -36,6 +36,7 @@ stage = task(name="stage", **RETRIED)(steps.run_stage)
 push = task(name="push", **RETRIED)(steps.push)
 commit_lock = task(name="commit")(steps.commit_lock)
 promote = task(name="promote", **RETRIED)(steps.promote)
+refit = task(name="refit")(steps.refit)  # not retried: it registers a version
 
 
 @flow(name="training", log_prints=True)
@@ -89,5 +90,8 @@ def training(
             steps.rollback(tree, start)
             raise
         decision = promote(home, tree)
+        refitted = refit(home, tree, decision)
     log.info("promotion: %s (%s)", decision.get("action"), decision.get("reason"))
-    return steps.summary(target, tree, reason, added, stages, lock_commit, decision)
+    if refitted is not None:
+        log.info("refit: v%s is the champion (%s)", refitted["version"], refitted["decision"]["reason"])
+    return steps.summary(target, tree, reason, added, stages, lock_commit, decision, refitted)

@@ -103,8 +103,12 @@ def prefect_flow_runs(api: str, flow_name: str) -> list[Any]:
 
 
 def same_distribution_batch(p: Project) -> str:
-    """Rows of the champion's own training split, handed in as a file (under data/, as it must be)."""
-    rows = pd.read_parquet(p.root / "data" / "prepared" / "train.parquet").sample(1500, random_state=3)
+    """Rows of what the champion learned most recently (the newest monitor.reference_days of its
+    training split, the drift reference), handed in as a file (under data/, as it must be)."""
+    from reproml.learned import recent
+
+    train = pd.read_parquet(p.root / "data" / "prepared" / "train.parquet")
+    rows = recent(train, "time_hour", 60).sample(1500, random_state=3)
     rows.to_parquet(p.root / "data" / "same.parquet", index=False)
     return "data/same.parquet"
 
@@ -166,8 +170,14 @@ def test_a_drifted_month_hands_off_to_training_with_a_new_data_version(project: 
     promotion = retrain["promotion"]
     assert promotion["action"] in ("promote", "reject")
     assert (p.root / promotion["record"]).is_file()
-    expected = retrain["challenger"]["version"] if promotion["action"] == "promote" else 1
-    assert champion(p) == expected
+    # a promoted challenger is refit on the whole window, the batch included, and that is the champion
+    refit = retrain["refit"]
+    if promotion["action"] == "promote":
+        assert refit["refit_of"]["version"] == retrain["challenger"]["version"]
+        assert refit["learned"]["last"].startswith("2013-07-31") and refit["decision"]["action"] == "refit"
+        assert champion(p) == refit["version"]
+    else:
+        assert refit is None and champion(p) == 1
     assert p.run("git", "rev-parse", "HEAD").stdout.strip() == head_before
     assert p.run("git", "status", "--porcelain").stdout == status_before
     assert p.lock() == main_lock

@@ -105,6 +105,7 @@ def test_a_batch_like_training_is_ok_and_leaves_every_output(project: Path) -> N
     run_id = champion_run_id()
     tags = MlflowClient().get_run(run_id).data.tags
     assert record["reference"]["train"]["md5"] == tags["reproml.data.data/prepared/train.parquet"]
+    learned = record["champion"].pop("learned")
     assert record["champion"] == {
         "name": NAME,
         "version": 1,
@@ -113,6 +114,11 @@ def test_a_batch_like_training_is_ok_and_leaves_every_output(project: Path) -> N
         # the cut its predict applies, chosen on its validation split: monitoring's F1 uses it
         "threshold": MlflowClient().get_run(run_id).data.metrics["threshold"],
     }
+    # what it learned: its train split, by md5; drift is measured against the newest 60 days of it
+    assert learned["kind"] == "train split" and learned["rows"] == record["reference"]["train"]["rows"]
+    assert learned["splits"] == {"data/prepared/train.parquet": record["reference"]["train"]["md5"]}
+    window = record["reference"]["drift_window"]
+    assert window["days"] == 60 and window["last"] == learned["last"] and window["rows"] < learned["rows"]
     predictions = pd.read_parquet(project / record["predictions"])
     assert len(predictions) == 1000 and predictions["prediction"].between(0, 1).all()
     for report in ("drift", "quality"):

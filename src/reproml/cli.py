@@ -245,6 +245,17 @@ def promote(
 
 
 @app.command()
+def refit(
+    version: int | None = typer.Option(None, help="The promoted version to refit (default: the champion)."),
+) -> None:
+    """Refit the promoted model on train + valid + test (its hyperparameters, its best round count)
+    and make the refit the champion; the audit trail and its run say what it learned."""
+    from reproml.stages.refit import run_refit
+
+    _run_stage("refit", lambda root: run_refit(root, version=version), training=True)
+
+
+@app.command()
 def rollback(reason: str = typer.Option(..., help="Why (recorded in the audit trail).")) -> None:
     """Make `previous` the champion again."""
     from reproml.stages.register import run_rollback
@@ -408,17 +419,26 @@ def simulate(
     end: str | None = typer.Option(
         None, help="Last period replayed, e.g. 2013-12 (default: the last of the production rows)."
     ),
+    policies: str = typer.Option(
+        "reproml",
+        help="Retrain policies replayed one after the other from the same start, comma-separated: "
+        "never, always, reproml. More than one also writes policies.md/.html/.svg side by side.",
+    ),
 ) -> None:
     """Replay the held-back production rows (the bundled flights: July-December 2013) period by
     period through the monitoring flow: drift checks, retrain verdicts, DVC data versions,
-    challengers, promotions; then a table and monitoring/<model>/reports/simulation.html against
-    the model never retrained. Needs a dated data set (data.time_column)."""
+    challengers, promotions, refits; then a table and monitoring/<model>/reports/simulation.html
+    against the model never retrained. `--policies never,always,reproml` replays the same periods
+    under each policy and compares them (quality per period, mean, retrains, compute time).
+    Needs a dated data set (data.time_column)."""
     from reproml.data.source import check_committed
     from reproml.errors import ReproError
     from reproml.monitoring.batches import replay_periods
+    from reproml.simulation import parse_policies
     from reproml.stages.common import load
 
     try:  # refused before a Prefect server is started for it
+        chosen = parse_policies(policies)
         params = load(ROOT)
         spans = replay_periods(ROOT, params.data.time_column, start, end, every)
         check_committed(ROOT, params, "reproml simulate")
@@ -432,7 +452,7 @@ def simulate(
     replay = _flows("simulate").simulate
 
     first, last = spans[0].label, spans[-1].label
-    result = replay(root=str(ROOT.resolve()), every=every, start=first, end=last)
+    result = replay(root=str(ROOT.resolve()), every=every, start=first, end=last, policies=chosen)
     table = Table(
         title=f"Production replay {first}..{last} ({result['metric']}; never retrained: "
         f"v{result['baseline_version']})"
@@ -443,6 +463,23 @@ def simulate(
         table.add_row(*(cell(row.get(key)) for key in COLUMNS))
     console.print(table)
     console.print(f"final champion: v{result['final_champion']} · report: {result['html']}")
+    comparison = result.get("comparison")
+    if comparison:
+        side = Table(title=f"Retrain policies {first}..{last} ({result['metric']} per period)")
+        for label in ["policy", *comparison["batches"], "mean", "vs never", "retrains", "training s"]:
+            side.add_column(label, justify="right")
+        for line in comparison["policies"]:
+            gain = "-" if line["vs_never"] is None else f"{line['vs_never']:+.4f}"
+            side.add_row(
+                line["policy"],
+                *(cell(line["quality"].get(b)) for b in comparison["batches"]),
+                cell(line["mean"]),
+                gain,
+                str(line["retrains"]),
+                str(line["training_seconds"]),
+            )
+        console.print(side)
+        console.print(f"policies: {comparison['files']['md']} · {comparison['files']['html']}")
 
 
 @app.command()

@@ -387,7 +387,9 @@ class MonitorParams(_Section):
     metric: str | None = None  # null: ROC-AUC for classification, RMSE for regression
     min_rows: PositiveInt = 1000
     sample_rows: PositiveInt = 50_000  # larger batches: a uniform sample (seed: top-level `seed`)
-    reference_rows: PositiveInt = 20_000  # the champion's training split, sampled the same way
+    reference_rows: PositiveInt = 20_000  # the drift reference, sampled the same way
+    # the drift reference: the newest this many days of what the champion learned (null: all of it)
+    reference_days: PositiveInt | None = 60
     drift_effect_floor: Annotated[float, Field(gt=0.0)] = 0.1
     drift_alpha: Fraction = 0.01  # ...and a two-sample test's p below this: sampling noise is not drift
     drift_threshold: Share = 0.4
@@ -395,7 +397,7 @@ class MonitorParams(_Section):
     confidence: Fraction = 0.95
     bootstrap_samples: Annotated[int, Field(ge=100)] = 500
     cooldown_unit: Literal["days", "batches"] = "days"
-    cooldown: Annotated[int, Field(ge=0)] = 28
+    cooldown: Annotated[int, Field(ge=0)] = 45
     max_retrains: PositiveInt = 2
     retrain_period: PositiveInt = 90
     max_missing_share: Share = 0.5
@@ -424,6 +426,8 @@ class RetrainParams(_Section):
     branch: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")] = retrain_branch("flights-late")
     # 0: refit the champion's hyperparameters on the new window (tune off); N: a new N-trial study
     tune_trials: Annotated[int, Field(ge=0)] = 0
+    # after the gate promotes the challenger, refit it on the whole window (the batch included)
+    refit: bool = True
 
 
 class Params(_Section):

@@ -125,3 +125,51 @@ def fit_model(
 def _inner(estimator: Any) -> Any:
     """The fitted estimator itself, inside a multiclass `ClassLabels` or not."""
     return estimator.estimator_ if isinstance(estimator, ClassLabels) else estimator
+
+
+def refit_rounds(best_iteration: int | None) -> int | None:
+    """The boosting rounds a refit trains: the early-stopped fit's best round (0-based) plus one,
+    the trees its predictions used; None for a model without rounds."""
+    return None if best_iteration is None else int(best_iteration) + 1
+
+
+def refit_model(
+    frame: pd.DataFrame,
+    spec: FeatureSpec,
+    params: Params,
+    rounds: int | None,
+    classes: Sequence[Any] | None = None,
+) -> TrainedModel:
+    """The same model refit on `frame` (every labelled row of the window, validation and test
+    included) with nothing held out: the preprocessing is fit on all of it, boosting runs exactly
+    `rounds` rounds (the early-stopped fit's count, `refit_rounds`) with no early stopping, and
+    other models fit as they always do. The hyperparameters are `params.train`'s."""
+    task, model, target = params.data.task, params.train.model, params.data.target
+    if frame.empty:
+        raise ValueError("refit_model: no rows to refit on")
+    started = time.perf_counter()
+    prep = build_preprocessor(spec, model, params.features.max_categories)
+    X = prep.fit_transform(frame[spec.input_columns])
+    y = frame[target].to_numpy()
+    estimator = make_estimator(params.train, task, params.seed, spec.categorical_mask(model))
+    if model == "xgboost":
+        if rounds is None:
+            raise ValueError("refit_model: an XGBoost refit needs the early-stopped fit's round count")
+        estimator.set_params(n_estimators=rounds, early_stopping_rounds=None)
+    elif model == "hist_gradient_boosting":
+        if rounds is None:
+            raise ValueError("refit_model: a boosting refit needs the early-stopped fit's round count")
+        estimator.set_params(max_iter=rounds, early_stopping=False)
+    if task == "multiclass":
+        estimator = ClassLabels(estimator, class_order(y, classes))
+    if model == "xgboost":
+        estimator.fit(X, y, verbose=False)
+    else:
+        estimator.fit(X, y)
+    return TrainedModel(
+        pipeline=Pipeline([("preprocess", prep), ("model", estimator)]),
+        spec=spec,
+        history_metric=metrics.CURVE[task],
+        best_iteration=None if rounds is None else rounds - 1,
+        fit_seconds=time.perf_counter() - started,
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import getpass
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any, TypedDict, cast
 import numpy as np
 import pandas as pd
 
-from reproml import paths, provenance
+from reproml import learned, paths, provenance
 from reproml.errors import ReproError
 from reproml.io import file_lock, file_md5, read_json, write_json
 from reproml.monitoring import store
@@ -77,7 +78,8 @@ def register(run_id: str, model_name: str, experiment_id: str, model_uri: str) -
     lineage = {
         k: v
         for k, v in run.tags.items()
-        if k.startswith("reproml.data.") or k in ("reproml.git_commit", "reproml.params_sha256")
+        if k.startswith("reproml.data.")
+        or k in ("reproml.git_commit", "reproml.params_sha256", learned.TAG, "reproml.refit_of")
     }
     version = versions.create_version(model_name, model_uri, run_id, {"reproml.run_id": run_id, **lineage})
     versions.set_alias(model_name, CHALLENGER, version.version)
@@ -143,11 +145,13 @@ def promotion_lock(root: Path) -> Iterator[None]:
         yield
 
 
-class VersionRef(TypedDict):
+class VersionRef(TypedDict, total=False):
     """A version as a decision record names it."""
 
     version: int
     run_id: str | None
+    learned: dict[str, Any]  # what it learned: splits, rows, time range, data hash
+    refit_of: dict[str, Any]  # a refit's parent version
 
 
 class DecisionRecord(TypedDict, total=False):
@@ -163,6 +167,7 @@ class DecisionRecord(TypedDict, total=False):
     champion: VersionRef | None
     demoted: VersionRef | None
     gate: dict[str, Any]  # gate.GateResult.to_dict()
+    champion_judged_as: VersionRef | None  # a refit champion's parent, which the gate scored
     eval_data: dict[str, str]  # path -> md5 of the rows both models were scored on
     status: str
     error: str
@@ -174,10 +179,20 @@ class DecisionRecord(TypedDict, total=False):
     record: str  # the file, relative to the workspace
 
 
+def _version_of(version: Version | None) -> int | None:
+    return None if version is None else int(version.version)
+
+
 def _describe(version: Version | None) -> VersionRef | None:
     if version is None:
         return None
-    return {"version": int(version.version), "run_id": version.run_id}
+    described: VersionRef = {"version": int(version.version), "run_id": version.run_id}
+    tags = version.tags or {}
+    if tags.get(learned.TAG):  # what it learned: splits, rows, time range, data hash
+        described["learned"] = json.loads(tags[learned.TAG])
+    if tags.get("reproml.refit_of"):
+        described["refit_of"] = json.loads(tags["reproml.refit_of"])
+    return described
 
 
 # A record's `status`: `done` once its decision is in effect (a reject or an abort at once);
@@ -322,6 +337,26 @@ def _move_aliases(name: str, new: Version, old: Version | None) -> None:
         raise
 
 
+def gated_stand_in(name: str, champion: Version | None) -> tuple[Version | None, str | None]:
+    """The version the gate scores for `champion`, and why when it is not the champion itself.
+
+    A refit champion (`reproml refit`) learned its whole window, one batch more than any
+    challenger trained by the pipeline (whose newest batch is its held-out test split): scored
+    as it is, it would win for that reason alone and no retrain would pass again. The gate
+    scores the promoted model it refits instead, which like the challenger learned the window
+    less its newest batch and has not seen the evaluation rows: the same handicap on both sides.
+    """
+    refit_of = (champion.tags or {}).get("reproml.refit_of") if champion is not None else None
+    if champion is None or not refit_of:
+        return champion, None
+    parent = json.loads(refit_of)
+    stand_in = versions.get_version(name, parent["version"])
+    return stand_in, (
+        f"champion v{champion.version} is a refit of v{stand_in.version} on its whole window; the gate "
+        f"scored v{stand_in.version}, which, like the challenger, had not learned its newest batch"
+    )
+
+
 def promote(
     root: Path,
     name: str,
@@ -330,9 +365,12 @@ def promote(
     task: str,
     version: int | None = None,
     reason: str | None = None,
+    action: str = "force",
 ) -> DecisionRecord:
     """Run the gate (or force `version` with `reason`) and move aliases only if the champion is
-    still the one that was judged; every outcome is recorded.
+    still the one that was judged; every outcome is recorded. `action` names a forced move in the
+    record: `force` (a person's, with their name) or `refit` (`reproml refit`: the promoted
+    version refit on the whole window).
 
     `decide(y, challenger_scores, champion_scores, slices) -> GateResult` is the gate, passed in
     so this function holds only the registry's side of the rule.
@@ -364,7 +402,8 @@ def promote(
         }
     record: DecisionRecord = {"challenger": _describe(challenger), "champion": _describe(champion)}
     if version is not None:
-        record |= {"action": "force", "reason": f"forced by {getpass.getuser()}: {reason}"}
+        said = str(reason) if action == "refit" else f"forced by {getpass.getuser()}: {reason}"
+        record |= {"action": action, "reason": said}
         promote_it = True
     else:
         schema = read_json(root / paths.SCHEMA)
@@ -372,21 +411,22 @@ def promote(
         target = schema["target"]
         y = data.frame[target].to_numpy()
         challenger_scores = model_scores(challenger, experiment_id, data.frame, task)
-        champion_scores = (
-            None if champion is None else model_scores(champion, experiment_id, data.frame, task)
-        )
+        judged, note = gated_stand_in(name, champion)
+        champion_scores = None if judged is None else model_scores(judged, experiment_id, data.frame, task)
         result = decide(y, challenger_scores, champion_scores, data.frame)
         promote_it = bool(result.promote)
         record |= {
             "action": "promote" if promote_it else "reject",
-            "reason": result.reason,
+            "reason": result.reason + (f" ({note})" if note else ""),
             "gate": result.to_dict(),
             "eval_data": data.sources,
         }
+        if note:
+            record["champion_judged_as"] = _describe(judged)
     with promotion_lock(root):
         settle_pending(root, name)
         current = alias_version(name, CHAMPION)
-        if _describe(current) != _describe(champion):
+        if _version_of(current) != _version_of(champion):
             record |= {
                 "action": "abort",
                 "reason": f"champion changed from {_describe(champion)} to {_describe(current)} while "

@@ -78,6 +78,10 @@ def row(outcome: dict[str, Any], baseline: float, champion_after: int | None) ->
         data_version = ((retrain.get("added") or {}).get("md5") or "")[:10] or None
         if promotion.get("reason"):
             outcome_reasons.append(f"retrain: {promotion['action']}: {promotion['reason']}")
+        refit = retrain.get("refit")
+        if refit:
+            what += f", refit v{refit['version']}"
+            outcome_reasons.append(f"refit: {(refit.get('decision') or {}).get('reason')}")
     return {
         "batch": outcome.get("batch"),
         "rows": outcome.get("rows"),
@@ -92,6 +96,8 @@ def row(outcome: dict[str, Any], baseline: float, champion_after: int | None) ->
         "champion_before": (outcome.get("champion") or {}).get("version"),
         "champion": champion_after,
         "reasons": outcome_reasons,
+        "summary": outcome.get("summary"),
+        "retrain_seconds": outcome.get("retrain_seconds"),
     }
 
 
@@ -155,7 +161,216 @@ def render_html(rows: list[dict[str, Any]], metric: str, baseline_version: int |
 
 
 def write(
-    folder: Path, rows: list[dict[str, Any]], metric: str, baseline_version: int | None, title: str
+    folder: Path,
+    rows: list[dict[str, Any]],
+    metric: str,
+    baseline_version: int | None,
+    title: str,
+    policy: str | None = None,
 ) -> Path:
-    write_json(folder / JSON_NAME, {"baseline_version": baseline_version, "metric": metric, "rows": rows})
-    return safehtml.write_page(folder / HTML_NAME, render_html(rows, metric, baseline_version, title))
+    """simulation.html and .json; under a policy other than `reproml`, simulation-<policy>.*."""
+    stem = "simulation" if policy in (None, REPROML) else f"simulation-{policy}"
+    payload = {"baseline_version": baseline_version, "metric": metric, "rows": rows, "policy": policy}
+    write_json(folder / f"{stem}.json", payload)
+    return safehtml.write_page(folder / f"{stem}.html", render_html(rows, metric, baseline_version, title))
+
+
+# --- policies side by side (`reproml simulate --policies never,always,reproml`) ---------------
+
+NEVER, ALWAYS, REPROML = "never", "always", "reproml"
+POLICIES = {
+    NEVER: "never retrain: the model the replay starts with serves every period",
+    ALWAYS: "retrain after every period with enough labelled rows, whatever the verdict "
+    "(the same training flow: new data version, gate, refit)",
+    REPROML: "retrain when the monitor's verdict is `retrain` (quality drop or drift against what "
+    "the champion learned, within the loop guard), through the same training flow",
+}
+POLICIES_STEM = "policies"
+# verdicts after which the batch was measured and could be learned (not quarantined, back-dated or tiny)
+MEASURED = ("retrain", "retrain_held", "ok")
+
+
+def parse_policies(text: str) -> list[str]:
+    """`never,always,reproml` -> the policies in order, each once; an unknown name is refused."""
+    from reproml.errors import ConfigError
+
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in POLICIES]
+    if unknown or not names:
+        raise ConfigError(
+            f"--policies: unknown policy {unknown or text!r}; choose from {', '.join(POLICIES)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def wants_retrain(policy: str, verdict: str) -> bool:
+    """Whether `policy` hands a monitored batch with this verdict to the training flow."""
+    if policy == NEVER:
+        return False
+    if policy == ALWAYS:
+        return verdict in MEASURED
+    return verdict == "retrain"
+
+
+def _mean(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def policy_summary(policy: str, rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """One policy's line: quality per batch (the champion at the time), its mean, the training
+    flows run (`retrains`), how many changed the champion, and the compute time they took."""
+    ran = [r for r in rows if r.get("retrain") not in (None, "-")]
+    return {
+        "policy": policy,
+        "quality": {str(r["batch"]): r.get("quality") for r in rows},
+        "mean": _mean([r.get("quality") for r in rows]),
+        "retrains": len(ran),
+        "promotions": sum(1 for r in ran if str(r["retrain"]).startswith(("promote", "refit"))),
+        "training_seconds": round(sum(float(r.get("retrain_seconds") or 0.0) for r in rows), 1),
+        "seconds": round(seconds, 1),
+    }
+
+
+def compare(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The policies' lines, and each one's mean against never retraining (when it ran)."""
+    never = next((s["mean"] for s in summaries if s["policy"] == NEVER), None)
+    out = []
+    for s in summaries:
+        gain = None if never is None or s["mean"] is None else s["mean"] - never
+        out.append({**s, "vs_never": gain})
+    batches = list(dict.fromkeys(b for s in summaries for b in s["quality"]))
+    return {"batches": batches, "policies": out}
+
+
+def policies_markdown(table: dict[str, Any], metric: str, verdicts: list[dict[str, Any]]) -> str:
+    """The comparison as Markdown (README-ready): one line per policy, then the `reproml`
+    policy's verdicts with their reasons. Cells are plain numbers and names; `|` is escaped."""
+
+    def esc(text: Any) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    head = [
+        "policy",
+        *table["batches"],
+        f"mean {metric}",
+        "vs never",
+        "retrains",
+        "promotions",
+        "training s",
+        "total s",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in table["policies"]:
+        cells = [
+            s["policy"],
+            *(cell(s["quality"].get(b)) for b in table["batches"]),
+            cell(s["mean"]),
+            "-" if s["vs_never"] is None else f"{s['vs_never']:+.4f}",
+            s["retrains"],
+            s["promotions"],
+            s["training_seconds"],
+            s["seconds"],
+        ]
+        lines.append("| " + " | ".join(esc(c) for c in cells) + " |")
+    lines += ["", "Policies: " + "; ".join(f"`{k}`: {v}" for k, v in POLICIES.items()), ""]
+    if verdicts:
+        lines += ["| batch | verdict | retrain | why |", "|---|---|---|---|"]
+        for v in verdicts:
+            lines.append(
+                f"| {esc(v['batch'])} | {esc(v['verdict'])} | {esc(v['retrain'])} | {esc(v['why'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def verdict_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A policy's batches as (batch, verdict, what the retrain did, the verdict's one-line reason)."""
+    return [
+        {
+            "batch": r["batch"],
+            "verdict": r.get("verdict"),
+            "retrain": r.get("retrain"),
+            "why": r.get("summary") or "; ".join(r.get("reasons") or []),
+        }
+        for r in rows
+    ]
+
+
+def _policies_svg(table: dict[str, Any], metric: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = table["batches"]
+    x = np.arange(len(batches))
+    fig, ax = plt.subplots(figsize=(9, 3.8), dpi=100)
+    for s in table["policies"]:
+        values = [s["quality"].get(b) for b in batches]
+        y = [np.nan if v is None else v for v in values]
+        mean = "-" if s["mean"] is None else f"{s['mean']:.4f}"
+        ax.plot(x, y, "o-", label=f"{s['policy']} (mean {mean}, {s['retrains']} retrains)")
+    ax.set_xticks(x, batches, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    ax.set_title("Champion quality per period under each retrain policy", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg")
+    plt.close(fig)
+    svg = buffer.getvalue()
+    return svg[svg.index("<svg") :]
+
+
+def write_policies(
+    folder: Path, table: dict[str, Any], metric: str, verdicts: list[dict[str, Any]], title: str
+) -> dict[str, Path]:
+    """policies.md, policies.html (the plot inline, every value escaped), policies.svg and
+    policies.json under `folder`."""
+    from reproml.io import write_text
+
+    svg = _policies_svg(table, metric)
+    paths = {
+        "md": write_text(
+            folder / f"{POLICIES_STEM}.md", f"# {title}\n\n" + policies_markdown(table, metric, verdicts)
+        ),
+        "svg": write_text(folder / f"{POLICIES_STEM}.svg", svg),
+        "json": write_json(
+            folder / f"{POLICIES_STEM}.json", {"metric": metric, **table, "verdicts": verdicts}
+        ),
+    }
+    head = [
+        "policy",
+        *table["batches"],
+        f"mean {metric}",
+        "vs never",
+        "retrains",
+        "promotions",
+        "training s",
+        "total s",
+    ]
+    body = [
+        [
+            s["policy"],
+            *(cell(s["quality"].get(b)) for b in table["batches"]),
+            cell(s["mean"]),
+            "-" if s["vs_never"] is None else f"{s['vs_never']:+.4f}",
+            str(s["retrains"]),
+            str(s["promotions"]),
+            str(s["training_seconds"]),
+            str(s["seconds"]),
+        ]
+        for s in table["policies"]
+    ]
+    page = safehtml.render(
+        "policies.html",
+        title=title,
+        plot=safehtml.markup(svg),
+        headers=head,
+        rows=body,
+        verdicts=verdicts,
+        policies=POLICIES,
+    )
+    paths["html"] = safehtml.write_page(folder / f"{POLICIES_STEM}.html", page)
+    return paths

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reproml import paths
+from reproml import learned, paths
 from reproml.errors import ReproError
 from reproml.io import file_md5
 from reproml.stores.dvc import CorruptCacheError, DvcStore, verified_objects
@@ -46,6 +46,23 @@ class Champion:
     importance: dict[str, float]  # raw input column -> permutation importance (can be <= 0)
     data_md5: dict[str, str]  # split path -> md5 the champion was trained and tested on
     classes: list[Any] | None = None  # multiclass: the labels of its probability columns, in order
+    # what it learned (`reproml.learned`): split path -> md5; None: its train split (older runs)
+    learned: dict[str, Any] | None = None
+    # the model whose test-split scores are the quality reference: itself, or for a refit (which
+    # learned the test split) the promoted model it refits, the honest estimate the gate saw
+    test_model: Any = None
+    refit_of: dict[str, Any] | None = None
+
+    @property
+    def learned_splits(self) -> dict[str, str]:
+        """Split path -> md5 of every data version the model learned."""
+        if self.learned:
+            return dict(self.learned["splits"])
+        return {TRAIN: self.data_md5[TRAIN]}
+
+    @property
+    def reference_model(self) -> Any:
+        return self.model if self.test_model is None else self.test_model
 
     @property
     def uri(self) -> str:
@@ -62,6 +79,10 @@ class Champion:
     def describe(self) -> dict[str, Any]:
         out = {"name": self.name, "version": self.version, "run_id": self.run_id, "uri": self.uri}
         out |= {"threshold": self.threshold} if self.threshold is not None else {}
+        if self.learned:
+            out["learned"] = self.learned
+        if self.refit_of:
+            out["refit_of"] = self.refit_of
         return out | ({"classes": self.classes} if self.classes else {})
 
 
@@ -94,7 +115,7 @@ def load_champion(root: Path, name: str, experiment_id: str) -> Champion:
     Its model is deserialised only from files whose digest is the one its run recorded.
     """
     from reproml import provenance, registry
-    from reproml.stores.mlflow import runs
+    from reproml.stores.mlflow import runs, versions
 
     version = registry.alias_version(name, registry.CHAMPION)
     if version is None:
@@ -118,6 +139,16 @@ def load_champion(root: Path, name: str, experiment_id: str) -> Champion:
     task = str(data.get("task"))
     label = f"champion v{version.version} (run {run_id})"
     classes = classes_of(tags, model, label) if task == "multiclass" else None
+    try:
+        what = learned.parse(tags.get(learned.TAG), label)
+    except ReproError as exc:
+        raise ChampionError(str(exc)) from None
+    data_md5 = {p: tags[f"reproml.data.{p}"] for p in (TRAIN, TEST)}
+    refit_of, test_model = None, None
+    if tags.get("reproml.refit_of"):
+        refit_of = json.loads(tags["reproml.refit_of"])
+        parent = versions.get_version(name, refit_of["version"])
+        test_model = provenance.load_model_version(parent, experiment_id)
     return Champion(
         name=name,
         version=int(version.version),
@@ -129,9 +160,22 @@ def load_champion(root: Path, name: str, experiment_id: str) -> Champion:
         time_column=data.get("time_column"),
         max_categories=int(params.get("features", {}).get("max_categories", 64)),
         importance=importance,
-        data_md5={p: tags[f"reproml.data.{p}"] for p in (TRAIN, TEST)},
+        data_md5=data_md5,
         classes=classes,
+        learned=what,
+        test_model=test_model,
+        refit_of=refit_of,
     )
+
+
+def load_learned(root: Path, best: Champion, label: str) -> pd.DataFrame:
+    """Every row the champion learned (its train split; a refit's train, valid and test splits),
+    each file the exact version its run recorded, in time order."""
+    frames = [load_split(root, path, md5, label) for path, md5 in sorted(best.learned_splits.items())]
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if best.time_column and best.time_column in frame.columns:
+        frame = frame.sort_values(best.time_column, kind="stable").reset_index(drop=True)
+    return frame
 
 
 def classes_of(tags: dict[str, str], model: Any, label: str) -> list[Any]:

@@ -2,7 +2,9 @@
 
 The order matters and is the contract of issue 5:
 
-1. the champion and its own reference (training split by md5, importance, params) are loaded;
+1. the champion and its own reference (what it learned, by md5: its train split, or a refit's
+   train, valid and test splits; importance, params) are loaded; drift is measured against the
+   newest `monitor.reference_days` of it, so a verdict says production moved since it learned;
 2. the quality gate runs on the whole batch; a failing batch is copied to `monitoring/<model>/quarantine/`
    with its reason and goes no further (no predictions, no drift, never `labelled/`); a batch
    older than the newest monitored one is `out_of_order` and goes no further either, unless it is
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reproml import safehtml
+from reproml import learned, safehtml
 from reproml.config import Params
 from reproml.features import category_levels
 from reproml.io import write_json, write_parquet, write_with
@@ -48,8 +50,9 @@ from reproml.monitoring import (
 )
 
 SAMPLING_RULE = (
-    "a batch (and the champion's test split) with more than monitor.sample_rows rows, and its training "
-    "split with more than monitor.reference_rows rows, are reduced to that many rows drawn uniformly "
+    "a batch (and the champion's test split) with more than monitor.sample_rows rows, and its drift "
+    "reference (the newest monitor.reference_days of what it learned) with more than "
+    "monitor.reference_rows rows, are reduced to that many rows drawn uniformly "
     "without replacement (numpy default_rng(seed)); the quality gate and the stored predictions "
     "always use every row"
 )
@@ -111,7 +114,7 @@ def monitor(root: Path, spec: str, params: Params, backfill: bool = False) -> di
         experiment_id = connection.setup(root, params.mlflow.experiment_name)
         best = champion.load_champion(root, params.register_.model_name, experiment_id)
         label = f"champion v{best.version} (run {best.run_id})"
-        reference = champion.load_split(root, champion.TRAIN, best.data_md5[champion.TRAIN], label)
+        reference = champion.load_learned(root, best, label)
     with clock.step("read batch"):
         coding = batches.label_coding(root, best.target, best.task)
         batch = batches.resolve(root, spec, best.time_column or params.data.time_column, best.target, coding)
@@ -265,7 +268,8 @@ def _samples(
     best, watch, seed = job.best, job.params.monitor, job.params.seed
     current = sample(scores.with_scores(frame, scored, best.classes), watch.sample_rows, seed)
     with job.clock.step("score reference"):
-        ref = sample(reference, watch.reference_rows, seed)
+        window = learned.recent(reference, best.time_column, watch.reference_days)
+        ref = sample(window, watch.reference_rows, seed)
         ref = scores.with_scores(
             ref, predict_scores(best.model, ref[best.input_columns], best.task), best.classes
         )
@@ -278,7 +282,13 @@ def _samples(
     record["reference"] = {
         "train": {"path": champion.TRAIN, "md5": best.data_md5[champion.TRAIN], "rows": len(reference)},
         "test": {"path": champion.TEST, "md5": best.data_md5[champion.TEST]},
+        "learned": best.learned_splits,
+        "drift_window": _window(window, best.time_column, watch.reference_days),
     }
+    if best.refit_of:
+        record["reference"]["test"]["scored_by"] = (
+            f"v{best.refit_of['version']}, the promoted model this refit learned from"
+        )
     return current, ref
 
 
@@ -330,8 +340,8 @@ def _measure_quality(
             job.root, champion.TEST, best.data_md5[champion.TEST], f"champion v{best.version}"
         )
         test = sample(test, watch.sample_rows, seed)  # all of it, normally: the value evaluate logged
-        test = scores.with_scores(
-            test, predict_scores(best.model, test[best.input_columns], best.task), best.classes
+        test = scores.with_scores(  # a refit learned the test split: its parent's scores
+            test, predict_scores(best.reference_model, test[best.input_columns], best.task), best.classes
         )
         record["reference"]["test"]["rows_used"] = len(test)
         change = concept.quality_change(
@@ -379,6 +389,14 @@ def _keep_labelled_window(job: _Judging, frame: pd.DataFrame, batch_time: Any) -
         old.unlink()  # the same batch monitored again replaces its window
     write_parquet(target, rows)
     return str(target.relative_to(job.root))
+
+
+def _window(frame: pd.DataFrame, time_column: str | None, days: int | None) -> dict[str, Any]:
+    """The drift reference's rows and time range, for the record."""
+    out: dict[str, Any] = {"rows": len(frame), "days": days, "first": None, "last": None}
+    if time_column and time_column in frame.columns and len(frame):
+        out |= {"first": frame[time_column].min().isoformat(), "last": frame[time_column].max().isoformat()}
+    return out
 
 
 def _finish(record: dict[str, Any], verdict: decision.Decision, clock: _Clock) -> dict[str, Any]:

@@ -16,9 +16,11 @@ from typing import Any
 from reproml.orchestration.worktree import open_worktree
 
 
-def reset(root: Path, branch: str) -> int:
+def reset(root: Path, branch: str, keep_reports: bool = False) -> int:
     """Archive earlier monitoring outputs, start the branch again from HEAD, and make the
-    pipeline's registered model the champion (a forced promotion, recorded, if it is not)."""
+    pipeline's registered model the champion (a forced promotion, recorded, if it is not).
+    `keep_reports`: the reports folder stays (the next policy of one `--policies` replay keeps the
+    pages of the policies before it; its batches' reports replace theirs)."""
     from reproml import registry
     from reproml.io import read_json
     from reproml.monitoring import store
@@ -31,6 +33,8 @@ def reset(root: Path, branch: str) -> int:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     archive = root / store.archive(name) / stamp
     for kind in store.KINDS:
+        if keep_reports and kind == "reports":
+            continue
         folder = root / store.home(name) / kind
         if folder.exists():
             archive.mkdir(parents=True, exist_ok=True)
@@ -57,8 +61,11 @@ def champion_version(root: Path) -> int | None:
     return None if champion is None else int(champion.version)
 
 
-def report(root: Path, outcomes: list[dict[str, Any]], baseline_version: int) -> dict[str, Any]:
-    """Score the never-retrained model on each batch's labelled rows; write the HTML and JSON."""
+def report(
+    root: Path, outcomes: list[dict[str, Any]], baseline_version: int, policy: str | None = None
+) -> dict[str, Any]:
+    """Score the never-retrained model on each batch's labelled rows; write the HTML and JSON
+    (simulation.html, or simulation-<policy>.html for a policy other than `reproml`)."""
     import pandas as pd
 
     from reproml import provenance, registry, simulation
@@ -84,12 +91,31 @@ def report(root: Path, outcomes: list[dict[str, Any]], baseline_version: int) ->
         (r["metric"] for r in rows if r.get("metric")),
         simulation.metric_name(params.data.task, params.monitor.metric),
     )
-    title = f"reproml simulate: {name}'s production replay"
-    page = simulation.write(root / store.reports(name), rows, metric, baseline_version, title)
+    title = f"reproml simulate: {name}'s production replay" + (f" (policy {policy})" if policy else "")
+    page = simulation.write(root / store.reports(name), rows, metric, baseline_version, title, policy)
     return {
+        "policy": policy,
         "rows": rows,
         "html": str(page.relative_to(root)),
         "baseline_version": baseline_version,
         "final_champion": None if champion is None else int(champion.version),
         "metric": metric,
     }
+
+
+def compare(root: Path, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The policies side by side (`results`: each policy's `report` plus its `seconds`): one table
+    (policies.md / .html / .json) and one plot (policies.svg) under monitoring/<model>/reports/."""
+    from reproml import simulation
+    from reproml.monitoring import store
+    from reproml.stages.common import load
+
+    name = load(root).register_.model_name
+    summaries = [simulation.policy_summary(r["policy"], r["rows"], r["seconds"]) for r in results]
+    table = simulation.compare(summaries)
+    judged = next((r for r in results if r["policy"] == simulation.REPROML), results[-1])
+    verdicts = simulation.verdict_lines(judged["rows"])
+    metric = results[0]["metric"]
+    title = f"reproml simulate: retrain policies side by side ({name})"
+    written = simulation.write_policies(root / store.reports(name), table, metric, verdicts, title)
+    return {**table, "files": {k: str(v.relative_to(root)) for k, v in written.items()}, "metric": metric}

@@ -199,6 +199,22 @@ def promote(root: Path, tree: Path) -> DecisionRecord:
         return run_promote(tree)
 
 
+def refit(root: Path, tree: Path, decision: DecisionRecord) -> dict[str, Any] | None:
+    """After the gate promoted the challenger: the same model refit on the whole window, the
+    newest labelled batch included, becomes the champion (`reproml.stages.refit`); None when the
+    gate did not promote or `retrain.refit` is off."""
+    from reproml.stages.common import load
+    from reproml.stages.refit import run_refit
+
+    challenger = decision.get("challenger") or {}
+    if decision.get("action") != "promote" or challenger.get("version") is None:
+        return None
+    if not load(tree).retrain.refit:
+        return None
+    with workspace_env(root):
+        return run_refit(tree, version=int(challenger["version"]))
+
+
 def data_versions(tree: Path) -> dict[str, str]:
     """Every output and dependency md5 dvc.lock now records, by path."""
     return lock_versions(tree)
@@ -220,6 +236,7 @@ def refusal(branch: str, reason: str, why: str) -> dict[str, Any]:
             "action": "refused",
             "reason": why,
         },
+        "refit": None,
     }
 
 
@@ -231,9 +248,10 @@ def summary(
     stages: dict[str, str],
     lock_commit: str | None,
     decision: DecisionRecord,
+    refitted: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The training flow's result: what was added, which stages ran, the data versions dvc.lock
-    now names, the challenger and the gate's decision."""
+    now names, the challenger, the gate's decision and the refit that became the champion."""
     from reproml.stages.register import REGISTERED
 
     return {
@@ -246,4 +264,5 @@ def summary(
         "data_versions": data_versions(tree),
         "challenger": json.loads((tree / REGISTERED).read_text()),
         "promotion": {k: decision.get(k) for k in ("action", "reason", "challenger", "champion", "record")},
+        "refit": refitted,
     }

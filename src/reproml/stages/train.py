@@ -77,7 +77,7 @@ def _tune_run(experiment_id: str, study_name: str) -> str | None:
 def run_train(root: Path = Path(".")) -> dict[str, Any]:
     import joblib
 
-    from reproml import decisions, lineage
+    from reproml import decisions, learned, lineage
     from reproml.fitting import fit_model
     from reproml.stores.mlflow import connection, models, runs
 
@@ -113,6 +113,14 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
             "reproml.data_source": schema["source"],
             "reproml.libraries": json.dumps(versions, sort_keys=True),
             **{f"reproml.data.{path}": md5 for path, md5 in data_md5.items()},
+            learned.TAG: json.dumps(
+                learned.describe(
+                    train,
+                    {str(paths.split_file("train")): data_md5[str(paths.split_file("train"))]},
+                    schema.get("time_column"),
+                    "train split",
+                )
+            ),
         }
         if classes is not None:  # the order of the model's probability columns, as labels
             tags["reproml.classes"] = json.dumps(classes)

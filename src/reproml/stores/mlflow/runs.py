@@ -335,7 +335,7 @@ def log_figure(figure: Any, artifact_file: str) -> None:
     mlflow.log_figure(figure, artifact_file)
 
 
-def log_artifact(path: Path, artifact_path: str) -> None:
+def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     """A local file as an artifact of the active run, under `artifact_path`."""
     mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
