@@ -27,7 +27,16 @@ PARAMS_FILE = "params.yaml"
 ModelName = Literal["xgboost", "logistic", "linear", "random_forest", "hist_gradient_boosting"]
 # classification: binary (two classes, the target coded 0/1); multiclass: three or more classes
 Task = Literal["classification", "multiclass", "regression"]
-DatePart = Literal["month", "dayofweek", "hour", "dayofyear"]
+DatePart = Literal[
+    "month",
+    "dayofweek",
+    "hour",
+    "dayofyear",
+    "dayofmonth",
+    "hour_bucket",
+    "days_to_holiday",
+    "days_from_holiday",
+]
 DEFAULT_DATE_PARTS: tuple[DatePart, ...] = ("dayofweek", "hour", "month")
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]

@@ -196,7 +196,13 @@ def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
         draw(frames, history["metric"], root / paths.PLOTS / "images")
         write_parquet(root / paths.PREDICTIONS, _predictions(test_scores, y_test, target, classes))
         per_class = _per_class(frames)
-        write_json(root / paths.METRICS / "metrics.json", {**by_split, "overfit": overfit, **per_class})
+        # Test first: `dvc exp show` and `dvc metrics show` list columns in the file's key order.
+        ordered = {name: by_split[name] for name in ("test", "valid", "train")}
+        write_json(
+            root / paths.METRICS / "metrics.json",
+            {**ordered, "overfit": overfit, **per_class},
+            sort_keys=False,
+        )
         digest = ev.predictions_digest(test_scores)
         flat = {f"{split}_{k}": v for split, values in by_split.items() for k, v in values.items()}
         flat |= _per_class_metrics(per_class)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from reproml import paths
 from reproml.config import Params, flatten, model_section
+from reproml.env import dvc_experiment
 from reproml.io import file_md5, read_json, write_json
 from reproml.stages.common import classes_of, feature_spec, load
 
@@ -216,7 +217,9 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
         before = study.counts(the_study)
         started = time.perf_counter()
         git = lineage.git_state(root)
-        with tracking.tracked_run(experiment_id, run_name=f"tune-{spec.name}") as run:
+        experiment = dvc_experiment()
+        run_name = f"tune-{experiment.name}" if experiment else f"tune-{spec.name}"
+        with tracking.tracked_run(experiment_id, run_name=run_name) as run:
             parent = run.info.run_id
             tracking.log_batch(
                 parent,
