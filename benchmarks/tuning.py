@@ -765,8 +765,8 @@ def _report_calendar(
         f"[dim]rows: tune train {rows.get('tune_train')}, {valid} {rows.get('valid', rows.get('june'))}, "
         f"final fit {rows.get('fit')}, {out} {rows.get('holdout', rows.get('july'))}. 'trials in budget' "
         f"counts trials finished within {budget:.0f} s of the search's start; only they can be the best. "
-        "reproml and random: a trial started before the deadline runs to its end, so 'search s' can exceed the "
-        "budget; that time is not used. FLAML: records in its log.[/dim]",
+        "reproml and random: a trial started before the deadline runs to its end, so 'search s' can "
+        "exceed the budget; that time is not used. FLAML: records in its log.[/dim]",
         highlight=False,
     )
     for note in sorted({r.note for r in runs if r.note and not r.note.startswith("input")}):
