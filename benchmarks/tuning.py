@@ -95,11 +95,12 @@ class Calendar:
     def label(self, which: str) -> str:
         import pandas as pd
 
-        first = pd.Timestamp("2013-01-01")
-        start, end = {
+        first = "2013-01-01"  # part 1 runs on the bundled flights, which start there
+        bounds: dict[str, tuple[str, str]] = {
             "tune": (first, self.tune_end), "valid": (self.tune_end, self.fit_end),
             "fit": (first, self.fit_end), "holdout": (self.fit_end, self.holdout_end),
-        }[which]  # fmt: skip
+        }  # fmt: skip
+        start, end = bounds[which]
         a, b = pd.Timestamp(start), pd.Timestamp(end) - pd.Timedelta(days=1)
         return a.strftime("%b") if (a.year, a.month) == (b.year, b.month) else f"{a:%b}-{b:%b}"
 

@@ -148,12 +148,12 @@ def test_calendar_parts_day_of_month_hour_bucket_and_holidays() -> None:
 
 
 def test_holiday_distances_across_years_and_missing_timestamps() -> None:
-    frame = pd.DataFrame({"ts": pd.to_datetime(["2012-12-31 08:00", None, "2014-12-26 08:00"])})
+    frame = pd.DataFrame({"ts": pd.to_datetime(pd.Series(["2012-12-31 08:00", None, "2014-12-26 08:00"]))})
     out = DateParts(("days_to_holiday", "days_from_holiday")).fit(frame).transform(frame)
     np.testing.assert_array_equal(out[0], [1, 6])  # New Year's Day ahead, Christmas 2012 behind
     assert np.isnan(out[1]).all()
     np.testing.assert_array_equal(out[2], [6, 1])  # observed New Year's Day 2015 is Thursday January 1st
-    everything_missing = pd.DataFrame({"ts": pd.to_datetime([None, None])})
+    everything_missing = pd.DataFrame({"ts": pd.Series([pd.NaT, pd.NaT], dtype="datetime64[ns]")})
     assert np.isnan(
         DateParts(("days_to_holiday",)).fit(everything_missing).transform(everything_missing)
     ).all()
