@@ -206,6 +206,11 @@ class TuneParams(_Section):
     workers: PositiveInt = 1
     storage: str | None = None
     warm_start: bool = True  # enqueue params.yaml's values, the champion's and the last study's best first
+    # 1: a trial is scored on the valid split. N > 1: also on N - 1 expanding-window folds inside the
+    # train split (each later stretch, as many rows as valid or 1/N of train if fewer, validates a fit
+    # on the rows before it, by data.time_column); the trial's value is the mean over the N. The test
+    # split is never used.
+    cv_folds: PositiveInt = 1
 
     @model_validator(mode="after")
     def _budget_and_storage(self) -> TuneParams:

@@ -48,6 +48,8 @@ def study_context(root: Path, params: Params, metric: str) -> dict[str, Any]:
         "exclude_columns": sorted(params.prepare.exclude_columns),
         "features": params.features.model_dump(mode="json"),
         "fixed": {k: v for k, v in section.items() if k not in searched},
+        # only when set: studies made before the option existed (one fold) stay resumable
+        **({"cv_folds": params.tune.cv_folds} if params.tune.cv_folds > 1 else {}),
         "data": {
             str(p): file_md5(root / p)
             for p in (paths.SCHEMA, paths.split_file("train"), paths.split_file("valid"))
