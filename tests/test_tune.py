@@ -164,13 +164,12 @@ def test_cv_folds_score_a_trial_as_the_mean_over_the_folds(model: str) -> None:
         assert all(0.5 < v <= 1.0 for v in folds)
 
 
-def test_cv_folds_need_a_time_column_and_enough_rows() -> None:
+def test_cv_folds_on_undated_rows_score_valid_only_and_need_distinct_times() -> None:
     params = make_params()
     folded = params.model_copy(update={"tune": params.tune.model_copy(update={"cv_folds": 3})})
     frame = tiny_frame(400, seed=3)
     no_time = FeatureSpec(numeric=["x1", "x2"], categorical=["cat"], time_column=None, date_parts=[])
-    with pytest.raises(ConfigError, match=r"tune.cv_folds: 3 needs data.time_column"):
-        prepare_data(frame.iloc[:300], frame.iloc[300:], no_time, folded)
+    assert prepare_data(frame.iloc[:300], frame.iloc[300:], no_time, folded).folds == []  # valid only
     every_row_at_once = frame.assign(when=pd.Timestamp("2021-01-01"))
     with pytest.raises(ConfigError, match=r"tune.cv_folds: 3: time fold 1 is empty"):
         prepare_data(every_row_at_once.iloc[:300], every_row_at_once.iloc[300:], SPEC, folded)

@@ -209,7 +209,7 @@ class TuneParams(_Section):
     # 1: a trial is scored on the valid split. N > 1: also on N - 1 expanding-window folds inside the
     # train split (each later stretch, as many rows as valid or 1/N of train if fewer, validates a fit
     # on the rows before it, by data.time_column); the trial's value is the mean over the N. The test
-    # split is never used.
+    # split is never used. Data without a time column (a random split) has no windows in time: valid only.
     cv_folds: PositiveInt = 1
 
     @model_validator(mode="after")

@@ -100,16 +100,13 @@ def prepare_data(
         order = class_order(y_train, classes)
         y_train, y_valid, n_classes = encode(y_train, order), encode(y_valid, order), len(order)
     folds: list[tuple[np.ndarray, np.ndarray]] = []
-    extra = params.tune.cv_folds - 1
+    time_column = spec.time_column
+    # undated data (a random split) has no windows in time: the valid split only
+    extra = params.tune.cv_folds - 1 if time_column is not None and time_column in train.columns else 0
     if extra:
         from reproml.errors import ConfigError
 
-        time_column = spec.time_column
-        if time_column is None or time_column not in train.columns:
-            raise ConfigError(
-                f"tune.cv_folds: {params.tune.cv_folds} needs data.time_column (the folds are windows in "
-                "time); set tune.cv_folds: 1 for data without one"
-            )
+        assert time_column is not None
         try:
             # each fold as many rows as the validation split, fewer when the training split is short
             folds = time_folds(train[time_column], extra, min(len(valid), len(train) // (extra + 1)))
