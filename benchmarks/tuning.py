@@ -394,7 +394,13 @@ def search_reproml(ctx: Context, held: HeldOut, seed: int, budget_s: float) -> S
         if values is not None:
             st.warm_start(the_study, [("params.yaml", values)])
     objective = Objective(held.tune, params, ctx.metric, ctx.threads, spec.report_every)
-    return _timed_search(ctx, "reproml", the_study, objective, info, seed, budget_s)
+    search = _timed_search(ctx, "reproml", the_study, objective, info, seed, budget_s)
+    folds = params.tune.cv_folds
+    if folds > 1 and not search.note:
+        search.note = (
+            f"reproml's best value is a mean over {folds} folds (tune.cv_folds), not the valid month's"
+        )
+    return search
 
 
 def search_random(ctx: Context, held: HeldOut, seed: int, budget_s: float) -> Search:
