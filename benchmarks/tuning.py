@@ -57,10 +57,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
 PRUNE_RATIO_TARGET = 0.5
 PRUNE_GAP_TARGET = 0.005  # relative
-# Part 1's calendar: tune on January-May against June, fit the final model on January-June, score July.
-TUNE_END = "2013-06-01"
-FIT_END = "2013-07-01"
-HOLDOUT_END = "2013-08-01"
+# Part 1's calendars. "july": tune on January-May against June, fit the final model on January-June,
+# score July. "test": the project's own split from params.yaml (prepare.train_end / valid_end /
+# test_end: tune on the train split against valid, fit on both, score the test month).
+JULY = ("2013-06-01", "2013-07-01", "2013-08-01")
+CALENDARS = ("july", "test")
+TARGET_MARGIN = 0.003  # reproml's holdout ROC-AUC at least FLAML's + this, median of paired seeds
 METHODS = ("reproml", "random", "flaml")
 STORAGE_ENV = "REPROML_TUNE_STORAGE"
 
@@ -80,16 +82,54 @@ class Context:
     log: Callable[[str], None]
 
 
+@dataclass(frozen=True)
+class Calendar:
+    """Part 1's months: tune before `tune_end` against [tune_end, fit_end), fit the final model
+    before `fit_end`, score [fit_end, holdout_end)."""
+
+    name: str
+    tune_end: str
+    fit_end: str
+    holdout_end: str
+
+    def label(self, which: str) -> str:
+        import pandas as pd
+
+        first = "2013-01-01"  # part 1 runs on the bundled flights, which start there
+        bounds: dict[str, tuple[str, str]] = {
+            "tune": (first, self.tune_end), "valid": (self.tune_end, self.fit_end),
+            "fit": (first, self.fit_end), "holdout": (self.fit_end, self.holdout_end),
+        }  # fmt: skip
+        start, end = bounds[which]
+        a, b = pd.Timestamp(start), pd.Timestamp(end) - pd.Timedelta(days=1)
+        return a.strftime("%b") if (a.year, a.month) == (b.year, b.month) else f"{a:%b}-{b:%b}"
+
+
+def calendars(params: Params, names: Sequence[str]) -> list[Calendar]:
+    chosen = []
+    for name in names:
+        if name == "july":
+            chosen.append(Calendar("july", *JULY))
+        elif params.prepare.split != "time":
+            raise BenchError("--calendars test needs prepare.split: time (the project's own test month)")
+        else:
+            p = params.prepare
+            chosen.append(Calendar("test", str(p.train_end), str(p.valid_end), str(p.test_end)))
+    return chosen
+
+
 @dataclass
 class HeldOut:
-    """Part 1's data: the tuning pair (preprocessing fit on Jan-May) and the final pair (fit on Jan-Jun)."""
+    """Part 1's data for one calendar: the tuning pair (preprocessing fit on the tuning rows) and
+    the final pair (preprocessing refit on tuning + validation rows), and the scored month."""
 
+    calendar: Calendar
     tune: TuneData
     names: list[str]
     X_fit: Any
     y_fit: np.ndarray
-    X_july: Any
-    y_july: np.ndarray
+    X_holdout: Any
+    y_holdout: np.ndarray
     rows: dict[str, int]
     prepare_s: float
 
@@ -111,6 +151,8 @@ class Search:
     holdout: float = math.nan
     fit_s: float = math.nan
     note: str = ""
+    load: list[float] = field(default_factory=list)  # load average (1/5/15 min) when it ended
+    calendar: str = "july"  # runs saved before the project's own test month was added were July's
 
 
 @dataclass
@@ -145,7 +187,7 @@ class Results:
     searches: list[Search] = field(default_factory=list)
     prunes: list[PruneRun] = field(default_factory=list)
     workers: list[WorkerRun] = field(default_factory=list)
-    held_out: dict[str, Any] = field(default_factory=dict)
+    held_out: dict[str, Any] = field(default_factory=dict)  # calendar -> rows
     settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -231,7 +273,7 @@ def med(values: Sequence[float]) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def held_out_data(ctx: Context) -> HeldOut:
+def held_out_data(ctx: Context, calendar: Calendar) -> HeldOut:
     import pandas as pd
 
     from reproml.features import build_preprocessor
@@ -243,29 +285,43 @@ def held_out_data(ctx: Context) -> HeldOut:
     time_column = p.data.time_column
     if time_column is None or p.data.task != "classification":
         raise BenchError("part 1 needs the bundled flights data: a time column and a classification target")
-    when = frame[time_column]
-    tune_end, fit_end, holdout_end = (pd.Timestamp(d) for d in (TUNE_END, FIT_END, HOLDOUT_END))
-    tune_train = frame[when < tune_end]
-    june = frame[(when >= tune_end) & (when < fit_end)]
-    fit = frame[when < fit_end]
-    july = frame[(when >= fit_end) & (when < holdout_end)]
-    # Tuning data exactly as the stage prepares it, preprocessing fit on January-May only.
-    tune = prepare_data(tune_train, june, ctx.spec, p)
-    # The final models' data: the same preprocessing, refit on January-June.
+    tune_train, valid, fit, holdout = _split(frame, time_column, calendar)
+    # Tuning data exactly as the stage prepares it, preprocessing fit on the tuning rows only.
+    tune = prepare_data(tune_train, valid, ctx.spec, p)
+    # The final models' data: the same preprocessing, refit on tuning + validation rows.
     prep = build_preprocessor(ctx.spec, p.train.model, p.features.max_categories)
     columns = ctx.spec.input_columns
     X_fit = prep.fit_transform(fit[columns])
-    X_july = prep.transform(july[columns])
+    X_holdout = prep.transform(holdout[columns])
     target = p.data.target
     return HeldOut(
+        calendar=calendar,
         tune=tune,
         names=[str(n) for n in prep.get_feature_names_out()],
         X_fit=X_fit,
         y_fit=fit[target].to_numpy(),
-        X_july=X_july,
-        y_july=july[target].to_numpy(),
-        rows={"tune_train": len(tune_train), "june": len(june), "fit": len(fit), "july": len(july)},
+        X_holdout=X_holdout,
+        y_holdout=holdout[target].to_numpy(),
+        rows={"tune_train": len(tune_train), "valid": len(valid), "fit": len(fit), "holdout": len(holdout)},
         prepare_s=time.perf_counter() - started,
+    )
+
+
+def _split(
+    frame: pd.DataFrame, time_column: str, calendar: Calendar
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Tuning rows, validation rows, final-fit rows (both), scored rows, by `calendar`'s dates."""
+    import pandas as pd
+
+    when = frame[time_column]
+    tune_end, fit_end, holdout_end = (
+        pd.Timestamp(d) for d in (calendar.tune_end, calendar.fit_end, calendar.holdout_end)
+    )
+    return (
+        frame[when < tune_end].reset_index(drop=True),
+        frame[(when >= tune_end) & (when < fit_end)].reset_index(drop=True),
+        frame[when < fit_end].reset_index(drop=True),
+        frame[(when >= fit_end) & (when < holdout_end)].reset_index(drop=True),
     )
 
 
@@ -329,7 +385,7 @@ def search_reproml(ctx: Context, held: HeldOut, seed: int, budget_s: float) -> S
 
     params = seeded(ctx.params, seed)
     model = params.train.model
-    spec = study_spec(ctx, f"reproml-{seed}", seed, params.tune.pruner)
+    spec = study_spec(ctx, f"reproml-{held.calendar.name}-{seed}", seed, params.tune.pruner)
     info, store = temp_storage(ctx, spec.name)
     the_study, _ = st.open_study(store, spec, info.shown)
     if params.tune.warm_start:  # as the stage: params.yaml's values first (no champion, no earlier study)
@@ -338,7 +394,13 @@ def search_reproml(ctx: Context, held: HeldOut, seed: int, budget_s: float) -> S
         if values is not None:
             st.warm_start(the_study, [("params.yaml", values)])
     objective = Objective(held.tune, params, ctx.metric, ctx.threads, spec.report_every)
-    return _timed_search(ctx, "reproml", the_study, objective, info, seed, budget_s)
+    search = _timed_search(ctx, "reproml", the_study, objective, info, seed, budget_s)
+    folds = params.tune.cv_folds
+    if folds > 1 and not search.note:
+        search.note = (
+            f"reproml's best value is a mean over {folds} folds (tune.cv_folds), not the valid month's"
+        )
+    return search
 
 
 def search_random(ctx: Context, held: HeldOut, seed: int, budget_s: float) -> Search:
@@ -348,7 +410,7 @@ def search_random(ctx: Context, held: HeldOut, seed: int, budget_s: float) -> Se
     from reproml.tuning.objective import Objective
 
     params = seeded(ctx.params, seed)
-    spec = study_spec(ctx, f"random-{seed}", seed, "none")
+    spec = study_spec(ctx, f"random-{held.calendar.name}-{seed}", seed, "none")
     info, store = temp_storage(ctx, spec.name)
     the_study = optuna.create_study(
         study_name=spec.name,
@@ -376,9 +438,9 @@ def fit_and_score(ctx: Context, held: HeldOut, search: Search) -> None:
     estimator.set_params(n_estimators=search.best_iteration + 1, early_stopping_rounds=None)
     started = time.perf_counter()
     estimator.fit(held.X_fit, held.y_fit)
-    scores = estimator.predict_proba(held.X_july)[:, 1]
+    scores = estimator.predict_proba(held.X_holdout)[:, 1]
     search.fit_s = time.perf_counter() - started
-    search.holdout = float(roc_auc_score(held.y_july, scores))
+    search.holdout = float(roc_auc_score(held.y_holdout, scores))
 
 
 def _flaml_frames(ctx: Context, held: HeldOut, kind: str) -> dict[str, pd.DataFrame]:
@@ -390,21 +452,15 @@ def _flaml_frames(ctx: Context, held: HeldOut, kind: str) -> dict[str, pd.DataFr
             "train": pd.DataFrame(held.tune.X_train, columns=held.names),
             "valid": pd.DataFrame(held.tune.X_valid, columns=held.names),
             "fit": pd.DataFrame(held.X_fit, columns=held.names),
-            "july": pd.DataFrame(held.X_july, columns=held.names),
+            "holdout": pd.DataFrame(held.X_holdout, columns=held.names),
         }
     frame = pd.read_parquet(ROOT / "data" / "ingested.parquet", columns=ctx.spec.input_columns)
     for column in ctx.spec.categorical:
         frame[column] = frame[column].astype("category")
     time_column = ctx.spec.time_column
     assert time_column is not None
-    when = frame[time_column]
-    tune_end, fit_end, holdout_end = (pd.Timestamp(d) for d in (TUNE_END, FIT_END, HOLDOUT_END))
-    return {
-        "train": frame[when < tune_end].reset_index(drop=True),
-        "valid": frame[(when >= tune_end) & (when < fit_end)].reset_index(drop=True),
-        "fit": frame[when < fit_end].reset_index(drop=True),
-        "july": frame[(when >= fit_end) & (when < holdout_end)].reset_index(drop=True),
-    }
+    train, valid, fit, holdout = _split(frame, time_column, held.calendar)
+    return {"train": train, "valid": valid, "fit": fit, "holdout": holdout}
 
 
 def search_flaml(ctx: Context, held: HeldOut, seed: int, budget_s: float, kind: str) -> Search:
@@ -421,7 +477,7 @@ def search_flaml(ctx: Context, held: HeldOut, seed: int, budget_s: float, kind: 
     from sklearn.metrics import roc_auc_score
 
     frames = _flaml_frames(ctx, held, kind)
-    log_file = ctx.scratch / f"flaml-{seed}.log"
+    log_file = ctx.scratch / f"flaml-{held.calendar.name}-{seed}.log"
     transform = {"skip_transform": True} if kind == "matrix" else {}
     automl: Any = AutoML()  # type: ignore[no-untyped-call,unused-ignore]
     started = time.perf_counter()
@@ -458,39 +514,57 @@ def search_flaml(ctx: Context, held: HeldOut, seed: int, budget_s: float, kind: 
             str(log_file), X_train=frames["fit"], y_train=held.y_fit, task="classification",
             train_full=True, n_jobs=ctx.threads, **transform,
         )  # fmt: skip
-        scores = automl.predict_proba(frames["july"])[:, 1]
+        scores = automl.predict_proba(frames["holdout"])[:, 1]
     search.fit_s = time.perf_counter() - started
-    search.holdout = float(roc_auc_score(held.y_july, scores))
+    search.holdout = float(roc_auc_score(held.y_holdout, scores))
     return search
 
 
 def part_budget(
-    ctx: Context, seeds: Sequence[int], budget_s: float, flaml_input: str, methods: Sequence[str]
-) -> tuple[list[Search], HeldOut]:
+    ctx: Context,
+    seeds: Sequence[int],
+    budget_s: float,
+    flaml_input: str,
+    methods: Sequence[str],
+    chosen: Sequence[Calendar],
+) -> tuple[list[Search], dict[str, dict[str, int]]]:
+    """Per calendar, per seed: each method's search in turn (paired: same data, same minutes)."""
     require([ROOT / "data" / "ingested.parquet", ROOT / "data" / "schema.json"])
-    held = held_out_data(ctx)
-    ctx.log(
-        f"part 1: rows {held.rows} (preprocessing both pairs {held.prepare_s:.1f} s, outside the budget); "
-        f"{len(seeds)} seed(s) x {len(methods)} methods x {budget_s:.0f} s"
-    )
     runs: list[Search] = []
-    for seed in seeds:
-        for method in rotate(methods, seed):
-            if method == "reproml":
-                search = search_reproml(ctx, held, seed, budget_s)
-            elif method == "random":
-                search = search_random(ctx, held, seed, budget_s)
-            else:
-                search = search_flaml(ctx, held, seed, budget_s, flaml_input)
-            if method != "flaml":
-                fit_and_score(ctx, held, search)
-            runs.append(search)
-            ctx.log(
-                f"  seed {seed} {method}: {search.trials} trials in budget ({search.trials_total} in "
-                f"{search.search_s:.0f} s), best June {search.best_valid:.4f}, July {search.holdout:.4f} "
-                f"(final fit {search.fit_s:.1f} s)"
-            )
-    return runs, held
+    rows: dict[str, dict[str, int]] = {}
+    for calendar in chosen:
+        held = held_out_data(ctx, calendar)
+        rows[calendar.name] = held.rows
+        tune, valid, out = calendar.label("tune"), calendar.label("valid"), calendar.label("holdout")
+        ctx.log(
+            f"part 1, {calendar.name}: tune {tune}, validate {valid}, score {out}; rows {held.rows} "
+            f"(preprocessing both pairs {held.prepare_s:.1f} s, outside the budget); "
+            f"{len(seeds)} seed(s) x {len(methods)} methods x {budget_s:.0f} s; load {_load()}"
+        )
+        for seed in seeds:
+            for method in rotate(methods, seed):
+                if method == "reproml":
+                    search = search_reproml(ctx, held, seed, budget_s)
+                elif method == "random":
+                    search = search_random(ctx, held, seed, budget_s)
+                else:
+                    search = search_flaml(ctx, held, seed, budget_s, flaml_input)
+                if method != "flaml":
+                    fit_and_score(ctx, held, search)
+                search.calendar = calendar.name
+                search.load = list(os.getloadavg())
+                runs.append(search)
+                ctx.log(
+                    f"  {calendar.name} seed {seed} {method}: {search.trials} trials in budget "
+                    f"({search.trials_total} in {search.search_s:.0f} s), best {valid} "
+                    f"{search.best_valid:.4f}, {out} {search.holdout:.4f} (final fit {search.fit_s:.1f} s); "
+                    f"load {_load()}"
+                )
+    return runs, rows
+
+
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 # --------------------------------------------------------------------------------------------
@@ -607,7 +681,54 @@ def _verdict(ok: bool) -> str:
     return "[green]PASS[/green]" if ok else "[red]MISS[/red]"
 
 
-def report_budget(console: Any, ctx: Context, runs: list[Search], rows: dict[str, int]) -> None:
+def report_budget(console: Any, ctx: Context, runs: list[Search], rows: dict[str, dict[str, int]]) -> None:
+    """One table per calendar, then reproml against FLAML on every calendar side by side."""
+    from rich.table import Table
+
+    known = {
+        c.name: c for c in calendars(ctx.params, [n for n in CALENDARS if n != "test" or _time_split(ctx)])
+    }
+    summary: list[tuple[str, float, float, list[float]]] = []
+    for name in [*CALENDARS, *sorted({r.calendar for r in runs} - set(CALENDARS))]:
+        these = [r for r in runs if r.calendar == name]
+        if not these:
+            continue
+        calendar = known.get(name) or Calendar(name, *JULY)
+        paired = _report_calendar(console, ctx, these, rows.get(name, {}), calendar)
+        if paired is not None:
+            summary.append((calendar.label("holdout"), *paired))
+    if not summary:
+        return
+    table = Table(
+        title="reproml against FLAML (xgboost) at an equal budget: ROC-AUC of the final model, target "
+        f"reproml >= FLAML + {TARGET_MARGIN}"
+    )
+    for header in (
+        "scored month",
+        "reproml",
+        "FLAML",
+        "reproml - FLAML (paired median)",
+        "per seed",
+        "target",
+    ):
+        table.add_column(header, justify="left" if header == "scored month" else "right")
+    for month, ours, theirs, diffs in summary:
+        difference = med(diffs)
+        table.add_row(
+            month, _f(ours), _f(theirs), f"[bold]{difference:+.4f}[/bold]",
+            " ".join(f"{d:+.4f}" for d in diffs), _verdict(difference >= TARGET_MARGIN),
+        )  # fmt: skip
+    console.print(table)
+
+
+def _time_split(ctx: Context) -> bool:
+    return ctx.params.prepare.split == "time"
+
+
+def _report_calendar(
+    console: Any, ctx: Context, runs: list[Search], rows: dict[str, int], calendar: Calendar
+) -> tuple[float, float, list[float]] | None:
+    """The table of one calendar; (reproml median, FLAML median, paired differences) if both ran."""
     from rich.table import Table
 
     seeds = sorted({r.seed for r in runs})
@@ -619,19 +740,22 @@ def report_budget(console: Any, ctx: Context, runs: list[Search], rows: dict[str
         "random": "random search (same objective)",
         "flaml": f"FLAML, xgboost only ({'/'.join(inputs)} input)",
     }
+    tune, valid, fit, out = (calendar.label(w) for w in ("tune", "valid", "fit", "holdout"))
     table = Table(
-        title=f"1. Equal budget: {budget:.0f} s of search, {ctx.threads} threads; tune Jan-May vs June, "
-        f"final fit Jan-Jun, scored on July ({len(seeds)} seed(s): {', '.join(map(str, seeds))}; medians)"
+        title=f"1. Equal budget ({calendar.name}): {budget:.0f} s of search, {ctx.threads} threads; tune "
+        f"{tune} vs {valid}, final fit {fit}, scored on {out} ({len(seeds)} seed(s): "
+        f"{', '.join(map(str, seeds))}; medians)"
     )
     for header in (
-        "method", "trials in budget", "pruned", "search s", "best June AUC",
-        "final fit s", "July ROC-AUC", "July per seed",
+        "method", "trials in budget", "pruned", "search s", f"best {valid} AUC",
+        "final fit s", f"{out} ROC-AUC", f"{out} per seed", "load (1 min) per seed",
     ):  # fmt: skip
         table.add_column(header, justify="left" if header == "method" else "right")
     for method in METHODS:
         rs = by[method]
         if not rs:
             continue
+        ordered = sorted(rs, key=lambda r: r.seed)
         table.add_row(
             labels[method],
             f"{med([r.trials for r in rs]):.0f}",
@@ -640,20 +764,22 @@ def report_budget(console: Any, ctx: Context, runs: list[Search], rows: dict[str
             _f(med([r.best_valid for r in rs])),
             f"{med([r.fit_s for r in rs]):.1f}",
             f"[bold]{_f(med([r.holdout for r in rs]))}[/bold]",
-            " ".join(_f(r.holdout) for r in sorted(rs, key=lambda r: r.seed)),
+            " ".join(_f(r.holdout) for r in ordered),
+            " ".join(f"{r.load[0]:.1f}" if r.load else "-" for r in ordered),
         )
     console.print(table)
     console.print(
-        f"[dim]rows: tune train {rows.get('tune_train')}, June {rows.get('june')}, final fit "
-        f"{rows.get('fit')}, July {rows.get('july')}. 'trials in budget' counts trials finished within "
-        f"{budget:.0f} s of the search's start; only they can be the best. reproml and random: a trial "
-        "started before the deadline runs to its end, so 'search s' can exceed the budget; that time is "
-        "not used. FLAML: records in its log.[/dim]",
+        f"[dim]rows: tune train {rows.get('tune_train')}, {valid} {rows.get('valid', rows.get('june'))}, "
+        f"final fit {rows.get('fit')}, {out} {rows.get('holdout', rows.get('july'))}. 'trials in budget' "
+        f"counts trials finished within {budget:.0f} s of the search's start; only they can be the best. "
+        "reproml and random: a trial started before the deadline runs to its end, so 'search s' can "
+        "exceed the budget; that time is not used. FLAML: records in its log.[/dim]",
         highlight=False,
     )
     for note in sorted({r.note for r in runs if r.note and not r.note.startswith("input")}):
         console.print(f"[yellow]{note}[/yellow]")
     ours = {r.seed: r.holdout for r in by["reproml"]}
+    against_flaml: tuple[float, float, list[float]] | None = None
     for peer, target in (("flaml", True), ("random", False)):
         theirs = {r.seed: r.holdout for r in by[peer]}
         common = sorted(set(ours) & set(theirs))
@@ -662,13 +788,20 @@ def report_budget(console: Any, ctx: Context, runs: list[Search], rows: dict[str
         diffs = [ours[s] - theirs[s] for s in common]
         wins = sum(d >= 0 for d in diffs)
         difference = med(diffs)
-        verdict = f"target >= 0: {_verdict(difference >= 0)}" if target else "(reference)"
+        verdict = (
+            f"target >= +{TARGET_MARGIN}: {_verdict(difference >= TARGET_MARGIN)}"
+            if target
+            else "(reference)"
+        )
+        if target:
+            against_flaml = (med(list(ours.values())), med(list(theirs.values())), diffs)
         console.print(
-            f"[bold]reproml - {peer}, July ROC-AUC[/bold]: median of paired differences "
+            f"[bold]reproml - {peer}, {out} ROC-AUC[/bold]: median of paired differences "
             f"[bold]{difference:+.4f}[/bold] (per seed {' '.join(f'{d:+.4f}' for d in diffs)}; "
             f"reproml at or above in {wins}/{len(common)})  {verdict}",
             highlight=False,
         )
+    return against_flaml
 
 
 def report_pruning(console: Any, ctx: Context, runs: list[PruneRun], n_trials: Any) -> str | None:
@@ -838,6 +971,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--methods", default=",".join(METHODS), help="part 1: methods to run (default reproml,random,flaml)"
     )
+    parser.add_argument(
+        "--calendars", default=",".join(CALENDARS),
+        help="part 1: july (tune Jan-May vs June, score July) and/or test (the project's own split: tune on "
+        "train vs valid, score the test month); default both",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 s budget, 6 trials, 1 seed")
     parser.add_argument("--json", type=Path, help="also write every run's numbers to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder and print its path")
@@ -860,6 +998,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not methods or not set(methods) <= set(METHODS):
         parser.error(f"--methods: choose from {', '.join(METHODS)}")
     part1_seeds: list[int] = args.part1_seeds or args.seeds
+    args.calendars = [c.strip() for c in args.calendars.split(",") if c.strip()]
+    if not args.calendars or not set(args.calendars) <= set(CALENDARS):
+        parser.error(f"--calendars: choose from {', '.join(CALENDARS)}")
 
     from rich.console import Console
 
@@ -915,15 +1056,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "parts": sorted(parts), "budget_s": args.budget_s, "trials": args.trials,
             "worker_trials": args.worker_trials, "seeds": args.seeds, "part1_seeds": part1_seeds,
             "threads": ctx.threads, "flaml_input": args.flaml_input, "cpus": os.cpu_count(),
-            "worker_pruner": args.worker_pruner,
+            "worker_pruner": args.worker_pruner, "calendars": args.calendars,
             "tune": params.tune.model_dump(mode="json"),
         }
     )  # fmt: skip
     try:
         os.chdir(scratch)  # anything a library writes to the working directory lands in the scratch folder
         if 1 in parts:
-            results.searches, held = part_budget(ctx, part1_seeds, args.budget_s, args.flaml_input, methods)
-            results.held_out = held.rows
+            chosen = calendars(params, args.calendars)
+            results.searches, results.held_out = part_budget(
+                ctx, part1_seeds, args.budget_s, args.flaml_input, methods, chosen
+            )
         if 2 in parts:
             results.prunes = part_pruning(ctx, args.seeds, args.trials, pruners)
         if 3 in parts:
@@ -960,7 +1103,12 @@ def report(console: Any, ctx: Context, payloads: list[dict[str, Any]]) -> None:
     searches = [Search(**s) for p in payloads for s in p.get("searches", [])]
     prunes = [PruneRun(**r) for p in payloads for r in p.get("prunes", [])]
     workers = [WorkerRun(**w) for p in payloads for w in p.get("workers", [])]
-    rows: dict[str, int] = next((p["held_out"] for p in payloads if p.get("held_out")), {})
+    rows: dict[str, dict[str, int]] = {}
+    for p in payloads:
+        held = p.get("held_out") or {}
+        # runs saved before calendars were added hold July's rows directly
+        for name, counts in ({"july": held} if "tune_train" in held else held).items():
+            rows.setdefault(name, counts)
     console.print()
     pooled = f"  ({len(payloads)} runs pooled)" if len(payloads) > 1 else ""
     console.print(f"[bold]reproml tuning benchmark[/bold]{pooled}")

@@ -69,6 +69,13 @@ def test_experiment_with_another_model_is_compared(project: Project) -> None:
     assert any(key.startswith("rf:") and key.endswith(":random_forest") for key in models), models
     rows = list(csv.DictReader(io.StringIO(project.run("dvc", "exp", "show", "--csv").stdout)))
     assert {"Experiment", "test.roc_auc", "train.model"} <= set(rows[0])
+    # the table leads with the test metrics; the ingest, prepare and tuning counters follow them
+    columns = list(rows[0])
+    described = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"}
+    data_columns = [c for c in columns if c not in described]
+    assert data_columns[0].startswith("test."), columns
+    assert {"rows", "rows_read", "best_value"} <= set(columns), columns  # ingest's and tune's are kept
+    assert columns.index("test.roc_auc") < columns.index("best_value") < columns.index("rows")
     assert {r["train.model"] for r in rows} == {"xgboost", "random_forest"}
     assert "rf" in {r["Experiment"] for r in rows}
 
@@ -94,6 +101,19 @@ def test_each_pipeline_execution_is_one_mlflow_run(project: Project) -> None:
     experiment = next(r for r in runs if r.data.params["train.model"] == "random_forest")
     assert experiment.data.tags["reproml.git_dirty"] == "true"
     assert "params.yaml" in json.loads(experiment.data.tags["reproml.git_dirty_paths"])
+    # `dvc exp run -n rf`: the MLflow run carries the experiment's name, as `dvc exp show` lists it
+    assert experiment.info.run_name == "rf"
+    assert experiment.data.tags["dvc.exp_name"] == "rf"
+    baseline = project.run("git", "rev-parse", "HEAD").stdout.strip()
+    assert experiment.data.tags["dvc.exp_baseline_rev"] == baseline
+    plain = [r for r in runs if r.data.params["train.model"] == "xgboost"]
+    assert all("dvc.exp_name" not in r.data.tags for r in plain)  # `dvc repro` runs are no experiment
+    tune_runs = mlflow.search_runs(
+        experiment_names=["reproml"],
+        filter_string="tags.`reproml.stage` = 'tune' and tags.`dvc.exp_name` = 'rf'",
+        output_format="list",
+    )
+    assert [r.info.run_name for r in tune_runs] == ["tune-rf"]
 
 
 def test_plots_diff_overlays_two_experiments_on_one_chart(project: Project) -> None:

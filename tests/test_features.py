@@ -121,6 +121,44 @@ def test_date_parts_parses_strings_and_keeps_missing_as_nan() -> None:
     assert np.isnan(out[1]).all()
 
 
+def test_calendar_parts_day_of_month_hour_bucket_and_holidays() -> None:
+    stamps = [
+        "2013-07-03 23:00",
+        "2013-07-04 05:00",
+        "2013-07-05 12:00",
+        "2013-05-27 18:00",
+        "2013-01-01 00:00",
+    ]
+    frame = pd.DataFrame({"ts": pd.to_datetime(stamps)})
+    parts = ("dayofmonth", "hour_bucket", "days_to_holiday", "days_from_holiday")
+    out = DateParts(parts).fit(frame).transform(frame)
+    # US federal holidays nearby: 2012-12-25, 2013-01-01, 2013-05-27 (Memorial Day), 2013-07-04,
+    # 2013-09-02 (Labor Day)
+    np.testing.assert_array_equal(
+        out,
+        [
+            [3, 3, 1, 37],  # evening of July 3rd: the holiday is tomorrow, Memorial Day 37 days ago
+            [4, 0, 0, 0],  # on the holiday itself, both distances are 0; 05:00 is night
+            [5, 2, 59, 1],  # Labor Day (September 2nd) is 59 days ahead
+            [27, 3, 0, 0],
+            [1, 0, 0, 0],
+        ],
+    )
+    assert list(DateParts(parts).fit(frame).get_feature_names_out()) == [f"ts_{p}" for p in parts]
+
+
+def test_holiday_distances_across_years_and_missing_timestamps() -> None:
+    frame = pd.DataFrame({"ts": pd.to_datetime(pd.Series(["2012-12-31 08:00", None, "2014-12-26 08:00"]))})
+    out = DateParts(("days_to_holiday", "days_from_holiday")).fit(frame).transform(frame)
+    np.testing.assert_array_equal(out[0], [1, 6])  # New Year's Day ahead, Christmas 2012 behind
+    assert np.isnan(out[1]).all()
+    np.testing.assert_array_equal(out[2], [6, 1])  # observed New Year's Day 2015 is Thursday January 1st
+    everything_missing = pd.DataFrame({"ts": pd.Series([pd.NaT, pd.NaT], dtype="datetime64[ns]")})
+    assert np.isnan(
+        DateParts(("days_to_holiday",)).fit(everything_missing).transform(everything_missing)
+    ).all()
+
+
 @pytest.mark.parametrize("model", [*sorted(TREE_MODELS), "logistic", "linear"])
 def test_date_parts_inside_preprocessor_named_by_column(model: str) -> None:
     train, _ = _train_valid()

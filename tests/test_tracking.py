@@ -42,6 +42,22 @@ def test_successful_block_finishes_the_run(experiment: str) -> None:
     assert status(run.info.run_id) == "FINISHED"
 
 
+def test_a_run_under_dvc_exp_run_carries_the_experiment_name(
+    experiment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DVC_EXP_NAME", "lower-lr")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
+    with runs.tracked_run(experiment, run_name="lower-lr") as run:
+        pass
+    tags = MlflowClient().get_run(run.info.run_id).data.tags
+    assert tags["dvc.exp_name"] == "lower-lr"
+    assert tags["dvc.exp_baseline_rev"] == "a" * 40
+    monkeypatch.setenv("DVC_EXP_NAME", " ")  # blank: no experiment, as under `dvc repro`
+    with runs.tracked_run(experiment) as plain:
+        pass
+    assert "dvc.exp_name" not in MlflowClient().get_run(plain.info.run_id).data.tags
+
+
 def test_exception_marks_the_run_failed(experiment: str) -> None:
     with pytest.raises(ValueError), runs.tracked_run(experiment) as run:
         raise ValueError("boom")

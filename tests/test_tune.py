@@ -10,15 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
 from reproml.config import Params, parse_params, with_model_params
+from reproml.errors import ConfigError
 from reproml.features import FeatureSpec
 from reproml.metrics import metric_spec
 from reproml.stores import optuna as storage
 from reproml.tuning import space, study
-from reproml.tuning.objective import Objective, prepare_data
+from reproml.tuning.objective import Objective, prepare_data, time_folds
 from tests.conftest import default_params, tiny_frame
 
 SPEC = FeatureSpec(numeric=["x1", "x2"], categorical=["cat"], time_column="when", date_parts=["hour"])
@@ -123,6 +125,55 @@ def test_xgboost_trials_report_rounds_and_can_be_pruned() -> None:
     states = {t.state for t in the_study.trials}
     assert states == {TrialState.PRUNED}
     assert all(t.intermediate_values and min(t.intermediate_values) == 5 for t in the_study.trials)
+
+
+def test_time_folds_are_expanding_windows_newest_first() -> None:
+    when = pd.Series(pd.date_range("2021-01-01", periods=100, freq="D")).sample(frac=1.0, random_state=0)
+    folds = time_folds(when.reset_index(drop=True), 2, 20)
+    times = when.reset_index(drop=True)
+    (fit1, valid1), (fit2, valid2) = folds
+    assert len(valid1) == len(valid2) == 20 and len(fit1) == 80 and len(fit2) == 60
+    # each fold validates on a later stretch than everything it fits on; the newest stretch first
+    assert times[fit1].max() < times[valid1].min() and times[fit2].max() < times[valid2].min()
+    assert times[valid2].max() < times[valid1].min()
+    assert times[valid1].max() == times.max()
+
+
+def test_time_folds_keep_a_timestamp_on_one_side_and_refuse_too_few_rows() -> None:
+    when = pd.Series(pd.to_datetime(["2021-01-01"] * 5 + ["2021-01-02"] * 5 + ["2021-01-03"] * 5))
+    ((fit, valid),) = time_folds(when, 1, 4)  # the cut falls between days, not inside one
+    assert sorted(when[valid].dt.day.unique()) == [3] and sorted(when[fit].dt.day.unique()) == [1, 2]
+    with pytest.raises(ValueError, match="cannot hold 3 earlier validation folds"):
+        time_folds(when, 3, 4)
+
+
+@pytest.mark.parametrize("model", ["xgboost", "random_forest"])
+def test_cv_folds_score_a_trial_as_the_mean_over_the_folds(model: str) -> None:
+    params = make_params(model)
+    params = params.model_copy(update={"tune": params.tune.model_copy(update={"cv_folds": 3})})
+    frame = tiny_frame(800, seed=3)
+    data = prepare_data(frame.iloc[:600], frame.iloc[600:], SPEC, params)
+    assert [(len(fit), len(valid)) for fit, valid in data.folds] == [(400, 200), (200, 200)]
+    short = prepare_data(frame.iloc[:450], frame.iloc[450:], SPEC, params)  # 150 rows per fold
+    assert [(len(fit), len(valid)) for fit, valid in short.folds] == [(300, 150), (150, 150)]
+    the_study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    the_study.optimize(Objective(data, params, metric_spec(None, "classification"), 1, 5), n_trials=2)
+    for trial in the_study.trials:
+        folds = trial.user_attrs["fold_values"]
+        assert len(folds) == 3 and folds[0] == trial.user_attrs["valid_value"]
+        assert trial.value == pytest.approx(sum(folds) / 3)
+        assert all(0.5 < v <= 1.0 for v in folds)
+
+
+def test_cv_folds_on_undated_rows_score_valid_only_and_need_distinct_times() -> None:
+    params = make_params()
+    folded = params.model_copy(update={"tune": params.tune.model_copy(update={"cv_folds": 3})})
+    frame = tiny_frame(400, seed=3)
+    no_time = FeatureSpec(numeric=["x1", "x2"], categorical=["cat"], time_column=None, date_parts=[])
+    assert prepare_data(frame.iloc[:300], frame.iloc[300:], no_time, folded).folds == []  # valid only
+    every_row_at_once = frame.assign(when=pd.Timestamp("2021-01-01"))
+    with pytest.raises(ConfigError, match=r"tune.cv_folds: 3: time fold 1 is empty"):
+        prepare_data(every_row_at_once.iloc[:300], every_row_at_once.iloc[300:], SPEC, folded)
 
 
 # ----------------------------------------------------------------------------------------------

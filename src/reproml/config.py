@@ -27,7 +27,16 @@ PARAMS_FILE = "params.yaml"
 ModelName = Literal["xgboost", "logistic", "linear", "random_forest", "hist_gradient_boosting"]
 # classification: binary (two classes, the target coded 0/1); multiclass: three or more classes
 Task = Literal["classification", "multiclass", "regression"]
-DatePart = Literal["month", "dayofweek", "hour", "dayofyear"]
+DatePart = Literal[
+    "month",
+    "dayofweek",
+    "hour",
+    "dayofyear",
+    "dayofmonth",
+    "hour_bucket",
+    "days_to_holiday",
+    "days_from_holiday",
+]
 DEFAULT_DATE_PARTS: tuple[DatePart, ...] = ("dayofweek", "hour", "month")
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -203,6 +212,11 @@ class TuneParams(_Section):
     workers: PositiveInt = 1
     storage: str | None = None
     warm_start: bool = True  # enqueue params.yaml's values, the champion's and the last study's best first
+    # 1: a trial is scored on the valid split. N > 1: also on N - 1 expanding-window folds inside the
+    # train split (each later stretch, as many rows as valid or 1/N of train if fewer, validates a fit
+    # on the rows before it, by data.time_column); the trial's value is the mean over the N. The test
+    # split is never used. Data without a time column (a random split) has no windows in time: valid only.
+    cv_folds: PositiveInt = 1
 
     @model_validator(mode="after")
     def _budget_and_storage(self) -> TuneParams:

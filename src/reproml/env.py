@@ -11,9 +11,14 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 LOCAL_DIR = ".reproml"
+# What `dvc exp run` sets for each stage command it runs (dvc.org/doc/user-guide/env); `dvc repro`
+# sets neither.
+DVC_EXP_NAME = "DVC_EXP_NAME"
+DVC_EXP_BASELINE_REV = "DVC_EXP_BASELINE_REV"
 
 
 def keep_inside(root: Path) -> None:
@@ -87,3 +92,23 @@ def environ_snapshot() -> dict[str, str]:
         except KeyError:
             continue
     return dict(os.environ)
+
+
+@dataclass(frozen=True)
+class DvcExperiment:
+    """The DVC experiment a stage runs in: `dvc exp run -n NAME` (or DVC's generated name)."""
+
+    name: str
+    baseline_rev: str  # the git commit the experiment derives from; "" if DVC did not say
+
+    def tags(self) -> dict[str, str]:
+        """MLflow tags naming the experiment, so `dvc exp show` and the MLflow run list match up."""
+        return {"dvc.exp_name": self.name, "dvc.exp_baseline_rev": self.baseline_rev}
+
+
+def dvc_experiment() -> DvcExperiment | None:
+    """The experiment `dvc exp run` is running this process in (its environment says), else None."""
+    name = os.environ.get(DVC_EXP_NAME, "").strip()
+    if not name:
+        return None
+    return DvcExperiment(name=name, baseline_rev=os.environ.get(DVC_EXP_BASELINE_REV, "").strip())

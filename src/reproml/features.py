@@ -30,8 +30,46 @@ from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 TREE_MODELS = frozenset({"xgboost", "random_forest", "hist_gradient_boosting"})
 
 
+HOUR_BUCKETS = (6, 12, 18)  # night (0-5), morning (6-11), afternoon (12-17), evening (18-23)
+HOLIDAY_PARTS = frozenset({"days_to_holiday", "days_from_holiday"})
+
+
+def _holiday_distances(when: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Per timestamp: whole days until the next US federal holiday (observed dates, pandas'
+    `USFederalHolidayCalendar`; 0 on the holiday) and since the last one (0 on it); NaN for NaT.
+
+    Holidays are listed from a year before the earliest date to a year after the latest, so every
+    date has a holiday on both sides (they are at most ~2 months apart)."""
+    from pandas.tseries.holiday import USFederalHolidayCalendar
+
+    days = when.dt.normalize()
+    to_next = np.full(len(days), np.nan)
+    from_last = np.full(len(days), np.nan)
+    known = days.notna().to_numpy()
+    if not known.any():
+        return to_next, from_last
+    present = days[known]
+    holidays = USFederalHolidayCalendar().holidays(
+        present.min() - pd.Timedelta(days=366), present.max() + pd.Timedelta(days=366)
+    )
+    day_ns = present.to_numpy(dtype="datetime64[ns]")
+    stamps = holidays.to_numpy(dtype="datetime64[ns]")
+    after = np.searchsorted(stamps, day_ns, side="left")  # first holiday on or after the day
+    before = np.searchsorted(stamps, day_ns, side="right") - 1  # last holiday on or before it
+    one_day = np.timedelta64(1, "D")
+    to_next[known] = (stamps[after] - day_ns) / one_day
+    from_last[known] = (day_ns - stamps[before]) / one_day
+    return to_next, from_last
+
+
 class DateParts(TransformerMixin, BaseEstimator):  # type: ignore[misc]
-    """Calendar parts of one timestamp column (local time), as floats; stateless."""
+    """Calendar parts of one timestamp column (local time), as floats; stateless.
+
+    Parts: `month`, `dayofweek` (Monday 0), `hour`, `dayofyear`, `dayofmonth`, `hour_bucket` (0
+    night 0-5 h, 1 morning, 2 afternoon, 3 evening 18-23 h), `days_to_holiday` and
+    `days_from_holiday` (whole days to the next / since the last US federal holiday, observed
+    dates). Each is known from the timestamp alone, so it is known when a prediction is made.
+    A missing timestamp gives NaN in every part."""
 
     def __init__(self, parts: Sequence[str] = ("dayofweek", "hour")) -> None:
         self.parts = parts
@@ -43,7 +81,21 @@ class DateParts(TransformerMixin, BaseEstimator):  # type: ignore[misc]
 
     def transform(self, X: pd.DataFrame) -> np.ndarray:
         when = pd.to_datetime(X.iloc[:, 0])
-        return np.column_stack([getattr(when.dt, part).to_numpy(dtype="float64") for part in self.parts])
+        holidays = _holiday_distances(when) if HOLIDAY_PARTS & set(self.parts) else None
+        columns = []
+        for part in self.parts:
+            if part == "dayofmonth":
+                values = when.dt.day.to_numpy(dtype="float64")
+            elif part == "hour_bucket":
+                hours = when.dt.hour.to_numpy(dtype="float64")
+                values = np.where(np.isnan(hours), np.nan, np.searchsorted(HOUR_BUCKETS, hours, side="right"))
+            elif part in HOLIDAY_PARTS:
+                assert holidays is not None
+                values = holidays[0] if part == "days_to_holiday" else holidays[1]
+            else:
+                values = getattr(when.dt, part).to_numpy(dtype="float64")
+            columns.append(np.asarray(values, dtype="float64"))
+        return np.column_stack(columns)
 
     def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
         base = str(self.feature_names_in_[0])

@@ -128,8 +128,10 @@ def write_with(target: str | Path, writer: Callable[[Path], Any]) -> Path:
     return Path(target)
 
 
-def write_json(target: str | Path, payload: Any) -> Path:
-    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+def write_json(target: str | Path, payload: Any, sort_keys: bool = True) -> Path:
+    """`payload` as indented JSON; `sort_keys=False` keeps the mapping's own order (which DVC's
+    tables follow)."""
+    text = json.dumps(payload, indent=2, sort_keys=sort_keys, default=str) + "\n"
     return write_with(target, lambda p: p.write_text(text))
 
 

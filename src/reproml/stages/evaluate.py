@@ -287,8 +287,12 @@ def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
         extra: dict[str, Any] = {"decision": decided} if decided else {}
         if bounds is not None:
             extra["intervals"] = bounds.summary()
+        # Test first: `dvc exp show` and `dvc metrics show` list columns in the file's key order.
+        ordered = {name: by_split[name] for name in ("test", "valid", "train")}
         write_json(
-            root / paths.METRICS / "metrics.json", {**by_split, "overfit": overfit, **per_class, **extra}
+            root / paths.METRICS / "metrics.json",
+            {**ordered, "overfit": overfit, **per_class, **extra},
+            sort_keys=False,
         )
         digest = ev.predictions_digest(test_scores)
         flat = {f"{split}_{k}": v for split, values in by_split.items() for k, v in values.items()}

@@ -11,6 +11,7 @@ import pandas as pd
 
 from reproml import paths
 from reproml.config import Params, flat_params, with_model_params
+from reproml.env import dvc_experiment
 from reproml.io import file_md5, read_json, write_json, write_with
 from reproml.stages.common import classes_of, feature_spec, load
 
@@ -97,7 +98,10 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
     data_md5 = {str(p): file_md5(root / p) for p in inputs}
     experiment_id = connection.setup(root, params.mlflow.experiment_name)
     commit = (git["commit"] or "nogit")[:7]
-    with runs.tracked_run(experiment_id, run_name=f"{params.train.model}-{commit}") as run:
+    # Under `dvc exp run` the pipeline's run takes the experiment's name, as `dvc exp show` lists it.
+    experiment = dvc_experiment()
+    run_name = experiment.name if experiment else f"{params.train.model}-{commit}"
+    with runs.tracked_run(experiment_id, run_name=run_name) as run:
         run_id = run.info.run_id
         tags = {
             "mlflow.source.git.commit": git["commit"] or "",

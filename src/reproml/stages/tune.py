@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from reproml import paths
 from reproml.config import Params, flatten, model_section
+from reproml.env import dvc_experiment
 from reproml.io import file_md5, read_json, write_json
 from reproml.stages.common import classes_of, feature_spec, load
 
@@ -52,6 +53,8 @@ def study_context(root: Path, params: Params, metric: str) -> dict[str, Any]:
         "exclude_columns": sorted(params.prepare.exclude_columns),
         "features": params.features.model_dump(mode="json"),
         "fixed": {k: v for k, v in section.items() if k not in searched},
+        # only when set: studies made before the option existed (one fold) stay resumable
+        **({"cv_folds": params.tune.cv_folds} if params.tune.cv_folds > 1 else {}),
         "data": {
             str(p): file_md5(root / p)
             for p in (paths.SCHEMA, paths.split_file("train"), paths.split_file("valid"))
@@ -251,7 +254,9 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
         before = study.counts(the_study)
         started = time.perf_counter()
         git = lineage.git_state(root)
-        with runs.tracked_run(experiment_id, run_name=f"tune-{spec.name}") as run:
+        experiment = dvc_experiment()
+        run_name = f"tune-{experiment.name}" if experiment else f"tune-{spec.name}"
+        with runs.tracked_run(experiment_id, run_name=run_name) as run:
             parent = run.info.run_id
             runs.log_batch(
                 parent,

@@ -9,13 +9,21 @@ from the booster's predictions otherwise (e.g. macro one-vs-rest ROC-AUC, the mu
 
 Multiclass trials train on class codes 0..K-1 in the recorded class order (`multi:softprob` with
 `num_class` K for XGBoost) and are scored on the validation rows' probability matrix.
+
+With `tune.cv_folds` N > 1 a trial is also scored on N - 1 expanding-window folds inside the
+training split (`time_folds`): one validation month picks models that happen to suit that month
+(deep trees that peak early on it), and the mean over several later stretches of time is a steadier
+guide to the month after. The validation split is scored first, with the pruner watching it; only
+a trial that survives it pays for the other folds. Preprocessing stays fit on the whole training
+split (its statistics reach the earlier folds' validation rows: category frequencies and, for
+linear models, medians and scales; nothing of the target).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +48,38 @@ class TuneData:
     y_valid: np.ndarray
     categorical_mask: list[bool]
     n_classes: int | None = None  # multiclass: y holds codes 0..n_classes-1
+    # extra folds inside the training rows: (fit rows, validation rows) as positions in X_train
+    folds: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+
+def time_folds(when: pd.Series, n_folds: int, fold_rows: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`n_folds` expanding-window folds over rows timed by `when`, newest first: fold k validates on
+    the k-th newest stretch of about `fold_rows` rows and fits on every row before it. Cuts fall
+    between distinct times, so rows of one timestamp stay on one side. Raises ValueError when the
+    rows cannot hold the folds with a fitting part at least as large as one stretch."""
+    if n_folds <= 0:
+        return []
+    times = pd.to_datetime(when).to_numpy()
+    if pd.isna(times).any():
+        raise ValueError("rows without a time cannot be placed in a time fold")
+    order = np.sort(times)
+    total = len(order)
+    if fold_rows <= 0 or total - n_folds * fold_rows < fold_rows:
+        raise ValueError(
+            f"{total} training rows cannot hold {n_folds} earlier validation folds of {fold_rows} rows "
+            "each plus a fitting part as large"
+        )
+    folds = []
+    end = order[-1] + np.timedelta64(1, "ns")
+    for k in range(1, n_folds + 1):
+        cut = order[total - k * fold_rows]  # rows at or after this time validate
+        valid = np.flatnonzero((times >= cut) & (times < end))
+        fit = np.flatnonzero(times < cut)
+        if len(fit) == 0 or len(valid) == 0:
+            raise ValueError(f"time fold {k} is empty: the training rows share too few timestamps")
+        folds.append((fit, valid))
+        end = cut
+    return folds
 
 
 def prepare_data(
@@ -59,6 +99,19 @@ def prepare_data(
     if params.data.task == "multiclass":
         order = class_order(y_train, classes)
         y_train, y_valid, n_classes = encode(y_train, order), encode(y_valid, order), len(order)
+    folds: list[tuple[np.ndarray, np.ndarray]] = []
+    time_column = spec.time_column
+    # undated data (a random split) has no windows in time: the valid split only
+    extra = params.tune.cv_folds - 1 if time_column is not None and time_column in train.columns else 0
+    if extra:
+        from reproml.errors import ConfigError
+
+        assert time_column is not None
+        try:
+            # each fold as many rows as the validation split, fewer when the training split is short
+            folds = time_folds(train[time_column], extra, min(len(valid), len(train) // (extra + 1)))
+        except ValueError as exc:
+            raise ConfigError(f"tune.cv_folds: {params.tune.cv_folds}: {exc}") from None
     return TuneData(
         X_train=prep.fit_transform(train[spec.input_columns]),
         y_train=y_train,
@@ -66,6 +119,7 @@ def prepare_data(
         y_valid=y_valid,
         categorical_mask=spec.categorical_mask(model),
         n_classes=n_classes,
+        folds=folds,
     )
 
 
@@ -120,21 +174,100 @@ class Objective:
         self.task = params.data.task
         self._dtrain: Any = None
         self._dvalid: Any = None
+        self._fold_matrices: list[tuple[Any, Any]] = []
 
     def __call__(self, trial: optuna.Trial) -> float:
         values = SPACES[self.model](trial)
         tuned = with_model_params(self.params, values, f"trial {trial.number}")
         if self.model == "xgboost":
-            return self._xgboost(trial, tuned)
+            value = self._xgboost(trial, tuned)
+        else:
+            value, best = self._fit_and_score(
+                tuned, self.data.X_train, self.data.y_train, self.data.X_valid, self.data.y_valid
+            )
+            if best is not None:
+                trial.set_user_attr("best_iteration", best)
+        if not self.data.folds:
+            return value
+        # Only a trial the pruner let finish on the validation split is scored on the other folds.
+        scores = [value, *self._fold_scores(tuned)]
+        trial.set_user_attr("fold_values", [float(v) for v in scores])
+        trial.set_user_attr("valid_value", float(value))
+        finite = [v for v in scores if math.isfinite(v)]
+        return float(np.mean(finite)) if finite else value
+
+    def _fit_and_score(
+        self, tuned: Params, X_fit: Any, y_fit: np.ndarray, X_check: Any, y_check: np.ndarray
+    ) -> tuple[float, int | None]:
+        """A scikit-learn-style model fit on one pair, scored on its validation rows; the best
+        iteration where the model early-stops (HistGradientBoosting)."""
         estimator = make_estimator(tuned.train, tuned.data.task, tuned.seed, self.data.categorical_mask)
         if self.model == "hist_gradient_boosting":
-            estimator.fit(
-                self.data.X_train, self.data.y_train, X_val=self.data.X_valid, y_val=self.data.y_valid
-            )
-            trial.set_user_attr("best_iteration", int(estimator.n_iter_))
+            estimator.fit(X_fit, y_fit, X_val=X_check, y_val=y_check)
+            best: int | None = int(estimator.n_iter_)
         else:
-            estimator.fit(self.data.X_train, self.data.y_train)
-        return score(self.metric, self.data.y_valid, predict_scores(estimator, self.data.X_valid, self.task))
+            estimator.fit(X_fit, y_fit)
+            best = None
+        return score(self.metric, y_check, predict_scores(estimator, X_check, self.task)), best
+
+    def _fold_scores(self, tuned: Params) -> list[float]:
+        """The trial's metric on each expanding-window fold inside the training split."""
+        X, y = self.data.X_train, self.data.y_train
+        if self.model != "xgboost":
+            return [
+                self._fit_and_score(tuned, X[fit], y[fit], X[check], y[check])[0]
+                for fit, check in self.data.folds
+            ]
+        import xgboost as xgb
+
+        threads = tuned.train.n_jobs
+        if not self._fold_matrices:
+            p = self.params.train.xgboost
+            types = ["c" if c else "q" for c in self.data.categorical_mask] or None
+            categorical = any(self.data.categorical_mask)
+            for fit, check in self.data.folds:
+                dfit = xgb.QuantileDMatrix(
+                    X[fit], y[fit], feature_types=types, enable_categorical=categorical, max_bin=p.max_bin,
+                    nthread=threads,
+                )  # fmt: skip
+                dcheck = xgb.QuantileDMatrix(
+                    X[check], y[check], feature_types=types, enable_categorical=categorical, ref=dfit,
+                    nthread=threads,
+                )  # fmt: skip
+                self._fold_matrices.append((dfit, dcheck))
+        values = []
+        for (dfit, dcheck), (_, check) in zip(self._fold_matrices, self.data.folds, strict=True):
+            booster = self._boost(tuned, dfit, dcheck, callbacks=[])
+            best = int(booster.best_iteration)
+            values.append(
+                score(self.metric, y[check], booster.predict(dcheck, iteration_range=(0, best + 1)))
+            )
+        return values
+
+    def _boost(self, tuned: Params, dtrain: Any, dvalid: Any, callbacks: list[Any]) -> Any:
+        """`xgboost.train` with the trial's values, early-stopped on `dvalid`."""
+        import xgboost as xgb
+
+        p = tuned.train.xgboost
+        twin = xgboost_metric(self.metric.name, self.task)
+        # without a twin, boosting early-stops on the task's loss and the pruner gets the metric
+        eval_metric = twin or xgboost_metric(LOSS[self.task], self.task)
+        classes = {"num_class": self.data.n_classes} if self.task == "multiclass" else {}
+        return xgb.train(
+            {
+                **xgboost_params(p, self.task),
+                **classes,
+                "eval_metric": eval_metric,
+                "nthread": tuned.train.n_jobs,
+                "seed": tuned.seed,
+            },
+            dtrain,
+            num_boost_round=p.n_estimators,
+            evals=[(dvalid, "valid")],
+            early_stopping_rounds=p.early_stopping_rounds,
+            callbacks=callbacks,
+            verbose_eval=False,
+        )
 
     def _matrices(self, threads: int) -> tuple[Any, Any]:
         import xgboost as xgb
@@ -154,35 +287,15 @@ class Objective:
         return self._dtrain, self._dvalid
 
     def _xgboost(self, trial: optuna.Trial, tuned: Params) -> float:
-        import xgboost as xgb
-
-        p = tuned.train.xgboost
         threads = tuned.train.n_jobs
         dtrain, dvalid = self._matrices(threads)
         twin = xgboost_metric(self.metric.name, self.task)
-        # without a twin, boosting early-stops on the task's loss and the pruner gets the metric
-        eval_metric = twin or xgboost_metric(LOSS[self.task], self.task)
         maximize = self.metric.higher_is_better
         measure = self._logged(twin, maximize) if twin else self._computed(dvalid)
         report = _ReportAndPrune(
             trial, self.metric.name, self.metric.higher_is_better, self.report_every, measure
         )
-        classes = {"num_class": self.data.n_classes} if self.task == "multiclass" else {}
-        booster = xgb.train(
-            {
-                **xgboost_params(p, self.task),
-                **classes,
-                "eval_metric": eval_metric,
-                "nthread": threads,
-                "seed": tuned.seed,
-            },
-            dtrain,
-            num_boost_round=p.n_estimators,
-            evals=[(dvalid, "valid")],
-            early_stopping_rounds=p.early_stopping_rounds,
-            callbacks=[report.callback],
-            verbose_eval=False,
-        )
+        booster = self._boost(tuned, dtrain, dvalid, callbacks=[report.callback])
         best = int(booster.best_iteration)
         trial.set_user_attr("best_iteration", best)
         scores = booster.predict(dvalid, iteration_range=(0, best + 1))

@@ -57,11 +57,16 @@ def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def owner_tags() -> dict[str, str]:
+    """Who runs the run (host, process), and the DVC experiment it belongs to under `dvc exp run`."""
+    from reproml.env import dvc_experiment
+
     pid = os.getpid()
+    experiment = dvc_experiment()
     return {
         "reproml.host": socket.gethostname(),
         "reproml.pid": str(pid),
         "reproml.proc_start": str(process_start(pid)),
+        **(experiment.tags() if experiment else {}),
     }
 
 
