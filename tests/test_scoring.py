@@ -240,18 +240,23 @@ def test_permutation_importance_ranks_informative_above_noise(model: str, task: 
 
 
 @pytest.mark.parametrize(
-    ("model", "task"),
+    ("model", "task", "calibration"),
     [
-        ("xgboost", "classification"),
-        ("hist_gradient_boosting", "regression"),
-        ("logistic", "classification"),
-        ("random_forest", "multiclass"),
+        ("xgboost", "classification", None),
+        ("hist_gradient_boosting", "regression", None),
+        ("logistic", "classification", None),
+        ("random_forest", "multiclass", None),
+        ("xgboost", "classification", "isotonic"),
+        ("random_forest", "multiclass", "sigmoid"),
     ],
 )
-def test_permutation_importance_equals_sklearn_on_the_whole_pipeline(model: str, task: str) -> None:
+def test_permutation_importance_equals_sklearn_on_the_whole_pipeline(
+    model: str, task: str, calibration: str | None
+) -> None:
     """Preprocessing once and redoing only the shuffled column's transformer changes no number:
     the frame equals sklearn's permutation importance of the plain pipeline, for tree models
-    (codes, date parts) and linear ones (one-hot, scaling)."""
+    (codes, date parts) and linear ones (one-hot, scaling), and for the served model (calibrated,
+    with its threshold step: `reproml.decisions`)."""
     from sklearn.inspection import permutation_importance
 
     from reproml.metrics import metric_spec
@@ -272,6 +277,10 @@ def test_permutation_importance_equals_sklearn_on_the_whole_pipeline(model: str,
     train, valid = frame.iloc[:300].reset_index(drop=True), frame.iloc[300:].reset_index(drop=True)
     classes = sorted(frame["y"].unique()) if task == "multiclass" else None
     trained = fit_model(train, valid, spec, params, classes)
+    if calibration is not None:
+        from reproml.decisions import decide
+
+        trained.pipeline = decide(trained.pipeline, valid, spec.input_columns, "y", task, calibration)[0]
     X, y = valid[spec.input_columns], valid["y"].to_numpy()
 
     assert isinstance(_shuffled_column_only(trained.pipeline, X), _PreprocessedOnce)
