@@ -219,6 +219,10 @@ def test_a_promoted_challenger_is_refit_on_the_whole_window(make_project: Any) -
     assert record["challenger"]["refit_of"]["version"] == first["version"]
     previous = registry.alias_version(client, NAME, registry.PREVIOUS)
     assert previous is not None and int(previous.version) == first["version"]
+    # the refit is no challenger: a later gate (a DVC-cached `dvc repro` registers nothing) judges
+    # the pipeline's own registered model, never a refit
+    challenger = registry.alias_version(client, NAME, registry.CHALLENGER)
+    assert challenger is not None and int(challenger.version) == first["version"]
     with pytest.raises(ReproError, match="already a refit"):
         run_refit(root)
 

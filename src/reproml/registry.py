@@ -65,9 +65,16 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion |
 
 
 def register(
-    client: MlflowClient, run_id: str, model_name: str, experiment_id: str, model_uri: str
+    client: MlflowClient,
+    run_id: str,
+    model_name: str,
+    experiment_id: str,
+    model_uri: str,
+    alias: str | None = CHALLENGER,
 ) -> ModelVersion:
-    """A new version from a finished, evaluated run, tagged with its lineage, aliased `challenger`."""
+    """A new version from a finished, evaluated run, tagged with its lineage, aliased `challenger`
+    (`alias` None: no alias; a refit, which becomes the champion through its own record and must
+    not become the next gate's challenger)."""
     run = client.get_run(run_id)
     if run.info.status != "FINISHED":
         raise RegistryError(f"run {run_id} is {run.info.status}, not FINISHED; nothing registered")
@@ -92,7 +99,8 @@ def register(
     version = client.create_model_version(
         model_name, model_uri, run_id=run_id, tags={"reproml.run_id": run_id, **lineage}, model_id=model_id
     )
-    client.set_registered_model_alias(model_name, CHALLENGER, version.version)
+    if alias is not None:
+        client.set_registered_model_alias(model_name, alias, version.version)
     return version
 
 

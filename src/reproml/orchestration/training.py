@@ -210,8 +210,8 @@ def refit(root: Path, tree: Path, decision: dict[str, Any]) -> dict[str, Any] | 
     challenger = decision.get("challenger") or {}
     if decision.get("action") != "promote" or challenger.get("version") is None:
         return None
-    if not load(tree).retrain.refit:
-        return None
+    if not load(tree).retrain.refit or challenger.get("refit_of"):
+        return None  # off, or the promoted version already is a refit: nothing more to learn
     with workspace_env(root):
         return run_refit(tree, version=int(challenger["version"]))
 
