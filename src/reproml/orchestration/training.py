@@ -194,9 +194,23 @@ def commit_lock(tree: Path, message: str) -> str | None:
 
 def promote(root: Path, tree: Path) -> dict[str, Any]:
     """The promotion gate over the worktree's challenger, with the workspace's registry."""
-    from reproml.stages.register import run_promote
+    from mlflow.tracking import MlflowClient
+
+    from reproml import registry, tracking
+    from reproml.stages.common import load
+    from reproml.stages.register import REGISTERED, run_promote
 
     with workspace_env(root):
+        # the gate judges this worktree's model: when DVC restored `register` from its run cache
+        # (the same data and params as an earlier retrain), no version was registered now and the
+        # `challenger` alias may name another retrain's model; models/registered.json names ours
+        params = load(tree)
+        tracking.setup(tree, params.mlflow.experiment_name)
+        ours = json.loads((tree / REGISTERED).read_text())["version"]
+        client = MlflowClient()
+        current = registry.alias_version(client, params.register_.model_name, registry.CHALLENGER)
+        if current is None or int(current.version) != int(ours):
+            client.set_registered_model_alias(params.register_.model_name, registry.CHALLENGER, str(ours))
         return run_promote(tree)
 
 
