@@ -219,6 +219,10 @@ def test_a_promoted_challenger_is_refit_on_the_whole_window(make_project: Any) -
     assert challenger.get("refit_of", {}).get("version") == first["version"]
     previous = registry.alias_version(NAME, registry.PREVIOUS)
     assert previous is not None and int(previous.version) == first["version"]
+    # the refit is no challenger: a later gate (a DVC-cached `dvc repro` registers nothing) judges
+    # the pipeline's own registered model, never a refit
+    still = registry.alias_version(NAME, registry.CHALLENGER)
+    assert still is not None and int(still.version) == first["version"]
     with pytest.raises(ReproError, match="already a refit"):
         run_refit(root)
 

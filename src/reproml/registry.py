@@ -62,8 +62,12 @@ def alias_version(name: str, alias: str) -> Version | None:
     return versions.alias_version(name, alias)
 
 
-def register(run_id: str, model_name: str, experiment_id: str, model_uri: str) -> Version:
-    """A new version from a finished, evaluated run, tagged with its lineage, aliased `challenger`."""
+def register(
+    run_id: str, model_name: str, experiment_id: str, model_uri: str, alias: str | None = CHALLENGER
+) -> Version:
+    """A new version from a finished, evaluated run, tagged with its lineage, aliased `challenger`
+    (`alias` None: no alias; a refit, which becomes the champion through its own record and must
+    not become the next gate's challenger)."""
     run = runs.get_run(run_id)
     if run.status != "FINISHED":
         raise RegistryError(f"run {run_id} is {run.status}, not FINISHED; nothing registered")
@@ -82,7 +86,8 @@ def register(run_id: str, model_name: str, experiment_id: str, model_uri: str) -
         or k in ("reproml.git_commit", "reproml.params_sha256", learned.TAG, "reproml.refit_of")
     }
     version = versions.create_version(model_name, model_uri, run_id, {"reproml.run_id": run_id, **lineage})
-    versions.set_alias(model_name, CHALLENGER, version.version)
+    if alias is not None:
+        versions.set_alias(model_name, alias, version.version)
     return version
 
 

@@ -193,9 +193,21 @@ def commit_lock(tree: Path, message: str) -> str | None:
 
 def promote(root: Path, tree: Path) -> DecisionRecord:
     """The promotion gate over the worktree's challenger, with the workspace's registry."""
-    from reproml.stages.register import run_promote
+    from reproml import registry
+    from reproml.stages.common import load
+    from reproml.stages.register import REGISTERED, run_promote
+    from reproml.stores.mlflow import connection, versions
 
     with workspace_env(root):
+        # the gate judges this worktree's model: when DVC restored `register` from its run cache
+        # (the same data and params as an earlier retrain), no version was registered now and the
+        # `challenger` alias may name another retrain's model; models/registered.json names ours
+        params = load(tree)
+        connection.setup(tree, params.mlflow.experiment_name)
+        ours = json.loads((tree / REGISTERED).read_text())["version"]
+        current = registry.alias_version(params.register_.model_name, registry.CHALLENGER)
+        if current is None or int(current.version) != int(ours):
+            versions.set_alias(params.register_.model_name, registry.CHALLENGER, ours)
         return run_promote(tree)
 
 
@@ -209,8 +221,8 @@ def refit(root: Path, tree: Path, decision: DecisionRecord) -> dict[str, Any] | 
     challenger = decision.get("challenger") or {}
     if decision.get("action") != "promote" or challenger.get("version") is None:
         return None
-    if not load(tree).retrain.refit:
-        return None
+    if not load(tree).retrain.refit or challenger.get("refit_of"):
+        return None  # off, or the promoted version already is a refit: nothing more to learn
     with workspace_env(root):
         return run_refit(tree, version=int(challenger["version"]))
 

@@ -152,7 +152,7 @@ def run_refit(root: Path = Path("."), version: int | None = None) -> dict[str, A
             },
             tags={"reproml.model_uri": model_uri, "reproml.evaluated": "true"},
         )
-    refit = registry.register(run_id, name, experiment_id, model_uri)
+    refit = registry.register(run_id, name, experiment_id, model_uri, alias=None)
     versions.set_version_tag(
         name, refit.version, DATA_SOURCE_TAG, promoted.tags.get(DATA_SOURCE_TAG, schema["source"])
     )
