@@ -21,8 +21,8 @@ from reproml import learned, registry, simulation
 from reproml.config import parse_params
 from reproml.errors import ConfigError, ReproError
 from reproml.features import FeatureSpec
+from reproml.fitting import fit_model, refit_model, refit_rounds
 from reproml.monitoring import champion
-from reproml.train import fit_model, refit_model, refit_rounds
 from tests.conftest import default_params, tiny_frame
 
 
