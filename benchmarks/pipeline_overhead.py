@@ -126,6 +126,7 @@ def bare_main(report: Path) -> None:
     import numpy as np
     import pandas as pd
 
+    from reproml import decisions
     from reproml import scoring as ev
     from reproml.config import load_params
     from reproml.data.ingest import ingest
@@ -153,11 +154,19 @@ def bare_main(report: Path) -> None:
     spec = feature_spec(params, schema)
     lap("split")
     trained = fit_model(parts["train"], parts["valid"], spec, params)
-    lap("fit")
     columns = spec.input_columns
-    scores = {name: ev.predict_scores(trained.pipeline, parts[name][columns], task) for name in SPLITS}
+    # The served model: calibration and the decision threshold chosen on validation, as `train` does.
+    served, decided = decisions.decide(
+        trained.pipeline, parts["valid"], columns, target, task,
+        calibration=params.train.calibration, rule=params.evaluate.threshold,
+        cost_fp=params.evaluate.cost_fp, cost_fn=params.evaluate.cost_fn,
+    )  # fmt: skip
+    lap("fit")
+    threshold = decisions.threshold_of(served)
+    scores = {name: ev.predict_scores(served, parts[name][columns], task) for name in SPLITS}
+    ys = {name: parts[name][target].to_numpy() for name in SPLITS}
     by_split = {
-        name: ev.compute_metrics(parts[name][target].to_numpy(), scores[name], task) for name in SPLITS
+        name: ev.compute_metrics(ys[name], scores[name], task, threshold=threshold) for name in SPLITS
     }
     ev.overfit_check(by_split, task, params.evaluate.overfit_margin)
     digest = ev.predictions_digest(scores["test"])
@@ -166,15 +175,22 @@ def bare_main(report: Path) -> None:
     valid = parts["valid"]
     sample = valid.sample(n=min(params.evaluate.importance_rows, len(valid)), random_state=seed)
     importance = ev.permutation_importance_frame(
-        trained.pipeline, sample[columns], sample[target].to_numpy(), task,
+        served, sample[columns], sample[target].to_numpy(), task,
         params.evaluate.importance_repeats, seed,
     )  # fmt: skip
     lap("importance")
-    from reproml.stages.evaluate import curve_frames, draw
+    from reproml.stages.evaluate import curve_frames, decision_frames, draw
 
-    y_test: np.ndarray = parts["test"][target].to_numpy()
+    y_test: np.ndarray = ys["test"]
     frames: dict[str, pd.DataFrame] = curve_frames(
-        task, y_test, scores["test"], {"curves": trained.history}, importance, seed
+        task, y_test, scores["test"], {"curves": trained.history}, importance, seed, None, threshold
+    )
+    raw_scores = {name: scores[name] for name in ("valid", "test")}
+    if decided.calibration != "none":
+        raw = decisions.uncalibrated(served)
+        raw_scores = {name: ev.predict_scores(raw, parts[name][columns], task) for name in raw_scores}
+    frames |= decision_frames(
+        task, ys, scores, raw_scores, params.evaluate.cost_fp, params.evaluate.cost_fn
     )
     with tempfile.TemporaryDirectory(prefix="bare-plots-") as images:
         draw(frames, trained.history_metric, Path(images))
