@@ -52,7 +52,7 @@ def project(make_project: Callable[..., Path]) -> Path:
     return make_project(project_params(), files={"data/raw/frame.parquet": tiny_frame(2000, seed=1)})
 
 
-def pipeline(root: Path, **changes: Any) -> dict[str, Any]:
+def pipeline(root: Path, **changes: Any) -> registry.Registered:
     """Re-run the stages with `changes` applied to params ({"prepare.exclude_columns": [...]})."""
     import yaml
 

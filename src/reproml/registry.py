@@ -155,8 +155,18 @@ class VersionRef(TypedDict, total=False):
 
     version: int
     run_id: str | None
-    learned: dict[str, Any]  # what it learned: splits, rows, time range, data hash
-    refit_of: dict[str, Any]  # a refit's parent version
+    learned: learned.LearnedRecord  # what it learned: splits, rows, time range, data hash
+    refit_of: learned.ParentRef  # a refit's parent version
+
+
+class Registered(TypedDict):
+    """The version `reproml register` made the challenger, as models/registered.json holds it."""
+
+    model_name: str
+    version: int
+    alias: str
+    run_id: str
+    model_uri: str
 
 
 class DecisionRecord(TypedDict, total=False):
