@@ -26,6 +26,7 @@ import pandas as pd
 
 from reproml import learned, paths, provenance
 from reproml.errors import ReproError
+from reproml.gate import GateRecord
 from reproml.io import file_lock, file_md5, read_json, write_json
 from reproml.monitoring import store
 from reproml.redaction import scrub, scrub_obj
@@ -181,7 +182,7 @@ class DecisionRecord(TypedDict, total=False):
     challenger: VersionRef | None
     champion: VersionRef | None
     demoted: VersionRef | None
-    gate: dict[str, Any]  # gate.GateResult.to_dict()
+    gate: GateRecord  # gate.GateResult.to_dict()
     champion_judged_as: VersionRef | None  # a refit champion's parent, which the gate scored
     eval_data: dict[str, str]  # path -> md5 of the rows both models were scored on
     status: str

@@ -83,8 +83,8 @@ def registry_table(root: Path) -> Table:
     for header in ("time (UTC)", "model", "action", "challenger", "champion before", "improvement", "reason"):
         table.add_column(header, overflow="fold")
     for record in history(root):
-        gate = record.get("gate") or {}
-        improvement = gate.get("improvement")
+        gate = record.get("gate")
+        improvement = None if gate is None else gate.get("improvement")
         table.add_row(
             record["time"][:19].replace("T", " "),
             _plain(record["model_name"]),
