@@ -174,7 +174,7 @@ def bare_main(report: Path) -> None:
 
     y_test: np.ndarray = parts["test"][target].to_numpy()
     frames: dict[str, pd.DataFrame] = curve_frames(
-        task, y_test, scores["test"], {"curves": trained.history}, importance, seed
+        task, y_test, scores["test"], trained.history, importance, seed
     )
     with tempfile.TemporaryDirectory(prefix="bare-plots-") as images:
         draw(frames, trained.history_metric, Path(images))

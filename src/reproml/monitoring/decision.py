@@ -34,7 +34,7 @@ import pandas as pd
 from reproml.config import MonitorParams
 from reproml.monitoring.concept import QualityChange
 from reproml.monitoring.drift import DriftResult
-from reproml.monitoring.records import BatchRecord, DecisionRecord, LoopGuardRecord, Thresholds
+from reproml.monitoring.records import BatchDecision, BatchRecord, LoopGuardRecord, Thresholds
 
 RETRAIN, HELD, OK = "retrain", "retrain_held", "ok"
 INSUFFICIENT, QUARANTINED, OUT_OF_ORDER = "insufficient_data", "quarantined", "out_of_order"
@@ -65,7 +65,7 @@ class Decision:
     thresholds: Thresholds
     loop_guard: LoopGuardRecord = field(default_factory=lambda: LoopGuardRecord())
 
-    def to_dict(self) -> DecisionRecord:
+    def to_dict(self) -> BatchDecision:
         return {
             "verdict": self.verdict,
             "summary": self.summary,

@@ -125,7 +125,7 @@ class LoopGuardRecord(TypedDict, total=False):
 Thresholds = dict[str, float | int | str | None]
 
 
-class DecisionRecord(TypedDict):
+class BatchDecision(TypedDict):
     """`decision.Decision.to_dict`: the verdict, what fired, and every threshold."""
 
     verdict: str
@@ -238,7 +238,7 @@ class BatchRecord(TypedDict, total=False):
     verdict: str
     summary: str
     reasons: list[str]
-    decision: DecisionRecord
+    decision: BatchDecision
     timings: dict[str, float]
     estimate: NotRequired[EstimateRecord]
 

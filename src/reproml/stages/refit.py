@@ -30,6 +30,7 @@ from reproml.io import file_md5, read_json
 from reproml.stages.common import classes_of, feature_spec, load
 
 if TYPE_CHECKING:
+    from reproml.fitting import HistoryRecord
     from reproml.learned import ParentRef
     from reproml.retrain import RefitOutcome
 
@@ -97,7 +98,7 @@ def run_refit(root: Path = Path("."), version: int | None = None) -> RefitOutcom
     schema = read_json(root / paths.SCHEMA)
     spec = feature_spec(params, schema)
     classes = classes_of(params, schema)
-    history = read_json(root / paths.HISTORY)
+    history: HistoryRecord = read_json(root / paths.HISTORY)  # written by `train`
     rounds = refit_rounds(history.get("best_iteration"))
     files = {s: paths.split_file(s) for s in SPLITS}
     splits = {str(f): file_md5(root / f) for f in files.values()}

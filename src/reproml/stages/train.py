@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -14,6 +14,9 @@ from reproml.config import Params, flat_params, with_model_params
 from reproml.env import dvc_experiment
 from reproml.io import file_md5, read_json, write_json, write_with
 from reproml.stages.common import classes_of, feature_spec, load
+
+if TYPE_CHECKING:
+    from reproml.fitting import HistoryRecord
 
 
 def _requirements(versions: dict[str, str]) -> list[str]:
@@ -162,7 +165,7 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
             cost_fn=params.evaluate.cost_fn,
         )
         write_with(root / paths.MODEL, lambda p: joblib.dump(served, p))
-        history = {
+        history: HistoryRecord = {
             "metric": trained.history_metric,
             "best_iteration": trained.best_iteration,
             "curves": trained.history,
