@@ -167,7 +167,7 @@ def tune() -> None:
     """Optuna study over train.model's space on the valid split; writes models/best_params.json."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from reproml.stages.tune import run_tune
+    from reproml.stages.tune import TuneOff, TuneSummary, run_tune
 
     columns = [
         TextColumn("[bold]tune[/bold]"),
@@ -188,7 +188,7 @@ def tune() -> None:
             detail = f"pruned {counts.pruned} · failed {counts.failed} · best {best}"
             bar.update(task, completed=counts.finished, detail=detail)
 
-        def run(root: Path) -> dict[str, Any]:
+        def run(root: Path) -> TuneOff | TuneSummary:
             from reproml.config import load_params
 
             settings = load_params(root / "params.yaml").tune
