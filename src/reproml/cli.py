@@ -233,13 +233,19 @@ def promote(
     reason: str | None = typer.Option(None, help="Why a forced promotion skips the gate (recorded)."),
 ) -> None:
     """Gate the challenger against the champion; move `champion` only if it is clearly better."""
+    from reproml.retrain import Promotion
     from reproml.stages.register import run_promote
 
-    def decide(root: Path) -> dict[str, Any]:
+    def decide(root: Path) -> Promotion:
         record = run_promote(root, version=version, reason=reason)
         # the full record (gate numbers, slices) is in the file; the terminal gets the verdict
-        keys = ("action", "challenger", "champion", "reason", "record")
-        return {key: record.get(key) for key in keys}
+        return {
+            "action": record.get("action"),
+            "challenger": record.get("challenger"),
+            "champion": record.get("champion"),
+            "reason": record.get("reason"),
+            "record": record.get("record"),
+        }
 
     _run_stage("promote", decide, training=True)
 
