@@ -17,6 +17,7 @@ from reproml.stages.common import classes_of, feature_spec, load
 
 if TYPE_CHECKING:
     from reproml.fitting import HistoryRecord
+    from reproml.tuning.study import BestParams
 
 
 def _requirements(versions: dict[str, str]) -> list[str]:
@@ -44,7 +45,7 @@ def decision_tags(decided: Any) -> dict[str, str]:
     return tags
 
 
-def tuned_params(root: Path, params: Params) -> tuple[Params, dict[str, Any] | None]:
+def tuned_params(root: Path, params: Params) -> tuple[Params, BestParams | None]:
     """params.yaml with the `tune` stage's best values for `train.model` applied, and what was read.
 
     `tune.enabled: false` (or no best_params.json, for a project without the stage) keeps the fixed
@@ -55,7 +56,7 @@ def tuned_params(root: Path, params: Params) -> tuple[Params, dict[str, Any] | N
     path = root / paths.BEST_PARAMS
     if not params.tune.enabled or not path.is_file():
         return params, None
-    tuned = read_json(path)
+    tuned: BestParams = read_json(path)  # written by `reproml tune`
     if not tuned.get("enabled"):
         return params, None
     if tuned.get("model") != params.train.model:

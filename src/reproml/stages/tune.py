@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from reproml.metrics import MetricSpec
     from reproml.stores.optuna import StorageInfo
     from reproml.tuning.objective import TuneData
-    from reproml.tuning.study import StudyContext, StudySpec
+    from reproml.tuning.study import BestParams, StudyContext, StudySpec
 
 TUNE_METRICS = paths.METRICS / "tune.json"
 TRIAL_STAGE = "tune-trial"
@@ -262,7 +262,8 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
     params = load(root)
     tune = params.tune
     if not tune.enabled:
-        write_json(root / paths.BEST_PARAMS, {"enabled": False, "model": params.train.model})
+        off: BestParams = {"enabled": False, "model": params.train.model}
+        write_json(root / paths.BEST_PARAMS, off)
         write_json(root / TUNE_METRICS, {"enabled": False})
         return {"enabled": False, "model": params.train.model}
     import optuna
@@ -357,19 +358,17 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
                 {"params": best.params, "value": best.value, "trial": best.number}, "best_params.json"
             )
             _log_plots(the_study)
-    write_json(
-        root / paths.BEST_PARAMS,
-        {
-            "enabled": True,
-            "model": model,
-            "study_name": spec.name,
-            "metric": metric.name,
-            "direction": direction,
-            "best_trial": best.number,
-            "best_value": best.value,
-            "params": best.params,
-        },
-    )
+    best_params: BestParams = {
+        "enabled": True,
+        "model": model,
+        "study_name": spec.name,
+        "metric": metric.name,
+        "direction": direction,
+        "best_trial": best.number,
+        "best_value": best.value,
+        "params": best.params,
+    }
+    write_json(root / paths.BEST_PARAMS, best_params)
     write_json(
         root / TUNE_METRICS,
         {k: counted[k] for k in ("best_value", "best_trial", "finished", "complete", "pruned")},

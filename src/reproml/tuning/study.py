@@ -54,6 +54,20 @@ class StudyContext(TypedDict):
     data: dict[str, str]  # path -> md5 of the schema and the train and valid splits
 
 
+class BestParams(TypedDict):
+    """models/best_params.json, written by `reproml tune` and read by `train`: the best trial's
+    values for `model`; with tuning off, `enabled` false and the model alone."""
+
+    enabled: bool
+    model: str
+    study_name: NotRequired[str]
+    metric: NotRequired[str]
+    direction: NotRequired[str]
+    best_trial: NotRequired[int]
+    best_value: NotRequired[float | None]
+    params: NotRequired[dict[str, Any]]  # hyperparameters: free-form, validated by config.with_model_params
+
+
 @dataclass(frozen=True)
 class StudySpec:
     """What a study is for; stored on it and checked on every resume."""
