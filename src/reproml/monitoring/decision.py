@@ -63,7 +63,7 @@ class Decision:
     reasons: list[str]
     triggers: dict[str, bool]
     thresholds: Thresholds
-    loop_guard: LoopGuardRecord = field(default_factory=lambda: LoopGuardRecord())
+    loop_guard: LoopGuardRecord = field(default_factory=LoopGuardRecord)
 
     def to_dict(self) -> BatchDecision:
         return {
