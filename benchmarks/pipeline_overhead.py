@@ -129,7 +129,7 @@ def bare_main(report: Path) -> None:
     from reproml import decisions
     from reproml import scoring as ev
     from reproml.config import load_params
-    from reproml.data.ingest import ingest
+    from reproml.data.ingest import SchemaRecord, ingest
     from reproml.data.split import split
     from reproml.fitting import fit_model
     from reproml.stages.common import feature_spec
@@ -146,7 +146,11 @@ def bare_main(report: Path) -> None:
         frame[target] = (frame[target] == positive).astype("int8")
     lap("load")
     parts = split(frame, params.data.time_column, params.prepare, seed)
-    schema = {
+    schema: SchemaRecord = {
+        "source": result.source,
+        "target": target,
+        "task": task,
+        "positive_class": None,
         "numeric": result.numeric_columns,
         "categorical": result.categorical_columns,
         "time_column": params.data.time_column,
@@ -183,7 +187,7 @@ def bare_main(report: Path) -> None:
 
     y_test: np.ndarray = ys["test"]
     frames: dict[str, pd.DataFrame] = curve_frames(
-        task, y_test, scores["test"], {"curves": trained.history}, importance, seed, None, threshold
+        task, y_test, scores["test"], trained.history, importance, seed, None, threshold
     )
     raw_scores = {name: scores[name] for name in ("valid", "test")}
     if decided.calibration != "none":

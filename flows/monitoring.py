@@ -4,12 +4,11 @@ verdict the training flow with that batch as a new data version, then the gate. 
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, get_run_logger, task
 
 from flows.common import retry_transient
 from flows.training import training
+from reproml.monitoring.records import BatchSummary
 from reproml.orchestration import monitoring as steps
 
 next_batch = task(name="next_batch")(steps.next_batch)
@@ -27,7 +26,7 @@ def monitoring(
     branch: str | None = None,
     backfill: bool = False,
     policy: str = "reproml",
-) -> dict[str, Any]:
+) -> BatchSummary:
     """Monitor `batch` (a file under data/ or monitoring/, or a period; default: the next one after
     the newest monitored) and hand a `retrain` verdict to the training flow with the batch's
     labelled rows. A `batch` older than the newest monitored one is `out_of_order` (not judged)
@@ -51,7 +50,8 @@ def monitoring(
     log.info("%s: %s (%s)", record["batch_id"], record["verdict"], record.get("summary"))
     summary["policy"] = policy
     if retrain and wants_retrain(policy, record["verdict"]):
-        if not record.get("labelled"):
+        labelled = record.get("labelled")
+        if not labelled:
             log.warning(
                 "verdict %s but the batch kept no labelled rows: nothing to retrain on", record["verdict"]
             )
@@ -59,7 +59,7 @@ def monitoring(
             started = time.perf_counter()
             summary["retrain"] = training(
                 root=str(home),
-                labelled=str(home / record["labelled"]),
+                labelled=str(home / labelled),
                 reason=f"monitor {record['batch_id']}"
                 + ("" if policy == "reproml" else f" (policy {policy})"),
                 branch=branch,

@@ -15,6 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from flows.monitoring import monitoring
+from reproml.monitoring.records import BatchSummary
 from reproml.orchestration import replay
 
 reset = task(name="reset")(replay.reset)
@@ -50,11 +51,11 @@ def simulate(
     chosen = parse_policies(",".join(policies or [REPROML]))
     spans = replay_periods(home, params.data.time_column, start, end, every)
     replay_branch = branch_name(branch or simulation_branch(params.register_.model_name))
-    results = []
+    results: list[replay.ReplayReport] = []
     for number, policy in enumerate(chosen):
         started = time.perf_counter()
         baseline_version = reset(home, replay_branch, keep_reports=number > 0)
-        outcomes = []
+        outcomes: list[BatchSummary] = []
         for period in spans:
             outcome = monitoring(
                 root=str(home), batch=period.label, every=every, branch=replay_branch, policy=policy
@@ -71,7 +72,7 @@ def simulate(
         result = report(home, outcomes, baseline_version, None if len(chosen) == 1 else policy)
         results.append({**result, "policy": policy, "seconds": time.perf_counter() - started})
     last = next((r for r in results if r["policy"] == REPROML), results[-1])
-    out = {**last, "start": spans[0].label, "end": spans[-1].label, "policies": chosen}
+    out: dict[str, Any] = {**last, "start": spans[0].label, "end": spans[-1].label, "policies": chosen}
     if len(chosen) > 1:
         out["comparison"] = compare(home, results)
     return out

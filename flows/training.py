@@ -15,6 +15,7 @@ from prefect.runtime import flow_run
 from flows.common import retry_transient
 from reproml.orchestration import training as steps
 from reproml.orchestration.worktree import open_worktree
+from reproml.retrain import TrainingSummary
 
 BACKOFF_S = [5.0, 30.0]  # two more tries for what a moment fixes (commands.TRANSIENT_MARKERS)
 LEASE_S = 120.0  # a training flow killed with SIGKILL frees the slot after this long
@@ -42,7 +43,7 @@ refit = task(name="refit")(steps.refit)  # not retried: it registers a version
 @flow(name="training", log_prints=True)
 def training(
     root: str = ".", labelled: str | None = None, reason: str = "on demand", branch: str | None = None
-) -> dict[str, Any]:
+) -> TrainingSummary:
     """Retrain on the retrain branch (`branch`, default `retrain.branch`): optionally add
     `labelled` (a Parquet batch of labelled production rows under data/ or monitoring/) as a new
     data version, run the DVC pipeline, push, commit, gate. Both paths are checked before anything

@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pytest
@@ -23,6 +23,8 @@ import yaml
 
 from reproml import safehtml, simulation
 from reproml.monitoring import store
+from reproml.monitoring.records import BatchRecord
+from reproml.simulation import SimulationRow
 from reproml.stages.monitor import run_monitor
 from reproml.stages.register import run_promote
 from tests.conftest import open_in_chromium, tiny_frame
@@ -66,10 +68,11 @@ def hostile_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def monitor(root: Path, frame: pd.DataFrame, name: str) -> dict[str, Any]:
+    """The batch's record, loosely typed: the assertions index deep into its optional parts."""
     path = root / "incoming" / f"{name}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path, index=False)
-    return run_monitor(root, f"incoming/{name}.parquet")
+    return cast(dict[str, Any], run_monitor(root, f"incoming/{name}.parquet"))
 
 
 def labelled_batch(rows: int = 600, seed: int = 10) -> pd.DataFrame:
@@ -178,7 +181,7 @@ def test_index_with_hostile_quarantine_reasons_runs_no_script(
 
 
 def test_simulation_page_with_hostile_values_runs_no_script(tmp_path: Path, chromium: str) -> None:
-    rows = [
+    rows: list[SimulationRow] = [
         {
             "batch": f"2013-0{7 + i}",
             "rows": 100,
@@ -193,6 +196,8 @@ def test_simulation_page_with_hostile_values_runs_no_script(tmp_path: Path, chro
             "champion_before": 1,
             "champion": 1,
             "reasons": [payload, "and more"],
+            "summary": None,
+            "retrain_seconds": None,
         }
         for i, payload in enumerate(PAYLOADS)
     ]
@@ -213,7 +218,13 @@ def test_terminal_tables_print_markup_in_data_as_text() -> None:
     hostile_reason = (
         "column 'x1' is numeric but holds strings such as ['[/bold]', '[link=https://e.invalid]x[/link]']"
     )
-    record = {"batch_id": "b", "rows": 3, "verdict": "quarantined", "seq": 1, "reasons": [hostile_reason]}
+    record: BatchRecord = {
+        "batch_id": "b",
+        "rows": 3,
+        "verdict": "quarantined",
+        "seq": 1,
+        "reasons": [hostile_reason],
+    }
     console = Console(record=True, width=400, color_system=None)
     console.print(verdict_table(record))
     console.print(monitoring_table([record], "flights-late"))

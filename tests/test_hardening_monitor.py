@@ -28,6 +28,7 @@ from reproml.config import MonitorParams
 from reproml.features import FeatureSpec, build_preprocessor, category_levels
 from reproml.io import file_md5
 from reproml.monitoring import decision, drift, quality, store
+from reproml.monitoring.records import BatchRecord
 from reproml.reproduce import reproduce
 from reproml.stages.monitor import run_monitor
 from reproml.stores.dvc import CorruptCacheError
@@ -296,7 +297,7 @@ def evidence(seq: int, late: str | None = None) -> decision.Evidence:
     return decision.Evidence(True, [], 1000, 0, drifted, None, pd.Timestamp("2013-08-01"), seq, late)
 
 
-def past(verdict: str, seq: int) -> dict[str, Any]:
+def past(verdict: str, seq: int) -> BatchRecord:
     return {"verdict": verdict, "seq": seq, "batch_id": f"b{seq}", "batch_time": "2013-08-01T00:00:00"}
 
 

@@ -29,7 +29,7 @@ def test_clean_tree_names_its_commit(tmp_path: Path) -> None:
     root = repo(tmp_path)
     state = lineage.git_state(root)
     assert state["dirty"] is False
-    assert len(state["commit"]) == 40
+    assert state["commit"] is not None and len(state["commit"]) == 40
 
 
 def test_files_the_pipeline_writes_do_not_make_the_tree_dirty(tmp_path: Path) -> None:

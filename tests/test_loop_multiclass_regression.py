@@ -33,6 +33,8 @@ from sklearn import metrics as skm
 from reproml.config import MonitorParams
 from reproml.metrics import MetricSpec
 from reproml.monitoring import concept, drift, quality, scores
+from reproml.monitoring.records import BatchSummary
+from reproml.orchestration.training import refusal
 from tests.conftest import default_params
 from tests.project import BIN, Project
 
@@ -231,10 +233,10 @@ def test_the_simulation_names_the_metric_and_scores_a_multiclass_baseline() -> N
     assert simulation.metric_name("multiclass", None) == "roc_auc_ovr"
     assert simulation.metric_name("regression", None) == "rmse"
     assert "champion roc_auc_ovr" in simulation.headers("roc_auc_ovr")
-    outcome = {
+    outcome: BatchSummary = {
         "batch": "2021-08",
         "reasons": ["r"],
-        "retrain": {"promotion": {"action": "refused", "reason": "why"}},
+        "retrain": refusal("reproml/retrain", "monitor 2021-08", "why"),
     }
     refused = simulation.row(outcome, float("nan"), 1)
     assert refused["retrain"] == "refused" and refused["reasons"] == ["r", "retrain: refused: why"]

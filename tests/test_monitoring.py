@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -77,13 +77,14 @@ def batch(
 
 
 def monitor(root: Path, frame: pd.DataFrame, name: str, suffix: str = ".parquet") -> dict[str, Any]:
+    """The batch's record, loosely typed: the assertions index deep into its optional parts."""
     path = root / "incoming" / f"{name}{suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".csv":
         frame.to_csv(path, index=False)
     else:
         frame.to_parquet(path, index=False)
-    return run_monitor(root, f"incoming/{name}{suffix}")
+    return cast(dict[str, Any], run_monitor(root, f"incoming/{name}{suffix}"))
 
 
 def mlflow_run(record: dict[str, Any]) -> Any:

@@ -18,6 +18,7 @@ from reproml.io import file_md5
 from reproml.metrics import metric_spec
 from reproml.monitoring import batches, champion, concept, decision, quality, reports, store
 from reproml.monitoring.drift import ColumnDrift, DriftResult, bucket, reference_levels
+from reproml.monitoring.records import BatchRecord, DriftRecord, QualityChangeRecord
 
 # --- batches -------------------------------------------------------------------------------------
 
@@ -274,7 +275,7 @@ def test_the_record_holds_every_threshold() -> None:
     assert made.triggers == {"feature_drift": True}
 
 
-def past(verdict: str, day: str, seq: int, batch_id: str = "b") -> dict[str, Any]:
+def past(verdict: str, day: str, seq: int, batch_id: str = "b") -> BatchRecord:
     return {"verdict": verdict, "batch_time": f"{day}T00:00:00", "seq": seq, "batch_id": batch_id}
 
 
@@ -309,7 +310,7 @@ def test_held_verdicts_do_not_restart_the_cooldown_and_batches_count_in_batches(
 
 
 def test_ten_drifted_batches_in_a_row_give_one_retrain() -> None:
-    history: list[dict[str, Any]] = []
+    history: list[BatchRecord] = []
     for day in range(10):
         made = decision.decide(evidence(0.9, day=f"2013-08-{day + 1:02d}", seq=day + 1), WATCH, history)
         history.append({**past(made.verdict, f"2013-08-{day + 1:02d}", day + 1)})
@@ -328,8 +329,8 @@ def test_labelled_windows_sort_by_batch_time_for_the_promotion_gate() -> None:
     assert sorted(names)[-1] == names[1]
 
 
-def record(batch_id: str, verdict: str, seq: int, value: float | None) -> dict[str, Any]:
-    quality_part = None
+def record(batch_id: str, verdict: str, seq: int, value: float | None) -> BatchRecord:
+    quality_part: QualityChangeRecord | None = None
     if value is not None:
         quality_part = {
             "metric": "roc_auc",
@@ -339,7 +340,28 @@ def record(batch_id: str, verdict: str, seq: int, value: float | None) -> dict[s
             "drop": 0.74 - value,
             "interval": [0.01, 0.05],
             "batch_interval": [value - 0.01, value + 0.01],
+            "confidence": 0.95,
+            "samples": 500,
+            "reference_rows": 100,
+            "batch_rows": 100,
+            "evidently": {},
+            "batch_metrics": {},
+            "per_class": {},
+            "note": None,
         }
+    shares: DriftRecord = {
+        "effect_floor": 0.1,
+        "reference_rows": 100,
+        "batch_rows": 100,
+        "columns": [],
+        "prediction": None,
+        "drift_share": 0.5,
+        "weighted_drift_share": 0.25,
+        "weighting": "importance",
+        "probabilities": [],
+        "methods": {"numeric": "wasserstein", "categorical": "jensenshannon"},
+        "drifted": [],
+    }
     return {
         "batch_id": batch_id,
         "seq": seq,
@@ -347,12 +369,24 @@ def record(batch_id: str, verdict: str, seq: int, value: float | None) -> dict[s
         "rows": 100,
         "batch_time": f"2013-0{seq + 6}-28T00:00:00",
         "batch_start": f"2013-0{seq + 6}-01T00:00:00",
-        "champion": {"version": 1},
+        "champion": {
+            "name": "flights-late",
+            "version": 1,
+            "run_id": "r",
+            "uri": "models:/flights-late@champion",
+        },
         "reasons": ["because <b>"],
-        "drift": {"drift_share": 0.5, "weighted_drift_share": 0.25},
+        "drift": shares,
         "quality": quality_part,
         "reports": {"drift": f"monitoring/flights-late/reports/{batch_id}/drift.html"},
-        "decision": {"thresholds": {"quality_margin": 0.02}},
+        "decision": {
+            "verdict": verdict,
+            "summary": "",
+            "reasons": ["because <b>"],
+            "triggers": {},
+            "thresholds": {"quality_margin": 0.02},
+            "loop_guard": {},
+        },
     }
 
 

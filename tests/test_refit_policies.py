@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pytest
@@ -23,6 +23,9 @@ from reproml.errors import ConfigError, ReproError
 from reproml.features import FeatureSpec
 from reproml.fitting import fit_model, refit_model, refit_rounds
 from reproml.monitoring import champion
+from reproml.monitoring.records import BatchSummary
+from reproml.retrain import TrainingSummary
+from reproml.simulation import SimulationRow
 from tests.conftest import default_params, tiny_frame
 
 
@@ -146,11 +149,13 @@ def test_policies_are_parsed_and_decide_which_batches_retrain() -> None:
     assert simulation.wants_retrain("reproml", "retrain") and not simulation.wants_retrain("reproml", "ok")
 
 
-def _rows(qualities: list[float], retrained: list[bool], seconds: float = 60.0) -> list[dict[str, Any]]:
+def _rows(qualities: list[float], retrained: list[bool], seconds: float = 60.0) -> list[SimulationRow]:
     return [
         {"batch": f"2013-{7 + i:02d}", "quality": q, "verdict": "retrain" if r else "ok",
          "retrain": "promote v3, refit v4" if r else "-", "retrain_seconds": seconds if r else None,
-         "summary": "weighted feature drift 0.5 >= 0.4 <b>" if r else "no trigger", "reasons": []}
+         "summary": "weighted feature drift 0.5 >= 0.4 <b>" if r else "no trigger", "reasons": [],
+         "rows": 100, "weighted_drift_share": None, "drift_share": None, "baseline": None,
+         "metric": "roc_auc", "data_version": None, "champion_before": 3, "champion": 4}
         for i, (q, r) in enumerate(zip(qualities, retrained, strict=True))
     ]  # fmt: skip
 
@@ -181,10 +186,11 @@ def test_the_policies_table_has_quality_mean_retrains_and_compute(tmp_path: Path
 
 
 def test_a_refit_row_names_the_refit_and_its_reason() -> None:
-    outcome = {
+    outcome: BatchSummary = {
         "batch": "2013-07", "rows": 10, "verdict": "retrain", "quality": 0.7, "summary": "drift",
-        "retrain": {"promotion": {"action": "promote", "reason": "better"}, "challenger": {"version": 3},
-                    "refit": {"version": 4, "decision": {"reason": "refit of v3 on 9 rows"}}},
+        "retrain": cast(TrainingSummary, {  # only the parts `row` reads
+            "promotion": {"action": "promote", "reason": "better"}, "challenger": {"version": 3},
+            "refit": {"version": 4, "decision": {"reason": "refit of v3 on 9 rows"}}}),
         "retrain_seconds": 12.5,
     }  # fmt: skip
     row = simulation.row(outcome, 0.69, 4)

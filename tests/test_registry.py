@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlflow
 import pytest
@@ -52,7 +52,7 @@ def project(make_project: Callable[..., Path]) -> Path:
     return make_project(project_params(), files={"data/raw/frame.parquet": tiny_frame(2000, seed=1)})
 
 
-def pipeline(root: Path, **changes: Any) -> dict[str, Any]:
+def pipeline(root: Path, **changes: Any) -> registry.Registered:
     """Re-run the stages with `changes` applied to params ({"prepare.exclude_columns": [...]})."""
     import yaml
 
@@ -64,6 +64,11 @@ def pipeline(root: Path, **changes: Any) -> dict[str, Any]:
     for stage in (run_ingest, run_prepare, run_train, run_evaluate):
         stage(root)
     return run_register(root)
+
+
+def gate_of(record: registry.DecisionRecord) -> dict[str, Any]:
+    """The gate's numbers, loosely typed: on these runs every one of them is a number."""
+    return cast(dict[str, Any], record["gate"])
 
 
 def alias(name: str) -> int | None:
@@ -116,7 +121,7 @@ def test_worse_challenger_is_rejected_and_champion_kept(project: Path) -> None:
     pipeline(project, **{"prepare.exclude_columns": ["x1"]})  # loses the strongest feature
     record = run_promote(project)
     assert record["action"] == "reject"
-    assert record["gate"]["improvement"] < 0
+    assert gate_of(record)["improvement"] < 0
     assert (alias("champion"), alias("challenger"), alias("previous")) == (1, 2, None)
     assert MlflowClient().get_model_version(NAME, "2").tags["reproml.decision"] == "reject"
 
@@ -128,8 +133,8 @@ def test_better_challenger_is_promoted_and_old_champion_kept_as_previous(make_pr
     pipeline(root, **{"prepare.exclude_columns": []})
     record = run_promote(root)
     assert record["action"] == "promote", record["reason"]
-    low, _ = record["gate"]["interval"]
-    assert record["gate"]["improvement"] > record["gate"]["margin"] and low > 0
+    low, _ = gate_of(record)["interval"]
+    assert gate_of(record)["improvement"] > gate_of(record)["margin"] and low > 0
     assert (alias("champion"), alias("previous")) == (2, 1)
 
 
@@ -288,8 +293,8 @@ def test_regression_worse_challenger_is_rejected(make_project) -> None:
     pipeline(root, **{"prepare.exclude_columns": ["x1"]})
     record = run_promote(root)
     assert record["action"] == "reject"
-    assert record["gate"]["challenger_value"] > record["gate"]["champion_value"]  # higher error
-    assert record["gate"]["improvement"] < 0
+    assert gate_of(record)["challenger_value"] > gate_of(record)["champion_value"]  # higher error
+    assert gate_of(record)["improvement"] < 0
     assert alias("champion") == 1
 
 
@@ -326,10 +331,10 @@ def test_challenger_better_overall_but_worse_on_a_slice_is_rejected(make_project
     run_promote(root, version=1, reason="baseline for the test")
     pipeline(root, **{"prepare.exclude_columns": ["x2"]})  # knows x1 only: the reverse
     record = run_promote(root)
-    assert record["gate"]["improvement"] > 0, "the challenger should be better overall"
+    assert gate_of(record)["improvement"] > 0, "the challenger should be better overall"
     assert record["action"] == "reject"
     assert "region=R" in record["reason"]
-    judged = {s["value"]: s for s in record["gate"]["slices"]}
+    judged = {s["value"]: s for s in gate_of(record)["slices"]}
     assert judged["R"]["judged"] and judged["R"]["improvement"] < -0.01
     assert alias("champion") == 1
 

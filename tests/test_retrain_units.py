@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import sys
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 import pytest
@@ -16,6 +17,7 @@ from reproml.config import load_params
 from reproml.data import labelled
 from reproml.errors import ConfigError, DataValidationError
 from reproml.monitoring import batches
+from reproml.monitoring.records import BatchSummary
 from reproml.orchestration.commands import CommandError, TransientError, run
 from tests.conftest import REPO
 
@@ -148,7 +150,7 @@ def test_the_workspace_follows_the_environment(tmp_path: Path, monkeypatch: pyte
 
 
 def test_the_simulation_page_has_the_plot_and_every_batch(tmp_path: Path) -> None:
-    outcome = {
+    outcome: BatchSummary = {
         "batch": "2013-07",
         "rows": 28000,
         "weighted_drift_share": 0.45,
@@ -157,12 +159,15 @@ def test_the_simulation_page_has_the_plot_and_every_batch(tmp_path: Path) -> Non
         "metric": "roc_auc",
         "verdict": "retrain",
         "reasons": ["weighted feature drift 0.45 >= 0.4"],
-        "champion": {"version": 1},
-        "retrain": {
-            "promotion": {"action": "promote"},
-            "challenger": {"version": 2},
-            "added": {"md5": "0123456789abcdef.dir"},
-        },
+        "champion": {"name": "m", "version": 1, "run_id": "r", "uri": "models:/m@champion"},
+        "retrain": cast(  # only the parts `row` reads
+            retrain.TrainingSummary,
+            {
+                "promotion": {"action": "promote"},
+                "challenger": {"version": 2},
+                "added": {"md5": "0123456789abcdef.dir"},
+            },
+        ),
     }
     rows = [
         simulation.row(outcome, 0.69, 2),

@@ -37,6 +37,21 @@ def make_params(model: str = "xgboost", task: str = "classification") -> Params:
     return parse_params(raw)
 
 
+def context(data: str) -> study.StudyContext:
+    """A study context whose data version is `data` (the rest as one project would have it)."""
+    return {
+        "model": "xgboost",
+        "metric": "roc_auc",
+        "seed": 7,
+        "target": "y",
+        "task": "classification",
+        "exclude_columns": [],
+        "features": {},
+        "fixed": {},
+        "data": {"data/prepared/train.parquet": data},
+    }
+
+
 def make_spec(
     name: str = "s", model: str = "xgboost", direction: str = "maximize", **changes: Any
 ) -> study.StudySpec:
@@ -47,7 +62,7 @@ def make_spec(
         direction="maximize" if direction == "maximize" else "minimize",
         space=space.signature(model),
         fingerprint="f" * 64,
-        context={"data": "v1"},
+        context=context("v1"),
         seed=7,
         startup_trials=3,
         pruner="median",
@@ -239,7 +254,7 @@ def test_corruption_in_the_middle_is_refused_not_guessed_at(tmp_path: Path) -> N
         ({"direction": "minimize"}, "created to maximize and tune asks to minimize"),
         ({"space": space.signature("hist_gradient_boosting")}, "search space changed"),
         ({"metric": metric_spec("log_loss", "classification")}, "scores 'roc_auc'"),
-        ({"fingerprint": "0" * 64, "context": {"data": "v2"}}, "differs in: data"),
+        ({"fingerprint": "0" * 64, "context": context("v2")}, "differs in: data"),
     ],
 )
 def test_resuming_a_changed_study_is_refused_and_leaves_it_untouched(

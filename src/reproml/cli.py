@@ -167,7 +167,7 @@ def tune() -> None:
     """Optuna study over train.model's space on the valid split; writes models/best_params.json."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from reproml.stages.tune import run_tune
+    from reproml.stages.tune import TuneOff, TuneSummary, run_tune
 
     columns = [
         TextColumn("[bold]tune[/bold]"),
@@ -188,7 +188,7 @@ def tune() -> None:
             detail = f"pruned {counts.pruned} · failed {counts.failed} · best {best}"
             bar.update(task, completed=counts.finished, detail=detail)
 
-        def run(root: Path) -> dict[str, Any]:
+        def run(root: Path) -> TuneOff | TuneSummary:
             from reproml.config import load_params
 
             settings = load_params(root / "params.yaml").tune
@@ -233,13 +233,19 @@ def promote(
     reason: str | None = typer.Option(None, help="Why a forced promotion skips the gate (recorded)."),
 ) -> None:
     """Gate the challenger against the champion; move `champion` only if it is clearly better."""
+    from reproml.retrain import Promotion
     from reproml.stages.register import run_promote
 
-    def decide(root: Path) -> dict[str, Any]:
+    def decide(root: Path) -> Promotion:
         record = run_promote(root, version=version, reason=reason)
         # the full record (gate numbers, slices) is in the file; the terminal gets the verdict
-        keys = ("action", "challenger", "champion", "reason", "record")
-        return {key: record.get(key) for key in keys}
+        return {
+            "action": record.get("action"),
+            "challenger": record.get("challenger"),
+            "champion": record.get("champion"),
+            "reason": record.get("reason"),
+            "record": record.get("record"),
+        }
 
     _run_stage("promote", decide, training=True)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,14 @@ from sklearn.pipeline import Pipeline
 from reproml import thresholds
 from reproml.errors import ReproError
 from reproml.metrics import METRICS, THRESHOLD, score
+
+
+class DecidedRecord(TypedDict):
+    """`Decision.to_dict`: what `decide` did, as models/history.json keeps it (`decision`)."""
+
+    calibration: str
+    threshold: thresholds.ThresholdRecord | None
+    brier_valid: dict[str, float]  # before / after calibration
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,7 @@ class Decision:
     threshold: thresholds.ThresholdChoice | None
     brier_valid: dict[str, float] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> DecidedRecord:
         return {
             "calibration": self.calibration,
             "threshold": None if self.threshold is None else self.threshold.to_dict(),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -20,8 +20,19 @@ from sklearn.pipeline import Pipeline
 
 from reproml import metrics
 from reproml.config import Params
+from reproml.decisions import DecidedRecord
 from reproml.features import FeatureSpec, build_preprocessor
 from reproml.models import ClassLabels, class_order, make_estimator
+
+
+class HistoryRecord(TypedDict):
+    """models/history.json, written by `train`: the curve metric, its per-round values on train and
+    valid, the early-stopped round, and what `decisions.decide` did (absent in older files)."""
+
+    metric: str
+    best_iteration: int | None
+    curves: dict[str, list[float]]
+    decision: NotRequired[DecidedRecord]
 
 
 @dataclass

@@ -28,17 +28,60 @@ What a metric is and which way is better lives in `reproml.metrics`; the bootstr
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
 from reproml.bootstrap import paired_bootstrap
 from reproml.config import PromoteParams
 from reproml.metrics import METRICS, MetricSpec, check_same_length, class_codes, metric_spec, oriented, score
+
+
+class SliceRecord(TypedDict):
+    """`SliceResult` as JSON (NaN as null)."""
+
+    value: str
+    rows: int
+    challenger: float | None
+    champion: float | None
+    improvement: float | None
+    judged: bool
+
+
+class GateRecord(TypedDict):
+    """`GateResult.to_dict`: the gate's verdict and every number behind it, as the registry's
+    decision records keep it (NaN and infinities as null)."""
+
+    promote: bool
+    reason: str
+    metric: str
+    higher_is_better: bool
+    challenger_value: float | None
+    champion_value: float | None
+    improvement: float | None
+    interval: list[float | None] | None
+    margin: float | None
+    confidence: float | None
+    rows: int
+    slices: list[SliceRecord]
+
+
+class _Numbers(TypedDict, total=False):
+    """What the gate has measured so far (a rule may reject before the rest is known)."""
+
+    challenger_value: float
+    champion_value: float | None
+    improvement: float | None
+    interval: tuple[float, float] | None
+    slices: list[SliceResult]
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has neither NaN nor infinities: None."""
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 @dataclass(frozen=True)
@@ -52,6 +95,16 @@ class SliceResult:
     champion: float
     improvement: float
     judged: bool
+
+    def to_dict(self) -> SliceRecord:
+        return {
+            "value": self.value,
+            "rows": int(self.rows),
+            "challenger": _finite(self.challenger),
+            "champion": _finite(self.champion),
+            "improvement": _finite(self.improvement),
+            "judged": bool(self.judged),
+        }
 
 
 @dataclass(frozen=True)
@@ -69,10 +122,22 @@ class GateResult:
     rows: int
     slices: list[SliceResult]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> GateRecord:
         """The decision record: plain JSON types, NaN and infinities as None (JSON has neither)."""
-        record: dict[str, Any] = _jsonable(dataclasses.asdict(self))
-        return record
+        return {
+            "promote": bool(self.promote),
+            "reason": self.reason,
+            "metric": self.metric,
+            "higher_is_better": bool(self.higher_is_better),
+            "challenger_value": _finite(self.challenger_value),
+            "champion_value": _finite(self.champion_value),
+            "improvement": _finite(self.improvement),
+            "interval": None if self.interval is None else [_finite(v) for v in self.interval],
+            "margin": _finite(self.margin),
+            "confidence": _finite(self.confidence),
+            "rows": int(self.rows),
+            "slices": [s.to_dict() for s in self.slices],
+        }
 
 
 def decide(
@@ -101,24 +166,21 @@ def decide(
     y = class_codes(y, challenger, labels)
     name, rows = spec.name, len(y)
 
-    def result(promote: bool, reason: str, **numbers: Any) -> GateResult:
-        fields: dict[str, Any] = {
-            "challenger_value": math.nan,
-            "champion_value": None,
-            "improvement": None,
-            "interval": None,
-            "slices": [],
-            **numbers,
-        }
+    def result(promote: bool, reason: str, numbers: _Numbers | None = None) -> GateResult:
+        known = numbers or {}
         return GateResult(
             promote=promote,
             reason=reason,
             metric=name,
             higher_is_better=spec.higher_is_better,
+            challenger_value=known.get("challenger_value", math.nan),
+            champion_value=known.get("champion_value"),
+            improvement=known.get("improvement"),
+            interval=known.get("interval"),
             margin=params.margin,
             confidence=params.confidence,
             rows=rows,
-            **fields,
+            slices=known.get("slices", []),
         )
 
     if rows == 0:
@@ -131,15 +193,15 @@ def decide(
         if slices is not None and params.slice_column is not None
         else []
     )
-    known: dict[str, Any] = {"challenger_value": ours, "champion_value": theirs, "slices": per_slice}
+    known: _Numbers = {"challenger_value": ours, "champion_value": theirs, "slices": per_slice}
 
     if math.isnan(ours):
-        return result(False, f"challenger {name} is NaN on {rows} rows: a missing metric rejects", **known)
+        return result(False, f"challenger {name} is NaN on {rows} rows: a missing metric rejects", known)
     if theirs is not None and math.isnan(theirs):
         return result(
             False,
             f"champion {name} is NaN on {rows} rows: a comparison with NaN proves nothing, so it rejects",
-            **known,
+            known,
         )
 
     if champion is None or theirs is None:
@@ -149,22 +211,22 @@ def decide(
     improvement, low, high = paired_bootstrap(
         spec, y, challenger, champion, params.bootstrap_samples, params.confidence, seed
     )
-    known.update(improvement=improvement, interval=(low, high))
+    known["improvement"], known["interval"] = improvement, (low, high)
     versus = f"challenger {name} {_fmt(ours)} vs champion {_fmt(theirs)}"
     gain, margin = _signed(improvement), f"margin {_fmt(params.margin)}"
     level = f"{round(params.confidence * 100, 6):g}%"
     interval_text = f"{level} interval [{_fmt(low)}, {_fmt(high)}]"
 
     if improvement == 0.0:
-        return result(False, f"{versus}: a tie (improvement 0); ties never promote", **known)
+        return result(False, f"{versus}: a tie (improvement 0); ties never promote", known)
     if improvement < 0.0:
-        return result(False, f"{versus}: challenger is worse by {_fmt(-improvement)} ({margin})", **known)
+        return result(False, f"{versus}: challenger is worse by {_fmt(-improvement)} ({margin})", known)
     if improvement <= params.margin:
-        return result(False, f"{versus}: {gain} does not exceed {margin}", **known)
+        return result(False, f"{versus}: {gain} does not exceed {margin}", known)
     if math.isnan(low) or math.isnan(high):
-        return result(False, f"{versus}: {gain} > {margin} but the {level} interval is undefined", **known)
+        return result(False, f"{versus}: {gain} > {margin} but the {level} interval is undefined", known)
     if low <= 0.0:
-        return result(False, f"{versus}: {gain} > {margin} but {interval_text} includes 0", **known)
+        return result(False, f"{versus}: {gain} > {margin} but {interval_text} includes 0", known)
 
     tolerance = _fmt(params.slice_tolerance)
     failing = [s for s in per_slice if s.judged and s.improvement < -params.slice_tolerance]
@@ -175,7 +237,7 @@ def decide(
             False,
             f"{versus} overall, but on {where} the challenger {name} is {_fmt(worst.challenger)} vs "
             f"{_fmt(worst.champion)}: worse by {_fmt(-worst.improvement)} > slice tolerance {tolerance}",
-            **known,
+            known,
         )
 
     judged = sum(s.judged for s in per_slice)
@@ -183,7 +245,7 @@ def decide(
     return result(
         True,
         f"{versus}: {gain} > {margin}, {interval_text} excludes 0" + (slices_ok if per_slice else ""),
-        **known,
+        known,
     )
 
 
@@ -219,7 +281,7 @@ def _first_model(
     floor: float,
     what: str,
     result: Callable[..., GateResult],
-    known: dict[str, Any],
+    known: _Numbers,
 ) -> GateResult:
     """No champion yet: a floor stops a broken first model from becoming the baseline."""
     meets = value >= floor if spec.higher_is_better else value <= floor
@@ -229,7 +291,7 @@ def _first_model(
         meets,
         f"first model: challenger {spec.name} {_fmt(value)} {verdict} the floor ({needs} "
         f"{_fmt(floor)}{what})",
-        **known,
+        known,
     )
 
 
@@ -268,15 +330,3 @@ def _fmt(value: float) -> str:
 
 def _signed(value: float) -> str:
     return ("+" if value >= 0 else "") + _fmt(value)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value

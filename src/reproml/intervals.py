@@ -10,11 +10,23 @@ both weaken, so the number to read is the measured one.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
+
+
+class IntervalSummary(TypedDict):
+    """`Intervals.summary`: metrics.json's `intervals` (regression)."""
+
+    level: float
+    coverage: float
+    mean_width: float
+    half_width: float
+    calibration_rows: int
+    test_rows: int
+    coverage_gap: float  # negative: fewer rows covered than promised
 
 
 @dataclass(frozen=True)
@@ -28,11 +40,16 @@ class Intervals:
     lower: np.ndarray
     upper: np.ndarray
 
-    def summary(self) -> dict[str, Any]:
-        out = asdict(self)
-        del out["lower"], out["upper"]
-        out["coverage_gap"] = self.coverage - self.level  # negative: fewer rows covered than promised
-        return out
+    def summary(self) -> IntervalSummary:
+        return {
+            "level": self.level,
+            "coverage": self.coverage,
+            "mean_width": self.mean_width,
+            "half_width": self.half_width,
+            "calibration_rows": self.calibration_rows,
+            "test_rows": self.test_rows,
+            "coverage_gap": self.coverage - self.level,
+        }
 
 
 def conformal(

@@ -16,13 +16,32 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import NotRequired, TypedDict, cast
 
 import pandas as pd
 
 from reproml.errors import ReproError
 
 TAG = "reproml.learned"
+
+
+class LearnedRecord(TypedDict):
+    """What a model learned (the `reproml.learned` tag, JSON), as `describe` writes it."""
+
+    kind: str  # `train split` or `refit`
+    splits: dict[str, str]  # split path -> md5
+    rows: int
+    first: str | None  # the first and last timestamps; None without a time column
+    last: str | None
+    data_hash: str
+
+
+class ParentRef(TypedDict):
+    """A refit's parent (tag `reproml.refit_of`, JSON): the promoted version whose hyperparameters
+    and round count it refit on the whole window."""
+
+    version: int
+    run_id: NotRequired[str | None]
 
 
 def data_hash(splits: dict[str, str]) -> str:
@@ -33,7 +52,7 @@ def data_hash(splits: dict[str, str]) -> str:
 
 def describe(
     frame: pd.DataFrame, splits: dict[str, str], time_column: str | None, kind: str
-) -> dict[str, Any]:
+) -> LearnedRecord:
     """The record of what a model learned: `kind` (`train split` or `refit`), the split files and
     their md5s, the row count, the first and last timestamps (None without a time column) and
     the combined data hash."""
@@ -51,7 +70,7 @@ def describe(
     }
 
 
-def parse(text: str | None, where: str) -> dict[str, Any] | None:
+def parse(text: str | None, where: str) -> LearnedRecord | None:
     """The tag's record, or None when there is no tag (a model trained before it existed);
     a tag that is not such a record is refused naming `where`."""
     if not text:
@@ -62,10 +81,10 @@ def parse(text: str | None, where: str) -> dict[str, Any] | None:
         raise ReproError(f"{where}: tag {TAG} is not JSON") from None
     if not isinstance(record, dict) or not isinstance(record.get("splits"), dict) or not record["splits"]:
         raise ReproError(f"{where}: tag {TAG} names no learned splits")
-    return record
+    return cast(LearnedRecord, record)  # the JSON edge: checked for its splits, the rest as written
 
 
-def summary(record: dict[str, Any] | None) -> str:
+def summary(record: LearnedRecord | None) -> str:
     """One line: what was learned, for records and logs."""
     if not record:
         return "unknown (no reproml.learned tag)"

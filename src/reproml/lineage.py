@@ -11,7 +11,7 @@ import importlib.metadata
 import json
 import platform
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from reproml.stores import git
 
@@ -20,7 +20,16 @@ LIBRARIES = ("mlflow", "xgboost-cpu", "scikit-learn", "pandas", "numpy", "pyarro
 PIPELINE_WRITES = ("dvc.lock", "metrics/")
 
 
-def git_state(root: Path) -> dict[str, Any]:
+class GitState(TypedDict):
+    """The code a run was made from: its commit (None outside a git repository with commits) and
+    whether the tree had changes, with up to 20 of the changed paths."""
+
+    commit: str | None
+    dirty: bool
+    dirty_paths: list[str]
+
+
+def git_state(root: Path) -> GitState:
     """Commit and dirty flag; dirty ignores the files the pipeline itself writes while running."""
     commit = git.head(root)
     changed = git.changed_paths(root)

@@ -26,6 +26,7 @@ import pandas as pd
 
 from reproml import learned, paths, provenance
 from reproml.errors import ReproError
+from reproml.gate import GateRecord
 from reproml.io import file_lock, file_md5, read_json, write_json
 from reproml.monitoring import store
 from reproml.redaction import scrub, scrub_obj
@@ -155,8 +156,18 @@ class VersionRef(TypedDict, total=False):
 
     version: int
     run_id: str | None
-    learned: dict[str, Any]  # what it learned: splits, rows, time range, data hash
-    refit_of: dict[str, Any]  # a refit's parent version
+    learned: learned.LearnedRecord  # what it learned: splits, rows, time range, data hash
+    refit_of: learned.ParentRef  # a refit's parent version
+
+
+class Registered(TypedDict):
+    """The version `reproml register` made the challenger, as models/registered.json holds it."""
+
+    model_name: str
+    version: int
+    alias: str
+    run_id: str
+    model_uri: str
 
 
 class DecisionRecord(TypedDict, total=False):
@@ -171,7 +182,7 @@ class DecisionRecord(TypedDict, total=False):
     challenger: VersionRef | None
     champion: VersionRef | None
     demoted: VersionRef | None
-    gate: dict[str, Any]  # gate.GateResult.to_dict()
+    gate: GateRecord  # gate.GateResult.to_dict()
     champion_judged_as: VersionRef | None  # a refit champion's parent, which the gate scored
     eval_data: dict[str, str]  # path -> md5 of the rows both models were scored on
     status: str

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 from rich.text import Text
@@ -18,6 +18,7 @@ from reproml import paths
 from reproml.monitoring import store
 
 if TYPE_CHECKING:
+    from reproml.monitoring.records import BatchRecord, QualityChangeRecord
     from reproml.registry import VersionRef
     from reproml.reproduce.compare import Row
 
@@ -82,8 +83,8 @@ def registry_table(root: Path) -> Table:
     for header in ("time (UTC)", "model", "action", "challenger", "champion before", "improvement", "reason"):
         table.add_column(header, overflow="fold")
     for record in history(root):
-        gate = record.get("gate") or {}
-        improvement = gate.get("improvement")
+        gate = record.get("gate")
+        improvement = None if gate is None else gate.get("improvement")
         table.add_row(
             record["time"][:19].replace("T", " "),
             _plain(record["model_name"]),
@@ -125,7 +126,7 @@ def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _quality_cell(quality: dict[str, Any] | None) -> str:
+def _quality_cell(quality: QualityChangeRecord | None) -> str:
     if not quality:
         return "-"
     low, high = quality.get("interval") or (None, None)
@@ -136,39 +137,40 @@ def _quality_cell(quality: dict[str, Any] | None) -> str:
     return f"{quality['metric']} {batch:.4f} vs {reference:.4f}, drop {drop:+.4f}{interval}"
 
 
-def verdict_table(record: dict[str, Any]) -> Table:
+def verdict_table(record: BatchRecord) -> Table:
     """`reproml monitor`: one batch's verdict and the reasons behind it."""
-    champion = record.get("champion") or {}
+    champion = record.get("champion")
+    name = None if champion is None else champion.get("name")
     table = Table(
         title=f"Batch {record['batch_id']} · {record['rows']} rows · champion "
-        f"{champion.get('name')} v{champion.get('version')}",
+        f"{name} v{None if champion is None else champion.get('version')}",
         show_header=False,
     )
     table.add_column("", style="bold")
     table.add_column("", overflow="fold")
-    drift = record.get("drift") or {}
+    drift = record.get("drift")
     table.add_row("verdict", _plain(record["verdict"]))
     table.add_row("summary", _plain(record.get("summary", "")))
     for reason in record.get("reasons", []):
         table.add_row("why", _plain(reason))
     table.add_row(
         "drift share",
-        f"{_share(drift.get('drift_share'))} (weighted {_share(drift.get('weighted_drift_share'))})",
+        f"{_share(None if drift is None else drift.get('drift_share'))} "
+        f"(weighted {_share(None if drift is None else drift.get('weighted_drift_share'))})",
     )
     table.add_row("quality", _plain(_quality_cell(record.get("quality"))))
-    for name, path in (record.get("reports") or {}).items():
-        table.add_row(f"{name} report", _plain(path))
-    if record.get("quarantine"):
-        where = f"{record['quarantine']['batch']} (reason: {record['quarantine']['reason']})"
-        table.add_row("quarantined", _plain(where))
-    name = champion.get("name")
+    for page, path in (record.get("reports") or {}).items():
+        table.add_row(f"{page} report", _plain(path))
+    kept = record.get("quarantine")
+    if kept:
+        table.add_row("quarantined", _plain(f"{kept['batch']} (reason: {kept['reason']})"))
     if name:
         table.add_row("record", _plain(store.record_path(str(name), record["batch_id"])))
         table.add_row("index", _plain(store.index(str(name))))
     return table
 
 
-def monitoring_table(records: list[dict[str, Any]], name: str) -> Table:
+def monitoring_table(records: list[BatchRecord], name: str) -> Table:
     """`reproml monitoring`: every monitored batch of model `name`, in the order it was monitored."""
     table = Table(title=f"Monitored batches of {name} ({store.records(name)}/; open {store.index(name)})")
     for header in (
@@ -185,16 +187,17 @@ def monitoring_table(records: list[dict[str, Any]], name: str) -> Table:
     ):
         table.add_column(header, overflow="fold")
     for record in records:
-        drift = record.get("drift") or {}
+        drift = record.get("drift")
+        champion = record.get("champion")
         table.add_row(
             str(record.get("seq", "")),
             _plain(record["batch_id"]),
             (record.get("batch_time") or "-")[:10],
             str(record.get("rows", "")),
-            f"v{(record.get('champion') or {}).get('version', '?')}",
+            f"v{'?' if champion is None else champion.get('version', '?')}",
             _plain(record.get("verdict", "?")),
-            _share(drift.get("drift_share")),
-            _share(drift.get("weighted_drift_share")),
+            _share(None if drift is None else drift.get("drift_share")),
+            _share(None if drift is None else drift.get("weighted_drift_share")),
             _plain(_quality_cell(record.get("quality"))),
             _plain(record.get("summary") or (record.get("reasons") or ["-"])[0]),
         )

@@ -27,12 +27,63 @@ from __future__ import annotations
 import datetime as dt
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import pandas as pd
 
 from reproml.config import Params, model_section, parse_params
 from reproml.errors import ConfigError
+from reproml.learned import LearnedRecord, ParentRef
+from reproml.registry import Registered, VersionRef
+
+
+class AddedBatch(TypedDict):
+    """A labelled batch the training flow added as a new DVC data version on the retrain branch."""
+
+    file: str  # relative to the worktree
+    md5: str  # what its `.dvc` file records
+    window: dict[str, str]  # `Window.to_dict`: the slid time window
+    commit: str | None
+
+
+class Promotion(TypedDict):
+    """The gate's decision as the training flow reports it (None where the decision had no such
+    key); a refused flow has only the action `refused` and why."""
+
+    action: str | None
+    reason: str | None
+    challenger: NotRequired[VersionRef | None]
+    champion: NotRequired[VersionRef | None]
+    record: NotRequired[str | None]  # the decision record's file
+
+
+class RefitOutcome(TypedDict):
+    """`reproml refit`'s result: the refit version, which became the champion, and its decision."""
+
+    version: int
+    run_id: str
+    refit_of: ParentRef
+    learned: LearnedRecord
+    rounds: int | None
+    fit_seconds: float
+    decision: Promotion  # action, reason and record
+
+
+class TrainingSummary(TypedDict):
+    """What the training flow returns (and the replay reads): what was added, which stages ran,
+    the data versions dvc.lock names, the challenger, the gate's decision and the refit. A flow
+    refused before it started has `worktree` None and the promotion action `refused`."""
+
+    branch: str
+    worktree: str | None
+    reason: str
+    added: AddedBatch | None
+    stages: dict[str, str]  # stage -> `ran` or `skipped`
+    commit: str | None
+    data_versions: dict[str, str]  # path -> md5
+    challenger: Registered | None
+    promotion: Promotion
+    refit: RefitOutcome | None
 
 
 @dataclass(frozen=True)

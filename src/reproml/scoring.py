@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -46,7 +46,16 @@ def compute_metrics(
     }
 
 
-def overfit_check(by_split: dict[str, dict[str, float]], task: str, margin: float) -> dict[str, Any]:
+class OverfitRecord(TypedDict):
+    """`overfit_check`: metrics.json's `overfit`."""
+
+    metric: str
+    gap: float
+    margin: float
+    overfit: bool
+
+
+def overfit_check(by_split: dict[str, dict[str, float]], task: str, margin: float) -> OverfitRecord:
     """Train-vs-validation gap on the primary metric; flagged when it exceeds `margin`.
 
     A metric where higher is better (ROC-AUC, binary or macro one-vs-rest) compares the absolute gap;

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import numpy as np
 import pandas as pd
 
 from reproml import safehtml
 from reproml.io import write_json
+
+if TYPE_CHECKING:
+    from reproml.monitoring.records import BatchSummary
 
 HTML_NAME, JSON_NAME = "simulation.html", "simulation.json"
 COLUMNS = {
@@ -35,6 +39,51 @@ COLUMNS = {
     "data_version": "data version",
     "champion": "champion after",
 }
+
+
+class SimulationRow(TypedDict):
+    """One batch of the replay (`row`): the table's columns, and why."""
+
+    batch: str | None
+    rows: int | None
+    weighted_drift_share: float | None
+    drift_share: float | None
+    quality: float | None  # the champion's metric at the time
+    baseline: float | None  # the never-retrained model's, on the same labelled rows
+    metric: str | None
+    verdict: str | None
+    retrain: str  # what the training flow did: `promote v3, refit v4`, `reject v3`, `-`
+    data_version: str | None  # the added batch's md5, shortened
+    champion_before: int | None
+    champion: int | None  # after the batch
+    reasons: list[str]
+    summary: str | None
+    retrain_seconds: float | None
+
+
+class PolicySummary(TypedDict):
+    """One retrain policy's line of the comparison (`policy_summary`; `compare` adds `vs_never`)."""
+
+    policy: str
+    quality: dict[str, float | None]  # batch -> the champion's metric at the time
+    mean: float | None
+    retrains: int
+    promotions: int
+    training_seconds: float
+    seconds: float
+    vs_never: NotRequired[float | None]
+
+
+class PolicyTable(TypedDict):
+    batches: list[str]
+    policies: list[PolicySummary]
+
+
+class VerdictLine(TypedDict):
+    batch: str | None
+    verdict: str | None
+    retrain: str
+    why: str
 
 
 def metric_name(task: str, metric: str | None) -> str:
@@ -67,21 +116,26 @@ def baseline_metric(model: Any, frame: pd.DataFrame, target: str, task: str, met
     return score(spec, labelled[target].to_numpy(), scores, labels=labels, threshold=cut)
 
 
-def row(outcome: dict[str, Any], baseline: float, champion_after: int | None) -> dict[str, Any]:
+def row(outcome: BatchSummary, baseline: float, champion_after: int | None) -> SimulationRow:
     """One batch of the replay: the monitoring flow's summary plus what the retrain did."""
     retrain = outcome.get("retrain")
     what, data_version, outcome_reasons = "-", None, list(outcome.get("reasons") or [])
     if retrain:
-        promotion = retrain.get("promotion") or {}
-        version = (retrain.get("challenger") or {}).get("version")
-        what = str(promotion.get("action")) + ("" if version is None else f" v{version}")
-        data_version = ((retrain.get("added") or {}).get("md5") or "")[:10] or None
-        if promotion.get("reason"):
-            outcome_reasons.append(f"retrain: {promotion['action']}: {promotion['reason']}")
+        promotion = retrain.get("promotion")
+        action, why = (
+            (None, None) if promotion is None else (promotion.get("action"), promotion.get("reason"))
+        )
+        challenger, added = retrain.get("challenger"), retrain.get("added")
+        version = None if challenger is None else challenger.get("version")
+        what = str(action) + ("" if version is None else f" v{version}")
+        data_version = ((None if added is None else added.get("md5")) or "")[:10] or None
+        if why:
+            outcome_reasons.append(f"retrain: {action}: {why}")
         refit = retrain.get("refit")
         if refit:
             what += f", refit v{refit['version']}"
-            outcome_reasons.append(f"refit: {(refit.get('decision') or {}).get('reason')}")
+            decided = refit.get("decision")
+            outcome_reasons.append(f"refit: {None if decided is None else decided.get('reason')}")
     return {
         "batch": outcome.get("batch"),
         "rows": outcome.get("rows"),
@@ -93,7 +147,7 @@ def row(outcome: dict[str, Any], baseline: float, champion_after: int | None) ->
         "verdict": outcome.get("verdict"),
         "retrain": what,
         "data_version": data_version,
-        "champion_before": (outcome.get("champion") or {}).get("version"),
+        "champion_before": champion.get("version") if (champion := outcome.get("champion")) else None,
         "champion": champion_after,
         "reasons": outcome_reasons,
         "summary": outcome.get("summary"),
@@ -109,7 +163,7 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def _plot_svg(rows: list[dict[str, Any]], metric: str, baseline_version: int | None) -> Any:
+def _plot_svg(rows: list[SimulationRow], metric: str, baseline_version: int | None) -> Any:
     """The plot as inline SVG markup: matplotlib's SVG writer escapes every label it writes
     (`<`, `>`, `&`, quotes, and `--` in comments), so the page inserts it unescaped."""
     import matplotlib
@@ -122,10 +176,10 @@ def _plot_svg(rows: list[dict[str, Any]], metric: str, baseline_version: int | N
         return safehtml.markup("<p>No batch had enough labelled rows to judge quality.</p>")
     x = np.arange(len(judged))
     fig, ax = plt.subplots(figsize=(9, 3.6), dpi=100)
-    ax.plot(x, [r["quality"] for r in judged], "o-", color="#2471a3", label="champion at the time")
+    ax.plot(x, _values(r["quality"] for r in judged), "o-", color="#2471a3", label="champion at the time")
     ax.plot(
         x,
-        [r["baseline"] for r in judged],
+        _values(r["baseline"] for r in judged),
         "s--",
         color="#7f8c8d",
         label=f"never retrained (v{baseline_version})",
@@ -134,7 +188,7 @@ def _plot_svg(rows: list[dict[str, Any]], metric: str, baseline_version: int | N
         if r["retrain"].startswith("promote"):
             ax.axvline(i + 0.5, color="#1e8449", alpha=0.4)
             ax.annotate(f"v{r['champion']}", (i + 0.5, ax.get_ylim()[1]), fontsize=8, ha="center", va="top")
-    ax.set_xticks(x, [r["batch"] for r in judged], rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(x, [str(r["batch"]) for r in judged], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(metric)
     ax.set_title(
         "Champion quality per production batch (green line: a promotion after that batch)", fontsize=10
@@ -149,7 +203,12 @@ def _plot_svg(rows: list[dict[str, Any]], metric: str, baseline_version: int | N
     return safehtml.markup(svg[svg.index("<svg") :])
 
 
-def render_html(rows: list[dict[str, Any]], metric: str, baseline_version: int | None, title: str) -> str:
+def _values(values: Iterable[float | None]) -> list[float]:
+    """Numbers to plot, a missing one as NaN (a gap in the line)."""
+    return [math.nan if v is None else v for v in values]
+
+
+def render_html(rows: list[SimulationRow], metric: str, baseline_version: int | None, title: str) -> str:
     """The page (templates/simulation.html, autoescaped): every value from the replay is text."""
     return safehtml.render(
         "simulation.html",
@@ -162,7 +221,7 @@ def render_html(rows: list[dict[str, Any]], metric: str, baseline_version: int |
 
 def write(
     folder: Path,
-    rows: list[dict[str, Any]],
+    rows: list[SimulationRow],
     metric: str,
     baseline_version: int | None,
     title: str,
@@ -217,7 +276,7 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
-def policy_summary(policy: str, rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+def policy_summary(policy: str, rows: list[SimulationRow], seconds: float) -> PolicySummary:
     """One policy's line: quality per batch (the champion at the time), its mean, the training
     flows run (`retrains`), how many changed the champion, and the compute time they took."""
     ran = [r for r in rows if r.get("retrain") not in (None, "-")]
@@ -232,10 +291,10 @@ def policy_summary(policy: str, rows: list[dict[str, Any]], seconds: float) -> d
     }
 
 
-def compare(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+def compare(summaries: list[PolicySummary]) -> PolicyTable:
     """The policies' lines, and each one's mean against never retraining (when it ran)."""
     never = next((s["mean"] for s in summaries if s["policy"] == NEVER), None)
-    out = []
+    out: list[PolicySummary] = []
     for s in summaries:
         gain = None if never is None or s["mean"] is None else s["mean"] - never
         out.append({**s, "vs_never": gain})
@@ -243,7 +302,7 @@ def compare(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"batches": batches, "policies": out}
 
 
-def policies_markdown(table: dict[str, Any], metric: str, verdicts: list[dict[str, Any]]) -> str:
+def policies_markdown(table: PolicyTable, metric: str, verdicts: list[VerdictLine]) -> str:
     """The comparison as Markdown (README-ready): one line per policy, then the `reproml`
     policy's verdicts with their reasons. Cells are plain numbers and names; `|` is escaped."""
 
@@ -283,7 +342,7 @@ def policies_markdown(table: dict[str, Any], metric: str, verdicts: list[dict[st
     return "\n".join(lines) + "\n"
 
 
-def verdict_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def verdict_lines(rows: list[SimulationRow]) -> list[VerdictLine]:
     """A policy's batches as (batch, verdict, what the retrain did, the verdict's one-line reason)."""
     return [
         {
@@ -296,7 +355,7 @@ def verdict_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _policies_svg(table: dict[str, Any], metric: str) -> str:
+def _policies_svg(table: PolicyTable, metric: str) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -324,7 +383,7 @@ def _policies_svg(table: dict[str, Any], metric: str) -> str:
 
 
 def write_policies(
-    folder: Path, table: dict[str, Any], metric: str, verdicts: list[dict[str, Any]], title: str
+    folder: Path, table: PolicyTable, metric: str, verdicts: list[VerdictLine], title: str
 ) -> dict[str, Path]:
     """policies.md, policies.html (the plot inline, every value escaped), policies.svg and
     policies.json under `folder`."""

@@ -17,14 +17,26 @@ point. Among equally good cuts the highest is taken.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
 from reproml.errors import ReproError
+
+
+class ThresholdRecord(TypedDict):
+    """`ThresholdChoice.to_dict`, as models/history.json and metrics.json keep it."""
+
+    threshold: float
+    rule: str
+    objective: str
+    value: float
+    cost_fp: float | None
+    cost_fn: float | None
+    rows: int
 
 
 @dataclass(frozen=True)
@@ -40,8 +52,16 @@ class ThresholdChoice:
     cost_fn: float | None = None
     rows: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self) -> ThresholdRecord:
+        return {
+            "threshold": self.threshold,
+            "rule": self.rule,
+            "objective": self.objective,
+            "value": self.value,
+            "cost_fp": self.cost_fp,
+            "cost_fn": self.cost_fn,
+            "rows": self.rows,
+        }
 
 
 def counts(y: np.ndarray, scores: np.ndarray) -> pd.DataFrame:

@@ -7,6 +7,7 @@ import io
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NotRequired, TypedDict
 
 import pandas as pd
 
@@ -16,6 +17,20 @@ from reproml.data.validate import validate_frame
 from reproml.errors import ConfigError, DataValidationError
 
 READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+class SchemaRecord(TypedDict):
+    """data/schema.json, written by the `ingest` stage and read by every stage after it: where the
+    data came from, the target and task, and the input columns by kind."""
+
+    source: str
+    target: str
+    task: str
+    positive_class: Any  # binary: the label coded 1, as the data wrote it (a number or text); else None
+    time_column: str | None
+    numeric: list[str]
+    categorical: list[str]
+    classes: NotRequired[list[Any]]  # multiclass (and a user's binary file): the labels, in order
 
 
 @dataclass(frozen=True)

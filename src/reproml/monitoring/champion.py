@@ -14,7 +14,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,8 @@ import pandas as pd
 from reproml import learned, paths
 from reproml.errors import ReproError
 from reproml.io import file_md5
+from reproml.learned import ParentRef
+from reproml.monitoring.records import ChampionRef
 from reproml.stores.dvc import CorruptCacheError, DvcStore, verified_objects
 
 TRAIN, TEST = str(paths.split_file("train")), str(paths.split_file("test"))
@@ -47,11 +49,11 @@ class Champion:
     data_md5: dict[str, str]  # split path -> md5 the champion was trained and tested on
     classes: list[Any] | None = None  # multiclass: the labels of its probability columns, in order
     # what it learned (`reproml.learned`): split path -> md5; None: its train split (older runs)
-    learned: dict[str, Any] | None = None
+    learned: learned.LearnedRecord | None = None
     # the model whose test-split scores are the quality reference: itself, or for a refit (which
     # learned the test split) the promoted model it refits, the honest estimate the gate saw
     test_model: Any = None
-    refit_of: dict[str, Any] | None = None
+    refit_of: ParentRef | None = None
 
     @property
     def learned_splits(self) -> dict[str, str]:
@@ -76,14 +78,22 @@ class Champion:
 
         return threshold_of(self.model) if self.task == "classification" else None
 
-    def describe(self) -> dict[str, Any]:
-        out = {"name": self.name, "version": self.version, "run_id": self.run_id, "uri": self.uri}
-        out |= {"threshold": self.threshold} if self.threshold is not None else {}
+    def describe(self) -> ChampionRef:
+        out: ChampionRef = {
+            "name": self.name,
+            "version": self.version,
+            "run_id": self.run_id,
+            "uri": self.uri,
+        }
+        if self.threshold is not None:
+            out["threshold"] = self.threshold
         if self.learned:
             out["learned"] = self.learned
         if self.refit_of:
             out["refit_of"] = self.refit_of
-        return out | ({"classes": self.classes} if self.classes else {})
+        if self.classes:
+            out["classes"] = self.classes
+        return out
 
 
 def _artifact_json(run_id: str, artifact: str) -> Any:
@@ -146,7 +156,7 @@ def load_champion(root: Path, name: str, experiment_id: str) -> Champion:
     data_md5 = {p: tags[f"reproml.data.{p}"] for p in (TRAIN, TEST)}
     refit_of, test_model = None, None
     if tags.get("reproml.refit_of"):
-        refit_of = json.loads(tags["reproml.refit_of"])
+        refit_of = cast(ParentRef, json.loads(tags["reproml.refit_of"]))  # written by stages.refit
         parent = versions.get_version(name, refit_of["version"])
         test_model = provenance.load_model_version(parent, experiment_id)
     return Champion(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,7 @@ import pandas as pd
 
 from reproml.bootstrap import unpaired_bootstrap
 from reproml.metrics import METRICS, THRESHOLD, MetricSpec, for_task, oriented, per_class, score
+from reproml.monitoring.records import QualityChangeRecord
 from reproml.monitoring.scores import PREDICTION, proba_columns
 
 
@@ -54,8 +55,24 @@ class QualityChange:
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)  # multiclass, on the batch
     note: str | None = None  # why the metric is undefined, when it is
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self) -> QualityChangeRecord:
+        return {
+            "metric": self.metric,
+            "higher_is_better": self.higher_is_better,
+            "reference_value": self.reference_value,
+            "batch_value": self.batch_value,
+            "drop": self.drop,
+            "interval": self.interval,
+            "batch_interval": self.batch_interval,
+            "confidence": self.confidence,
+            "samples": self.samples,
+            "reference_rows": self.reference_rows,
+            "batch_rows": self.batch_rows,
+            "evidently": dict(self.evidently),
+            "batch_metrics": dict(self.batch_metrics),
+            "per_class": {k: dict(v) for k, v in self.per_class.items()},
+            "note": self.note,
+        }
 
 
 def quality_change(
@@ -258,11 +275,13 @@ def _metric_key(*parts: str) -> str:
     return ".".join(re.sub(r"[^\w\- ]+", "_", part) for part in parts)
 
 
-def tracked_metrics(change: dict[str, Any]) -> dict[str, Any]:
+def tracked_metrics(change: QualityChangeRecord | None) -> dict[str, float | None]:
     """A recorded quality change's detail as MLflow metric names: every metric of the task on the
     batch (`quality.<metric>`), each class's precision, recall and F1 (`quality.<stat>.<class>`)
     and Evidently's values (`evidently.<Metric>[.<class>]`)."""
-    out: dict[str, Any] = {}
+    out: dict[str, float | None] = {}
+    if change is None:
+        return out
     for name, value in (change.get("batch_metrics") or {}).items():
         out[_metric_key("quality", name)] = value
     for label, stats in (change.get("per_class") or {}).items():

@@ -27,14 +27,14 @@ Every number a rule looked at, and every threshold, goes into the record, whatev
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from reproml.config import MonitorParams
 from reproml.monitoring.concept import QualityChange
 from reproml.monitoring.drift import DriftResult
+from reproml.monitoring.records import BatchDecision, BatchRecord, LoopGuardRecord, Thresholds
 
 RETRAIN, HELD, OK = "retrain", "retrain_held", "ok"
 INSUFFICIENT, QUARANTINED, OUT_OF_ORDER = "insufficient_data", "quarantined", "out_of_order"
@@ -62,14 +62,21 @@ class Decision:
     summary: str  # one line: what fired (or why nothing did); the reasons hold the numbers
     reasons: list[str]
     triggers: dict[str, bool]
-    thresholds: dict[str, Any]
-    loop_guard: dict[str, Any] = field(default_factory=dict)
+    thresholds: Thresholds
+    loop_guard: LoopGuardRecord = field(default_factory=LoopGuardRecord)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self) -> BatchDecision:
+        return {
+            "verdict": self.verdict,
+            "summary": self.summary,
+            "reasons": list(self.reasons),
+            "triggers": dict(self.triggers),
+            "thresholds": dict(self.thresholds),
+            "loop_guard": LoopGuardRecord(**self.loop_guard),
+        }
 
 
-def thresholds(params: MonitorParams) -> dict[str, Any]:
+def thresholds(params: MonitorParams) -> Thresholds:
     return params.model_dump(mode="json")
 
 
@@ -111,19 +118,20 @@ def _quality_reason(change: QualityChange, params: MonitorParams) -> tuple[bool,
     return True, f"{head}: beyond monitor.quality_margin {params.quality_margin}, interval excludes 0"
 
 
-def newest_monitored(past: list[dict[str, Any]]) -> dict[str, Any] | None:
+def newest_monitored(past: list[BatchRecord]) -> BatchRecord | None:
     """The earlier record with the latest batch time (its newest row), if any has one."""
-    dated = [r for r in past if r.get("batch_time")]
-    return max(dated, key=lambda r: pd.Timestamp(r["batch_time"])) if dated else None
+    dated = [(pd.Timestamp(stamp), r) for r in past if (stamp := r.get("batch_time"))]
+    return max(dated, key=lambda pair: pair[0])[1] if dated else None
 
 
 def back_dated(
-    past: list[dict[str, Any]], batch_start: pd.Timestamp | None, batch_time: pd.Timestamp | None
+    past: list[BatchRecord], batch_start: pd.Timestamp | None, batch_time: pd.Timestamp | None
 ) -> str | None:
     """Why a batch is out of order - its newest row is older than the newest row of a batch already
     monitored - naming both periods; None when it is not (or has no time to compare)."""
     newest = newest_monitored(past)
-    if newest is None or batch_time is None or batch_time >= pd.Timestamp(newest["batch_time"]):
+    newest_time = None if newest is None else newest.get("batch_time")
+    if newest is None or newest_time is None or batch_time is None or batch_time >= pd.Timestamp(newest_time):
         return None
     start = "?" if batch_start is None else f"{batch_start:%Y-%m-%d %H:%M}"
     other_start = newest.get("batch_start")
@@ -131,15 +139,15 @@ def back_dated(
     return (
         f"back-dated: this batch covers {start} to {batch_time:%Y-%m-%d %H:%M}, older than batch "
         f"{newest.get('batch_id')} already monitored ({other} to "
-        f"{pd.Timestamp(newest['batch_time']):%Y-%m-%d %H:%M}); not measured and never a retrain. "
+        f"{pd.Timestamp(newest_time):%Y-%m-%d %H:%M}); not measured and never a retrain. "
         "To monitor a late batch on purpose: `reproml monitor --batch ... --backfill` "
         "(monitoring flow: backfill=True)"
     )
 
 
 def loop_guard(
-    past: list[dict[str, Any]], batch_time: pd.Timestamp | None, seq: int, params: MonitorParams
-) -> tuple[str | None, dict[str, Any]]:
+    past: list[BatchRecord], batch_time: pd.Timestamp | None, seq: int, params: MonitorParams
+) -> tuple[str | None, LoopGuardRecord]:
     """Why a retrain verdict must be held (cooldown or max per period), or None; plus the numbers.
 
     Only earlier retrain verdicts count: a held verdict did not start a retrain. In `days`, a
@@ -155,7 +163,7 @@ def loop_guard(
         """Sequence number `at`, less the out-of-order batches before it."""
         return float(at - sum(1 for s in turned_away if s < at))
 
-    def position(record: dict[str, Any]) -> float | None:
+    def position(record: BatchRecord) -> float | None:
         if unit == "batches":
             return ordinal(int(record.get("seq", 0)))
         stamp = record.get("batch_time")
@@ -163,7 +171,7 @@ def loop_guard(
 
     now = ordinal(seq) if unit == "batches" else batch_time.value / 86_400e9  # type: ignore[union-attr]
     earlier = [(p, r) for r in retrains if (p := position(r)) is not None and p <= now]
-    numbers: dict[str, Any] = {"unit": unit, "retrains_before": len(earlier)}
+    numbers: LoopGuardRecord = {"unit": unit, "retrains_before": len(earlier)}
     if not earlier:
         return None, numbers
     last_at, last = max(earlier, key=lambda pair: pair[0])
@@ -189,7 +197,7 @@ def loop_guard(
     return None, numbers
 
 
-def decide(evidence: Evidence, params: MonitorParams, past: list[dict[str, Any]]) -> Decision:
+def decide(evidence: Evidence, params: MonitorParams, past: list[BatchRecord]) -> Decision:
     limits = thresholds(params)
     if not evidence.quality_passed:
         problems = evidence.problems or ["failed"]

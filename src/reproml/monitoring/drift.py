@@ -42,7 +42,7 @@ Evidently measures; this module chooses how and condenses:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -51,6 +51,7 @@ import pandas as pd
 
 from reproml.features import CategoryLevels
 from reproml.monitoring.quality import Schema
+from reproml.monitoring.records import ColumnDriftRecord, DriftRecord
 from reproml.monitoring.scores import PREDICTION, proba_columns
 
 NUMERIC_METHOD, CATEGORICAL_METHOD = "wasserstein", "jensenshannon"
@@ -71,6 +72,21 @@ class ColumnDrift:
     p_value: float | None = None  # the noise guard's two-sample test
     note: str | None = None
 
+    def to_dict(self) -> ColumnDriftRecord:
+        return {
+            "column": self.column,
+            "kind": self.kind,
+            "method": self.method,
+            "score": self.score,
+            "drifted": self.drifted,
+            "judged": self.judged,
+            "importance": self.importance,
+            "weight": self.weight,
+            "present": self.present,
+            "p_value": self.p_value,
+            "note": self.note,
+        }
+
 
 @dataclass(frozen=True)
 class DriftResult:
@@ -89,12 +105,20 @@ class DriftResult:
     def drifted(self) -> list[str]:
         return [c.column for c in self.columns if c.drifted]
 
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("snapshot")
-        out["methods"] = {"numeric": NUMERIC_METHOD, "categorical": CATEGORICAL_METHOD}
-        out["drifted"] = self.drifted
-        return out
+    def to_dict(self) -> DriftRecord:
+        return {
+            "effect_floor": self.effect_floor,
+            "reference_rows": self.reference_rows,
+            "batch_rows": self.batch_rows,
+            "columns": [c.to_dict() for c in self.columns],
+            "prediction": None if self.prediction is None else self.prediction.to_dict(),
+            "drift_share": self.drift_share,
+            "weighted_drift_share": self.weighted_drift_share,
+            "weighting": self.weighting,
+            "probabilities": [c.to_dict() for c in self.probabilities],
+            "methods": {"numeric": NUMERIC_METHOD, "categorical": CATEGORICAL_METHOD},
+            "drifted": self.drifted,
+        }
 
 
 def reference_levels(reference: pd.Series, max_categories: int) -> CategoryLevels:

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from reproml.config import MonitorParams
+from reproml.monitoring.records import ColumnStats, QualityGateRecord
 
 NUMERIC, CATEGORICAL, TIME = "numeric", "categorical", "time"
 
@@ -80,10 +81,10 @@ class QualityResult:
     problems: list[str]
     rows: int
     labelled_rows: int
-    columns: dict[str, dict[str, Any]]  # per column: shares measured, reference shares
+    columns: dict[str, ColumnStats]  # per column: shares measured, reference shares
     frame: pd.DataFrame = field(repr=False)  # typed copy; empty when the batch could not be typed
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> QualityGateRecord:
         return {
             "passed": self.passed,
             "problems": self.problems,
@@ -126,7 +127,7 @@ def check(
     problems: list[str] = []
     rows = len(frame)
 
-    def failed(columns: dict[str, dict[str, Any]] | None = None) -> QualityResult:
+    def failed(columns: dict[str, ColumnStats] | None = None) -> QualityResult:
         return QualityResult(False, problems, rows, 0, columns or {}, pd.DataFrame())
 
     if read_error:
@@ -141,20 +142,20 @@ def check(
         return failed()
 
     typed = frame.copy()
-    columns: dict[str, dict[str, Any]] = {}
+    columns: dict[str, ColumnStats] = {}
     for column in schema.columns:
         kind = schema.kind(column)
         values = frame[column]
-        stats: dict[str, Any] = {"kind": kind}
+        stats: ColumnStats = {"kind": kind}
         if kind == NUMERIC:
             numbers, strings = _non_numeric(values)
             if strings:
                 problems.append(f"column {column!r} is numeric but holds strings such as {strings}")
             infinite = np.isinf(numbers.to_numpy())
-            stats["inf_share"] = float(infinite.mean())
-            if stats["inf_share"] > params.max_inf_share:
+            stats["inf_share"] = inf_share = float(infinite.mean())
+            if inf_share > params.max_inf_share:
                 problems.append(
-                    f"column {column!r}: {stats['inf_share']:.1%} of values are infinite "
+                    f"column {column!r}: {inf_share:.1%} of values are infinite "
                     f"(monitor.max_inf_share {params.max_inf_share:.1%})"
                 )
             typed[column] = numbers
@@ -163,11 +164,11 @@ def check(
             seen = set(reference[column].dropna().astype(str))
             present = typed[column].dropna()
             unseen = ~present.isin(seen)
-            stats["unseen_share"] = float(unseen.mean()) if len(present) else 0.0
-            if stats["unseen_share"] > params.max_unseen_category_share:
+            stats["unseen_share"] = unseen_share = float(unseen.mean()) if len(present) else 0.0
+            if unseen_share > params.max_unseen_category_share:
                 examples = [str(v) for v in present[unseen].unique()[:3]]
                 problems.append(
-                    f"column {column!r}: {stats['unseen_share']:.1%} of rows hold categories never seen "
+                    f"column {column!r}: {unseen_share:.1%} of rows hold categories never seen "
                     f"in training, such as {examples} "
                     f"(monitor.max_unseen_category_share {params.max_unseen_category_share:.1%})"
                 )

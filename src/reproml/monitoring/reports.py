@@ -15,10 +15,11 @@ import datetime as dt
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from reproml import safehtml
 from reproml.monitoring import store
+from reproml.monitoring.records import BatchRecord, DriftRecord, QualityChangeRecord
 
 COLOURS = {
     "retrain": "#c0392b",
@@ -37,7 +38,61 @@ def _num(value: Any, digits: int = 4) -> str:
     return f"{float(value):.{digits}f}"
 
 
-def _order(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+class _Tick(TypedDict):
+    y: float
+    label: str
+
+
+class _Point(TypedDict):
+    """One labelled batch on the plot, in SVG coordinates."""
+
+    x: float
+    x0: float
+    x1: float
+    reference: float
+    line: float
+    low: float | None
+    high: float | None
+    value: float
+    colour: str
+    title: str
+    label: str
+
+
+class _Box(TypedDict):
+    left: int
+    right: int
+    top: int
+    width: int
+    height: int
+    middle: float
+    label_y: int
+
+
+class _Plot(TypedDict):
+    """What templates/quality_plot.svg draws."""
+
+    width: int
+    height: int
+    metric: str
+    box: _Box
+    ticks: list[_Tick]
+    points: list[_Point]
+
+
+class _Row(TypedDict):
+    """One table row of templates/monitoring_index.html, as plain values (the template escapes them)."""
+
+    lead: list[object]
+    verdict: str
+    colour: str
+    figures: list[str]
+    summary: str
+    reasons: list[str]
+    links: list[tuple[str, str]]
+
+
+def _order(records: list[BatchRecord]) -> list[BatchRecord]:
     """By batch time (what the plot's x axis means), undated batches after, then by monitoring order."""
     return sorted(
         records, key=lambda r: (r.get("batch_time") is None, r.get("batch_time") or "", r.get("seq", 0))
@@ -48,20 +103,31 @@ def _short(text: str, width: int = 22) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _plot(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _measured(record: BatchRecord) -> tuple[QualityChangeRecord, float, float] | None:
+    """The record's quality change with its batch and reference values, when both were measured."""
+    q = record.get("quality")
+    if not q:
+        return None
+    value, reference = q.get("batch_value"), q.get("reference_value")
+    if value is None or reference is None:
+        return None
+    return q, float(value), float(reference)
+
+
+def _plot(records: list[BatchRecord]) -> _Plot | None:
     """Geometry and labels of the quality plot (templates/quality_plot.svg); None without labels."""
-    points = [r for r in _order(records) if r.get("quality") and r["quality"].get("batch_value") is not None]
+    points = [(r, m) for r in _order(records) if (m := _measured(r)) is not None]
     if not points:
         return None
-    metric = points[0]["quality"]["metric"]
-    higher = points[0]["quality"].get("higher_is_better", True)
-    margin = float(points[0]["decision"]["thresholds"].get("quality_margin", 0.0))
+    first, (first_q, _, _) = points[0]
+    metric = first_q["metric"]
+    higher = first_q.get("higher_is_better", True)
+    margin = float(first["decision"]["thresholds"].get("quality_margin") or 0.0)
     values: list[float] = []
-    for r in points:
-        q = r["quality"]
-        values += [q["batch_value"], q["reference_value"]]
-        values += [v for v in (q.get("batch_interval") or []) if v is not None]
-        values.append(q["reference_value"] - margin if higher else q["reference_value"] + margin)
+    for _, (q, value, ref) in points:
+        values += [value, ref]
+        values += [float(v) for v in (q.get("batch_interval") or []) if v is not None]
+        values.append(ref - margin if higher else ref + margin)
     low, high = min(values), max(values)
     pad = (high - low) * 0.1 or 0.01
     low, high = low - pad, high + pad
@@ -74,11 +140,11 @@ def _plot(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     def y(v: float) -> float:
         return _TOP + plot_h * (1 - (v - low) / (high - low))
 
-    ticks = [{"y": y(v), "label": f"{v:.3f}"} for v in (low + (high - low) * k / 4 for k in range(5))]
-    drawn = []
-    for i, r in enumerate(points):
-        q = r["quality"]
-        ref = q["reference_value"]
+    ticks: list[_Tick] = [
+        {"y": y(v), "label": f"{v:.3f}"} for v in (low + (high - low) * k / 4 for k in range(5))
+    ]
+    drawn: list[_Point] = []
+    for i, (r, (q, value, ref)) in enumerate(points):
         lo, hi = q.get("batch_interval") or (None, None)
         drawn.append(
             {
@@ -89,13 +155,13 @@ def _plot(records: list[dict[str, Any]]) -> dict[str, Any] | None:
                 "line": y(ref - margin if higher else ref + margin),
                 "low": None if lo is None or hi is None else y(lo),
                 "high": None if lo is None or hi is None else y(hi),
-                "value": y(q["batch_value"]),
+                "value": y(value),
                 "colour": COLOURS.get(r.get("verdict", ""), "#333"),
-                "title": f"{r['batch_id']}: {metric} {q['batch_value']:.4f} ({r.get('verdict')})",
+                "title": f"{r['batch_id']}: {metric} {value:.4f} ({r.get('verdict')})",
                 "label": _short(r["batch_id"]),
             }
         )
-    box = {
+    box: _Box = {
         "left": _LEFT,
         "right": _LEFT + plot_w,
         "top": _TOP,
@@ -115,14 +181,14 @@ def _link(root_relative: str | None, text: str, folder: Path) -> tuple[str, str]
     return (os.path.relpath(root_relative, folder).replace(os.sep, "/"), text)
 
 
-def _row(r: dict[str, Any], name: str) -> dict[str, Any]:
+def _row(r: BatchRecord, name: str) -> _Row:
     """One table row as plain values; the template escapes every one of them."""
-    drift_result = r.get("drift") or {}
-    q = r.get("quality") or {}
-    low, high = q.get("interval") or (None, None)
+    drift_result = r.get("drift")
+    q = r.get("quality")
+    low, high = (None, None) if not q else q.get("interval") or (None, None)
     verdict = r.get("verdict", "?")
     period = " to ".join(s[:16].replace("T", " ") for s in (r.get("batch_start"), r.get("batch_time")) if s)
-    champion = r.get("champion") or {}
+    champion = r.get("champion")
     folder = store.reports(name)
     links = [
         _link((r.get("reports") or {}).get("drift"), "drift", folder),
@@ -135,14 +201,12 @@ def _row(r: dict[str, Any], name: str) -> dict[str, Any]:
             r["batch_id"],
             period or "-",
             r.get("rows", ""),
-            f"v{champion.get('version', '?')}",
+            f"v{champion.get('version', '?') if champion else '?'}",
         ],
         "verdict": verdict,
         "colour": COLOURS.get(verdict, "#333"),
         "figures": [
-            _num(drift_result.get("drift_share"), 3),
-            _num(drift_result.get("weighted_drift_share"), 3),
-            _num((drift_result.get("prediction") or {}).get("score"), 3),
+            *_drift_figures(drift_result),
             f"{_num(q.get('batch_value'))} vs {_num(q.get('reference_value'))}" if q else "-",
             f"{_num(q.get('drop'))} [{_num(low)}, {_num(high)}]" if q else "-",
         ],
@@ -152,9 +216,21 @@ def _row(r: dict[str, Any], name: str) -> dict[str, Any]:
     }
 
 
-def index_html(name: str, records: list[dict[str, Any]]) -> str:
+def _drift_figures(drift_result: DriftRecord | None) -> list[str]:
+    """Drift share, weighted drift share and prediction drift, as the table shows them."""
+    if not drift_result:
+        return ["-", "-", "-"]
+    prediction = drift_result.get("prediction")
+    return [
+        _num(drift_result.get("drift_share"), 3),
+        _num(drift_result.get("weighted_drift_share"), 3),
+        _num(None if not prediction else prediction.get("score"), 3),
+    ]
+
+
+def index_html(name: str, records: list[BatchRecord]) -> str:
     ordered = _order(records)
-    metric = next((r["quality"]["metric"] for r in ordered if r.get("quality")), "quality")
+    metric = next((q["metric"] for r in ordered if (q := r.get("quality"))), "quality")
     headers = [
         *("#", "batch", "period", "rows", "champion", "verdict"),
         *("drift share", "weighted drift", "prediction drift", f"{metric}: batch vs test", "drop [interval]"),
@@ -173,6 +249,6 @@ def index_html(name: str, records: list[dict[str, Any]]) -> str:
     )
 
 
-def write_index(root: Path, name: str, records: list[dict[str, Any]]) -> Path:
+def write_index(root: Path, name: str, records: list[BatchRecord]) -> Path:
     """`monitoring/<name>/reports/index.html`: model `name`'s batches."""
     return safehtml.write_page(root / store.index(name), index_html(name, records))

@@ -25,7 +25,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from reproml.monitoring import (
     decision,
     drift,
     quality,
+    records,
     reports,
     scores,
     store,
@@ -86,7 +87,7 @@ def _save_html(snapshot: Any, target: Path) -> None:
     safehtml.write_evidently_html(snapshot, target)
 
 
-def _quarantine(root: Path, name: str, batch: batches.Batch, problems: list[str]) -> dict[str, str]:
+def _quarantine(root: Path, name: str, batch: batches.Batch, problems: list[str]) -> records.QuarantineRef:
     folder = root / store.quarantine(name)
     folder.mkdir(parents=True, exist_ok=True)
     arrived = batch.source_path
@@ -101,7 +102,7 @@ def _quarantine(root: Path, name: str, batch: batches.Batch, problems: list[str]
     return {"batch": str(kept.relative_to(root)), "reason": str(reason.relative_to(root))}
 
 
-def monitor(root: Path, spec: str, params: Params, backfill: bool = False) -> dict[str, Any]:
+def monitor(root: Path, spec: str, params: Params, backfill: bool = False) -> records.BatchRecord:
     """Monitor the batch `spec` names (a file or a period) against the current champion.
 
     A batch older than the newest one monitored gets the verdict `out_of_order` and is not
@@ -146,7 +147,7 @@ class _Judging:
     best: champion.Champion
     batch: batches.Batch
     gate: quality.QualityResult
-    past: list[dict[str, Any]]
+    past: list[records.BatchRecord]
     seq: int
     clock: _Clock
 
@@ -162,11 +163,11 @@ def _judge(
     schema: quality.Schema,
     batch: batches.Batch,
     gate: quality.QualityResult,
-    past: list[dict[str, Any]],
+    past: list[records.BatchRecord],
     seq: int,
     clock: _Clock,
     backfill: bool = False,
-) -> dict[str, Any]:
+) -> records.BatchRecord:
     """The batch's decision record: quality gate, order, scores, drift, quality, labelled window."""
     job = _Judging(root, params, best, batch, gate, past, seq, clock)
     watch = params.monitor
@@ -182,7 +183,7 @@ def _judge(
     if schema.time_column:
         when = frame[schema.time_column]
         batch_time = when.max()
-        record |= {"batch_start": when.min().isoformat(), "batch_time": batch_time.isoformat()}
+        record["batch_start"], record["batch_time"] = when.min().isoformat(), batch_time.isoformat()
         late = None if backfill else decision.back_dated(past, when.min(), batch_time)
         if late:
             evidence = decision.Evidence(True, [], len(frame), gate.labelled_rows, batch_time=batch_time,
@@ -213,7 +214,7 @@ def _judge(
     return _finish(record, verdict, clock)
 
 
-def _new_record(job: _Judging, backfill: bool) -> dict[str, Any]:
+def _new_record(job: _Judging, backfill: bool) -> records.BatchRecord:
     """The record before anything is measured: the batch, the champion and the quality gate."""
     return {
         "batch_id": job.batch.id,
@@ -238,7 +239,7 @@ def _new_record(job: _Judging, backfill: bool) -> dict[str, Any]:
 
 
 def _score_batch(
-    job: _Judging, frame: pd.DataFrame, schema: quality.Schema, record: dict[str, Any]
+    job: _Judging, frame: pd.DataFrame, schema: quality.Schema, record: records.BatchRecord
 ) -> np.ndarray:
     """The champion's scores of every row, written (with time and label) to the predictions folder."""
     from reproml.scoring import predict_scores
@@ -260,7 +261,11 @@ def _score_batch(
 
 
 def _samples(
-    job: _Judging, frame: pd.DataFrame, scored: np.ndarray, reference: pd.DataFrame, record: dict[str, Any]
+    job: _Judging,
+    frame: pd.DataFrame,
+    scored: np.ndarray,
+    reference: pd.DataFrame,
+    record: records.BatchRecord,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The batch and reference samples the statistics use, each with the champion's scores."""
     from reproml.scoring import predict_scores
@@ -323,7 +328,7 @@ def _measure_quality(
     folder: Path,
     stamp: dt.datetime | None,
     snapshots: list[Any],
-    record: dict[str, Any],
+    record: records.BatchRecord,
 ) -> concept.QualityChange | None:
     """With enough labelled rows: the metric's change against the test split (bootstrap interval)
     and Evidently's quality report; else None."""
@@ -369,7 +374,7 @@ def _measure_quality(
             threshold=best.threshold or THRESHOLD,
         )
         snapshots.append(snapshot)
-        change = concept.QualityChange(**{**change.to_dict(), "evidently": values})
+        change = replace(change, evidently=values)
         _save_html(snapshot, folder / "quality.html")
     record["quality"] = change.to_dict()
     record["reports"]["quality"] = str((folder / "quality.html").relative_to(job.root))
@@ -391,15 +396,15 @@ def _keep_labelled_window(job: _Judging, frame: pd.DataFrame, batch_time: Any) -
     return str(target.relative_to(job.root))
 
 
-def _window(frame: pd.DataFrame, time_column: str | None, days: int | None) -> dict[str, Any]:
+def _window(frame: pd.DataFrame, time_column: str | None, days: int | None) -> records.WindowRecord:
     """The drift reference's rows and time range, for the record."""
-    out: dict[str, Any] = {"rows": len(frame), "days": days, "first": None, "last": None}
+    out: records.WindowRecord = {"rows": len(frame), "days": days, "first": None, "last": None}
     if time_column and time_column in frame.columns and len(frame):
-        out |= {"first": frame[time_column].min().isoformat(), "last": frame[time_column].max().isoformat()}
+        out["first"], out["last"] = frame[time_column].min().isoformat(), frame[time_column].max().isoformat()
     return out
 
 
-def _finish(record: dict[str, Any], verdict: decision.Decision, clock: _Clock) -> dict[str, Any]:
+def _finish(record: records.BatchRecord, verdict: decision.Decision, clock: _Clock) -> records.BatchRecord:
     record["verdict"] = verdict.verdict
     record["summary"] = verdict.summary
     record["reasons"] = verdict.reasons
@@ -408,27 +413,30 @@ def _finish(record: dict[str, Any], verdict: decision.Decision, clock: _Clock) -
     return record
 
 
-def _track(run_id: str, record: dict[str, Any], root: Path, path: Path) -> None:
+def _track(run_id: str, record: records.BatchRecord, root: Path, path: Path) -> None:
     """The record's headline numbers as metrics, its identity as tags, the files as artifacts."""
     from reproml.stores.mlflow import runs
 
-    quality_change = record.get("quality") or {}
-    drift_result = record.get("drift") or {}
-    prediction = drift_result.get("prediction") or {}
-    low, high = quality_change.get("interval") or (None, None)
-    candidates = {
+    quality_change = record.get("quality")
+    drift_result = record.get("drift")
+    prediction = None if drift_result is None else drift_result["prediction"]
+    candidates: dict[str, float | None] = {
         "rows": record["rows"],
         "labelled_rows": record["labelled_rows"],
-        "drift_share": drift_result.get("drift_share"),
-        "weighted_drift_share": drift_result.get("weighted_drift_share"),
-        "prediction_drift": prediction.get("score"),
-        "quality_batch": quality_change.get("batch_value"),
-        "quality_reference": quality_change.get("reference_value"),
-        "quality_drop": quality_change.get("drop"),
-        "quality_drop_low": low,
-        "quality_drop_high": high,
+        "drift_share": None if drift_result is None else drift_result["drift_share"],
+        "weighted_drift_share": None if drift_result is None else drift_result["weighted_drift_share"],
+        "prediction_drift": None if prediction is None else prediction["score"],
         "retrain": float(record["verdict"] == decision.RETRAIN),
     }
+    if quality_change is not None:
+        low, high = quality_change["interval"]
+        candidates |= {
+            "quality_batch": quality_change["batch_value"],
+            "quality_reference": quality_change["reference_value"],
+            "quality_drop": quality_change["drop"],
+            "quality_drop_low": low,
+            "quality_drop_high": high,
+        }
     candidates |= concept.tracked_metrics(quality_change)
     metrics = {k: float(v) for k, v in candidates.items() if v is not None and np.isfinite(float(v))}
     champ = record["champion"]
@@ -441,12 +449,15 @@ def _track(run_id: str, record: dict[str, Any], root: Path, path: Path) -> None:
         "reproml.champion_version": str(champ["version"]),
         "reproml.champion_run_id": champ["run_id"],
     }
-    if record.get("batch_time"):
-        tags["reproml.batch_time"] = record["batch_time"]
-    if quality_change.get("metric"):
+    batch_time = record.get("batch_time")
+    if batch_time:
+        tags["reproml.batch_time"] = batch_time
+    if quality_change is not None and quality_change["metric"]:
         tags["reproml.quality_metric"] = quality_change["metric"]
     params = {f"monitor.{k}": str(v) for k, v in record["decision"]["thresholds"].items()}
     runs.log_batch(run_id, params=params, metrics=metrics, tags=tags, step=int(record["seq"]))
     runs.log_artifact(path, artifact_path="record")
-    for report in record["reports"].values():
-        runs.log_artifact(root / report, artifact_path="reports")
+    pages = record["reports"]
+    for report in (pages.get("drift"), pages.get("quality")):
+        if report:
+            runs.log_artifact(root / report, artifact_path="reports")

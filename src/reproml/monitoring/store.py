@@ -28,13 +28,14 @@ import contextlib
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
 from reproml.errors import ReproError
 from reproml.io import file_lock, read_json, write_json, write_with
+from reproml.monitoring.records import BatchRecord
 from reproml.redaction import scrub_obj
 
 MONITORING = Path("monitoring")
@@ -110,15 +111,16 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def write_record(root: Path, name: str, record: dict[str, Any]) -> Path:
+def write_record(root: Path, name: str, record: BatchRecord) -> Path:
     target = root / record_path(name, record["batch_id"])
     write_json(target, scrub_obj(jsonable(record)))  # records feed the reports: no credential in them
     return target
 
 
-def history(root: Path, name: str) -> list[dict[str, Any]]:
-    """Every decision record of model `name`, in the order the batches were monitored."""
-    found = [read_json(p) for p in (root / records(name)).glob("*.json")]
+def history(root: Path, name: str) -> list[BatchRecord]:
+    """Every decision record of model `name`, in the order the batches were monitored (the JSON
+    edge: files `write_record` wrote, by this version or an earlier one; see `records`)."""
+    found = [cast(BatchRecord, read_json(p)) for p in (root / records(name)).glob("*.json")]
     return sorted(found, key=lambda r: (r.get("seq", 0), r.get("batch_id", "")))
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from reproml.monitoring import store
+from reproml.monitoring.records import WorkspaceRef
 
 WORKSPACE = store.MONITORING / "workspace"
 
@@ -43,7 +44,7 @@ def _dashboard(workspace: Any, project: Any, task: str) -> None:
     )
 
 
-def add_snapshots(root: Path, model_name: str, task: str, snapshots: list[Any]) -> dict[str, Any]:
+def add_snapshots(root: Path, model_name: str, task: str, snapshots: list[Any]) -> WorkspaceRef:
     """Add the batch's snapshots to the model's project (created, with its dashboard, if new)."""
     from evidently.ui.workspace import Workspace
 

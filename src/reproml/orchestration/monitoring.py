@@ -4,7 +4,10 @@ flow's summary of a monitored batch (what the hand-off to the training flow read
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from reproml.monitoring.records import BatchRecord, BatchSummary
 
 
 def next_batch(root: Path, every: str) -> str | None:
@@ -17,31 +20,31 @@ def next_batch(root: Path, every: str) -> str | None:
     params = load(root)
     first, last = batches.production_span(root, params.data.time_column)
     history = store.history(root, params.register_.model_name)
-    seen = [pd.Timestamp(r["batch_time"]) for r in history if r.get("batch_time")]
+    seen = [pd.Timestamp(stamp) for r in history if (stamp := r.get("batch_time"))]
     return batches.next_period(max(seen, default=None), first, last, every)
 
 
-def monitor(root: Path, batch: str, backfill: bool = False) -> dict[str, Any]:
+def monitor(root: Path, batch: str, backfill: bool = False) -> BatchRecord:
     """One batch against the champion (`reproml monitor`): its record, verdict included."""
     from reproml.stages.monitor import run_monitor
 
     return run_monitor(root, batch, backfill=backfill)
 
 
-def summary(record: dict[str, Any]) -> dict[str, Any]:
+def summary(record: BatchRecord) -> BatchSummary:
     """What the monitoring flow returns for a monitored batch; `retrain` is filled by the hand-off."""
-    drift = record.get("drift") or {}
-    quality = record.get("quality") or {}
+    drift = record.get("drift")
+    quality = record.get("quality")
     return {
         "batch": record["batch_id"],
         "verdict": record["verdict"],
         "summary": record.get("summary"),
         "reasons": record.get("reasons"),
         "rows": record.get("rows"),
-        "weighted_drift_share": drift.get("weighted_drift_share"),
-        "drift_share": drift.get("drift_share"),
-        "quality": quality.get("batch_value"),
-        "metric": quality.get("metric"),
+        "weighted_drift_share": None if drift is None else drift.get("weighted_drift_share"),
+        "drift_share": None if drift is None else drift.get("drift_share"),
+        "quality": None if quality is None else quality.get("batch_value"),
+        "metric": None if quality is None else quality.get("metric"),
         "champion": record["champion"],
         "labelled": record.get("labelled"),
         "retrain": None,

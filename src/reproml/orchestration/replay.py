@@ -11,9 +11,34 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 from reproml.orchestration.worktree import open_worktree
+
+if TYPE_CHECKING:
+    from reproml.monitoring.records import BatchSummary
+    from reproml.simulation import PolicySummary, SimulationRow
+
+
+class ReplayReport(TypedDict):
+    """One policy's replay (`report`); the simulate flow adds the seconds it took."""
+
+    policy: str | None
+    rows: list[SimulationRow]
+    html: str
+    baseline_version: int
+    final_champion: int | None
+    metric: str
+    seconds: NotRequired[float]
+
+
+class Comparison(TypedDict):
+    """The policies side by side (`compare`): `simulation.compare`'s table and the files written."""
+
+    batches: list[str]
+    policies: list[PolicySummary]
+    files: dict[str, str]  # md, svg, json, html -> path relative to the project
+    metric: str
 
 
 def reset(root: Path, branch: str, keep_reports: bool = False) -> int:
@@ -62,8 +87,8 @@ def champion_version(root: Path) -> int | None:
 
 
 def report(
-    root: Path, outcomes: list[dict[str, Any]], baseline_version: int, policy: str | None = None
-) -> dict[str, Any]:
+    root: Path, outcomes: list[BatchSummary], baseline_version: int, policy: str | None = None
+) -> ReplayReport:
     """Score the never-retrained model on each batch's labelled rows; write the HTML and JSON
     (simulation.html, or simulation-<policy>.html for a policy other than `reproml`)."""
     import pandas as pd
@@ -80,15 +105,16 @@ def report(
     rows = []
     for outcome in outcomes:
         baseline = float("nan")
-        if outcome.get("labelled"):
-            frame = pd.read_parquet(root / outcome["labelled"])
+        labelled = outcome.get("labelled")
+        if labelled:
+            frame = pd.read_parquet(root / labelled)
             baseline = simulation.baseline_metric(
                 model, frame, params.data.target, params.data.task, params.monitor.metric
             )
-        rows.append(simulation.row(outcome, baseline, outcome["champion_after"]))
+        rows.append(simulation.row(outcome, baseline, outcome.get("champion_after")))
     champion = registry.alias_version(name, registry.CHAMPION)
     metric = next(
-        (r["metric"] for r in rows if r.get("metric")),
+        (m for r in rows if (m := r.get("metric"))),
         simulation.metric_name(params.data.task, params.monitor.metric),
     )
     title = f"reproml simulate: {name}'s production replay" + (f" (policy {policy})" if policy else "")
@@ -103,7 +129,7 @@ def report(
     }
 
 
-def compare(root: Path, results: list[dict[str, Any]]) -> dict[str, Any]:
+def compare(root: Path, results: list[ReplayReport]) -> Comparison:
     """The policies side by side (`results`: each policy's `report` plus its `seconds`): one table
     (policies.md / .html / .json) and one plot (policies.svg) under monitoring/<model>/reports/."""
     from reproml import simulation
@@ -111,11 +137,12 @@ def compare(root: Path, results: list[dict[str, Any]]) -> dict[str, Any]:
     from reproml.stages.common import load
 
     name = load(root).register_.model_name
-    summaries = [simulation.policy_summary(r["policy"], r["rows"], r["seconds"]) for r in results]
+    summaries = [simulation.policy_summary(str(r["policy"]), r["rows"], r["seconds"]) for r in results]
     table = simulation.compare(summaries)
     judged = next((r for r in results if r["policy"] == simulation.REPROML), results[-1])
     verdicts = simulation.verdict_lines(judged["rows"])
     metric = results[0]["metric"]
     title = f"reproml simulate: retrain policies side by side ({name})"
     written = simulation.write_policies(root / store.reports(name), table, metric, verdicts, title)
-    return {**table, "files": {k: str(v.relative_to(root)) for k, v in written.items()}, "metric": metric}
+    files = {k: str(v.relative_to(root)) for k, v in written.items()}
+    return {"batches": table["batches"], "policies": table["policies"], "files": files, "metric": metric}

@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from reproml.orchestration.commands import logger, run
 from reproml.orchestration.worktree import commit, tool
@@ -27,7 +27,8 @@ from reproml.stores import git
 from reproml.stores.dvc import lock_versions, pipeline_stages, tracked_md5
 
 if TYPE_CHECKING:
-    from reproml.registry import DecisionRecord
+    from reproml.registry import DecisionRecord, Registered
+    from reproml.retrain import AddedBatch, Promotion, RefitOutcome, TrainingSummary
 
 LABELLED_DVC = "data/raw/labelled.dvc"
 # what `dvc repro` and `dvc add` change, committed after each step (never the user's other files)
@@ -116,7 +117,7 @@ def check_batch(root: Path, labelled: Path) -> str | None:
     return retrain.class_refusal(labelled.name, absent, classes, spec.name, champion)
 
 
-def add_batch(root: Path, tree: Path, labelled: Path) -> dict[str, Any]:
+def add_batch(root: Path, tree: Path, labelled: Path) -> AddedBatch:
     """The batch joins `data/raw/labelled/` as a new DVC data version; the window slides onto it;
     both are committed on the retrain branch so the train run's lineage names that commit."""
     import pandas as pd
@@ -211,7 +212,7 @@ def promote(root: Path, tree: Path) -> DecisionRecord:
         return run_promote(tree)
 
 
-def refit(root: Path, tree: Path, decision: DecisionRecord) -> dict[str, Any] | None:
+def refit(root: Path, tree: Path, decision: DecisionRecord) -> RefitOutcome | None:
     """After the gate promoted the challenger: the same model refit on the whole window, the
     newest labelled batch included, becomes the champion (`reproml.stages.refit`); None when the
     gate did not promote or `retrain.refit` is off."""
@@ -232,7 +233,7 @@ def data_versions(tree: Path) -> dict[str, str]:
     return lock_versions(tree)
 
 
-def refusal(branch: str, reason: str, why: str) -> dict[str, Any]:
+def refusal(branch: str, reason: str, why: str) -> TrainingSummary:
     """The training flow's summary when it refused to start: the shape of a finished one, with the
     outcome `refused` where a gate decision would be."""
     return {
@@ -256,12 +257,12 @@ def summary(
     branch: str,
     tree: Path,
     reason: str,
-    added: dict[str, Any] | None,
+    added: AddedBatch | None,
     stages: dict[str, str],
     lock_commit: str | None,
     decision: DecisionRecord,
-    refitted: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    refitted: RefitOutcome | None = None,
+) -> TrainingSummary:
     """The training flow's result: what was added, which stages ran, the data versions dvc.lock
     now names, the challenger, the gate's decision and the refit that became the champion."""
     from reproml.stages.register import REGISTERED
@@ -274,7 +275,19 @@ def summary(
         "stages": stages,
         "commit": lock_commit,
         "data_versions": data_versions(tree),
-        "challenger": json.loads((tree / REGISTERED).read_text()),
-        "promotion": {k: decision.get(k) for k in ("action", "reason", "challenger", "champion", "record")},
+        "challenger": cast("Registered", json.loads((tree / REGISTERED).read_text())),
+        "promotion": _promotion(decision),
         "refit": refitted,
+    }
+
+
+def _promotion(decision: DecisionRecord) -> Promotion:
+    """The gate's decision as the summary keeps it: action, reason, the two versions, the record
+    (a key the decision lacks is None, as before)."""
+    return {
+        "action": decision.get("action"),
+        "reason": decision.get("reason"),
+        "challenger": decision.get("challenger"),
+        "champion": decision.get("champion"),
+        "record": decision.get("record"),
     }

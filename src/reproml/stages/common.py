@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from reproml.config import Params, load_params
 
 if TYPE_CHECKING:  # features imports sklearn; ingest and prepare must not pay for it
+    from reproml.data.ingest import SchemaRecord
     from reproml.features import FeatureSpec
 
 
@@ -16,7 +17,7 @@ def load(root: Path) -> Params:
     return load_params(root / "params.yaml")
 
 
-def feature_spec(params: Params, schema: dict[str, Any]) -> FeatureSpec:
+def feature_spec(params: Params, schema: SchemaRecord) -> FeatureSpec:
     from reproml.features import FeatureSpec
 
     excluded = set(params.prepare.exclude_columns)
@@ -28,7 +29,7 @@ def feature_spec(params: Params, schema: dict[str, Any]) -> FeatureSpec:
     )
 
 
-def classes_of(params: Params, schema: dict[str, Any]) -> list[Any] | None:
+def classes_of(params: Params, schema: SchemaRecord) -> list[Any] | None:
     """Multiclass: the class order ingest recorded (the models' probability columns); else None."""
     if params.data.task != "multiclass":
         return None

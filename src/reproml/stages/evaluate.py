@@ -6,7 +6,7 @@ import hashlib
 import io
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -16,12 +16,43 @@ from reproml.errors import ReproError
 from reproml.io import read_json, write_json, write_parquet, write_with
 from reproml.stages.common import classes_of, feature_spec, load
 
+if TYPE_CHECKING:
+    from reproml.fitting import HistoryRecord
+    from reproml.intervals import IntervalSummary
+    from reproml.scoring import OverfitRecord
+    from reproml.thresholds import ThresholdRecord
+
+
+class Brier(TypedDict):
+    before: float  # the estimator's probabilities, before calibration
+    after: float  # the served model's
+
+
+class DecisionSummary(TypedDict, total=False):
+    """metrics.json's `decision` (classification only; `threshold*` binary only)."""
+
+    calibration: str
+    brier: dict[str, Brier]  # valid, test
+    threshold: float
+    threshold_choice: ThresholdRecord | None
+
+
+class EvaluateSummary(TypedDict):
+    """What `reproml evaluate` returns: the run it logged into and the headline numbers."""
+
+    run_id: str
+    test: dict[str, float]
+    overfit: OverfitRecord
+    predictions_sha256: str
+    decision: NotRequired[DecisionSummary]
+    intervals: NotRequired[IntervalSummary]
+
 
 def curve_frames(
     task: str,
     y: np.ndarray,
     scores: np.ndarray,
-    history: dict[str, Any],
+    curves: dict[str, list[float]],
     importance: pd.DataFrame,
     seed: int,
     classes: list[Any] | None = None,
@@ -37,7 +68,7 @@ def curve_frames(
 
     frames = {
         "importance": importance,
-        "learning_curve": ev.learning_curve_frame(history["curves"]),
+        "learning_curve": ev.learning_curve_frame(curves),
     }
     if task == "multiclass":
         labels = list(classes or [])
@@ -78,35 +109,36 @@ def decision_frames(
 
 def decision_summary(
     task: str,
-    history: dict[str, Any],
+    history: HistoryRecord,
     threshold: float,
     y: dict[str, np.ndarray],
     scores: dict[str, np.ndarray],
     raw_scores: dict[str, np.ndarray],
     labels: list[Any] | None,
-) -> dict[str, Any]:
+) -> DecisionSummary:
     """metrics.json's `decision`: the threshold the model applies and how it was chosen, and the
     Brier score of the probabilities before/after calibration on validation and test."""
     from reproml.metrics import METRICS, score
 
     if task == "regression":
         return {}
-    decided = history.get("decision") or {}
-    brier = {
+    decided = history.get("decision")
+    brier: dict[str, Brier] = {
         split: {
             "before": score(METRICS["brier"], y[split], raw_scores[split], labels=labels),
             "after": score(METRICS["brier"], y[split], scores[split], labels=labels),
         }
         for split in ("valid", "test")
     }
-    out: dict[str, Any] = {"calibration": decided.get("calibration", "none"), "brier": brier}
+    calibration = "none" if decided is None else decided.get("calibration", "none")
+    out: DecisionSummary = {"calibration": calibration, "brier": brier}
     if task == "classification":
         out["threshold"] = threshold
-        out["threshold_choice"] = decided.get("threshold")
+        out["threshold_choice"] = None if decided is None else decided.get("threshold")
     return out
 
 
-def decision_metrics(summary: dict[str, Any]) -> dict[str, float]:
+def decision_metrics(summary: DecisionSummary) -> dict[str, float]:
     """The MLflow metrics of `decision_summary`, `<split>_brier_uncalibrated` (`<split>_brier` is the
     served model's; the threshold is logged by `train`, which chose it)."""
     return {f"{split}_brier_uncalibrated": b["before"] for split, b in summary.get("brier", {}).items()}
@@ -177,19 +209,20 @@ def _predictions(
     return pd.DataFrame({"prediction": predicted, **probabilities, target: y})
 
 
-def _per_class(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
-    """metrics.json's `per_class` (multiclass): each class's test precision, recall, F1, support."""
+def _per_class(frames: dict[str, pd.DataFrame]) -> dict[str, dict[str, float]]:
+    """metrics.json's `per_class` (multiclass): each class's test precision, recall, F1, support;
+    empty for the other tasks."""
     if "per_class" not in frames:
         return {}
     rows = frames["per_class"].set_index("class")
-    return {"per_class": {str(c): {k: float(v) for k, v in row.items()} for c, row in rows.iterrows()}}
+    return {str(c): {str(k): float(v) for k, v in row.items()} for c, row in rows.iterrows()}
 
 
-def _per_class_metrics(per_class: dict[str, Any]) -> dict[str, float]:
+def _per_class_metrics(per_class: dict[str, dict[str, float]]) -> dict[str, float]:
     """MLflow metrics `test_<precision|recall|f1>.<class>`; characters MLflow refuses in a name
     become `_`."""
     out: dict[str, float] = {}
-    for label, values in per_class.get("per_class", {}).items():
+    for label, values in per_class.items():
         safe = re.sub(r"[^\w.\- ]", "_", label)
         for name in ("precision", "recall", "f1"):
             out[f"test_{name}.{safe}"] = values[name]
@@ -235,7 +268,7 @@ def load_logged_model(root: Path, experiment_id: str, experiment_name: str) -> t
     return joblib.load(io.BytesIO(data)), run_id
 
 
-def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
+def run_evaluate(root: Path = Path(".")) -> EvaluateSummary:
     from reproml import decisions, intervals
     from reproml import scoring as ev
     from reproml.stores.mlflow import connection, runs
@@ -244,7 +277,7 @@ def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
     schema = read_json(root / paths.SCHEMA)
     task, target, seed = params.data.task, params.data.target, params.seed
     classes = classes_of(params, schema)
-    history = read_json(root / paths.HISTORY)
+    history: HistoryRecord = read_json(root / paths.HISTORY)  # written by `train`
     columns = feature_spec(params, schema).input_columns
     experiment_id = connection.setup(root, params.mlflow.experiment_name)
     model, run_id = load_logged_model(root, experiment_id, params.mlflow.experiment_name)
@@ -259,7 +292,8 @@ def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
             for name in splits
         }
         raw_scores = {name: scores[name] for name in ("valid", "test")}  # before calibration
-        if (history.get("decision") or {}).get("calibration", "none") != "none":
+        decided_in_train = history.get("decision")
+        if decided_in_train is not None and decided_in_train.get("calibration", "none") != "none":
             raw = decisions.uncalibrated(model)
             raw_scores = {name: ev.predict_scores(raw, splits[name][columns], task) for name in raw_scores}
         decided = decision_summary(task, history, threshold, ys, scores, raw_scores, classes)
@@ -275,7 +309,9 @@ def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
             model, sample[columns], sample[target].to_numpy(), task, params.evaluate.importance_repeats, seed
         )
         y_test, test_scores = splits["test"][target].to_numpy(), scores["test"]
-        frames = curve_frames(task, y_test, test_scores, history, importance, seed, classes, threshold)
+        frames = curve_frames(
+            task, y_test, test_scores, history["curves"], importance, seed, classes, threshold
+        )
         frames |= decision_frames(
             task, ys, scores, raw_scores, params.evaluate.cost_fp, params.evaluate.cost_fn
         )
@@ -284,17 +320,23 @@ def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
         draw(frames, history["metric"], root / paths.PLOTS / "images")
         write_parquet(root / paths.PREDICTIONS, _predictions(test_scores, y_test, target, classes, bounds))
         per_class = _per_class(frames)
-        extra: dict[str, Any] = {"decision": decided} if decided else {}
-        if bounds is not None:
-            extra["intervals"] = bounds.summary()
+        summary: EvaluateSummary = {
+            "run_id": run_id,
+            "test": by_split["test"],
+            "overfit": overfit,
+            "predictions_sha256": ev.predictions_digest(test_scores),
+        }
         # Test first: `dvc exp show` and `dvc metrics show` list columns in the file's key order.
-        ordered = {name: by_split[name] for name in ("test", "valid", "train")}
-        write_json(
-            root / paths.METRICS / "metrics.json",
-            {**ordered, "overfit": overfit, **per_class, **extra},
-            sort_keys=False,
-        )
-        digest = ev.predictions_digest(test_scores)
+        written: dict[str, object] = {name: by_split[name] for name in ("test", "valid", "train")}
+        written["overfit"] = overfit
+        if per_class:
+            written["per_class"] = per_class
+        if decided:
+            summary["decision"] = written["decision"] = decided
+        if bounds is not None:
+            summary["intervals"] = written["intervals"] = bounds.summary()
+        write_json(root / paths.METRICS / "metrics.json", written, sort_keys=False)
+        digest = summary["predictions_sha256"]
         flat = {f"{split}_{k}": v for split, values in by_split.items() for k, v in values.items()}
         flat |= _per_class_metrics(per_class)
         flat |= {"overfit_gap": overfit["gap"], "overfit": float(overfit["overfit"])}
@@ -314,10 +356,4 @@ def run_evaluate(root: Path = Path(".")) -> dict[str, Any]:
         runs.log_batch(run_id, metrics=flat, tags=tags)
         runs.log_artifacts(root / paths.PLOTS / "images", artifact_path="plots")
         runs.log_table(importance, artifact_file="importance.json")
-    return {
-        "run_id": run_id,
-        "test": by_split["test"],
-        "overfit": overfit,
-        "predictions_sha256": digest,
-        **extra,
-    }
+    return summary

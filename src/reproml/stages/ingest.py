@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from reproml import paths
 from reproml.io import write_json, write_parquet
 from reproml.stages.common import load
 
+if TYPE_CHECKING:
+    from reproml.data.ingest import SchemaRecord
 
-def run_ingest(root: Path = Path(".")) -> dict[str, Any]:
+
+def run_ingest(root: Path = Path(".")) -> dict[str, int]:
+    """The source as data/ingested.parquet and its schema; returns (and writes to metrics/) the row
+    counts: read, kept, dropped for each reason, from labelled batches."""
     from reproml.data import labelled
     from reproml.data.ingest import check_slice_column, ingest
     from reproml.data.validate import class_labels
@@ -33,7 +38,7 @@ def run_ingest(root: Path = Path(".")) -> dict[str, Any]:
         frame, labelled.read_batches(root / paths.LABELLED_DATA), params.data.time_column, target
     )
     frame = appended.frame
-    schema = {
+    schema: SchemaRecord = {
         "source": result.source,
         "target": target,
         "task": params.data.task,

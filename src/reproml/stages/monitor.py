@@ -8,13 +8,16 @@ calls `run_monitor` on a schedule; people call `reproml monitor --batch ...`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from reproml.config import Params
 from reproml.stages.common import load
 
+if TYPE_CHECKING:
+    from reproml.monitoring.records import BatchRecord
 
-def run_monitor(root: Path = Path("."), batch: str = "", backfill: bool = False) -> dict[str, Any]:
+
+def run_monitor(root: Path = Path("."), batch: str = "", backfill: bool = False) -> BatchRecord:
     """Monitor `batch` (a CSV/Parquet file, or a period such as 2013-08 of the production split);
     `backfill`: judge it even when it is older than the newest monitored batch."""
     from reproml.errors import ReproError
@@ -63,7 +66,7 @@ def check_champion_source(root: Path, params: Params) -> None:
         )
 
 
-def monitoring_history(root: Path = Path(".")) -> tuple[str, list[dict[str, Any]]]:
+def monitoring_history(root: Path = Path(".")) -> tuple[str, list[BatchRecord]]:
     """The model of the data in use, and every batch's decision record of its history, in the
     order they were monitored."""
     from reproml.monitoring.store import history

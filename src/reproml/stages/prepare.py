@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import pandas as pd
 
@@ -12,7 +12,15 @@ from reproml.io import write_json, write_parquet
 from reproml.stages.common import load
 
 
-def run_prepare(root: Path = Path(".")) -> dict[str, Any]:
+class SplitSummary(TypedDict, total=False):
+    """metrics/prepare.json, per split: its rows, and the label balance for classification."""
+
+    rows: int
+    positive_rate: float  # binary
+    class_shares: dict[str, float]  # multiclass
+
+
+def run_prepare(root: Path = Path(".")) -> dict[str, SplitSummary]:
     from reproml.data.split import SPLITS, check_classes_in_train, split
 
     params = load(root)
@@ -21,7 +29,7 @@ def run_prepare(root: Path = Path(".")) -> dict[str, Any]:
     target = params.data.target
     if params.data.task == "multiclass":
         check_classes_in_train(parts, target)
-    summary: dict[str, Any] = {}
+    summary: dict[str, SplitSummary] = {}
     for name in SPLITS:
         part = parts[name]
         summary[name] = {"rows": len(part)}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -28,6 +28,11 @@ from reproml.config import flat_params
 from reproml.errors import ReproError
 from reproml.io import file_md5, read_json
 from reproml.stages.common import classes_of, feature_spec, load
+
+if TYPE_CHECKING:
+    from reproml.fitting import HistoryRecord
+    from reproml.learned import ParentRef
+    from reproml.retrain import RefitOutcome
 
 SPLITS = ("train", "valid", "test")
 REFIT_OF = "reproml.refit_of"
@@ -58,7 +63,7 @@ def _copy_artifact(run_id: str, artifact: str) -> None:
         runs.log_artifact(runs.download_artifact(run_id, artifact, Path(tmp)))
 
 
-def run_refit(root: Path = Path("."), version: int | None = None) -> dict[str, Any]:
+def run_refit(root: Path = Path("."), version: int | None = None) -> RefitOutcome:
     """Refit champion `version` (default: the current champion, which must be this worktree's
     registered model, models/model.joblib) on train + valid + test and make the refit the champion.
     """
@@ -93,7 +98,7 @@ def run_refit(root: Path = Path("."), version: int | None = None) -> dict[str, A
     schema = read_json(root / paths.SCHEMA)
     spec = feature_spec(params, schema)
     classes = classes_of(params, schema)
-    history = read_json(root / paths.HISTORY)
+    history: HistoryRecord = read_json(root / paths.HISTORY)  # written by `train`
     rounds = refit_rounds(history.get("best_iteration"))
     files = {s: paths.split_file(s) for s in SPLITS}
     splits = {str(f): file_md5(root / f) for f in files.values()}
@@ -106,7 +111,7 @@ def run_refit(root: Path = Path("."), version: int | None = None) -> dict[str, A
             )
     frame = pd.concat([pd.read_parquet(root / f) for f in files.values()], ignore_index=True)
     what = learned.describe(frame, splits, schema.get("time_column"), "refit")
-    parent_of = {"version": int(promoted.version), "run_id": promoted.run_id}
+    parent_of: ParentRef = {"version": int(promoted.version), "run_id": promoted.run_id}
     trained = refit_model(frame, spec, params, rounds, classes)
     served = trained.pipeline
     if params.data.task == "classification":  # the parent's cut, chosen on its validation split
@@ -177,5 +182,9 @@ def run_refit(root: Path = Path("."), version: int | None = None) -> dict[str, A
         "learned": what,
         "rounds": rounds,
         "fit_seconds": round(trained.fit_seconds, 3),
-        "decision": {k: decision.get(k) for k in ("action", "reason", "record")},
+        "decision": {
+            "action": decision.get("action"),
+            "reason": decision.get("reason"),
+            "record": decision.get("record"),
+        },
     }

@@ -19,7 +19,7 @@ from reproml.io import file_md5, read_json, write_json
 from reproml.stages.common import classes_of, load
 
 if TYPE_CHECKING:
-    from reproml.registry import DecisionRecord
+    from reproml.registry import DecisionRecord, Registered
     from reproml.stores.mlflow.versions import Version
 
 REGISTERED = Path("models/registered.json")
@@ -92,7 +92,7 @@ def check_slice_column(root: Path, params: Params) -> None:
         )
 
 
-def run_register(root: Path = Path(".")) -> dict[str, Any]:
+def run_register(root: Path = Path(".")) -> Registered:
     from reproml import registry
     from reproml.stores.mlflow import runs, versions
 
@@ -109,7 +109,7 @@ def run_register(root: Path = Path(".")) -> dict[str, Any]:
     check_same_source(name, source, (registry.CHAMPION,), "register")
     version = registry.register(run_id, name, experiment_id, model_uri)
     versions.set_version_tag(name, version.version, DATA_SOURCE_TAG, source.describe())
-    summary = {
+    summary: Registered = {
         "model_name": version.name,
         "version": int(version.version),
         "alias": registry.CHALLENGER,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -14,6 +14,10 @@ from reproml.config import Params, flat_params, with_model_params
 from reproml.env import dvc_experiment
 from reproml.io import file_md5, read_json, write_json, write_with
 from reproml.stages.common import classes_of, feature_spec, load
+
+if TYPE_CHECKING:
+    from reproml.fitting import HistoryRecord
+    from reproml.tuning.study import BestParams
 
 
 def _requirements(versions: dict[str, str]) -> list[str]:
@@ -41,7 +45,7 @@ def decision_tags(decided: Any) -> dict[str, str]:
     return tags
 
 
-def tuned_params(root: Path, params: Params) -> tuple[Params, dict[str, Any] | None]:
+def tuned_params(root: Path, params: Params) -> tuple[Params, BestParams | None]:
     """params.yaml with the `tune` stage's best values for `train.model` applied, and what was read.
 
     `tune.enabled: false` (or no best_params.json, for a project without the stage) keeps the fixed
@@ -52,7 +56,7 @@ def tuned_params(root: Path, params: Params) -> tuple[Params, dict[str, Any] | N
     path = root / paths.BEST_PARAMS
     if not params.tune.enabled or not path.is_file():
         return params, None
-    tuned = read_json(path)
+    tuned: BestParams = read_json(path)  # written by `reproml tune`
     if not tuned.get("enabled"):
         return params, None
     if tuned.get("model") != params.train.model:
@@ -162,7 +166,7 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
             cost_fn=params.evaluate.cost_fn,
         )
         write_with(root / paths.MODEL, lambda p: joblib.dump(served, p))
-        history = {
+        history: HistoryRecord = {
             "metric": trained.history_metric,
             "best_iteration": trained.best_iteration,
             "curves": trained.history,

@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from reproml import paths
 from reproml.config import Params, flatten, model_section
@@ -31,20 +31,58 @@ if TYPE_CHECKING:
     from reproml.metrics import MetricSpec
     from reproml.stores.optuna import StorageInfo
     from reproml.tuning.objective import TuneData
-    from reproml.tuning.study import StudySpec
+    from reproml.tuning.study import BestParams, StudyContext, StudySpec
 
 TUNE_METRICS = paths.METRICS / "tune.json"
 TRIAL_STAGE = "tune-trial"
 
 
-def study_context(root: Path, params: Params, metric: str) -> dict[str, Any]:
+class TrialRun(TypedDict):
+    """One finished trial as an MLflow child run (`stores.mlflow.runs.log_child_run`'s arguments)."""
+
+    run_name: str
+    status: str
+    start_ms: int
+    end_ms: int
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    series: dict[str, list[tuple[int, float]]]
+
+
+class TuneOff(TypedDict):
+    """`reproml tune` with `tune.enabled: false`."""
+
+    enabled: bool
+    model: str
+
+
+class TuneSummary(TypedDict):
+    """What `reproml tune` returns: the study, where it lives, the run, and its counts."""
+
+    study: str
+    storage: str
+    run_id: str
+    notes: list[str]  # what repairing the journal file said
+    best_value: float
+    best_trial: int
+    finished: int
+    complete: int
+    pruned: int
+    failed: int
+    finished_this_run: int
+    wall_s: float
+    trials_per_minute: float
+
+
+def study_context(root: Path, params: Params, metric: str) -> StudyContext:
     """What makes two trials' values comparable: equal contexts may share a study."""
     from reproml.tuning.space import distributions
 
     model = params.train.model
     section = params.train.model_dump(mode="json")[model_section(model)]
     searched = set(distributions(model))
-    return {
+    context: StudyContext = {
         "model": model,
         "metric": metric,
         "seed": params.tune.seed if params.tune.seed is not None else params.seed,
@@ -53,13 +91,14 @@ def study_context(root: Path, params: Params, metric: str) -> dict[str, Any]:
         "exclude_columns": sorted(params.prepare.exclude_columns),
         "features": params.features.model_dump(mode="json"),
         "fixed": {k: v for k, v in section.items() if k not in searched},
-        # only when set: studies made before the option existed (one fold) stay resumable
-        **({"cv_folds": params.tune.cv_folds} if params.tune.cv_folds > 1 else {}),
         "data": {
             str(p): file_md5(root / p)
             for p in (paths.SCHEMA, paths.split_file("train"), paths.split_file("valid"))
         },
     }
+    if params.tune.cv_folds > 1:  # only when set: studies made before the option (one fold) stay resumable
+        context["cv_folds"] = params.tune.cv_folds
+    return context
 
 
 def load_data(root: Path, params: Params) -> TuneData:
@@ -75,7 +114,7 @@ def load_data(root: Path, params: Params) -> TuneData:
     return prepare_data(train, valid, feature_spec(params, schema), params, classes_of(params, schema))
 
 
-def _fingerprint(context: dict[str, Any]) -> str:
+def _fingerprint(context: StudyContext) -> str:
     return hashlib.sha256(json.dumps(context, sort_keys=True).encode()).hexdigest()
 
 
@@ -95,7 +134,7 @@ def _champion_params(root: Path, params: Params) -> tuple[str, dict[str, Any]] |
     return f"champion v{version.version}", values
 
 
-def _trial_record(trial: Any, metric: str, study_name: str) -> dict[str, Any]:
+def _trial_record(trial: Any, metric: str, study_name: str) -> TrialRun:
     state = trial.state.name
     start = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
     end = trial.datetime_complete.timestamp() if trial.datetime_complete else start
@@ -155,7 +194,7 @@ def _log_plots(study: Any) -> None:
 
 
 def _study_spec(
-    params: Params, metric: MetricSpec, direction: Literal["maximize", "minimize"], context: dict[str, Any]
+    params: Params, metric: MetricSpec, direction: Literal["maximize", "minimize"], context: StudyContext
 ) -> StudySpec:
     """The study this tuning run belongs to: named by the model and the fingerprint of its context
     (unless tune.study_name names it), with the space, metric and pruning it was created with."""
@@ -219,11 +258,12 @@ def _warm_start(
     return study.warm_start(the_study, [(s, v) for s, v in inside if v is not None])
 
 
-def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = None) -> dict[str, Any]:
+def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = None) -> TuneOff | TuneSummary:
     params = load(root)
     tune = params.tune
     if not tune.enabled:
-        write_json(root / paths.BEST_PARAMS, {"enabled": False, "model": params.train.model})
+        off: BestParams = {"enabled": False, "model": params.train.model}
+        write_json(root / paths.BEST_PARAMS, off)
         write_json(root / TUNE_METRICS, {"enabled": False})
         return {"enabled": False, "model": params.train.model}
     import optuna
@@ -302,7 +342,7 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
             best = the_study.best_trial
             wall = time.perf_counter() - started
             ran = final.finished - before.finished
-            summary = {
+            counted = {
                 "best_value": float(best.value) if best.value is not None else float("nan"),
                 "best_trial": best.number,
                 "finished": final.finished,
@@ -313,26 +353,38 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
                 "wall_s": round(wall, 2),
                 "trials_per_minute": round(60 * ran / wall, 2) if wall > 0 else 0.0,
             }
-            runs.log_batch(parent, metrics={k: float(v) for k, v in summary.items()})
+            runs.log_batch(parent, metrics={k: float(v) for k, v in counted.items()})
             runs.log_dict(
                 {"params": best.params, "value": best.value, "trial": best.number}, "best_params.json"
             )
             _log_plots(the_study)
-    write_json(
-        root / paths.BEST_PARAMS,
-        {
-            "enabled": True,
-            "model": model,
-            "study_name": spec.name,
-            "metric": metric.name,
-            "direction": direction,
-            "best_trial": best.number,
-            "best_value": best.value,
-            "params": best.params,
-        },
-    )
+    best_params: BestParams = {
+        "enabled": True,
+        "model": model,
+        "study_name": spec.name,
+        "metric": metric.name,
+        "direction": direction,
+        "best_trial": best.number,
+        "best_value": best.value,
+        "params": best.params,
+    }
+    write_json(root / paths.BEST_PARAMS, best_params)
     write_json(
         root / TUNE_METRICS,
-        {k: summary[k] for k in ("best_value", "best_trial", "finished", "complete", "pruned")},
+        {k: counted[k] for k in ("best_value", "best_trial", "finished", "complete", "pruned")},
     )
-    return {"study": spec.name, "storage": info.shown, "run_id": parent, "notes": notes, **summary}
+    return {
+        "study": spec.name,
+        "storage": info.shown,
+        "run_id": parent,
+        "notes": notes,
+        "best_value": float(counted["best_value"]),
+        "best_trial": int(counted["best_trial"]),
+        "finished": int(counted["finished"]),
+        "complete": int(counted["complete"]),
+        "pruned": int(counted["pruned"]),
+        "failed": int(counted["failed"]),
+        "finished_this_run": int(counted["finished_this_run"]),
+        "wall_s": float(counted["wall_s"]),
+        "trials_per_minute": float(counted["trials_per_minute"]),
+    }

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired, TypedDict
 
 import optuna
 from optuna.storages import BaseStorage
@@ -37,6 +37,37 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 3
 
 
+class StudyContext(TypedDict):
+    """What makes two trials' values comparable (`stages.tune.study_context`): equal contexts may
+    share a study. Stored on the study as JSON and hashed into its fingerprint; only compared, so
+    the config sections it copies stay as their JSON dumps."""
+
+    model: str
+    metric: str
+    seed: int
+    target: str
+    task: str
+    exclude_columns: list[str]
+    features: dict[str, object]  # params.features, as JSON
+    fixed: dict[str, object]  # the model's hyperparameters the space does not search
+    cv_folds: NotRequired[int]  # only when > 1: studies made before the option stay resumable
+    data: dict[str, str]  # path -> md5 of the schema and the train and valid splits
+
+
+class BestParams(TypedDict):
+    """models/best_params.json, written by `reproml tune` and read by `train`: the best trial's
+    values for `model`; with tuning off, `enabled` false and the model alone."""
+
+    enabled: bool
+    model: str
+    study_name: NotRequired[str]
+    metric: NotRequired[str]
+    direction: NotRequired[str]
+    best_trial: NotRequired[int]
+    best_value: NotRequired[float | None]
+    params: NotRequired[dict[str, Any]]  # hyperparameters: free-form, validated by config.with_model_params
+
+
 @dataclass(frozen=True)
 class StudySpec:
     """What a study is for; stored on it and checked on every resume."""
@@ -47,7 +78,7 @@ class StudySpec:
     direction: Literal["maximize", "minimize"]
     space: str
     fingerprint: str
-    context: dict[str, Any]
+    context: StudyContext
     seed: int
     startup_trials: int
     pruner: str

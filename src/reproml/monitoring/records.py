@@ -1,0 +1,266 @@
+"""The shape of a batch's decision record, `monitoring/<model>/records/<batch>.json`, and its parts.
+
+The record is JSON: written by `reproml.monitoring.run`, read back by the store, the index page,
+the decision's loop guard, the monitoring flow and the replay. So these are TypedDicts (it stays a
+plain dict; nothing changes on disk), declared once here so every reader names the same keys.
+
+`BatchRecord` is `total=False`: the record grows step by step while a batch is judged (the
+verdict goes in last), a quarantined batch has no drift, and records written by earlier versions
+lack keys added since; readers use `.get` for what may be absent. A number that can be NaN in
+memory is written as null (`store.jsonable`), so it is typed `float | None`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NotRequired, Required, TypedDict
+
+from reproml.learned import LearnedRecord, ParentRef
+
+if TYPE_CHECKING:  # reproml.retrain imports the registry, which imports monitoring's store
+    from reproml.retrain import TrainingSummary
+
+
+class ChampionRef(TypedDict):
+    """The champion that judged the batch (`champion.Champion.describe`)."""
+
+    name: str
+    version: int
+    run_id: str
+    uri: str
+    threshold: NotRequired[float]  # binary: the cut its `predict` applies
+    learned: NotRequired[LearnedRecord]
+    refit_of: NotRequired[ParentRef]
+    classes: NotRequired[list[Any]]  # multiclass: labels as the data holds them (int, str, ...)
+
+
+class ColumnStats(TypedDict, total=False):
+    """The quality gate's numbers for one column (which ones depends on its kind)."""
+
+    kind: str
+    inf_share: float
+    unseen_share: float
+    missing_share: float
+    reference_missing_share: float
+
+
+class QualityGateRecord(TypedDict):
+    passed: bool
+    problems: list[str]
+    rows: int
+    labelled_rows: int
+    columns: dict[str, ColumnStats]
+
+
+class ColumnDriftRecord(TypedDict):
+    """`drift.ColumnDrift` as JSON."""
+
+    column: str
+    kind: str
+    method: str | None
+    score: float | None
+    drifted: bool
+    judged: bool
+    importance: float
+    weight: float
+    present: int
+    p_value: float | None
+    note: str | None
+
+
+class DriftMethods(TypedDict):
+    numeric: str
+    categorical: str
+
+
+class DriftRecord(TypedDict):
+    """`drift.DriftResult.to_dict`: every column's drift and the shares the decision reads."""
+
+    effect_floor: float
+    reference_rows: int
+    batch_rows: int
+    columns: list[ColumnDriftRecord]
+    prediction: ColumnDriftRecord | None
+    drift_share: float
+    weighted_drift_share: float
+    weighting: str
+    probabilities: list[ColumnDriftRecord]
+    methods: DriftMethods
+    drifted: list[str]
+
+
+class QualityChangeRecord(TypedDict):
+    """`concept.QualityChange.to_dict`: the champion's metric on the batch against its test split.
+
+    Values are NaN (null once written) where the metric is undefined on the rows; the intervals
+    are pairs (tuples in memory, lists once read back)."""
+
+    metric: str
+    higher_is_better: bool
+    reference_value: float | None
+    batch_value: float | None
+    drop: float | None
+    interval: tuple[float | None, float | None] | list[float | None]
+    batch_interval: tuple[float | None, float | None] | list[float | None]
+    confidence: float
+    samples: int
+    reference_rows: int
+    batch_rows: int
+    evidently: dict[str, float]
+    batch_metrics: dict[str, float]
+    per_class: dict[str, dict[str, float]]
+    note: str | None
+
+
+class LoopGuardRecord(TypedDict, total=False):
+    """The numbers the loop guard looked at (`decision.loop_guard`); empty when it did not run."""
+
+    unit: str
+    retrains_before: int
+    last_retrain_batch: str | None
+    since_last_retrain: float
+    retrains_in_period: int
+
+
+# `monitor.*` as configured (`MonitorParams.model_dump(mode="json")`): every value is a scalar
+Thresholds = dict[str, float | int | str | None]
+
+
+class BatchDecision(TypedDict):
+    """`decision.Decision.to_dict`: the verdict, what fired, and every threshold."""
+
+    verdict: str
+    summary: str
+    reasons: list[str]
+    triggers: dict[str, bool]
+    thresholds: Thresholds
+    loop_guard: LoopGuardRecord
+
+
+class QuarantineRef(TypedDict):
+    """Where a batch that failed the quality gate was kept, and its reason file."""
+
+    batch: str
+    reason: str
+
+
+class ReportsRef(TypedDict, total=False):
+    """The batch's Evidently pages, relative to the project root."""
+
+    drift: str
+    quality: str
+
+
+class SamplingRecord(TypedDict):
+    rule: str
+    seed: int
+    batch_rows_used: int
+    reference_rows_used: int
+
+
+class SplitRef(TypedDict):
+    path: str
+    md5: str
+    rows: NotRequired[int]
+    rows_used: NotRequired[int]
+    scored_by: NotRequired[str]
+
+
+class WindowRecord(TypedDict):
+    """The drift reference's rows and time range."""
+
+    rows: int
+    days: int | None
+    first: str | None
+    last: str | None
+
+
+class ReferenceRecord(TypedDict):
+    """What the batch was compared against: the champion's own splits, by md5."""
+
+    train: SplitRef
+    test: SplitRef
+    learned: dict[str, str]  # split path -> md5
+    drift_window: WindowRecord
+
+
+class WorkspaceRef(TypedDict):
+    """Where the batch's snapshots went in Evidently's UI workspace."""
+
+    path: str
+    project: str
+    project_id: str
+    snapshots: list[str]
+
+
+class MlflowRef(TypedDict):
+    experiment_id: str
+    run_id: str
+
+
+class EstimateRecord(TypedDict):
+    """A performance estimate for a batch without (enough) labels, and how it compared with the
+    labels once they came."""
+
+    metric: str
+    value: float | None
+    lower: float | None
+    upper: float | None
+    method: str
+    realised: float | None
+    error: float | None
+
+
+class BatchRecord(TypedDict, total=False):
+    """One monitored batch: identity, champion, quality gate, measurements, decision, timings."""
+
+    batch_id: str
+    seq: int
+    source: str
+    source_md5: str | None
+    monitored_at: str
+    rows: int
+    labelled_rows: int
+    champion: ChampionRef
+    quality_gate: QualityGateRecord
+    drift: DriftRecord | None
+    quality: QualityChangeRecord | None
+    reports: ReportsRef
+    predictions: str | None
+    labelled: str | None
+    quarantine: QuarantineRef | None
+    batch_start: str | None
+    batch_time: str | None
+    backfill: bool
+    sampling: SamplingRecord
+    reference: ReferenceRecord
+    evidently_workspace: WorkspaceRef
+    mlflow: MlflowRef
+    verdict: str
+    summary: str
+    reasons: list[str]
+    decision: BatchDecision
+    timings: dict[str, float]
+    estimate: NotRequired[EstimateRecord]
+
+
+class BatchSummary(TypedDict, total=False):
+    """What the monitoring flow returns for a batch (`orchestration.monitoring.summary`), and the
+    replay reads: the record's headline, then what the flow added (the policy, the training flow's
+    summary when it retrained and how long that took; the replay adds the champion after it).
+    When there was no batch to monitor, it holds `batch: None` alone."""
+
+    batch: Required[str | None]
+    verdict: str
+    summary: str | None
+    reasons: list[str] | None
+    rows: int | None
+    weighted_drift_share: float | None
+    drift_share: float | None
+    quality: float | None  # the champion's metric on the batch
+    metric: str | None
+    champion: ChampionRef
+    labelled: str | None
+    retrain: TrainingSummary | None
+    policy: str
+    retrain_seconds: float
+    champion_after: int | None
