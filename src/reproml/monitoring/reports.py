@@ -48,20 +48,55 @@ def _short(text: str, width: int = 22) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _estimate(r: dict[str, Any], metric: str | None) -> dict[str, Any] | None:
+    """The record's label-free estimate of `metric` (`record["estimate"]`: value, lower, upper,
+    method), when it has one of that metric (any metric when `metric` is None)."""
+    estimate = r.get("estimate")
+    if not isinstance(estimate, dict) or not _finite(estimate.get("value")):
+        return None
+    if metric is not None and estimate.get("metric") not in (None, metric):
+        return None
+    return estimate
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _realised(r: dict[str, Any]) -> dict[str, Any] | None:
+    q = r.get("quality")
+    return q if isinstance(q, dict) and _finite(q.get("batch_value")) else None
+
+
 def _plot(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Geometry and labels of the quality plot (templates/quality_plot.svg); None without labels."""
-    points = [r for r in _order(records) if r.get("quality") and r["quality"].get("batch_value") is not None]
+    """Geometry and labels of the quality plot (templates/quality_plot.svg): per batch the realised
+    metric (labelled batches) and the label-free estimate with its band (records carrying an
+    `estimate`); None when no batch has either."""
+    ordered = _order(records)
+    first = next((q for q in map(_realised, ordered) if q), None)
+    metric = (
+        first["metric"]
+        if first
+        else next((e.get("metric") for r in ordered if (e := _estimate(r, None))), None)
+    )
+    points = [r for r in ordered if _realised(r) or _estimate(r, metric)]
     if not points:
         return None
-    metric = points[0]["quality"]["metric"]
-    higher = points[0]["quality"].get("higher_is_better", True)
-    margin = float(points[0]["decision"]["thresholds"].get("quality_margin", 0.0))
+    metric = metric or "quality"
+    higher = first.get("higher_is_better", True) if first else True
+    margin = float(((points[0].get("decision") or {}).get("thresholds") or {}).get("quality_margin", 0.0))
     values: list[float] = []
     for r in points:
-        q = r["quality"]
-        values += [q["batch_value"], q["reference_value"]]
-        values += [v for v in (q.get("batch_interval") or []) if v is not None]
-        values.append(q["reference_value"] - margin if higher else q["reference_value"] + margin)
+        q, e = _realised(r), _estimate(r, metric)
+        if q:
+            values += [q["batch_value"], q["reference_value"]]
+            values += [v for v in (q.get("batch_interval") or []) if v is not None]
+            values.append(q["reference_value"] - margin if higher else q["reference_value"] + margin)
+        if e:
+            values += [float(e[k]) for k in ("value", "lower", "upper") if _finite(e.get(k))]
     low, high = min(values), max(values)
     pad = (high - low) * 0.1 or 0.01
     low, high = low - pad, high + pad
@@ -72,29 +107,48 @@ def _plot(records: list[dict[str, Any]]) -> dict[str, Any] | None:
         return _LEFT + step * (i + 0.5)
 
     def y(v: float) -> float:
-        return _TOP + plot_h * (1 - (v - low) / (high - low))
+        return _TOP + plot_h * (1 - (float(v) - low) / (high - low))
 
     ticks = [{"y": y(v), "label": f"{v:.3f}"} for v in (low + (high - low) * k / 4 for k in range(5))]
     drawn = []
     for i, r in enumerate(points):
-        q = r["quality"]
-        ref = q["reference_value"]
-        lo, hi = q.get("batch_interval") or (None, None)
-        drawn.append(
-            {
-                "x": x(i),
-                "x0": x(i) - step / 2,
-                "x1": x(i) + step / 2,
+        q, e = _realised(r), _estimate(r, metric)
+        point: dict[str, Any] = {
+            "x": x(i),
+            "x0": x(i) - step / 2,
+            "x1": x(i) + step / 2,
+            "colour": COLOURS.get(r.get("verdict", ""), "#333"),
+            "label": _short(r["batch_id"]),
+            "reference": None,
+            "value": None,
+            "low": None,
+            "estimate": None,
+        }
+        if q:
+            ref = q["reference_value"]
+            lo, hi = q.get("batch_interval") or (None, None)
+            point |= {
                 "reference": y(ref),  # the champion's test value and its retrain line, per batch
                 "line": y(ref - margin if higher else ref + margin),
                 "low": None if lo is None or hi is None else y(lo),
                 "high": None if lo is None or hi is None else y(hi),
                 "value": y(q["batch_value"]),
-                "colour": COLOURS.get(r.get("verdict", ""), "#333"),
                 "title": f"{r['batch_id']}: {metric} {q['batch_value']:.4f} ({r.get('verdict')})",
-                "label": _short(r["batch_id"]),
             }
-        )
+        if e:
+            lower = float(e["lower"]) if _finite(e.get("lower")) else float(e["value"])
+            upper = float(e["upper"]) if _finite(e.get("upper")) else float(e["value"])
+            half = min(step / 6, 10.0)
+            point["estimate"] = {
+                "y": y(e["value"]),
+                "x0": x(i) - half,
+                "top": y(max(lower, upper)),
+                "width": 2 * half,
+                "height": abs(y(lower) - y(upper)),
+                "title": f"{r['batch_id']}: estimated {metric} {float(e['value']):.4f} "
+                f"[{lower:.4f}, {upper:.4f}] ({e.get('method') or 'estimate'})",
+            }
+        drawn.append(point)
     box = {
         "left": _LEFT,
         "right": _LEFT + plot_w,
@@ -105,6 +159,64 @@ def _plot(records: list[dict[str, Any]]) -> dict[str, Any] | None:
         "label_y": _TOP + plot_h + 14,
     }
     return {"width": _WIDTH, "height": _HEIGHT, "metric": metric, "box": box, "ticks": ticks, "points": drawn}
+
+
+def _heat(score: float, floor: float) -> str:
+    """White at no drift to full red at twice the effect floor (the floor itself is mid-scale)."""
+    share = min(max(score / (2 * floor), 0.0), 1.0) if floor > 0 else (1.0 if score > 0 else 0.0)
+    red, green, blue = (round(255 + (end - 255) * share) for end in (192, 57, 43))
+    return f"#{red:02x}{green:02x}{blue:02x}"
+
+
+def _heatmap(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Features by batches: each cell the feature's drift score in that batch, coloured against
+    the batch's effect floor, drifted cells marked; rows by the champion's importance (the largest
+    share any batch gave the feature), the prediction last. None before any batch was measured."""
+    measured = [r for r in _order(records) if isinstance(r.get("drift"), dict) and r["drift"].get("columns")]
+    if not measured:
+        return None
+    weight: dict[str, float] = {}
+    for r in measured:
+        for c in r["drift"]["columns"]:
+            weight[str(c["column"])] = max(weight.get(str(c["column"]), 0.0), float(c.get("weight") or 0.0))
+    features = sorted(weight, key=lambda f: (-weight[f], f))
+
+    def cell(c: dict[str, Any] | None, floor: float) -> dict[str, Any]:
+        if c is None:
+            return {"text": "", "colour": "#ffffff", "drifted": False, "title": "not in this batch"}
+        if not c.get("judged") or not _finite(c.get("score")):
+            return {
+                "text": "-",
+                "colour": "#eeeeee",
+                "drifted": False,
+                "title": c.get("note") or "not judged",
+            }
+        score = float(c["score"])
+        p = c.get("p_value")
+        title = f"{c['column']}: {c.get('method')} {score:.4f}"
+        title += f", p {float(p):.2g}" if p is not None and _finite(p) else ""
+        drifted = bool(c.get("drifted"))
+        return {"text": f"{score:.2f}", "colour": _heat(score, floor), "drifted": drifted,
+                "title": title + (" (drifted)" if drifted else "")}  # fmt: skip
+
+    rows: list[dict[str, Any]] = []
+    for feature in [*features, None]:
+        cells: list[dict[str, Any]] = []
+        for r in measured:
+            drift = r["drift"]
+            floor = float(drift.get("effect_floor") or 0.1)
+            if feature is None:
+                cells.append(cell(drift.get("prediction"), floor))
+            else:
+                found = next((c for c in drift["columns"] if str(c["column"]) == feature), None)
+                cells.append(cell(found, floor))
+        label = "(prediction)" if feature is None else feature
+        rows.append({"label": label, "weight": None if feature is None else weight[feature], "cells": cells})
+    if all(not c["text"] for c in rows[-1]["cells"]):
+        rows.pop()  # no prediction drift measured anywhere
+    batches = [{"label": _short(r["batch_id"], 12), "title": r["batch_id"]} for r in measured]
+    floors = sorted({float(r["drift"].get("effect_floor") or 0.1) for r in measured})
+    return {"batches": batches, "rows": rows, "floors": ", ".join(f"{f:g}" for f in floors)}
 
 
 def _link(root_relative: str | None, text: str, folder: Path) -> tuple[str, str] | None:
@@ -164,6 +276,7 @@ def index_html(name: str, records: list[dict[str, Any]]) -> str:
         "monitoring_index.html",
         rows=[_row(r, name) for r in ordered],
         plot=_plot(ordered),
+        heatmap=_heatmap(ordered),
         colours=COLOURS,
         metric=metric,
         headers=headers,
