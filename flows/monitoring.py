@@ -63,7 +63,10 @@ def monitoring(
         log.info("no production batch after the newest monitored one: nothing to do")
         return {"batch": None}
     record = monitor(home, spec, backfill)
-    publish(home, record)
+    try:
+        publish(home, record)
+    except Exception as exc:  # the record is written and the hand-off below matters more than the view
+        log.warning("could not publish the run's artifacts: %s: %s", type(exc).__name__, exc)
     summary = steps.summary(record)
     log.info("%s: %s (%s)", record["batch_id"], record["verdict"], record.get("summary"))
     summary["policy"] = policy
