@@ -118,6 +118,8 @@ def test_summary_shows_verdict_reasons_estimate_and_realised_quality(tmp_path: P
     assert "- realised roc\\_auc 0.7010 vs 0.7400 on the test split; drop 0.0390 \\[0.0300, 0.0500\\]" in text
     assert "weighted drift share 0\\.61" in text
     assert (tmp_path / "monitoring/flights-late/reports/index.html").as_uri() in text
+    later = artifacts.estimate_line(record(estimate={**estimate, "realised": 0.70, "error": 0.012}))
+    assert later is not None and later.endswith("(cbpe); realised later 0.7000, error 0.0120")
     without = artifacts.summary_markdown(tmp_path, record(quality=None))
     assert "estimated" not in without and "realised" not in without  # shown only when there
 

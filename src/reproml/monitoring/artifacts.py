@@ -76,7 +76,10 @@ def estimate_line(record: dict[str, Any]) -> str | None:
         band = f" \\[{_number(estimate.get('lower'))}, {_number(estimate.get('upper'))}\\]"
     method = f" ({md_text(estimate['method'])})" if estimate.get("method") else ""
     metric = md_text(estimate.get("metric") or "quality")
-    return f"estimated {metric} {_number(estimate['value'])}{band}{method}"
+    later = ""  # labels that arrived after the batch: the realised value and the estimate's error
+    if estimate.get("realised") is not None:
+        later = f"; realised later {_number(estimate['realised'])}, error {_number(estimate.get('error'))}"
+    return f"estimated {metric} {_number(estimate['value'])}{band}{method}{later}"
 
 
 def realised_line(record: dict[str, Any]) -> str | None:
@@ -123,7 +126,9 @@ def report_link(root: Path, record: dict[str, Any]) -> tuple[str, str]:
     drift = _uri(root, reports.get("drift"))
     if drift is not None:
         return drift, f"drift report of batch {md_text(record['batch_id'])}"
-    name = (record.get("champion") or {}).get("name", "")
+    name = (record.get("champion") or {}).get("name")
+    if not name:
+        return (root / store.MONITORING).resolve().as_uri(), "monitoring folder"
     return (root / store.index(name)).resolve().as_uri(), f"monitoring index of {md_text(name)}"
 
 
