@@ -44,11 +44,19 @@ from pathlib import Path
 from typing import Any
 
 MONTH_TARGET_S = 10.0
+MONTH_BEFORE_S, MONTH_BEFORE_WARM_S = 18.2, 8.4  # issue 17's starting point: fresh process, warm
 BIG_TARGET_S, BIG_TARGET_GB = 60.0, 4.0
 
 
 def _peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # kB on Linux
+
+
+def _cpu_s() -> float:
+    """CPU seconds this process used so far (user + system): on a shared machine, what its wall
+    time would be if it had a core to itself, as long as it runs one thread at a time."""
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return used.ru_utime + used.ru_stime
 
 
 def child_monitor(root: Path, batch: str) -> dict[str, Any]:
@@ -57,10 +65,12 @@ def child_monitor(root: Path, batch: str) -> dict[str, Any]:
 
     record = run_monitor(root, batch)
     cold = time.perf_counter() - start
+    cpu = _cpu_s()
     start = time.perf_counter()
     run_monitor(root, batch)  # again in the same process: what a long-lived worker pays per batch
     return {
         "check_s": cold,
+        "cpu_s": cpu,
         "warm_s": time.perf_counter() - start,
         "peak_gb": _peak_gb(),
         "verdict": record["verdict"],
@@ -100,6 +110,7 @@ def child_floor(root: Path, batch: str) -> dict[str, Any]:
         tests += 1
     return {
         "check_s": time.perf_counter() - start,
+        "cpu_s": _cpu_s(),
         "peak_gb": _peak_gb(),
         "rows": len(current),
         "tests": tests,
@@ -154,7 +165,8 @@ def measure(root: Path, batch: str, repeats: int) -> dict[str, list[dict[str, An
     for i in range(repeats):
         for mode in ("monitor", "floor") if i % 2 == 0 else ("floor", "monitor"):
             runs[mode].append(run_child(mode, root, batch))
-            print(f"  {mode:7s} run {i + 1}: {runs[mode][-1]['check_s']:.2f} s", flush=True)
+            last = runs[mode][-1]
+            print(f"  {mode:7s} run {i + 1}: {last['check_s']:.2f} s ({last['cpu_s']:.2f} s CPU)", flush=True)
     return runs
 
 
@@ -193,7 +205,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--project", type=Path, default=Path("."), help="a project with a champion")
     parser.add_argument("--period", default="2013-08", help="the monthly batch (a period of production)")
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the big batch")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the big batch (0: skip it)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder and print its path")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "ROOT", "BATCH"), help=argparse.SUPPRESS)
@@ -212,10 +224,22 @@ def main() -> None:
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
         print(f"monthly batch {args.period}:")
         month = measure(root, args.period, args.repeats)
-        print(f"{args.rows:,}-row batch:")
-        big = measure(root, big_batch(root, args.rows, seed=0), args.repeats)
+        big = None
+        if args.rows:
+            print(f"{args.rows:,}-row batch:")
+            big = measure(root, big_batch(root, args.rows, seed=0), args.repeats)
         summary(f"Monthly check ({args.period})", month, MONTH_TARGET_S, None)
-        summary("Big batch", big, BIG_TARGET_S, BIG_TARGET_GB)
+        fresh = statistics.median(r["check_s"] for r in month["monitor"])
+        cpu = statistics.median(r["cpu_s"] for r in month["monitor"])
+        warm = statistics.median(r["warm_s"] for r in month["monitor"])
+        print(
+            f"  monthly check, median of {len(month['monitor'])} fresh processes: {fresh:.2f} s "
+            f"(issue 17's starting point {MONTH_BEFORE_S} s); warm {warm:.2f} s "
+            f"(was {MONTH_BEFORE_WARM_S} s); CPU of the fresh process to the check's end {cpu:.2f} s "
+            f"(load average {os.getloadavg()[0]:.2f})"
+        )
+        if big is not None:
+            summary("Big batch", big, BIG_TARGET_S, BIG_TARGET_GB)
     finally:
         if args.keep:
             print(f"scratch kept at {scratch}")

@@ -193,9 +193,7 @@ def bare_main(report: Path) -> None:
     if decided.calibration != "none":
         raw = decisions.uncalibrated(served)
         raw_scores = {name: ev.predict_scores(raw, parts[name][columns], task) for name in raw_scores}
-    frames |= decision_frames(
-        task, ys, scores, raw_scores, params.evaluate.cost_fp, params.evaluate.cost_fn
-    )
+    frames |= decision_frames(task, ys, scores, raw_scores, params.evaluate.cost_fp, params.evaluate.cost_fn)
     with tempfile.TemporaryDirectory(prefix="bare-plots-") as images:
         draw(frames, trained.history_metric, Path(images))
     lap("plots")

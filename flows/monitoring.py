@@ -1,20 +1,37 @@
 """The monitoring flow: the next production batch against the champion, and on a `retrain`
 verdict the training flow with that batch as a new data version, then the gate. The steps are
-`reproml.orchestration.monitoring`."""
+`reproml.orchestration.monitoring`; what the run shows in Prefect's UI (a summary, the drifted
+features, a link to the report) is built by `reproml.monitoring.artifacts`."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
 from flows.common import retry_transient
 from flows.training import training
-from reproml.monitoring.records import BatchSummary
+from reproml.monitoring.records import BatchRecord, BatchSummary
 from reproml.orchestration import monitoring as steps
 
 next_batch = task(name="next_batch")(steps.next_batch)
 monitor = task(name="monitor", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)(
     steps.monitor
 )
+
+
+def publish(root: Path, record: BatchRecord) -> None:
+    """The batch's Prefect artifacts, on the current flow run: its summary, its drifted features
+    (when drift was measured) and a link to its HTML report."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+    from reproml.monitoring.artifacts import run_artifacts
+
+    made = run_artifacts(root, record)
+    create_markdown_artifact(made.summary, key=made.summary_key, description=made.description)
+    if record.get("drift"):
+        create_table_artifact(made.table, key=made.table_key, description=made.table_description)
+    create_link_artifact(made.link, link_text=made.link_text, key=made.link_key, description=made.description)
 
 
 @flow(name="monitoring", log_prints=True)
@@ -46,6 +63,10 @@ def monitoring(
         log.info("no production batch after the newest monitored one: nothing to do")
         return {"batch": None}
     record = monitor(home, spec, backfill)
+    try:
+        publish(home, record)
+    except Exception as exc:  # the record is written and the hand-off below matters more than the view
+        log.warning("could not publish the run's artifacts: %s: %s", type(exc).__name__, exc)
     summary = steps.summary(record)
     log.info("%s: %s (%s)", record["batch_id"], record["verdict"], record.get("summary"))
     summary["policy"] = policy

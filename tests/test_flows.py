@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pandas as pd
 import pytest
@@ -102,6 +103,23 @@ def prefect_flow_runs(api: str, flow_name: str) -> list[Any]:
         return list(c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name]))))
 
 
+def run_artifacts(api: str, flow_run_id: Any) -> dict[str, Any]:
+    """The artifacts of one flow run as Prefect's API serves them to its UI: key -> artifact."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as c:
+        found = c.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        return {str(a.key): a for a in found}
+
+
+def latest_monitoring_artifacts(api: str) -> dict[str, Any]:
+    latest = max(prefect_flow_runs(api, "monitoring"), key=lambda r: r.created)
+    assert latest.state is not None and latest.state.is_completed(), latest.state
+    return run_artifacts(api, latest.id)
+
+
 def same_distribution_batch(p: Project) -> str:
     """Rows of what the champion learned most recently (the newest monitor.reference_days of its
     training split, the drift reference), handed in as a file (under data/, as it must be)."""
@@ -113,8 +131,9 @@ def same_distribution_batch(p: Project) -> str:
     return "data/same.parquet"
 
 
-def test_a_same_distribution_batch_retrains_nothing(project: Project) -> None:
-    """Training-split rows handed in as a file: no drift, no quality drop, no new version."""
+def test_a_same_distribution_batch_retrains_nothing(project: Project, prefect_api: str) -> None:
+    """Training-split rows handed in as a file: no drift, no quality drop, no new version; the
+    run's artifacts (what Prefect's UI shows) say so and link the batch's drift report."""
     p = project
     same_distribution_batch(p)
     before_versions, before_head = versions(p), p.run("git", "rev-parse", "HEAD").stdout
@@ -124,8 +143,21 @@ def test_a_same_distribution_batch_retrains_nothing(project: Project) -> None:
     assert versions(p) == before_versions and branch_head(p) is None
     assert p.run("git", "rev-parse", "HEAD").stdout == before_head
 
+    artifacts = latest_monitoring_artifacts(prefect_api)
+    summary = artifacts[f"{MODEL}-monitoring-summary"]
+    assert summary.type == "markdown" and "**ok**" in summary.data
+    assert "- realised " in summary.data and "- drift: weighted share " in summary.data
+    table = artifacts[f"{MODEL}-monitoring-drifted-features"]
+    assert table.type == "table" and isinstance(json.loads(table.data), list)
+    assert "drifted features" in str(table.description)
+    link = artifacts[f"{MODEL}-monitoring-report"]
+    target = unquote(link.data[link.data.index("](file://") + len("](file://") : -1])
+    assert target.endswith("/drift.html") and Path(target).is_file(), link.data
 
-def test_a_drifted_month_hands_off_to_training_with_a_new_data_version(project: Project) -> None:
+
+def test_a_drifted_month_hands_off_to_training_with_a_new_data_version(
+    project: Project, prefect_api: str
+) -> None:
     p = project
     main_lock = p.lock()
     status_before = p.run("git", "status", "--porcelain").stdout
@@ -133,6 +165,13 @@ def test_a_drifted_month_hands_off_to_training_with_a_new_data_version(project: 
     out = flow_in_subprocess(p, "monitoring(root='.', batch='2013-07')")
     assert out["verdict"] == "retrain", out["reasons"]
     retrain = out["retrain"]
+    artifacts = latest_monitoring_artifacts(prefect_api)
+    assert "**retrain**" in artifacts[f"{MODEL}-monitoring-summary"].data
+    drifted = json.loads(artifacts[f"{MODEL}-monitoring-drifted-features"].data)
+    assert bool(drifted) == bool(out["drift_share"])  # the drifted features, most important first
+    shares = [row["importance share"] for row in drifted]
+    assert shares == sorted(shares, reverse=True)
+    assert sum(shares) == pytest.approx(out["weighted_drift_share"], abs=1e-3)
     assert retrain["stages"] == dict.fromkeys(
         ["ingest", "prepare", "tune", "train", "evaluate", "register"], "ran"
     )

@@ -234,6 +234,34 @@ def test_the_reference_follows_the_champion(project: Path) -> None:
     assert second["reference"]["train"]["rows"] < first["reference"]["train"]["rows"]
 
 
+def test_the_reference_profile_is_computed_once_per_champion_and_changes_no_number(project: Path) -> None:
+    first = monitor(project, batch(), "one")
+    kept = project / store.home(NAME) / "reference" / first["reference"]["profile"]["key"]
+    assert first["reference"]["profile"]["computed"] and (kept / "profile.json").is_file()
+    assert first["reference"]["profile"]["key"].startswith(champion_run_id())
+
+    def numbers(record: dict[str, Any]) -> Any:
+        q = record["quality"]
+        return record["drift"]["columns"], record["drift"]["prediction"], q["reference_value"], q["interval"]
+
+    again = monitor(project, batch(), "two")  # the same rows: read back, the same numbers
+    assert again["reference"]["profile"] == {"key": first["reference"]["profile"]["key"], "computed": False}
+    assert numbers(again) == numbers(first) and again["reference"] == {
+        **first["reference"],
+        "profile": again["reference"]["profile"],
+    }
+    (kept / "drift_reference.parquet").write_bytes(b"not the profile")  # altered: computed again
+    third = monitor(project, batch(), "three")
+    assert third["reference"]["profile"]["computed"] and numbers(third) == numbers(first)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["monitor"]["reference_days"] = 30  # another drift window: a profile of its own
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    fourth = monitor(project, batch(), "four")
+    assert fourth["reference"]["profile"]["computed"]
+    assert fourth["reference"]["profile"]["key"] != first["reference"]["profile"]["key"]
+    assert fourth["reference"]["drift_window"]["rows"] < first["reference"]["drift_window"]["rows"]
+
+
 def test_no_champion_is_a_clear_error(project: Path) -> None:
     connection.setup(project, "reproml")
     MlflowClient().delete_registered_model_alias(NAME, "champion")

@@ -407,7 +407,8 @@ def test_index_lists_every_batch_escaped_with_links_and_a_plot() -> None:
 
 
 def test_index_without_labels_says_so() -> None:
-    assert "No labelled batch yet" in reports.index_html("flights-late", [record("x", "ok", 1, None)])
+    page = reports.index_html("flights-late", [record("x", "ok", 1, None)])
+    assert "No labelled or estimated batch yet" in page
 
 
 # --- the reference data --------------------------------------------------------------------------

@@ -76,6 +76,35 @@ def schema_of(reference: pd.DataFrame, input_columns: list[str], time_column: st
 
 
 @dataclass(frozen=True)
+class ReferenceStats:
+    """What the gate reads off the champion's training rows, so that it is read once per champion
+    (`reproml.monitoring.profile` keeps it) instead of from every row at every batch."""
+
+    seen: dict[str, frozenset[str]]  # category column -> every value training held, as text
+    missing: dict[str, float]  # column -> its missing share in training
+    labels: tuple[Any, ...]  # binary classification: the target values training held
+
+    @classmethod
+    def of(cls, reference: pd.DataFrame, schema: Schema) -> ReferenceStats:
+        seen = {c: frozenset(reference[c].dropna().astype(str)) for c in schema.categorical}
+        missing = {c: float(reference[c].isna().mean()) for c in schema.columns}
+        labels: tuple[Any, ...] = ()
+        if schema.task == "classification" and schema.target in reference.columns:
+            labels = tuple(sorted(reference[schema.target].dropna().unique().tolist()))
+        return cls(seen, missing, labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seen": {c: sorted(v) for c, v in self.seen.items()}, "missing": self.missing,
+                "labels": list(self.labels)}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReferenceStats:
+        seen = {str(c): frozenset(str(v) for v in values) for c, values in data["seen"].items()}
+        missing = {str(c): float(v) for c, v in data["missing"].items()}
+        return cls(seen, missing, tuple(data["labels"]))
+
+
+@dataclass(frozen=True)
 class QualityResult:
     passed: bool
     problems: list[str]
@@ -118,12 +147,14 @@ def _as_time(values: pd.Series) -> pd.Series:
 
 def check(
     frame: pd.DataFrame,
-    reference: pd.DataFrame,
+    reference: pd.DataFrame | ReferenceStats,
     schema: Schema,
     params: MonitorParams,
     read_error: str | None = None,
 ) -> QualityResult:
-    """Every check on the whole batch (vectorised; cheap even at a million rows)."""
+    """Every check on the whole batch (vectorised; cheap even at a million rows), against the
+    champion's training rows or what the gate needs of them (`ReferenceStats`)."""
+    known = reference if isinstance(reference, ReferenceStats) else ReferenceStats.of(reference, schema)
     problems: list[str] = []
     rows = len(frame)
 
@@ -161,7 +192,7 @@ def check(
             typed[column] = numbers
         elif kind == CATEGORICAL:
             typed[column] = _as_categories(values)
-            seen = set(reference[column].dropna().astype(str))
+            seen = known.seen[column]
             present = typed[column].dropna()
             unseen = ~present.isin(seen)
             stats["unseen_share"] = unseen_share = float(unseen.mean()) if len(present) else 0.0
@@ -178,7 +209,7 @@ def check(
             except (ValueError, TypeError) as exc:
                 problems.append(f"time column {column!r} holds values that are not dates: {exc}")
         missing = float(typed[column].isna().mean()) if column in typed else 1.0
-        reference_missing = float(reference[column].isna().mean())
+        reference_missing = known.missing[column]
         stats |= {"missing_share": missing, "reference_missing_share": reference_missing}
         sparse = reference_missing > params.max_missing_share  # mostly missing already in training
         if missing > params.max_missing_share and not sparse:
@@ -191,7 +222,7 @@ def check(
 
     labelled = 0
     if schema.target in frame.columns:
-        labels, problem = _labels(frame[schema.target], reference[schema.target], schema)
+        labels, problem = _labels(frame[schema.target], known.labels, schema)
         if problem:
             problems.append(problem)
         else:
@@ -202,7 +233,7 @@ def check(
     return QualityResult(True, [], rows, labelled, columns, typed)
 
 
-def _labels(values: pd.Series, reference: pd.Series, schema: Schema) -> tuple[pd.Series, str | None]:
+def _labels(values: pd.Series, known: tuple[Any, ...], schema: Schema) -> tuple[pd.Series, str | None]:
     """Labels as numbers, or multiclass as the champion's classes (missing = unlabelled row), or why
     they cannot be."""
     if schema.task == "multiclass":
@@ -211,7 +242,7 @@ def _labels(values: pd.Series, reference: pd.Series, schema: Schema) -> tuple[pd
     if strings:
         return numbers, f"target {schema.target!r} holds non-numeric values such as {strings}"
     if schema.task == "classification":
-        allowed = set(reference.dropna().unique().tolist())
+        allowed = set(known)
         odd = sorted(set(numbers.dropna().unique().tolist()) - allowed)
         odd = [int(v) if float(v).is_integer() else v for v in odd]  # 2, not 2.0: as the user wrote it
         if odd:

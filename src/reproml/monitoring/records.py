@@ -181,6 +181,14 @@ class ReferenceRecord(TypedDict):
     test: SplitRef
     learned: dict[str, str]  # split path -> md5
     drift_window: WindowRecord
+    profile: ProfileRef
+
+
+class ProfileRef(TypedDict):
+    """The champion's reference profile the batch used, and whether this batch computed it."""
+
+    key: str
+    computed: bool
 
 
 class WorkspaceRef(TypedDict):

@@ -14,12 +14,13 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from reproml import safehtml
 from reproml.monitoring import store
-from reproml.monitoring.records import BatchRecord, DriftRecord, QualityChangeRecord
+from reproml.monitoring.records import DriftRecord
 
 COLOURS = {
     "retrain": "#c0392b",
@@ -29,6 +30,9 @@ COLOURS = {
     "quarantined": "#6c3483",
     "out_of_order": "#2e86c1",
 }
+# A batch record as written (`BatchRecord`) or as read back from disk, where every key is checked.
+RecordT = TypeVar("RecordT", bound=Mapping[str, Any])
+
 _WIDTH, _HEIGHT, _LEFT, _RIGHT, _TOP, _BOTTOM = 960, 360, 110, 24, 24, 110
 
 
@@ -92,7 +96,7 @@ class _Row(TypedDict):
     links: list[tuple[str, str]]
 
 
-def _order(records: list[BatchRecord]) -> list[BatchRecord]:
+def _order(records: Sequence[RecordT]) -> list[RecordT]:
     """By batch time (what the plot's x axis means), undated batches after, then by monitoring order."""
     return sorted(
         records, key=lambda r: (r.get("batch_time") is None, r.get("batch_time") or "", r.get("seq", 0))
@@ -103,31 +107,55 @@ def _short(text: str, width: int = 22) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _measured(record: BatchRecord) -> tuple[QualityChangeRecord, float, float] | None:
-    """The record's quality change with its batch and reference values, when both were measured."""
-    q = record.get("quality")
-    if not q:
+def _estimate(r: Mapping[str, Any], metric: str | None) -> dict[str, Any] | None:
+    """The record's label-free estimate of `metric` (`record["estimate"]`: value, lower, upper,
+    method), when it has one of that metric (any metric when `metric` is None)."""
+    estimate = r.get("estimate")
+    if not isinstance(estimate, dict) or not _finite(estimate.get("value")):
         return None
-    value, reference = q.get("batch_value"), q.get("reference_value")
-    if value is None or reference is None:
+    if metric is not None and estimate.get("metric") not in (None, metric):
         return None
-    return q, float(value), float(reference)
+    return estimate
 
 
-def _plot(records: list[BatchRecord]) -> _Plot | None:
-    """Geometry and labels of the quality plot (templates/quality_plot.svg); None without labels."""
-    points = [(r, m) for r in _order(records) if (m := _measured(r)) is not None]
+def _finite(value: Any) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _realised(r: Mapping[str, Any]) -> dict[str, Any] | None:
+    q = r.get("quality")
+    return q if isinstance(q, dict) and _finite(q.get("batch_value")) else None
+
+
+def _plot(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Geometry and labels of the quality plot (templates/quality_plot.svg): per batch the realised
+    metric (labelled batches) and the label-free estimate with its band (records carrying an
+    `estimate`); None when no batch has either."""
+    ordered = _order(records)
+    first = next((q for q in map(_realised, ordered) if q), None)
+    metric = (
+        first["metric"]
+        if first
+        else next((e.get("metric") for r in ordered if (e := _estimate(r, None))), None)
+    )
+    points = [r for r in ordered if _realised(r) or _estimate(r, metric)]
     if not points:
         return None
-    first, (first_q, _, _) = points[0]
-    metric = first_q["metric"]
-    higher = first_q.get("higher_is_better", True)
-    margin = float(first["decision"]["thresholds"].get("quality_margin") or 0.0)
+    metric = metric or "quality"
+    higher = first.get("higher_is_better", True) if first else True
+    margin = float(((points[0].get("decision") or {}).get("thresholds") or {}).get("quality_margin", 0.0))
     values: list[float] = []
-    for _, (q, value, ref) in points:
-        values += [value, ref]
-        values += [float(v) for v in (q.get("batch_interval") or []) if v is not None]
-        values.append(ref - margin if higher else ref + margin)
+    for r in points:
+        q, e = _realised(r), _estimate(r, metric)
+        if q:
+            values += [q["batch_value"], q["reference_value"]]
+            values += [v for v in (q.get("batch_interval") or []) if v is not None]
+            values.append(q["reference_value"] - margin if higher else q["reference_value"] + margin)
+        if e:
+            values += [float(e[k]) for k in ("value", "lower", "upper") if _finite(e.get(k))]
     low, high = min(values), max(values)
     pad = (high - low) * 0.1 or 0.01
     low, high = low - pad, high + pad
@@ -138,30 +166,49 @@ def _plot(records: list[BatchRecord]) -> _Plot | None:
         return _LEFT + step * (i + 0.5)
 
     def y(v: float) -> float:
-        return _TOP + plot_h * (1 - (v - low) / (high - low))
+        return _TOP + plot_h * (1 - (float(v) - low) / (high - low))
 
-    ticks: list[_Tick] = [
-        {"y": y(v), "label": f"{v:.3f}"} for v in (low + (high - low) * k / 4 for k in range(5))
-    ]
-    drawn: list[_Point] = []
-    for i, (r, (q, value, ref)) in enumerate(points):
-        lo, hi = q.get("batch_interval") or (None, None)
-        drawn.append(
-            {
-                "x": x(i),
-                "x0": x(i) - step / 2,
-                "x1": x(i) + step / 2,
+    ticks = [{"y": y(v), "label": f"{v:.3f}"} for v in (low + (high - low) * k / 4 for k in range(5))]
+    drawn = []
+    for i, r in enumerate(points):
+        q, e = _realised(r), _estimate(r, metric)
+        point: dict[str, Any] = {
+            "x": x(i),
+            "x0": x(i) - step / 2,
+            "x1": x(i) + step / 2,
+            "colour": COLOURS.get(r.get("verdict", ""), "#333"),
+            "label": _short(r["batch_id"]),
+            "reference": None,
+            "value": None,
+            "low": None,
+            "estimate": None,
+        }
+        if q:
+            ref = q["reference_value"]
+            lo, hi = q.get("batch_interval") or (None, None)
+            point |= {
                 "reference": y(ref),  # the champion's test value and its retrain line, per batch
                 "line": y(ref - margin if higher else ref + margin),
                 "low": None if lo is None or hi is None else y(lo),
                 "high": None if lo is None or hi is None else y(hi),
-                "value": y(value),
-                "colour": COLOURS.get(r.get("verdict", ""), "#333"),
-                "title": f"{r['batch_id']}: {metric} {value:.4f} ({r.get('verdict')})",
-                "label": _short(r["batch_id"]),
+                "value": y(q["batch_value"]),
+                "title": f"{r['batch_id']}: {metric} {q['batch_value']:.4f} ({r.get('verdict')})",
             }
-        )
-    box: _Box = {
+        if e:
+            lower = float(e["lower"]) if _finite(e.get("lower")) else float(e["value"])
+            upper = float(e["upper"]) if _finite(e.get("upper")) else float(e["value"])
+            half = min(step / 6, 10.0)
+            point["estimate"] = {
+                "y": y(e["value"]),
+                "x0": x(i) - half,
+                "top": y(max(lower, upper)),
+                "width": 2 * half,
+                "height": abs(y(lower) - y(upper)),
+                "title": f"{r['batch_id']}: estimated {metric} {float(e['value']):.4f} "
+                f"[{lower:.4f}, {upper:.4f}] ({e.get('method') or 'estimate'})",
+            }
+        drawn.append(point)
+    box = {
         "left": _LEFT,
         "right": _LEFT + plot_w,
         "top": _TOP,
@@ -173,6 +220,64 @@ def _plot(records: list[BatchRecord]) -> _Plot | None:
     return {"width": _WIDTH, "height": _HEIGHT, "metric": metric, "box": box, "ticks": ticks, "points": drawn}
 
 
+def _heat(score: float, floor: float) -> str:
+    """White at no drift to full red at twice the effect floor (the floor itself is mid-scale)."""
+    share = min(max(score / (2 * floor), 0.0), 1.0) if floor > 0 else (1.0 if score > 0 else 0.0)
+    red, green, blue = (round(255 + (end - 255) * share) for end in (192, 57, 43))
+    return f"#{red:02x}{green:02x}{blue:02x}"
+
+
+def _heatmap(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Features by batches: each cell the feature's drift score in that batch, coloured against
+    the batch's effect floor, drifted cells marked; rows by the champion's importance (the largest
+    share any batch gave the feature), the prediction last. None before any batch was measured."""
+    measured = [r for r in _order(records) if isinstance(r.get("drift"), dict) and r["drift"].get("columns")]
+    if not measured:
+        return None
+    weight: dict[str, float] = {}
+    for r in measured:
+        for c in r["drift"]["columns"]:
+            weight[str(c["column"])] = max(weight.get(str(c["column"]), 0.0), float(c.get("weight") or 0.0))
+    features = sorted(weight, key=lambda f: (-weight[f], f))
+
+    def cell(c: dict[str, Any] | None, floor: float) -> dict[str, Any]:
+        if c is None:
+            return {"text": "", "colour": "#ffffff", "drifted": False, "title": "not in this batch"}
+        if not c.get("judged") or not _finite(c.get("score")):
+            return {
+                "text": "-",
+                "colour": "#eeeeee",
+                "drifted": False,
+                "title": c.get("note") or "not judged",
+            }
+        score = float(c["score"])
+        p = c.get("p_value")
+        title = f"{c['column']}: {c.get('method')} {score:.4f}"
+        title += f", p {float(p):.2g}" if p is not None and _finite(p) else ""
+        drifted = bool(c.get("drifted"))
+        return {"text": f"{score:.2f}", "colour": _heat(score, floor), "drifted": drifted,
+                "title": title + (" (drifted)" if drifted else "")}  # fmt: skip
+
+    rows: list[dict[str, Any]] = []
+    for feature in [*features, None]:
+        cells: list[dict[str, Any]] = []
+        for r in measured:
+            drift = r["drift"]
+            floor = float(drift.get("effect_floor") or 0.1)
+            if feature is None:
+                cells.append(cell(drift.get("prediction"), floor))
+            else:
+                found = next((c for c in drift["columns"] if str(c["column"]) == feature), None)
+                cells.append(cell(found, floor))
+        label = "(prediction)" if feature is None else feature
+        rows.append({"label": label, "weight": None if feature is None else weight[feature], "cells": cells})
+    if all(not c["text"] for c in rows[-1]["cells"]):
+        rows.pop()  # no prediction drift measured anywhere
+    batches = [{"label": _short(r["batch_id"], 12), "title": r["batch_id"]} for r in measured]
+    floors = sorted({float(r["drift"].get("effect_floor") or 0.1) for r in measured})
+    return {"batches": batches, "rows": rows, "floors": ", ".join(f"{f:g}" for f in floors)}
+
+
 def _link(root_relative: str | None, text: str, folder: Path) -> tuple[str, str] | None:
     """A link from `folder` (monitoring/<model>/reports/, where index.html lives) to a file named
     relative to the project root, as records name them."""
@@ -181,7 +286,7 @@ def _link(root_relative: str | None, text: str, folder: Path) -> tuple[str, str]
     return (os.path.relpath(root_relative, folder).replace(os.sep, "/"), text)
 
 
-def _row(r: BatchRecord, name: str) -> _Row:
+def _row(r: Mapping[str, Any], name: str) -> _Row:
     """One table row as plain values; the template escapes every one of them."""
     drift_result = r.get("drift")
     q = r.get("quality")
@@ -228,7 +333,7 @@ def _drift_figures(drift_result: DriftRecord | None) -> list[str]:
     ]
 
 
-def index_html(name: str, records: list[BatchRecord]) -> str:
+def index_html(name: str, records: Sequence[Mapping[str, Any]]) -> str:
     ordered = _order(records)
     metric = next((q["metric"] for r in ordered if (q := r.get("quality"))), "quality")
     headers = [
@@ -240,6 +345,7 @@ def index_html(name: str, records: list[BatchRecord]) -> str:
         "monitoring_index.html",
         rows=[_row(r, name) for r in ordered],
         plot=_plot(ordered),
+        heatmap=_heatmap(ordered),
         colours=COLOURS,
         metric=metric,
         headers=headers,
@@ -249,6 +355,6 @@ def index_html(name: str, records: list[BatchRecord]) -> str:
     )
 
 
-def write_index(root: Path, name: str, records: list[BatchRecord]) -> Path:
+def write_index(root: Path, name: str, records: Sequence[Mapping[str, Any]]) -> Path:
     """`monitoring/<name>/reports/index.html`: model `name`'s batches."""
     return safehtml.write_page(root / store.index(name), index_html(name, records))

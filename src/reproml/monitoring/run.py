@@ -4,7 +4,10 @@ The order matters and is the contract of issue 5:
 
 1. the champion and its own reference (what it learned, by md5: its train split, or a refit's
    train, valid and test splits; importance, params) are loaded; drift is measured against the
-   newest `monitor.reference_days` of it, so a verdict says production moved since it learned;
+   newest `monitor.reference_days` of it, so a verdict says production moved since it learned.
+   What is compared against (schema, gate statistics, category groups, the scored drift and
+   test references) is the champion's reference profile (`reproml.monitoring.profile`), computed
+   on its first batch and read back after;
 2. the quality gate runs on the whole batch; a failing batch is copied to `monitoring/<model>/quarantine/`
    with its reason and goes no further (no predictions, no drift, never `labelled/`); a batch
    older than the newest monitored one is `out_of_order` and goes no further either, unless it is
@@ -32,9 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reproml import learned, safehtml
+from reproml import safehtml
 from reproml.config import Params
-from reproml.features import category_levels
 from reproml.io import write_json, write_parquet, write_with
 from reproml.monitoring import (
     batches,
@@ -42,6 +44,7 @@ from reproml.monitoring import (
     concept,
     decision,
     drift,
+    profile,
     quality,
     records,
     reports,
@@ -49,6 +52,7 @@ from reproml.monitoring import (
     store,
     workspace,
 )
+from reproml.monitoring.profile import sample
 
 SAMPLING_RULE = (
     "a batch (and the champion's test split) with more than monitor.sample_rows rows, and its drift "
@@ -57,14 +61,6 @@ SAMPLING_RULE = (
     "without replacement (numpy default_rng(seed)); the quality gate and the stored predictions "
     "always use every row"
 )
-
-
-def sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
-    """At most `rows` rows, uniform without replacement, in their original order; deterministic."""
-    if len(frame) <= rows:
-        return frame
-    picked = np.sort(np.random.default_rng(seed).choice(len(frame), size=rows, replace=False))
-    return frame.iloc[picked].reset_index(drop=True)
 
 
 class _Clock:
@@ -114,16 +110,14 @@ def monitor(root: Path, spec: str, params: Params, backfill: bool = False) -> re
     with clock.step("load champion"):
         experiment_id = connection.setup(root, params.mlflow.experiment_name)
         best = champion.load_champion(root, params.register_.model_name, experiment_id)
-        label = f"champion v{best.version} (run {best.run_id})"
-        reference = champion.load_learned(root, best, label)
+    with clock.step("reference profile"):
+        reference = profile.load_or_build(root, best, params)
     with clock.step("read batch"):
         coding = batches.label_coding(root, best.target, best.task)
         batch = batches.resolve(root, spec, best.time_column or params.data.time_column, best.target, coding)
-    schema = quality.schema_of(
-        reference, best.input_columns, best.time_column, best.target, best.task, best.classes
-    )
+    schema = reference.schema
     with clock.step("quality gate"):
-        gate = quality.check(batch.frame, reference, schema, params.monitor, batch.read_error)
+        gate = quality.check(batch.frame, reference.stats, schema, params.monitor, batch.read_error)
     monitoring_id = connection.setup(root, f"{params.mlflow.experiment_name}-monitoring")
     with store.monitor_lock(root, best.name):
         past = [r for r in store.history(root, best.name) if r.get("batch_id") != batch.id]
@@ -159,7 +153,7 @@ def _judge(
     root: Path,
     params: Params,
     best: champion.Champion,
-    reference: pd.DataFrame,
+    reference: profile.Profile,
     schema: quality.Schema,
     batch: batches.Batch,
     gate: quality.QualityResult,
@@ -203,7 +197,7 @@ def _judge(
     record["drift"] = drifted.to_dict()
     snapshots = [drifted.snapshot]
     record["reports"]["drift"] = str((folder / "drift.html").relative_to(root))
-    change = _measure_quality(job, current, folder, stamp, snapshots, record)
+    change = _measure_quality(job, reference, current, folder, stamp, snapshots, record)
 
     with clock.step("evidently workspace"):
         record["evidently_workspace"] = workspace.add_snapshots(root, best.name, best.task, snapshots)
@@ -264,20 +258,14 @@ def _samples(
     job: _Judging,
     frame: pd.DataFrame,
     scored: np.ndarray,
-    reference: pd.DataFrame,
+    reference: profile.Profile,
     record: records.BatchRecord,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The batch and reference samples the statistics use, each with the champion's scores."""
-    from reproml.scoring import predict_scores
-
+    """The batch and reference samples the statistics use, each with the champion's scores (the
+    reference's from the champion's profile)."""
     best, watch, seed = job.best, job.params.monitor, job.params.seed
     current = sample(scores.with_scores(frame, scored, best.classes), watch.sample_rows, seed)
-    with job.clock.step("score reference"):
-        window = learned.recent(reference, best.time_column, watch.reference_days)
-        ref = sample(window, watch.reference_rows, seed)
-        ref = scores.with_scores(
-            ref, predict_scores(best.model, ref[best.input_columns], best.task), best.classes
-        )
+    ref = reference.drift_reference
     record["sampling"] = {
         "rule": SAMPLING_RULE,
         "seed": seed,
@@ -285,10 +273,11 @@ def _samples(
         "reference_rows_used": len(ref),
     }
     record["reference"] = {
-        "train": {"path": champion.TRAIN, "md5": best.data_md5[champion.TRAIN], "rows": len(reference)},
+        "train": {"path": champion.TRAIN, "md5": best.data_md5[champion.TRAIN], "rows": reference.rows},
         "test": {"path": champion.TEST, "md5": best.data_md5[champion.TEST]},
         "learned": best.learned_splits,
-        "drift_window": _window(window, best.time_column, watch.reference_days),
+        "drift_window": reference.window,
+        "profile": {"key": reference.key, "computed": reference.built},
     }
     if best.refit_of:
         record["reference"]["test"]["scored_by"] = (
@@ -299,7 +288,7 @@ def _samples(
 
 def _measure_drift(
     job: _Judging,
-    reference: pd.DataFrame,
+    reference: profile.Profile,
     ref: pd.DataFrame,
     current: pd.DataFrame,
     schema: quality.Schema,
@@ -308,13 +297,8 @@ def _measure_drift(
 ) -> drift.DriftResult:
     """Evidently's drift of the batch sample against the reference sample, and its HTML report."""
     best, watch = job.best, job.params.monitor
-    encoded = category_levels(best.model) or {}  # the champion's own groups; else sklearn's rule
-    levels = {
-        c: encoded.get(c) or drift.reference_levels(reference[c], best.max_categories)
-        for c in schema.categorical
-    }
     with job.clock.step("drift (Evidently)"):
-        drifted = drift.measure(ref, current, schema, best.importance, levels,
+        drifted = drift.measure(ref, current, schema, best.importance, reference.levels,
                                 watch.drift_effect_floor, watch.drift_alpha, watch.min_rows,
                                 when=stamp, name=f"{job.batch.id} drift")  # fmt: skip
     with job.clock.step("drift report html"):
@@ -324,6 +308,7 @@ def _measure_drift(
 
 def _measure_quality(
     job: _Judging,
+    reference: profile.Profile,
     current: pd.DataFrame,
     folder: Path,
     stamp: dt.datetime | None,
@@ -333,7 +318,6 @@ def _measure_quality(
     """With enough labelled rows: the metric's change against the test split (bootstrap interval)
     and Evidently's quality report; else None."""
     from reproml.metrics import THRESHOLD, metric_spec
-    from reproml.scoring import predict_scores
 
     best, watch, seed = job.best, job.params.monitor, job.params.seed
     labelled = current[current[best.target].notna()] if best.target in current.columns else current.iloc[:0]
@@ -341,13 +325,7 @@ def _measure_quality(
         return None
     with job.clock.step("quality"):
         spec = metric_spec(watch.metric, best.task, "monitor.metric")
-        test = champion.load_split(
-            job.root, champion.TEST, best.data_md5[champion.TEST], f"champion v{best.version}"
-        )
-        test = sample(test, watch.sample_rows, seed)  # all of it, normally: the value evaluate logged
-        test = scores.with_scores(  # a refit learned the test split: its parent's scores
-            test, predict_scores(best.reference_model, test[best.input_columns], best.task), best.classes
-        )
+        test = reference.test_reference  # sampled, scored by the model whose test scores the gate saw
         record["reference"]["test"]["rows_used"] = len(test)
         change = concept.quality_change(
             spec,
@@ -394,14 +372,6 @@ def _keep_labelled_window(job: _Judging, frame: pd.DataFrame, batch_time: Any) -
         old.unlink()  # the same batch monitored again replaces its window
     write_parquet(target, rows)
     return str(target.relative_to(job.root))
-
-
-def _window(frame: pd.DataFrame, time_column: str | None, days: int | None) -> records.WindowRecord:
-    """The drift reference's rows and time range, for the record."""
-    out: records.WindowRecord = {"rows": len(frame), "days": days, "first": None, "last": None}
-    if time_column and time_column in frame.columns and len(frame):
-        out["first"], out["last"] = frame[time_column].min().isoformat(), frame[time_column].max().isoformat()
-    return out
 
 
 def _finish(record: records.BatchRecord, verdict: decision.Decision, clock: _Clock) -> records.BatchRecord:

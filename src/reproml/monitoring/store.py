@@ -15,6 +15,7 @@ monitoring/README.md):
     reports/<batch>/quality.html  Evidently classification/regression quality (labelled batches)
     reports/index.html            every batch: verdict, drift share, quality, links, a plot
     archive/<time>/               earlier outputs `reproml simulate` moved aside
+    reference/<key>/              the champion's reference profile (reproml.monitoring.profile)
 
 `monitoring/workspace/` (Evidently's UI) holds one project per model already.
 
