@@ -285,6 +285,13 @@ def monitor(
         help="Judge a batch older than the newest monitored one as usual "
         "(without it, such a batch gets the verdict out_of_order and is not measured).",
     ),
+    labels: str = typer.Option(
+        "",
+        "--labels",
+        help="The labels of a batch monitored earlier arrived: a CSV/Parquet file holding that batch "
+        "again (same rows, same order) with its labels; --batch names the batch (its id or period). "
+        "Its record gains the realised metric, the estimate's error and the shift it shows.",
+    ),
 ) -> None:
     """Check one production batch against the champion: quality gate, drift, quality, retrain verdict.
 
@@ -293,9 +300,22 @@ def monitor(
     """
     from reproml.monitoring.batches import batch_spec
     from reproml.report import verdict_table
-    from reproml.stages.monitor import run_monitor
+    from reproml.stages.monitor import run_labels, run_monitor
 
     with _clear_errors("monitor"):
+        if labels:
+            found = batch_spec(ROOT, labels, "--labels")
+            with console.status("[bold]monitor --labels[/bold] running"):
+                record = run_labels(ROOT, batch=batch, labels=found)
+            est = record.get("estimate") or {}
+            console.print(
+                f"batch {record['batch_id']}: {record['labelled_rows']} labelled rows; "
+                f"estimated {est.get('metric', '-')} {est.get('value', '-')}, realised "
+                f"{est.get('realised', '-')}, error {est.get('error', '-')}, shift {est.get('shift', '-')}",
+                markup=False,
+            )
+            _skip_exit_collection()
+            return
         spec = batch_spec(ROOT, batch, "--batch")
         with console.status("[bold]monitor[/bold] running"):
             record = run_monitor(ROOT, batch=spec, backfill=backfill)

@@ -42,6 +42,8 @@ from reproml.monitoring import (
     concept,
     decision,
     drift,
+    estimate,
+    labels,
     quality,
     reports,
     scores,
@@ -203,10 +205,12 @@ def _judge(
     snapshots = [drifted.snapshot]
     record["reports"]["drift"] = str((folder / "drift.html").relative_to(root))
     change = _measure_quality(job, current, folder, stamp, snapshots, record)
+    estimated = _estimate(job, reference, current, record)
 
     with clock.step("evidently workspace"):
         record["evidently_workspace"] = workspace.add_snapshots(root, best.name, best.task, snapshots)
-    evidence = decision.Evidence(True, [], len(frame), gate.labelled_rows, drifted, change, batch_time, seq)
+    evidence = decision.Evidence(True, [], len(frame), gate.labelled_rows, drifted, change, batch_time, seq,
+                                 estimate=estimated)  # fmt: skip
     verdict = job.decide(evidence)
     if gate.labelled_rows >= watch.min_rows:
         record["labelled"] = _keep_labelled_window(job, frame, batch_time)
@@ -231,6 +235,7 @@ def _new_record(job: _Judging, backfill: bool) -> dict[str, Any]:
         "predictions": None,
         "labelled": None,
         "quarantine": None,
+        "estimate": None,
         "batch_start": None,
         "batch_time": None,
         "backfill": backfill,
@@ -376,6 +381,30 @@ def _measure_quality(
     return change
 
 
+def _estimate(
+    job: _Judging, reference: pd.DataFrame, current: pd.DataFrame, record: dict[str, Any]
+) -> estimate.Estimate | None:
+    """The champion's quality on the batch estimated from its scores alone (CBPE / DLE), judged
+    against its labels when it has them; None (and why, in `estimate_skipped`) when it cannot be
+    made. Never fatal: a batch without labels, or a reference CBPE cannot fit, must not stop the
+    decision."""
+    if not job.params.monitor.estimate:
+        return None
+    with job.clock.step("estimate"):
+        try:
+            found = labels.estimate_batch(job.root, job.best, reference, job.batch.id, current, job.params)
+        except (estimate.EstimateError, ValueError, ArithmeticError) as exc:
+            record["estimate_skipped"] = f"{type(exc).__name__}: {exc}"
+            return None
+        except Exception as exc:  # NannyML wraps what failed in its own exceptions
+            if type(exc).__module__.split(".")[0] != "nannyml":
+                raise
+            record["estimate_skipped"] = f"{type(exc).__name__}: {exc}"
+            return None
+    record["estimate"] = found.to_dict()
+    return found
+
+
 def _keep_labelled_window(job: _Judging, frame: pd.DataFrame, batch_time: Any) -> str:
     """The batch's labelled rows (sampled) as the model's newest labelled window; its path.
 
@@ -430,6 +459,13 @@ def _track(run_id: str, record: dict[str, Any], root: Path, path: Path) -> None:
         "retrain": float(record["verdict"] == decision.RETRAIN),
     }
     candidates |= concept.tracked_metrics(quality_change)
+    found = record.get("estimate") or {}
+    candidates |= {
+        "estimated_quality": found.get("value"),
+        "estimated_quality_lower": found.get("lower"),
+        "estimated_quality_upper": found.get("upper"),
+        "estimate_error": found.get("error"),
+    }
     metrics = {k: float(v) for k, v in candidates.items() if v is not None and np.isfinite(float(v))}
     champ = record["champion"]
     tags = {
@@ -445,6 +481,9 @@ def _track(run_id: str, record: dict[str, Any], root: Path, path: Path) -> None:
         tags["reproml.batch_time"] = record["batch_time"]
     if quality_change.get("metric"):
         tags["reproml.quality_metric"] = quality_change["metric"]
+    if found:
+        tags["reproml.shift"] = str(found.get("shift", estimate.NO_SHIFT))
+        tags["reproml.estimate_method"] = str(found.get("method"))
     params = {f"monitor.{k}": str(v) for k, v in record["decision"]["thresholds"].items()}
     runs.log_batch(run_id, params=params, metrics=metrics, tags=tags, step=int(record["seq"]))
     runs.log_artifact(path, artifact_path="record")

@@ -28,6 +28,17 @@ def run_monitor(root: Path = Path("."), batch: str = "", backfill: bool = False)
     return monitor(root, batch, params, backfill=backfill)
 
 
+def run_labels(root: Path = Path("."), batch: str = "", labels: str = "") -> dict[str, Any]:
+    """The labels of the monitored batch `batch` arrived in the file `labels`: its record gains the
+    realised metric, the estimate's error and the shift (`monitoring.labels.add_labels`)."""
+    from reproml.errors import ReproError
+    from reproml.monitoring.labels import add_labels
+
+    if not batch or not labels:
+        raise ReproError("--labels needs --batch: the id (or period) of the batch these labels belong to")
+    return add_labels(root, load(root), batch, labels)
+
+
 def check_undated_period(root: Path, batch: str, params: Params) -> None:
     """A period of an undated data set: said at once, before any model is loaded (a file of that
     name would be a batch, as `batches.resolve` reads it)."""
