@@ -159,6 +159,7 @@ def test_an_unlabelled_batch_is_estimated_and_its_late_labels_complete_the_recor
     run = MlflowClient().get_run(unlabelled["mlflow"]["run_id"])
     assert run.data.metrics["estimate_error"] == pytest.approx(late["error"])
     assert run.data.tags["reproml.shift"] == late["shift"]
+    assert run.info.status == "FINISHED"  # resumed to log the labels, finished again
     index = (project / store.index(NAME)).read_text()
     assert "realised" in index and late["shift"] in index
 

@@ -280,14 +280,16 @@ def _track_labels(record: dict[str, Any], path: Path) -> None:
     """The batch's monitoring run gains the realised value, the error and the shift."""
     from reproml.stores.mlflow import runs
 
-    run_id = (record.get("mlflow") or {}).get("run_id")
+    tracked = record.get("mlflow") or {}
+    run_id, experiment_id = tracked.get("run_id"), tracked.get("experiment_id")
     found = record.get("estimate") or {}
-    if not run_id:
+    if not run_id or not experiment_id:
         return
     metrics = {"labelled_rows": float(record["labelled_rows"])}
     for key, value in (("estimate_error", found.get("error")), ("quality_realised", found.get("realised"))):
         if value is not None and np.isfinite(float(value)):
             metrics[key] = float(value)
     tags = {"reproml.shift": str(found.get("shift", estimate.NO_SHIFT)), "reproml.labels": "arrived"}
-    runs.log_batch(run_id, metrics=metrics, tags=tags, step=int(record.get("seq", 0)))
-    runs.log_artifact(path, artifact_path="record")
+    with runs.tracked_run(str(experiment_id), run_id=str(run_id)):  # resumed, and finished again
+        runs.log_batch(run_id, metrics=metrics, tags=tags, step=int(record.get("seq", 0)))
+        runs.log_artifact(path, artifact_path="record")
