@@ -166,6 +166,9 @@ def test_an_unlabelled_batch_is_estimated_and_its_late_labels_complete_the_recor
     # the next batch's estimate is fitted on those labelled rows, fresher than the test split
     later = monitor(project, batch(seed=21, day=3, labelled=False), "august")
     assert later["estimate"]["reference"]["batch_id"] == unlabelled["batch_id"]
+    # ...while its drop is still measured from the test split, as the realised quality check's is
+    assert later["estimate"]["baseline_source"] == "data/prepared/test.parquet"
+    assert later["estimate"]["baseline"] == pytest.approx(found["reference_value"])
 
 
 @pytest.mark.integration

@@ -70,9 +70,12 @@ class Estimate:
     """One batch's estimated metric, its band, and what it was estimated from.
 
     `reference` names the labelled rows the estimator was fitted on (`source`, `rows`, and the file's
-    `md5` or batch id where there is one); `reference_value` is the metric realised on them, the
-    level the estimate is compared against. `realised` and `error` (realised - value) are filled in
-    when the batch's labels arrive; `shift` then says which one it was.
+    `md5` or batch id where there is one); `reference_value` is the metric realised on them.
+    `baseline` is the level a drop is measured from, `baseline_source` where it was realised: the
+    champion's test split, as for the realised quality check, so a slow decline adds up instead of
+    being measured month against month (by default the reference itself). `realised` and `error`
+    (realised - value) are filled in when the batch's labels arrive; `shift` then says which one
+    it was.
     """
 
     metric: str
@@ -84,21 +87,28 @@ class Estimate:
     reference_value: float
     sampling_error: float
     higher_is_better: bool = True
+    baseline: float | None = None
+    baseline_source: str | None = None
     realised: float | None = None
     error: float | None = None
     shift: str = NO_SHIFT
     notes: list[str] = field(default_factory=list)
 
     @property
+    def level(self) -> float:
+        """The baseline a drop is measured from (the reference's realised value if none was set)."""
+        return self.reference_value if self.baseline is None else self.baseline
+
+    @property
     def drop(self) -> float:
-        """How much worse the estimate is than the reference's realised value (positive: worse)."""
-        return _worse_by(self.reference_value, self.value, self.higher_is_better)
+        """How much worse the estimate is than the baseline (positive: worse)."""
+        return _worse_by(self.level, self.value, self.higher_is_better)
 
     @property
     def band_drop(self) -> float:
         """The drop of the band's better edge: above 0, even the optimistic end is worse."""
         edge = self.upper if self.higher_is_better else self.lower
-        return _worse_by(self.reference_value, edge, self.higher_is_better)
+        return _worse_by(self.level, edge, self.higher_is_better)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -239,7 +249,7 @@ def judge(estimate: Estimate, realised: float | None, margin: float) -> Estimate
         shift = COVARIATE_SHIFT if estimate.drop > margin else NO_SHIFT
         return _replace(estimate, shift=shift)
     worse_edge = estimate.lower if estimate.higher_is_better else estimate.upper
-    realised_drop = _worse_by(estimate.reference_value, realised, estimate.higher_is_better)
+    realised_drop = _worse_by(estimate.level, realised, estimate.higher_is_better)
     if _worse_by(worse_edge, realised, estimate.higher_is_better) > 0:
         shift = CONCEPT_DRIFT
     elif estimate.drop > margin and realised_drop > margin:
@@ -247,6 +257,11 @@ def judge(estimate: Estimate, realised: float | None, margin: float) -> Estimate
     else:
         shift = NO_SHIFT
     return _replace(estimate, realised=float(realised), error=float(realised - estimate.value), shift=shift)
+
+
+def with_baseline(estimate: Estimate, value: float, source: str) -> Estimate:
+    """The estimate with its drop measured from `value`, realised on `source`."""
+    return _replace(estimate, baseline=float(value), baseline_source=source)
 
 
 def _replace(estimate: Estimate, **changes: Any) -> Estimate:
@@ -262,8 +277,9 @@ def from_dict(data: dict[str, Any]) -> Estimate:
 def describe(estimate: Estimate) -> str:
     """One line for the decision's reasons: the estimated value, its band and the reference."""
     where = estimate.reference.get("source", "the reference")
+    level = estimate.baseline_source or where
     return (
         f"estimated {estimate.metric} {estimate.value:.4f} (band [{estimate.lower:.4f}, "
-        f"{estimate.upper:.4f}], {estimate.method.upper()}) vs {estimate.reference_value:.4f} "
-        f"realised on {where}: estimated drop {estimate.drop:.4f}"
+        f"{estimate.upper:.4f}], {estimate.method.upper()}, fitted on {where}) vs {estimate.level:.4f} "
+        f"realised on {level}: estimated drop {estimate.drop:.4f}"
     )

@@ -88,10 +88,21 @@ def reference_rows(
             "scored_by": f"v{best.version}",
         }
         return frame, scored, named
-    frame = champion.load_split(
-        root, champion.TEST, best.data_md5[champion.TEST], f"champion v{best.version}"
-    )
-    frame = sample(frame[frame[best.target].notna()].reset_index(drop=True), watch.sample_rows, params.seed)
+    return _test_rows(root, best, params)
+
+
+def _test_rows(
+    root: Path, best: champion.Champion, params: Params
+) -> tuple[pd.DataFrame, np.ndarray, dict[str, Any]]:
+    """The champion's labelled test split (sampled as the quality check samples it), scored by the
+    model the quality check scores it with (a refit's parent: the refit learned these rows)."""
+    from reproml.monitoring.run import sample
+    from reproml.scoring import predict_scores
+
+    label = f"champion v{best.version}"
+    frame = champion.load_split(root, champion.TEST, best.data_md5[champion.TEST], label)
+    frame = frame[frame[best.target].notna()].reset_index(drop=True)
+    frame = sample(frame, params.monitor.sample_rows, params.seed)
     scored = predict_scores(best.reference_model, frame[best.input_columns], best.task)
     by = f"v{best.refit_of['version']} (the model this refit refits)" if best.refit_of else f"v{best.version}"
     named = {
@@ -116,7 +127,7 @@ def estimate_batch(
     from reproml.metrics import THRESHOLD
 
     ref, ref_scores, named = reference_rows(root, best, learned, batch_id, params)
-    found = estimate.estimate(
+    found: estimate.Estimate = estimate.estimate(
         best.task,
         params.monitor.metric,
         ref[best.target].to_numpy(),
@@ -128,6 +139,12 @@ def estimate_batch(
         reference_features=ref[best.input_columns],
         batch_features=current[best.input_columns],
     )
+    if named["source"] == champion.TEST:
+        found = estimate.with_baseline(found, found.reference_value, champion.TEST)
+    else:  # the drop is measured from the test split, as the realised quality check measures it
+        test, test_scores, _ = _test_rows(root, best, params)
+        baseline = _realised_on(best, found.metric, test, test_scores)
+        found = estimate.with_baseline(found, baseline, champion.TEST)
     realised = None
     if best.target in current.columns and current[best.target].notna().sum() >= params.monitor.min_rows:
         realised = _realised(best, found.metric, current)
@@ -136,20 +153,18 @@ def estimate_batch(
 
 def _realised(best: champion.Champion, metric: str, frame: pd.DataFrame) -> float:
     """The champion's `metric` on the labelled rows of `frame` (which holds its score columns)."""
+    labelled = frame[frame[best.target].notna()]
+    return _realised_on(best, metric, labelled, scores.scores_of(labelled, best.classes))
+
+
+def _realised_on(best: champion.Champion, metric: str, frame: pd.DataFrame, scored: np.ndarray) -> float:
+    """The champion's `metric` on the labelled `frame`, given the champion's `scored` rows."""
     from reproml.metrics import THRESHOLD, metric_spec, score
 
-    labelled = frame[frame[best.target].notna()]
     spec = metric_spec(metric, best.task, "monitor.metric")
     labels = best.classes if best.task == "multiclass" else None
-    return float(
-        score(
-            spec,
-            labelled[best.target].to_numpy(),
-            scores.scores_of(labelled, best.classes),
-            labels=labels,
-            threshold=best.threshold or THRESHOLD,
-        )
-    )
+    cut = best.threshold or THRESHOLD
+    return float(score(spec, frame[best.target].to_numpy(), scored, labels=labels, threshold=cut))
 
 
 def find_record(root: Path, name: str, batch: str) -> dict[str, Any]:
