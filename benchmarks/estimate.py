@@ -93,11 +93,13 @@ def replay(root: Path) -> list[dict[str, Any]]:
         monitored.append((record["batch_id"], labelled))
     out = []
     for (batch_id, labelled), month in zip(monitored, MONTHS, strict=True):
-        record = run_labels(root, batch=batch_id, labels=labelled) if month == MONTHS[-1] else None
-        if record is None:
+        if month == MONTHS[-1]:  # the last month's labels arrive after it
+            record = run_labels(root, batch=batch_id, labels=labelled)
+        else:
             record = json.loads(next((root / "monitoring").glob(f"*/records/{batch_id}.json")).read_text())
         found = record["estimate"]
         out.append({"month": month, "batch_id": batch_id, "reference": found["reference"]["source"],
+                    "baseline": found.get("baseline"),
                     "estimated": found["value"], "lower": found["lower"], "upper": found["upper"],
                     "realised": found["realised"], "error": found["error"], "shift": found["shift"],
                     "verdict": record["verdict"]})  # fmt: skip
