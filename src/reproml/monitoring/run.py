@@ -393,12 +393,7 @@ def _estimate(
     with job.clock.step("estimate"):
         try:
             found = labels.estimate_batch(job.root, job.best, reference, job.batch.id, current, job.params)
-        except (estimate.EstimateError, ValueError, ArithmeticError) as exc:
-            record["estimate_skipped"] = f"{type(exc).__name__}: {exc}"
-            return None
-        except Exception as exc:  # NannyML wraps what failed in its own exceptions
-            if type(exc).__module__.split(".")[0] != "nannyml":
-                raise
+        except Exception as exc:  # NannyML wraps what failed in its own exceptions; none may stop a verdict
             record["estimate_skipped"] = f"{type(exc).__name__}: {exc}"
             return None
     record["estimate"] = found.to_dict()
