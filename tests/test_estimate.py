@@ -82,7 +82,8 @@ def test_dle_estimates_a_regression_batch_error() -> None:
         x = rng.normal(size=rows)
         noisy = rng.random(rows) < noisy_share
         y = 3 * x + rng.normal(0, np.where(noisy, 3.0, 0.3))
-        return pd.DataFrame({"x": x, "noisy": noisy.astype(int)}), y, 3 * x
+        when = pd.date_range("2021-01-01", periods=rows, freq="h")  # a timestamp input, as the models read
+        return pd.DataFrame({"x": x, "noisy": noisy.astype(int), "when": when}), y, 3 * x
 
     ref_x, ref_y, ref_pred = frame(3000, 0.5)
     cur_x, cur_y, cur_pred = frame(2000, 0.9)  # more of the hard rows: the error must go up

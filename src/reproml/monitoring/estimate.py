@@ -154,6 +154,18 @@ def _score_columns(scores: np.ndarray, task: str, classes: list[Any] | None) -> 
     return pd.DataFrame({"proba": scores, "pred": scores})
 
 
+def _dle_inputs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The inputs DLE's LightGBM model can read: a timestamp becomes its hour and weekday (the
+    absolute time would put every batch beyond the reference's range), the rest as they are."""
+    out = frame.copy()
+    for column in list(out.columns):
+        if pd.api.types.is_datetime64_any_dtype(out[column]):
+            when = out.pop(column)
+            out[f"{column}_hour"] = when.dt.hour.astype("float64")
+            out[f"{column}_dayofweek"] = when.dt.dayofweek.astype("float64")
+    return out
+
+
 def estimate(
     task: str,
     metric: str | None,
@@ -214,9 +226,9 @@ def estimate(
         else:
             if reference_features is None or batch_features is None:
                 raise EstimateError("DLE needs the reference's and the batch's input columns")
-            features = [str(c) for c in reference_features.columns]
-            ref = reference_features.loc[keep].reset_index(drop=True).copy()
-            cur = batch_features.reset_index(drop=True).copy()
+            ref = _dle_inputs(reference_features.reset_index(drop=True).loc[keep].reset_index(drop=True))
+            cur = _dle_inputs(batch_features.reset_index(drop=True))
+            features = [str(c) for c in ref.columns]
             ref["pred"], cur["pred"] = reference_scores, np.asarray(batch_scores)
             ref["y"] = reference_y
             estimator = nml.DLE(
