@@ -152,6 +152,7 @@ def test_an_unlabelled_batch_is_estimated_and_its_late_labels_complete_the_recor
         app, ["monitor", "--batch", unlabelled["batch_id"], "--labels", "data/july-labels.parquet"]
     )
     assert result.exit_code == 0, result.output
+    assert "estimated" in result.output and "realised" in result.output
     record = json.loads((project / store.record_path(NAME, unlabelled["batch_id"])).read_text())
     late = record["estimate"]
     assert late["realised"] is not None and late["error"] == pytest.approx(late["realised"] - late["value"])

@@ -307,13 +307,7 @@ def monitor(
             found = batch_spec(ROOT, labels, "--labels")
             with console.status("[bold]monitor --labels[/bold] running"):
                 record = run_labels(ROOT, batch=batch, labels=found)
-            est = record.get("estimate") or {}
-            console.print(
-                f"batch {record['batch_id']}: {record['labelled_rows']} labelled rows; "
-                f"estimated {est.get('metric', '-')} {est.get('value', '-')}, realised "
-                f"{est.get('realised', '-')}, error {est.get('error', '-')}, shift {est.get('shift', '-')}",
-                markup=False,
-            )
+            console.print(verdict_table(record))
             _skip_exit_collection()
             return
         spec = batch_spec(ROOT, batch, "--batch")

@@ -136,6 +136,10 @@ def _quality_cell(quality: dict[str, Any] | None) -> str:
     return f"{quality['metric']} {batch:.4f} vs {reference:.4f}, drop {drop:+.4f}{interval}"
 
 
+def _number(value: Any) -> str:
+    return "-" if not isinstance(value, int | float) else f"{float(value):.4f}"
+
+
 def verdict_table(record: dict[str, Any]) -> Table:
     """`reproml monitor`: one batch's verdict and the reasons behind it."""
     champion = record.get("champion") or {}
@@ -156,6 +160,18 @@ def verdict_table(record: dict[str, Any]) -> Table:
         f"{_share(drift.get('drift_share'))} (weighted {_share(drift.get('weighted_drift_share'))})",
     )
     table.add_row("quality", _plain(_quality_cell(record.get("quality"))))
+    found = record.get("estimate")
+    if found:
+        text = (
+            f"{found.get('metric')} {_number(found.get('value'))} [{_number(found.get('lower'))}, "
+            f"{_number(found.get('upper'))}] ({str(found.get('method', '')).upper()}), "
+            f"shift {found.get('shift')}"
+        )
+        if found.get("realised") is not None:
+            text += f"; realised {_number(found.get('realised'))}, error {_number(found.get('error'))}"
+        table.add_row("estimated", _plain(text))
+    elif record.get("estimate_skipped"):
+        table.add_row("estimated", _plain(f"not made: {record['estimate_skipped']}"))
     for name, path in (record.get("reports") or {}).items():
         table.add_row(f"{name} report", _plain(path))
     if record.get("quarantine"):

@@ -44,5 +44,6 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "metric": quality.get("metric"),
         "champion": record["champion"],
         "labelled": record.get("labelled"),
+        "estimate": record.get("estimate"),  # the quality estimated without labels (CBPE / DLE)
         "retrain": None,
     }
