@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ from typer.testing import CliRunner
 
 from reproml.cli import app
 from reproml.config import MonitorParams
-from reproml.monitoring import decision, estimate, store
+from reproml.monitoring import decision, estimate, labels, store
 from reproml.monitoring.labels import LabelsError, add_labels
 from reproml.stages.common import load
 from tests.test_monitoring import batch, champion_project, monitor, project  # noqa: F401 (fixtures)
@@ -183,3 +184,26 @@ def test_labels_that_are_not_the_batch_are_refused(project: Path) -> None:  # no
         add_labels(project, load(project), unlabelled["batch_id"], str(wrong))
     with pytest.raises(LabelsError, match="no monitored batch"):
         add_labels(project, load(project), "nope", str(wrong))
+
+
+@pytest.mark.integration
+def test_a_window_of_one_class_is_no_reference_and_a_failed_estimate_never_stops_the_verdict(
+    project: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = monitor(project, batch(seed=23, labelled=False), "october")
+    one_class = project / "monitoring" / "incoming" / "october-labels.parquet"
+    one_class.parent.mkdir(parents=True, exist_ok=True)
+    batch(seed=23).assign(y=0).to_parquet(one_class, index=False)  # every flight on time: one class
+    add_labels(project, load(project), first["batch_id"], str(one_class))
+    later = monitor(project, batch(seed=24, day=3, labelled=False), "november")
+    assert later["estimate"]["reference"]["source"] == "data/prepared/test.parquet"  # CBPE can't calibrate
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise estimate.EstimateError("the reference cannot fit an estimator")
+
+    monkeypatch.setattr(labels, "estimate_batch", broken)
+    skipped = monitor(project, batch(seed=25, day=6, labelled=False), "december")
+    assert skipped["estimate"] is None and "cannot fit" in skipped["estimate_skipped"]
+    assert skipped["verdict"] in (decision.OK, decision.RETRAIN) and skipped["decision"]["triggers"]
+    assert any("no labels in the batch: quality not judged" in r for r in skipped["reasons"])

@@ -51,7 +51,8 @@ def unseen_window(
     root: Path, best: champion.Champion, after: pd.Timestamp | None, batch_id: str, min_rows: int
 ) -> tuple[Path, pd.DataFrame] | None:
     """The newest labelled window of at least `min_rows` labelled rows, all after `after`, that is
-    not the batch `batch_id` itself; None if there is none (or the data are undated)."""
+    not the batch `batch_id` itself and (classification) holds more than one class, which CBPE
+    needs to calibrate; None if there is none (or the data are undated)."""
     folder = root / store.labelled(best.name)
     if after is None or best.time_column is None or not folder.is_dir():
         return None
@@ -62,7 +63,8 @@ def unseen_window(
         if best.target not in frame.columns or best.time_column not in frame.columns:
             continue
         frame = frame[frame[best.target].notna()].reset_index(drop=True)
-        if len(frame) >= min_rows and pd.to_datetime(frame[best.time_column]).min() > after:
+        calibrates = best.task == "regression" or frame[best.target].nunique() > 1
+        if len(frame) >= min_rows and calibrates and pd.to_datetime(frame[best.time_column]).min() > after:
             return path, frame
     return None
 
