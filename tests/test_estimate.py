@@ -207,3 +207,18 @@ def test_a_window_of_one_class_is_no_reference_and_a_failed_estimate_never_stops
     assert skipped["estimate"] is None and "cannot fit" in skipped["estimate_skipped"]
     assert skipped["verdict"] in (decision.OK, decision.RETRAIN) and skipped["decision"]["triggers"]
     assert any("no labels in the batch: quality not judged" in r for r in skipped["reasons"])
+
+
+@pytest.mark.integration
+def test_unlabelled_draws_of_the_training_distribution_raise_no_estimated_alarm(
+    project: Path,  # noqa: F811
+) -> None:
+    """8 fresh unlabelled draws, a day apart: the estimate's band keeps sampling noise from firing."""
+    records = [monitor(project, batch(seed=300 + i, day=i, labelled=False), f"quiet-{i}") for i in range(8)]
+    fired = [
+        (r["batch_id"], r["summary"])
+        for r in records
+        if r["decision"]["triggers"].get("estimated_quality_drop")
+    ]
+    assert fired == []
+    assert all(r["estimate"]["shift"] == estimate.NO_SHIFT for r in records)
