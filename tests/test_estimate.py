@@ -97,6 +97,23 @@ def test_dle_estimates_a_regression_batch_error() -> None:
     assert found.drop > 0.3 and abs(found.value - realised) < 0.25 * realised
 
 
+def test_cbpe_estimates_a_multiclass_macro_roc_auc() -> None:
+    rng = np.random.default_rng(8)
+
+    def draw_classes(rows: int, spread: float) -> tuple[np.ndarray, np.ndarray]:
+        logits = rng.normal(0.0, spread, (rows, 3))
+        p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        y = np.array([rng.choice(["a", "b", "c"], p=row) for row in p], dtype=object)
+        return y, p
+
+    ref_y, ref_p = draw_classes(3000, 1.5)
+    y, p = draw_classes(2000, 0.6)  # harder inputs: flatter probabilities
+    found = estimate.estimate("multiclass", None, ref_y, ref_p, p, REFERENCE, classes=["a", "b", "c"])
+    realised = roc_auc_score(y, p, multi_class="ovr", average="macro")
+    assert found.metric == "roc_auc_ovr" and found.method == estimate.CBPE
+    assert found.drop > 0.05 and abs(found.value - realised) < 0.03
+
+
 def test_a_reference_of_one_class_is_refused_clearly() -> None:
     with pytest.raises(estimate.EstimateError, match="one class only"):
         estimate.estimate("classification", "roc_auc", np.zeros(100), np.linspace(0, 1, 100),

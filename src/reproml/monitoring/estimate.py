@@ -58,7 +58,8 @@ _CBPE_MULTICLASS = {
 }
 _DLE = {"mae": "mae", "mse": "mse", "rmse": "rmse"}
 _DEFAULT = {"classification": "roc_auc", "multiclass": "roc_auc_ovr", "regression": "rmse"}
-_HIGHER_IS_BETTER = {"mae": False, "mse": False, "rmse": False}
+# NannyML's columns, named so that no input column of DLE can collide with them
+_PROBA, _PRED, _TRUE = "_reproml_proba", "_reproml_pred", "_reproml_true"
 
 
 class EstimateError(ValueError):
@@ -144,14 +145,14 @@ def _nannyml() -> Any:
 
 
 def _score_columns(scores: np.ndarray, task: str, classes: list[Any] | None) -> pd.DataFrame:
-    """The scores as NannyML columns: `proba` (binary), `proba_<i>` (multiclass), `pred`."""
+    """The scores as NannyML columns: one probability column (binary) or one per class, and the prediction."""
     if task == "multiclass":
         if classes is None or scores.ndim != 2 or scores.shape[1] != len(classes):
             raise EstimateError(f"multiclass scores need one column per class {classes}")
-        out = pd.DataFrame({f"proba_{i}": scores[:, i] for i in range(len(classes))})
-        out["pred"] = np.asarray(classes, dtype=object)[scores.argmax(axis=1)]
+        out = pd.DataFrame({f"{_PROBA}_{i}": scores[:, i] for i in range(len(classes))})
+        out[_PRED] = np.asarray(classes, dtype=object)[scores.argmax(axis=1)]
         return out
-    return pd.DataFrame({"proba": scores, "pred": scores})
+    return pd.DataFrame({_PROBA: scores, _PRED: scores})
 
 
 def _dle_inputs(frame: pd.DataFrame) -> pd.DataFrame:
@@ -207,19 +208,19 @@ def estimate(
             ref = _score_columns(reference_scores, task, classes)
             cur = _score_columns(np.asarray(batch_scores), task, classes)
             if task == "classification":
-                ref["pred"] = (ref["proba"] >= cut).astype(int)
-                cur["pred"] = (cur["proba"] >= cut).astype(int)
-                proba: Any = "proba"
+                ref[_PRED] = (ref[_PROBA] >= cut).astype(int)
+                cur[_PRED] = (cur[_PROBA] >= cut).astype(int)
+                proba: Any = _PROBA
                 problem = "classification_binary"
             else:
-                proba = {c: f"proba_{i}" for i, c in enumerate(classes or [])}
+                proba = {c: f"{_PROBA}_{i}" for i, c in enumerate(classes or [])}
                 problem = "classification_multiclass"
-            ref["y"] = reference_y
+            ref[_TRUE] = reference_y
             estimator = nml.CBPE(
                 metrics=[nml_name],
                 y_pred_proba=proba,
-                y_pred="pred",
-                y_true="y",
+                y_pred=_PRED,
+                y_true=_TRUE,
                 problem_type=problem,
                 chunk_number=1,
             )
@@ -229,10 +230,10 @@ def estimate(
             ref = _dle_inputs(reference_features.reset_index(drop=True).loc[keep].reset_index(drop=True))
             cur = _dle_inputs(batch_features.reset_index(drop=True))
             features = [str(c) for c in ref.columns]
-            ref["pred"], cur["pred"] = reference_scores, np.asarray(batch_scores)
-            ref["y"] = reference_y
+            ref[_PRED], cur[_PRED] = reference_scores, np.asarray(batch_scores)
+            ref[_TRUE] = reference_y
             estimator = nml.DLE(
-                feature_column_names=features, y_pred="pred", y_true="y", metrics=[nml_name], chunk_number=1
+                feature_column_names=features, y_pred=_PRED, y_true=_TRUE, metrics=[nml_name], chunk_number=1
             )
         estimator.fit(ref)
         result = estimator.estimate(cur).filter(period="analysis").to_df()
