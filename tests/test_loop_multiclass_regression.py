@@ -311,6 +311,9 @@ def test_multiclass_month_like_training_is_ok_with_class_predictions(zones: Proj
     assert change["metric"] == "roc_auc_ovr" and abs(change["drop"]) < 0.05
     assert record["drift"]["prediction"]["kind"] == "categorical"
     assert len(record["drift"]["probabilities"]) == 4
+    # CBPE estimates the macro ROC-AUC from the class probabilities alone, near the realised value
+    assert record["estimate"]["method"] == "cbpe" and record["estimate"]["metric"] == "roc_auc_ovr"
+    assert abs(record["estimate"]["error"]) < 0.05
     predictions = pd.read_parquet(p.root / record["predictions"])
     assert set(predictions["prediction"]) <= set(CLASSES)
     proba = predictions[scores.proba_columns(CLASSES)].to_numpy()
@@ -418,6 +421,9 @@ def test_regression_monitoring_with_labels_hands_a_drop_to_the_training_flow(loa
     june = _monitor(p, "2021-06")
     assert june["verdict"] == "ok", june["reasons"]
     assert june["quality"]["metric"] == "rmse" and june["drift"]["prediction"]["kind"] == "numeric"
+    assert june["estimate"]["method"] == "dle" and june["estimate"]["metric"] == "rmse", june.get(
+        "estimate_skipped"
+    )
     out = _flow(p, "monitoring(root='.', batch='2021-07')")
     assert out["verdict"] == "retrain", out["reasons"]
     assert out["metric"] == "rmse" and out["quality"] > 3.0  # RMSE ~1 on the test split

@@ -291,6 +291,13 @@ def monitor(
         help="Judge a batch older than the newest monitored one as usual "
         "(without it, such a batch gets the verdict out_of_order and is not measured).",
     ),
+    labels: str = typer.Option(
+        "",
+        "--labels",
+        help="The labels of a batch monitored earlier arrived: a CSV/Parquet file holding that batch "
+        "again (same rows, same order) with its labels; --batch names the batch (its id or period). "
+        "Its record gains the realised metric, the estimate's error and the shift it shows.",
+    ),
 ) -> None:
     """Check one production batch against the champion: quality gate, drift, quality, retrain verdict.
 
@@ -299,9 +306,16 @@ def monitor(
     """
     from reproml.monitoring.batches import batch_spec
     from reproml.report import verdict_table
-    from reproml.stages.monitor import run_monitor
+    from reproml.stages.monitor import run_labels, run_monitor
 
     with _clear_errors("monitor"):
+        if labels:
+            found = batch_spec(ROOT, labels, "--labels")
+            with console.status("[bold]monitor --labels[/bold] running"):
+                record = run_labels(ROOT, batch=batch, labels=found)
+            console.print(verdict_table(record))
+            _skip_exit_collection()
+            return
         spec = batch_spec(ROOT, batch, "--batch")
         with console.status("[bold]monitor[/bold] running"):
             record = run_monitor(ROOT, batch=spec, backfill=backfill)

@@ -417,6 +417,9 @@ class MonitorParams(_Section):
     max_missing_share: Share = 0.5
     max_inf_share: Share = 0.0
     max_unseen_category_share: Share = 0.2
+    # estimate the champion's metric without labels (CBPE / DLE, reproml.monitoring.estimate):
+    # recorded on every batch, and a retrain trigger on batches without labels
+    estimate: bool = True
 
     @model_validator(mode="after")
     def _period_covers_cooldown(self) -> MonitorParams:

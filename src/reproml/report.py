@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 from rich.text import Text
@@ -137,6 +137,10 @@ def _quality_cell(quality: QualityChangeRecord | None) -> str:
     return f"{quality['metric']} {batch:.4f} vs {reference:.4f}, drop {drop:+.4f}{interval}"
 
 
+def _number(value: Any) -> str:
+    return "-" if not isinstance(value, int | float) else f"{float(value):.4f}"
+
+
 def verdict_table(record: BatchRecord) -> Table:
     """`reproml monitor`: one batch's verdict and the reasons behind it."""
     champion = record.get("champion")
@@ -159,6 +163,18 @@ def verdict_table(record: BatchRecord) -> Table:
         f"(weighted {_share(None if drift is None else drift.get('weighted_drift_share'))})",
     )
     table.add_row("quality", _plain(_quality_cell(record.get("quality"))))
+    found = record.get("estimate")
+    if found:
+        text = (
+            f"{found.get('metric')} {_number(found.get('value'))} [{_number(found.get('lower'))}, "
+            f"{_number(found.get('upper'))}] ({str(found.get('method', '')).upper()}), "
+            f"shift {found.get('shift')}"
+        )
+        if found.get("realised") is not None:
+            text += f"; realised {_number(found.get('realised'))}, error {_number(found.get('error'))}"
+        table.add_row("estimated", _plain(text))
+    elif record.get("estimate_skipped"):
+        table.add_row("estimated", _plain(f"not made: {record['estimate_skipped']}"))
     for page, path in (record.get("reports") or {}).items():
         table.add_row(f"{page} report", _plain(path))
     kept = record.get("quarantine")

@@ -14,6 +14,11 @@ Verdicts, the first that applies:
      `quality_margin`, and the bootstrap interval of the drop excludes zero;
    - drift: the drifted features (distance >= `drift_effect_floor`) hold at least
      `drift_threshold` of the champion's feature importance;
+   - estimated quality, only when the batch has too few labels for the quality trigger: the
+     metric estimated from the scores alone (CBPE / DLE) is worse than realised on the estimate's
+     reference by more than `quality_margin`, and so is the better edge of its band (the reasons
+     say "estimated"). A batch with labels is judged on its realised quality; its estimate is
+     reported, with the shift it shows (concept drift or covariate shift);
    ...unless the loop guard holds it (`retrain_held`): another retrain verdict less than
    `cooldown` before this batch, or already `max_retrains` within the last `retrain_period`.
    Both are measured in the batches' own time (days of their time column) or in batches,
@@ -34,6 +39,7 @@ import pandas as pd
 from reproml.config import MonitorParams
 from reproml.monitoring.concept import QualityChange
 from reproml.monitoring.drift import DriftResult
+from reproml.monitoring.estimate import Estimate, describe
 from reproml.monitoring.records import BatchDecision, BatchRecord, LoopGuardRecord, Thresholds
 
 RETRAIN, HELD, OK = "retrain", "retrain_held", "ok"
@@ -54,6 +60,7 @@ class Evidence:
     batch_time: pd.Timestamp | None = None  # the batch's last timestamp
     seq: int = 0  # the batch's position among monitored batches
     out_of_order: str | None = None  # why the batch is back-dated (see `back_dated`); None if not
+    estimate: Estimate | None = None  # the quality estimated without labels (CBPE / DLE)
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,20 @@ def _quality_reason(change: QualityChange, params: MonitorParams) -> tuple[bool,
     if low <= 0.0:
         return False, f"{head}: beyond the margin but the interval includes 0"
     return True, f"{head}: beyond monitor.quality_margin {params.quality_margin}, interval excludes 0"
+
+
+def _estimate_reason(found: Estimate, params: MonitorParams) -> tuple[bool, str]:
+    head = describe(found)
+    if not (math.isfinite(found.drop) and math.isfinite(found.band_drop)):
+        return False, f"{head}: undefined, estimated quality not judged"
+    if found.drop <= params.quality_margin:
+        return False, f"{head}: within monitor.quality_margin {params.quality_margin}"
+    if found.band_drop <= 0.0:
+        return False, f"{head}: beyond the margin but the estimate's band reaches the reference"
+    return True, (
+        f"{head}: beyond monitor.quality_margin {params.quality_margin}, band clear of the reference "
+        f"(shift: {found.shift})"
+    )
 
 
 def newest_monitored(past: list[BatchRecord]) -> BatchRecord | None:
@@ -236,11 +257,21 @@ def decide(evidence: Evidence, params: MonitorParams, past: list[BatchRecord]) -
     if evidence.change is not None:
         triggers["quality_drop"], text = _quality_reason(evidence.change, params)
         reasons.append(text)
+    elif evidence.estimate is not None:
+        triggers["estimated_quality_drop"], text = _estimate_reason(evidence.estimate, params)
+        having = "no labels" if evidence.labelled_rows == 0 else f"{evidence.labelled_rows} labelled rows"
+        reasons.append(f"{having} in the batch: quality judged on the estimate; {text}")
     elif evidence.labelled_rows == 0:
         reasons.append("no labels in the batch: quality not judged")
     else:
         reasons.append(
             f"{evidence.labelled_rows} labelled rows < monitor.min_rows {params.min_rows}: quality not judged"
+        )
+    if evidence.change is not None and evidence.estimate is not None:
+        found = evidence.estimate
+        reasons.append(
+            f"{describe(found)}; realised {_f(found.realised)}, shift: {found.shift} "
+            "(reported, not a trigger)"
         )
 
     fired = " and ".join(_trigger_text(name, evidence, params) for name, on in triggers.items() if on)
@@ -259,6 +290,10 @@ def _trigger_text(name: str, evidence: Evidence, params: MonitorParams) -> str:
         share = evidence.drift.weighted_drift_share
         sign = ">=" if share >= params.drift_threshold else "<"
         return f"weighted feature drift {share:.3f} {sign} {params.drift_threshold}"
+    if name == "estimated_quality_drop" and evidence.estimate is not None:
+        found = evidence.estimate
+        sign = ">" if found.drop > params.quality_margin else "<="
+        return f"estimated {found.metric} drop {found.drop:.4f} {sign} {params.quality_margin}"
     change = evidence.change
     if change is None or not math.isfinite(change.drop) or not math.isfinite(change.interval[0]):
         return f"{name}: undefined"

@@ -206,16 +206,35 @@ class MlflowRef(TypedDict):
 
 
 class EstimateRecord(TypedDict):
-    """A performance estimate for a batch without (enough) labels, and how it compared with the
-    labels once they came."""
+    """A label-free performance estimate for a batch (`monitoring.estimate.Estimate.to_dict`), and
+    how it compared with the labels once they came (`realised`, `error`, `shift`)."""
 
     metric: str
-    value: float | None
-    lower: float | None
-    upper: float | None
+    value: float
+    lower: float
+    upper: float
     method: str
+    reference: dict[str, Any]  # source, rows, and the file's md5 or batch id where there is one
+    reference_value: float
+    sampling_error: float
+    higher_is_better: bool
+    baseline: float | None
+    baseline_source: str | None
     realised: float | None
     error: float | None
+    shift: str
+    notes: list[str]
+    drop: float
+
+
+class LabelsArrival(TypedDict):
+    """The file an earlier batch's labels arrived in, and when."""
+
+    file: str
+    md5: str | None
+    rows: int
+    labelled_rows: int
+    arrived_at: str
 
 
 class BatchRecord(TypedDict, total=False):
@@ -248,7 +267,9 @@ class BatchRecord(TypedDict, total=False):
     reasons: list[str]
     decision: BatchDecision
     timings: dict[str, float]
-    estimate: NotRequired[EstimateRecord]
+    estimate: NotRequired[EstimateRecord | None]
+    estimate_skipped: NotRequired[str]
+    labels: NotRequired[LabelsArrival]  # labels that arrived after the batch (`reproml monitor --labels`)
 
 
 class BatchSummary(TypedDict, total=False):
@@ -268,6 +289,7 @@ class BatchSummary(TypedDict, total=False):
     metric: str | None
     champion: ChampionRef
     labelled: str | None
+    estimate: EstimateRecord | None  # the quality estimated without labels (CBPE / DLE)
     retrain: TrainingSummary | None
     policy: str
     retrain_seconds: float

@@ -3,9 +3,10 @@
 One self-contained file, no scripts and no network: a plot of the champion's quality over time
 (inline SVG: the batch metric with its bootstrap interval, the champion's test-split value and the
 retrain line under it, points coloured by verdict), then a table of every batch with its verdict,
-drift shares, quality, reasons and links to its Evidently reports and decision record. Rebuilt
-from the records after every batch, so it can never disagree with them. The markup is
-`templates/monitoring_index.html` and `templates/quality_plot.svg`, rendered with autoescape
+drift shares, quality, the quality estimated without labels (CBPE / DLE, its band, the realised
+value and the shift once the labels arrived), reasons and links to its Evidently reports and
+decision record. Rebuilt from the records after every batch, so it can never disagree with them.
+The markup is `templates/monitoring_index.html` and `templates/quality_plot.svg`, rendered with autoescape
 (`reproml.safehtml`): batch ids, reasons and metric names are always text, never tags.
 """
 
@@ -291,6 +292,7 @@ def _row(r: Mapping[str, Any], name: str) -> _Row:
     drift_result = r.get("drift")
     q = r.get("quality")
     low, high = (None, None) if not q else q.get("interval") or (None, None)
+    est = r.get("estimate") or {}
     verdict = r.get("verdict", "?")
     period = " to ".join(s[:16].replace("T", " ") for s in (r.get("batch_start"), r.get("batch_time")) if s)
     champion = r.get("champion")
@@ -314,11 +316,25 @@ def _row(r: Mapping[str, Any], name: str) -> _Row:
             *_drift_figures(drift_result),
             f"{_num(q.get('batch_value'))} vs {_num(q.get('reference_value'))}" if q else "-",
             f"{_num(q.get('drop'))} [{_num(low)}, {_num(high)}]" if q else "-",
+            _estimated(est),
+            est.get("shift", "-") if est else "-",
         ],
         "summary": r.get("summary", ""),
         "reasons": r.get("reasons", []),
         "links": [link for link in links if link is not None],
     }
+
+
+def _estimated(est: Mapping[str, Any]) -> str:
+    """The label-free estimate with its band, and the realised value once the labels arrived."""
+    if not est:
+        return "-"
+    band = f"[{_num(est.get('lower'))}, {_num(est.get('upper'))}]"
+    text = f"{est.get('metric', '')} {_num(est.get('value'))} {band}"
+    text += f" ({str(est.get('method', '')).upper()})"
+    if est.get("realised") is not None:
+        text += f" / realised {_num(est.get('realised'))} (error {_num(est.get('error'))})"
+    return text
 
 
 def _drift_figures(drift_result: DriftRecord | None) -> list[str]:
@@ -339,6 +355,7 @@ def index_html(name: str, records: Sequence[Mapping[str, Any]]) -> str:
     headers = [
         *("#", "batch", "period", "rows", "champion", "verdict"),
         *("drift share", "weighted drift", "prediction drift", f"{metric}: batch vs test", "drop [interval]"),
+        *("estimated [band] / realised", "shift"),
         *("why", "reports"),
     ]
     return safehtml.render(

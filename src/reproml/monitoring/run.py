@@ -44,6 +44,8 @@ from reproml.monitoring import (
     concept,
     decision,
     drift,
+    estimate,
+    labels,
     profile,
     quality,
     records,
@@ -198,10 +200,12 @@ def _judge(
     snapshots = [drifted.snapshot]
     record["reports"]["drift"] = str((folder / "drift.html").relative_to(root))
     change = _measure_quality(job, reference, current, folder, stamp, snapshots, record)
+    estimated = _estimate(job, reference, current, record)
 
     with clock.step("evidently workspace"):
         record["evidently_workspace"] = workspace.add_snapshots(root, best.name, best.task, snapshots)
-    evidence = decision.Evidence(True, [], len(frame), gate.labelled_rows, drifted, change, batch_time, seq)
+    evidence = decision.Evidence(True, [], len(frame), gate.labelled_rows, drifted, change, batch_time, seq,
+                                 estimate=estimated)  # fmt: skip
     verdict = job.decide(evidence)
     if gate.labelled_rows >= watch.min_rows:
         record["labelled"] = _keep_labelled_window(job, frame, batch_time)
@@ -226,6 +230,7 @@ def _new_record(job: _Judging, backfill: bool) -> records.BatchRecord:
         "predictions": None,
         "labelled": None,
         "quarantine": None,
+        "estimate": None,
         "batch_start": None,
         "batch_time": None,
         "backfill": backfill,
@@ -359,6 +364,27 @@ def _measure_quality(
     return change
 
 
+def _estimate(
+    job: _Judging, reference: profile.Profile, current: pd.DataFrame, record: records.BatchRecord
+) -> estimate.Estimate | None:
+    """The champion's quality on the batch estimated from its scores alone (CBPE / DLE), judged
+    against its labels when it has them; None (and why, in `estimate_skipped`) when it cannot be
+    made. Never fatal: a batch without labels, or a reference CBPE cannot fit, must not stop the
+    decision."""
+    if not job.params.monitor.estimate:
+        return None
+    with job.clock.step("estimate"):
+        try:
+            newest = reference.window.get("last")  # the drift window ends where what it learned ends
+            until = pd.Timestamp(newest) if newest else None
+            found = labels.estimate_batch(job.root, job.best, until, job.batch.id, current, job.params)
+        except Exception as exc:  # NannyML wraps what failed in its own exceptions; none may stop a verdict
+            record["estimate_skipped"] = f"{type(exc).__name__}: {exc}"
+            return None
+    record["estimate"] = found.to_dict()
+    return found
+
+
 def _keep_labelled_window(job: _Judging, frame: pd.DataFrame, batch_time: Any) -> str:
     """The batch's labelled rows (sampled) as the model's newest labelled window; its path.
 
@@ -408,6 +434,14 @@ def _track(run_id: str, record: records.BatchRecord, root: Path, path: Path) -> 
             "quality_drop_high": high,
         }
     candidates |= concept.tracked_metrics(quality_change)
+    found = record.get("estimate")
+    if found:
+        candidates |= {
+            "estimated_quality": found["value"],
+            "estimated_quality_lower": found["lower"],
+            "estimated_quality_upper": found["upper"],
+            "estimate_error": found["error"],
+        }
     metrics = {k: float(v) for k, v in candidates.items() if v is not None and np.isfinite(float(v))}
     champ = record["champion"]
     tags = {
@@ -424,6 +458,9 @@ def _track(run_id: str, record: records.BatchRecord, root: Path, path: Path) -> 
         tags["reproml.batch_time"] = batch_time
     if quality_change is not None and quality_change["metric"]:
         tags["reproml.quality_metric"] = quality_change["metric"]
+    if found:
+        tags["reproml.shift"] = str(found.get("shift", estimate.NO_SHIFT))
+        tags["reproml.estimate_method"] = str(found.get("method"))
     params = {f"monitor.{k}": str(v) for k, v in record["decision"]["thresholds"].items()}
     runs.log_batch(run_id, params=params, metrics=metrics, tags=tags, step=int(record["seq"]))
     runs.log_artifact(path, artifact_path="record")

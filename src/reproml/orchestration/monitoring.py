@@ -47,5 +47,6 @@ def summary(record: BatchRecord) -> BatchSummary:
         "metric": None if quality is None else quality.get("metric"),
         "champion": record["champion"],
         "labelled": record.get("labelled"),
+        "estimate": record.get("estimate"),  # the quality estimated without labels (CBPE / DLE)
         "retrain": None,
     }

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reproml.config import Params
+from reproml.monitoring.records import BatchRecord
 from reproml.stages.common import load
 
 if TYPE_CHECKING:
@@ -29,6 +30,17 @@ def run_monitor(root: Path = Path("."), batch: str = "", backfill: bool = False)
     check_undated_period(root, batch, params)
     check_champion_source(root, params)
     return monitor(root, batch, params, backfill=backfill)
+
+
+def run_labels(root: Path = Path("."), batch: str = "", labels: str = "") -> BatchRecord:
+    """The labels of the monitored batch `batch` arrived in the file `labels`: its record gains the
+    realised metric, the estimate's error and the shift (`monitoring.labels.add_labels`)."""
+    from reproml.errors import ReproError
+    from reproml.monitoring.labels import add_labels
+
+    if not batch or not labels:
+        raise ReproError("--labels needs --batch: the id (or period) of the batch these labels belong to")
+    return add_labels(root, load(root), batch, labels)
 
 
 def check_undated_period(root: Path, batch: str, params: Params) -> None:
