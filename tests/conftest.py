@@ -156,14 +156,18 @@ class Opened:
 
 
 def open_in_chromium(
-    binary: str, page: Path, *, screenshot: Path | None = None, dump_dom: bool = False
+    binary: str, page: Path | str, *, screenshot: Path | None = None, dump_dom: bool = False
 ) -> Opened:
-    """Load `page` headless, let its scripts run (15 s of virtual time), then screenshot it or dump its DOM.
+    """Load `page` (a file, or a URL such as a server's page) headless, let its scripts run (15 s of
+    virtual time), then screenshot it or dump its DOM.
 
-    Chromium logs every console message and uncaught exception as a `:CONSOLE` line on stderr.
-    Its profile and sockets go to a short private folder (a long TMPDIR breaks its socket path).
+    Virtual time stands still while a request is pending, so a page that fetches its data from a
+    server (the MLflow UI) has it when the DOM is dumped. Chromium logs every console message and
+    uncaught exception as a `:CONSOLE` line on stderr. Its profile and sockets go to a short private
+    folder (a long TMPDIR breaks its socket path).
     """
     scratch = tempfile.mkdtemp(prefix="chr", dir="/tmp")
+    address = page if isinstance(page, str) else page.resolve().as_uri()
     action = [f"--screenshot={screenshot}"] if screenshot is not None else ["--dump-dom"] if dump_dom else []
     env = {**os.environ, "TMPDIR": scratch, "HOME": scratch}
     try:
@@ -171,7 +175,7 @@ def open_in_chromium(
             [
                 binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                 "--enable-logging=stderr", "--v=0", "--virtual-time-budget=15000", "--window-size=1280,900",
-                f"--user-data-dir={scratch}", *action, page.resolve().as_uri(),
+                f"--user-data-dir={scratch}", *action, address,
             ],
             capture_output=True, text=True, timeout=120, env=env,
         )  # fmt: skip
