@@ -30,7 +30,9 @@ def publish(root: Path, record: BatchRecord) -> None:
     made = run_artifacts(root, record)
     create_markdown_artifact(made.summary, key=made.summary_key, description=made.description)
     if record.get("drift"):
-        create_table_artifact(made.table, key=made.table_key, description=made.table_description)
+        create_table_artifact(
+            [dict(row) for row in made.table], key=made.table_key, description=made.table_description
+        )
     create_link_artifact(made.link, link_text=made.link_text, key=made.link_key, description=made.description)
 
 

@@ -24,7 +24,7 @@ import ast
 import json
 import re
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -309,7 +309,7 @@ def test_mlflow_ui_compares_the_last_two_pipeline_runs(
 # --- the monitoring pages ------------------------------------------------------------------------
 
 
-def cli_monitor(root: Path, frame: Any, name: str) -> dict[str, Any]:
+def cli_monitor(root: Path, frame: Any, name: str) -> Mapping[str, Any]:
     """`reproml monitor --batch data/incoming/<name>.parquet` in `root`; its decision record."""
     path = root / "data" / "incoming" / f"{name}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,7 +317,7 @@ def cli_monitor(root: Path, frame: Any, name: str) -> dict[str, Any]:
     result = CliRunner().invoke(app, ["monitor", "--batch", f"data/incoming/{name}.parquet"])
     assert result.exit_code == 0, result.output
     _, records = monitoring_history(root)
-    record: dict[str, Any] = records[-1]
+    record: Mapping[str, Any] = records[-1]  # read back from disk
     assert record["source"].endswith(f"{name}.parquet"), record["source"]
     return record
 

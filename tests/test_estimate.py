@@ -26,11 +26,12 @@ from reproml.cli import app
 from reproml.config import MonitorParams
 from reproml.monitoring import decision, estimate, labels, store
 from reproml.monitoring.labels import LabelsError, add_labels
+from reproml.monitoring.records import EstimateReference
 from reproml.stages.common import load
 from tests.test_monitoring import batch, champion_project, monitor, project  # noqa: F401 (fixtures)
 from tests.test_registry import NAME
 
-REFERENCE = {"source": "synthetic reference", "rows": 4000}
+REFERENCE: EstimateReference = {"source": "synthetic reference", "rows": 4000}
 
 
 def draw(rows: int, seed: int, spread: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

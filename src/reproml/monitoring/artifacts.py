@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from reproml.monitoring import store
 
@@ -98,12 +98,27 @@ def realised_line(record: Mapping[str, Any]) -> str | None:
     return line
 
 
-def drifted_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+# One row of the drifted-features table artifact; Prefect shows the keys as column headers, so they
+# are words with spaces (hence the functional TypedDict form).
+DriftedRow = TypedDict(
+    "DriftedRow",
+    {
+        "feature": str,
+        "kind": str,
+        "importance share": float,
+        "drift score": float | None,
+        "method": str,
+        "p value": float | None,
+    },
+)
+
+
+def drifted_rows(record: Mapping[str, Any]) -> list[DriftedRow]:
     """One row per drifted feature, largest share of the champion's importance first."""
     drift = record.get("drift")
     if not isinstance(drift, dict):
         return []
-    rows = []
+    rows: list[DriftedRow] = []
     for column in drift.get("columns") or []:
         if not column.get("drifted"):
             continue
@@ -184,7 +199,7 @@ class RunArtifacts:
     summary_key: str
     summary: str
     table_key: str
-    table: list[dict[str, Any]]
+    table: list[DriftedRow]
     table_description: str
     link_key: str
     link: str

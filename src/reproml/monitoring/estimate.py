@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from reproml.metrics import THRESHOLD
-from reproml.monitoring.records import EstimateRecord
+from reproml.monitoring.records import EstimateRecord, EstimateReference
 
 CBPE, DLE = "cbpe", "dle"
 CONCEPT_DRIFT, COVARIATE_SHIFT, NO_SHIFT = "concept_drift", "covariate_shift", "none"
@@ -86,7 +86,7 @@ class Estimate:
     lower: float
     upper: float
     method: str
-    reference: dict[str, Any]
+    reference: EstimateReference
     reference_value: float
     sampling_error: float
     higher_is_better: bool = True
@@ -120,7 +120,7 @@ class Estimate:
             "lower": self.lower,
             "upper": self.upper,
             "method": self.method,
-            "reference": dict(self.reference),
+            "reference": self.reference.copy(),
             "reference_value": self.reference_value,
             "sampling_error": self.sampling_error,
             "higher_is_better": self.higher_is_better,
@@ -190,7 +190,7 @@ def estimate(
     reference_y: np.ndarray,
     reference_scores: np.ndarray,
     batch_scores: np.ndarray,
-    reference: dict[str, Any],
+    reference: EstimateReference,
     *,
     classes: list[Any] | None = None,
     threshold: float | None = None,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,7 +32,7 @@ from reproml.config import Params
 from reproml.errors import ReproError
 from reproml.io import file_md5, write_parquet
 from reproml.monitoring import batches, champion, estimate, scores, store
-from reproml.monitoring.records import BatchRecord
+from reproml.monitoring.records import BatchRecord, EstimateReference
 
 
 class LabelsError(ReproError):
@@ -72,7 +71,7 @@ def unseen_window(
 
 def reference_rows(
     root: Path, best: champion.Champion, until: pd.Timestamp | None, batch_id: str, params: Params
-) -> tuple[pd.DataFrame, np.ndarray, dict[str, Any]]:
+) -> tuple[pd.DataFrame, np.ndarray, EstimateReference]:
     """The estimate's reference (rows, the champion's scores of them, how the record names it)."""
     from reproml.monitoring.profile import sample
     from reproml.scoring import predict_scores
@@ -83,7 +82,7 @@ def reference_rows(
         path, frame = found
         frame = sample(frame, watch.sample_rows, params.seed)
         scored = predict_scores(best.model, frame[best.input_columns], best.task)
-        named = {
+        named: EstimateReference = {
             "source": str(path.relative_to(root)),
             "md5": file_md5(path),
             "rows": len(frame),
@@ -96,7 +95,7 @@ def reference_rows(
 
 def _test_rows(
     root: Path, best: champion.Champion, params: Params
-) -> tuple[pd.DataFrame, np.ndarray, dict[str, Any]]:
+) -> tuple[pd.DataFrame, np.ndarray, EstimateReference]:
     """The champion's labelled test split (sampled as the quality check samples it), scored by the
     model the quality check scores it with (a refit's parent: the refit learned these rows)."""
     from reproml.monitoring.profile import sample
@@ -108,7 +107,7 @@ def _test_rows(
     frame = sample(frame, params.monitor.sample_rows, params.seed)
     scored = predict_scores(best.reference_model, frame[best.input_columns], best.task)
     by = f"v{best.refit_of['version']} (the model this refit refits)" if best.refit_of else f"v{best.version}"
-    named = {
+    named: EstimateReference = {
         "source": champion.TEST,
         "md5": best.data_md5[champion.TEST],
         "rows": len(frame),

@@ -24,8 +24,9 @@ parsed) that the rest of monitoring uses, so every step sees the same values.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -75,6 +76,14 @@ def schema_of(reference: pd.DataFrame, input_columns: list[str], time_column: st
     return Schema(numeric, categorical, used_time, target, task, None if classes is None else tuple(classes))
 
 
+class ReferenceStatsRecord(TypedDict):
+    """`ReferenceStats` as the reference profile keeps it (JSON: sets become sorted lists)."""
+
+    seen: dict[str, list[str]]
+    missing: dict[str, float]
+    labels: list[Any]  # the target's values as training held them (numbers, text or booleans)
+
+
 @dataclass(frozen=True)
 class ReferenceStats:
     """What the gate reads off the champion's training rows, so that it is read once per champion
@@ -93,12 +102,13 @@ class ReferenceStats:
             labels = tuple(sorted(reference[schema.target].dropna().unique().tolist()))
         return cls(seen, missing, labels)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ReferenceStatsRecord:
         return {"seen": {c: sorted(v) for c, v in self.seen.items()}, "missing": self.missing,
                 "labels": list(self.labels)}  # fmt: skip
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ReferenceStats:
+    def from_dict(cls, data: Mapping[str, Any]) -> ReferenceStats:
+        """Read back from a profile on disk: every value is converted, none trusted."""
         seen = {str(c): frozenset(str(v) for v in values) for c, values in data["seen"].items()}
         missing = {str(c): float(v) for c, v in data["missing"].items()}
         return cls(seen, missing, tuple(data["labels"]))

@@ -205,6 +205,17 @@ class MlflowRef(TypedDict):
     run_id: str
 
 
+class EstimateReference(TypedDict):
+    """The labelled rows a label-free estimate was fitted on (`monitoring.labels.reference_rows`):
+    a labelled window (with the batch it labelled) or the champion's test split."""
+
+    source: str  # the labelled window's file, or the test split's path
+    rows: int
+    md5: NotRequired[str]  # the file's md5, where the rows came from a file
+    batch_id: NotRequired[str]  # the batch a labelled window labelled
+    scored_by: NotRequired[str]  # the model version whose scores calibrated the estimator
+
+
 class EstimateRecord(TypedDict):
     """A label-free performance estimate for a batch (`monitoring.estimate.Estimate.to_dict`), and
     how it compared with the labels once they came (`realised`, `error`, `shift`)."""
@@ -214,7 +225,7 @@ class EstimateRecord(TypedDict):
     lower: float
     upper: float
     method: str
-    reference: dict[str, Any]  # source, rows, and the file's md5 or batch id where there is one
+    reference: EstimateReference
     reference_value: float
     sampling_error: float
     higher_is_better: bool

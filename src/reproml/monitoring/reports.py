@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypedDict, TypeVar
+from typing import Any, NotRequired, TypedDict, TypeVar
 
 from reproml import safehtml
 from reproml.monitoring import store
@@ -48,20 +48,33 @@ class _Tick(TypedDict):
     label: str
 
 
+class _EstimateMark(TypedDict):
+    """A batch's label-free estimate on the plot: its band (a box) and its value (a diamond at `y`)."""
+
+    y: float
+    x0: float
+    top: float
+    width: float
+    height: float
+    title: str
+
+
 class _Point(TypedDict):
-    """One labelled batch on the plot, in SVG coordinates."""
+    """One batch on the plot, in SVG coordinates: realised (`reference`, `line`, `low`, `high`,
+    `value`, `title` where it was labelled) and estimated (`estimate` where it has one)."""
 
     x: float
     x0: float
     x1: float
-    reference: float
-    line: float
-    low: float | None
-    high: float | None
-    value: float
     colour: str
-    title: str
     label: str
+    reference: float | None
+    value: float | None
+    low: float | None
+    estimate: _EstimateMark | None
+    line: NotRequired[float]
+    high: NotRequired[float | None]
+    title: NotRequired[str]
 
 
 class _Box(TypedDict):
@@ -83,6 +96,34 @@ class _Plot(TypedDict):
     box: _Box
     ticks: list[_Tick]
     points: list[_Point]
+
+
+class _Cell(TypedDict):
+    """One feature in one batch on the heat map."""
+
+    text: str
+    colour: str
+    drifted: bool
+    title: str
+
+
+class _HeatRow(TypedDict):
+    label: str
+    weight: float | None  # the feature's largest importance share; None for the prediction
+    cells: list[_Cell]
+
+
+class _HeatBatch(TypedDict):
+    label: str
+    title: str
+
+
+class _Heatmap(TypedDict):
+    """What the heat map of templates/monitoring_index.html draws: features by batches."""
+
+    batches: list[_HeatBatch]
+    rows: list[_HeatRow]
+    floors: str
 
 
 class _Row(TypedDict):
@@ -108,7 +149,7 @@ def _short(text: str, width: int = 22) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _estimate(r: Mapping[str, Any], metric: str | None) -> dict[str, Any] | None:
+def _estimate(r: Mapping[str, Any], metric: str | None) -> Mapping[str, Any] | None:
     """The record's label-free estimate of `metric` (`record["estimate"]`: value, lower, upper,
     method), when it has one of that metric (any metric when `metric` is None)."""
     estimate = r.get("estimate")
@@ -126,12 +167,13 @@ def _finite(value: Any) -> bool:
         return False
 
 
-def _realised(r: Mapping[str, Any]) -> dict[str, Any] | None:
+def _realised(r: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The record's realised quality (`record["quality"]`), when it has a finite batch value."""
     q = r.get("quality")
     return q if isinstance(q, dict) and _finite(q.get("batch_value")) else None
 
 
-def _plot(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+def _plot(records: Sequence[Mapping[str, Any]]) -> _Plot | None:
     """Geometry and labels of the quality plot (templates/quality_plot.svg): per batch the realised
     metric (labelled batches) and the label-free estimate with its band (records carrying an
     `estimate`); None when no batch has either."""
@@ -169,11 +211,13 @@ def _plot(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     def y(v: float) -> float:
         return _TOP + plot_h * (1 - (float(v) - low) / (high - low))
 
-    ticks = [{"y": y(v), "label": f"{v:.3f}"} for v in (low + (high - low) * k / 4 for k in range(5))]
-    drawn = []
+    ticks: list[_Tick] = [
+        {"y": y(v), "label": f"{v:.3f}"} for v in (low + (high - low) * k / 4 for k in range(5))
+    ]
+    drawn: list[_Point] = []
     for i, r in enumerate(points):
         q, e = _realised(r), _estimate(r, metric)
-        point: dict[str, Any] = {
+        point: _Point = {
             "x": x(i),
             "x0": x(i) - step / 2,
             "x1": x(i) + step / 2,
@@ -187,14 +231,12 @@ def _plot(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         if q:
             ref = q["reference_value"]
             lo, hi = q.get("batch_interval") or (None, None)
-            point |= {
-                "reference": y(ref),  # the champion's test value and its retrain line, per batch
-                "line": y(ref - margin if higher else ref + margin),
-                "low": None if lo is None or hi is None else y(lo),
-                "high": None if lo is None or hi is None else y(hi),
-                "value": y(q["batch_value"]),
-                "title": f"{r['batch_id']}: {metric} {q['batch_value']:.4f} ({r.get('verdict')})",
-            }
+            point["reference"] = y(ref)  # the champion's test value and its retrain line, per batch
+            point["line"] = y(ref - margin if higher else ref + margin)
+            point["low"] = None if lo is None or hi is None else y(lo)
+            point["high"] = None if lo is None or hi is None else y(hi)
+            point["value"] = y(q["batch_value"])
+            point["title"] = f"{r['batch_id']}: {metric} {q['batch_value']:.4f} ({r.get('verdict')})"
         if e:
             lower = float(e["lower"]) if _finite(e.get("lower")) else float(e["value"])
             upper = float(e["upper"]) if _finite(e.get("upper")) else float(e["value"])
@@ -209,7 +251,7 @@ def _plot(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
                 f"[{lower:.4f}, {upper:.4f}] ({e.get('method') or 'estimate'})",
             }
         drawn.append(point)
-    box = {
+    box: _Box = {
         "left": _LEFT,
         "right": _LEFT + plot_w,
         "top": _TOP,
@@ -228,7 +270,7 @@ def _heat(score: float, floor: float) -> str:
     return f"#{red:02x}{green:02x}{blue:02x}"
 
 
-def _heatmap(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+def _heatmap(records: Sequence[Mapping[str, Any]]) -> _Heatmap | None:
     """Features by batches: each cell the feature's drift score in that batch, coloured against
     the batch's effect floor, drifted cells marked; rows by the champion's importance (the largest
     share any batch gave the feature), the prediction last. None before any batch was measured."""
@@ -241,7 +283,7 @@ def _heatmap(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
             weight[str(c["column"])] = max(weight.get(str(c["column"]), 0.0), float(c.get("weight") or 0.0))
     features = sorted(weight, key=lambda f: (-weight[f], f))
 
-    def cell(c: dict[str, Any] | None, floor: float) -> dict[str, Any]:
+    def cell(c: Mapping[str, Any] | None, floor: float) -> _Cell:
         if c is None:
             return {"text": "", "colour": "#ffffff", "drifted": False, "title": "not in this batch"}
         if not c.get("judged") or not _finite(c.get("score")):
@@ -259,9 +301,9 @@ def _heatmap(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         return {"text": f"{score:.2f}", "colour": _heat(score, floor), "drifted": drifted,
                 "title": title + (" (drifted)" if drifted else "")}  # fmt: skip
 
-    rows: list[dict[str, Any]] = []
+    rows: list[_HeatRow] = []
     for feature in [*features, None]:
-        cells: list[dict[str, Any]] = []
+        cells: list[_Cell] = []
         for r in measured:
             drift = r["drift"]
             floor = float(drift.get("effect_floor") or 0.1)
@@ -274,7 +316,9 @@ def _heatmap(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         rows.append({"label": label, "weight": None if feature is None else weight[feature], "cells": cells})
     if all(not c["text"] for c in rows[-1]["cells"]):
         rows.pop()  # no prediction drift measured anywhere
-    batches = [{"label": _short(r["batch_id"], 12), "title": r["batch_id"]} for r in measured]
+    batches: list[_HeatBatch] = [
+        {"label": _short(r["batch_id"], 12), "title": r["batch_id"]} for r in measured
+    ]
     floors = sorted({float(r["drift"].get("effect_floor") or 0.1) for r in measured})
     return {"batches": batches, "rows": rows, "floors": ", ".join(f"{f:g}" for f in floors)}
 
