@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -34,17 +35,12 @@ from reproml.io import file_md5, write_parquet
 from reproml.monitoring import batches, champion, estimate, scores, store
 from reproml.monitoring.records import BatchRecord, EstimateReference
 
+if TYPE_CHECKING:
+    from reproml.monitoring.profile import Profile
+
 
 class LabelsError(ReproError):
     """A labels file that does not fit the batch it claims to label (rows, times, target)."""
-
-
-def learned_until(reference: pd.DataFrame, time_column: str | None) -> pd.Timestamp | None:
-    """The newest timestamp among the rows the champion learned; None when undated."""
-    if not time_column or time_column not in reference.columns or reference.empty:
-        return None
-    newest = pd.to_datetime(reference[time_column]).max()
-    return None if pd.isna(newest) else pd.Timestamp(newest)
 
 
 def unseen_window(
@@ -70,14 +66,15 @@ def unseen_window(
 
 
 def reference_rows(
-    root: Path, best: champion.Champion, until: pd.Timestamp | None, batch_id: str, params: Params
+    root: Path, best: champion.Champion, reference: Profile, batch_id: str, params: Params
 ) -> tuple[pd.DataFrame, np.ndarray, EstimateReference]:
     """The estimate's reference (rows, the champion's scores of them, how the record names it)."""
     from reproml.monitoring.profile import sample
     from reproml.scoring import predict_scores
 
     watch = params.monitor
-    found = unseen_window(root, best, until, batch_id, watch.min_rows)
+    newest = reference.window.get("last")  # the drift window ends where what the champion learned ends
+    found = unseen_window(root, best, pd.Timestamp(newest) if newest else None, batch_id, watch.min_rows)
     if found is not None:
         path, frame = found
         frame = sample(frame, watch.sample_rows, params.seed)
@@ -90,22 +87,18 @@ def reference_rows(
             "scored_by": f"v{best.version}",
         }
         return frame, scored, named
-    return _test_rows(root, best, params)
+    return _test_rows(best, reference)
 
 
 def _test_rows(
-    root: Path, best: champion.Champion, params: Params
+    best: champion.Champion, reference: Profile
 ) -> tuple[pd.DataFrame, np.ndarray, EstimateReference]:
-    """The champion's labelled test split (sampled as the quality check samples it), scored by the
-    model the quality check scores it with (a refit's parent: the refit learned these rows)."""
-    from reproml.monitoring.profile import sample
-    from reproml.scoring import predict_scores
-
-    label = f"champion v{best.version}"
-    frame = champion.load_split(root, champion.TEST, best.data_md5[champion.TEST], label)
-    frame = frame[frame[best.target].notna()].reset_index(drop=True)
-    frame = sample(frame, params.monitor.sample_rows, params.seed)
-    scored = predict_scores(best.reference_model, frame[best.input_columns], best.task)
+    """The champion's labelled test split as its reference profile holds it: sampled as the quality
+    check samples it, scored by the model the quality check scores it with (a refit's parent: the
+    refit learned these rows)."""
+    test = reference.test_reference
+    frame = test[test[best.target].notna()].reset_index(drop=True)
+    scored = scores.scores_of(frame, best.classes)
     by = f"v{best.refit_of['version']} (the model this refit refits)" if best.refit_of else f"v{best.version}"
     named: EstimateReference = {
         "source": champion.TEST,
@@ -119,17 +112,18 @@ def _test_rows(
 def estimate_batch(
     root: Path,
     best: champion.Champion,
-    until: pd.Timestamp | None,
+    reference: Profile,
     batch_id: str,
     current: pd.DataFrame,
     params: Params,
 ) -> estimate.Estimate:
     """The champion's quality on the batch sample `current` (with its score columns), estimated
-    without its labels; judged against its labels when `current` has enough of them. `until` is
-    the newest time the champion learned (see `learned_until`): a fresher reference must be after it."""
+    without its labels; judged against its labels when `current` has enough of them. `reference`
+    is the champion's profile: a fresher reference must start after its drift window, and the
+    test split comes from it, read and scored once per champion."""
     from reproml.metrics import THRESHOLD
 
-    ref, ref_scores, named = reference_rows(root, best, until, batch_id, params)
+    ref, ref_scores, named = reference_rows(root, best, reference, batch_id, params)
     found: estimate.Estimate = estimate.estimate(
         best.task,
         params.monitor.metric,
@@ -145,7 +139,7 @@ def estimate_batch(
     if named["source"] == champion.TEST:
         found = estimate.with_baseline(found, found.reference_value, champion.TEST)
     else:  # the drop is measured from the test split, as the realised quality check measures it
-        test, test_scores, _ = _test_rows(root, best, params)
+        test, test_scores, _ = _test_rows(best, reference)
         baseline = _realised_on(best, found.metric, test, test_scores)
         found = estimate.with_baseline(found, baseline, champion.TEST)
     realised = None

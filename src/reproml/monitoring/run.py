@@ -375,9 +375,7 @@ def _estimate(
         return None
     with job.clock.step("estimate"):
         try:
-            newest = reference.window.get("last")  # the drift window ends where what it learned ends
-            until = pd.Timestamp(newest) if newest else None
-            found = labels.estimate_batch(job.root, job.best, until, job.batch.id, current, job.params)
+            found = labels.estimate_batch(job.root, job.best, reference, job.batch.id, current, job.params)
         except Exception as exc:  # NannyML wraps what failed in its own exceptions; none may stop a verdict
             record["estimate_skipped"] = f"{type(exc).__name__}: {exc}"
             return None
