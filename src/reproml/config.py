@@ -420,6 +420,21 @@ class MonitorParams(_Section):
     # estimate the champion's metric without labels (CBPE / DLE, reproml.monitoring.estimate):
     # recorded on every batch, and a retrain trigger on batches without labels
     estimate: bool = True
+    # the production feed (`reproml monitor --feed`, the daily deployment): the folder new batch
+    # files arrive in, under data/ or monitoring/ (reproml.monitoring.feed); null: no feed
+    feed: str | None = None
+
+    @model_validator(mode="after")
+    def _feed_inside_the_project(self) -> MonitorParams:
+        if self.feed is None:
+            return self
+        parts = PurePosixPath(posixpath.normpath(self.feed.replace("\\", "/"))).parts
+        if not parts or parts[0] not in ("data", "monitoring"):
+            raise ValueError(
+                f"feed={self.feed!r}: the feed folder must be a relative path under data/ or "
+                "monitoring/ (for example data/feed), where the project may read batches from"
+            )
+        return self
 
     @model_validator(mode="after")
     def _period_covers_cooldown(self) -> MonitorParams:

@@ -16,6 +16,7 @@ monitoring/README.md):
     reports/index.html            every batch: verdict, drift share, quality, links, a plot
     archive/<time>/               earlier outputs `reproml simulate` moved aside
     reference/<key>/              the champion's reference profile (reproml.monitoring.profile)
+    feed.json                     the production feed's ledger: every file taken (reproml.monitoring.feed)
 
 `monitoring/workspace/` (Evidently's UI) holds one project per model already.
 
