@@ -24,7 +24,7 @@ from reproml.cli import app
 from reproml.config import MonitorParams
 from reproml.monitoring import feed, store
 from reproml.monitoring.records import FeedLedger
-from reproml.stages.monitor import run_feed
+from reproml.stages.monitor import run_feed, run_monitor
 from tests.conftest import user_data_params
 from tests.test_monitoring import batch, champion_project, project  # noqa: F401 (fixtures)
 from tests.test_registry import NAME
@@ -198,3 +198,69 @@ def test_the_feed_monitors_each_file_once_in_time_order_and_attaches_late_labels
     assert later.exit_code == 0, later.output
     assert "writing.parquet" in later.output and "z-early" not in later.output
     assert len(store.history(root, NAME)) == 4
+
+    # a file monitored by hand first (same name and content: same batch id) is not judged twice
+    drop(root, "by-hand.parquet", batch(seed=34, day=3, labelled=False))
+    by_hand = run_monitor(root, f"{FEED}/by-hand.parquet")
+    fed = run_feed(root)
+    assert fed.records == [] and [r["batch_id"] for r in fed.rows] == [by_hand["batch_id"]]
+    assert "monitored earlier" in fed.rows[0]["outcome"] and len(store.history(root, NAME)) == 5
+
+
+@pytest.mark.integration
+def test_the_feed_flow_judges_each_new_file_in_order_and_hands_each_verdict_on(
+    project: Path,  # noqa: F811 (the fixture)
+    prefect_api: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through the real Prefect engine: the `monitoring-feed` flow takes the files in time order,
+    each record goes through the flow's hand-off (its summary and policy), and a second run is empty."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.monitoring import monitoring_feed
+
+    root = with_feed(project)
+    (root / "dvc.yaml").write_text("stages: {}\n")  # what makes the folder a project for the flow
+    drop(root, "b-first.parquet", batch(seed=41, day=0, labelled=False))
+    drop(root, "a-second.parquet", batch(seed=42, day=1, labelled=False, x1=2.0))  # drifted: retrain
+    monkeypatch.chdir(root)
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        out = monitoring_feed(root=str(root), retrain=False)
+        again = monitoring_feed(root=str(root), retrain=False)
+    first, second = out["batches"]
+    assert str(first["batch"]).startswith("b-first-") and str(second["batch"]).startswith("a-second-")
+    assert (
+        second["verdict"] == "retrain" and second["retrain"] is None
+    )  # retrain=False: not handed to training
+    assert first["policy"] == second["policy"] == "reproml"  # both went through the hand-off
+    assert [r["outcome"] for r in out["rows"]] == [first["verdict"], "retrain"] and not out["busy"]
+    assert again == {"feed": FEED, "rows": [], "batches": [], "busy": False, "refused": False}
+
+
+def test_with_a_feed_the_daily_deployment_takes_the_feed(bare: Path) -> None:
+    from flows.deploy import deployments
+    from reproml.orchestration.deploy import deployment_specs
+
+    daily, training = deployment_specs(bare)
+    assert (daily.flow, daily.name, daily.parameters) == (
+        "monitoring-feed",
+        "daily",
+        {"root": str(bare.resolve())},
+    )
+    assert training.flow == "training"
+    built = deployments(bare)
+    assert [(d.flow_name, d.name) for d in built] == [("monitoring-feed", "daily"), ("training", "on-demand")]
+    (bare / "params.yaml").write_text(
+        (bare / "params.yaml").read_text().replace("feed: data/feed", "feed: null")
+    )
+    assert deployment_specs(bare)[0].flow == "monitoring"  # no feed: the period replay, as before
+
+
+def test_a_link_out_of_the_data_folders_is_refused_not_read(bare: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "outside" / "secret.csv"
+    secret.parent.mkdir()
+    dated("2022-07-01").to_csv(secret, index=False)
+    (bare / FEED / "link.csv").symlink_to(secret)
+    found = feed.scan(bare, bare / FEED, {"taken": []}, "when")
+    assert found.batches == [] and [r["file"] for r in found.refused] == [f"{FEED}/link.csv"]
+    assert "outside data/ and monitoring/" in found.refused[0]["outcome"]

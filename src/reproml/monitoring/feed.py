@@ -57,7 +57,7 @@ class FeedError(ReproError):
 class Arrival:
     """A file in the feed folder that no run has taken yet."""
 
-    path: Path  # resolved
+    path: Path  # in the resolved feed folder, the name it arrived under
     file: str  # relative to the project root, as the ledger and the records name it
     kind: Kind
     md5: str
@@ -188,8 +188,15 @@ def scan(
         kind = kind_of(path)
         if kind is None or not path.is_file():
             continue
-        stat = path.stat()
-        file = paths.relative(path.resolve(), root)
+        try:  # a link out of data/ and monitoring/ would copy any readable file into the outputs
+            resolved = paths.confined(path, root, "monitor.feed")
+        except paths.PathError:
+            refused.append({"file": paths.relative(path, root), "kind": kind[0], "batch_id": None,
+                            "outcome": f"refused: a link to {path.resolve()}, outside data/ and "
+                                       "monitoring/; copy the file into the feed instead"})  # fmt: skip
+            continue
+        stat = resolved.stat()
+        file = paths.relative(path, root)  # the name it arrived under (the folder is resolved)
         before = taken.get(file)
         if before is not None and before["size"] == stat.st_size and before.get("mtime") == stat.st_mtime:
             continue  # taken, and untouched since: not even hashed again
@@ -198,7 +205,7 @@ def scan(
                          "outcome": f"left for the next run: modified {now - stat.st_mtime:.0f} s ago, "
                                     "it may still be being written"})  # fmt: skip
             continue
-        md5 = file_md5(path)
+        md5 = file_md5(resolved)
         if before is not None and before["md5"] == md5:
             continue
         if before is not None:
@@ -207,9 +214,9 @@ def scan(
                                        f"{before['taken_at']} (md5 {before['md5']} -> {md5}); a feed "
                                        "file is read once, so give the new content a new name"})  # fmt: skip
             continue
-        arrival = Arrival(path.resolve(), file, kind[0], md5, stat.st_size, stat.st_mtime, kind[1])
+        arrival = Arrival(path, file, kind[0], md5, stat.st_size, stat.st_mtime, kind[1])
         if kind[0] == "batch":
-            new_batches.append(replace(arrival, first_time=first_time(path, time_column)))
+            new_batches.append(replace(arrival, first_time=first_time(resolved, time_column)))
         else:
             new_labels.append(arrival)
     return Scan(sorted(new_batches, key=_order), new_labels, left, refused)
