@@ -8,10 +8,11 @@ that takes nothing, labels arriving later, an unreadable file taken once, a new 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -264,3 +265,72 @@ def test_a_link_out_of_the_data_folders_is_refused_not_read(bare: Path, tmp_path
     found = feed.scan(bare, bare / FEED, {"taken": []}, "when")
     assert found.batches == [] and [r["file"] for r in found.refused] == [f"{FEED}/link.csv"]
     assert "outside data/ and monitoring/" in found.refused[0]["outcome"]
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A real S3-compatible server (moto's, as the team stack runs it) on a free port, one bucket."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for key, value in {"AWS_ACCESS_KEY_ID": "feed", "AWS_SECRET_ACCESS_KEY": "feed-secret",
+                           "AWS_DEFAULT_REGION": "us-east-1",
+                           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():  # fmt: skip
+            monkeypatch.setenv(key, value)
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="feed")
+        yield client
+    finally:
+        server.stop()
+
+
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
+    out = io.BytesIO()
+    frame.to_parquet(out, index=False)
+    return out.getvalue()
+
+
+@pytest.mark.integration
+def test_an_s3_prefix_is_copied_down_once_and_taken_like_a_folder(bare: Path, s3_bucket: Any) -> None:
+    from reproml.stores import s3
+
+    s3_bucket.put_object(Bucket="feed", Key="in/a-late.parquet", Body=parquet_bytes(dated("2022-07-03")))
+    s3_bucket.put_object(Bucket="feed", Key="in/z-early.parquet", Body=parquet_bytes(dated("2022-07-01")))
+    s3_bucket.put_object(Bucket="feed", Key="in/z-early.labels.csv", Body=b"x1,when,y\n")
+    for ignored in ("in/.writing.parquet", "in/notes.txt", "in/deeper/x.parquet", "other/y.parquet"):
+        s3_bucket.put_object(Bucket="feed", Key=ignored, Body=b"-")
+    inbox = bare / feed.inbox(NAME)
+    assert sorted(s3.mirror("s3://feed/in", inbox, feed.wanted)) == [
+        "a-late.parquet", "z-early.labels.csv", "z-early.parquet"
+    ]  # fmt: skip
+    assert s3.mirror("s3://feed/in/", inbox, feed.wanted) == []  # unchanged: not copied again
+    found = feed.scan(bare, inbox, {"taken": []}, "when", settle=0)
+    assert [Path(a.file).name for a in found.batches] == ["z-early.parquet", "a-late.parquet"]
+    assert found.batches[0].file == f"monitoring/{NAME}/feed/z-early.parquet"
+
+    # the ledger rules hold as for a folder: an object changed under a taken key is refused
+    ledger: FeedLedger = {"taken": [a.entry(f"id-{a.stem}", "ok") for a in found.batches]}
+    s3_bucket.put_object(Bucket="feed", Key="in/a-late.parquet", Body=parquet_bytes(dated("2022-07-03", 9)))
+    assert s3.mirror("s3://feed/in", inbox, feed.wanted) == ["a-late.parquet"]
+    again = feed.scan(bare, inbox, ledger, "when", settle=0)
+    assert again.batches == [] and [r["batch_id"] for r in again.refused] == ["id-a-late"]
+
+    # through the feed itself: params name the prefix; its labels file goes to the batch the
+    # ledger names (a made-up id here, so it is refused, and taken all the same)
+    params = yaml.safe_load((bare / "params.yaml").read_text())
+    params["monitor"]["feed"] = "s3://feed/in"
+    (bare / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    feed.write_ledger(bare, NAME, ledger)
+    run = run_feed(bare, settle=0)
+    assert run.feed == "s3://feed/in" and run.refused and run.records == []
+    assert {r["file"]: r["outcome"].split(":")[0] for r in run.rows} == {
+        f"monitoring/{NAME}/feed/z-early.labels.csv": "labels refused",
+        f"monitoring/{NAME}/feed/a-late.parquet": "refused",
+    }
+    assert "no monitored batch" in feed.read_ledger(bare, NAME)["taken"][-1].get("error", "")
+    with pytest.raises(ValueError, match="s3://<bucket>/<prefix>"):
+        MonitorParams(feed="s3:///in")

@@ -21,6 +21,9 @@ In time order: batches are taken by their own earliest timestamp (`data.time_col
 as tie-break, not by directory order or arrival; files without a readable time come last, by name.
 Labels are matched after the batches of the same run, so a batch and its labels may arrive together.
 
+An S3 feed (`monitor.feed: s3://bucket/prefix`) is copied into `inbox` first
+(`reproml.stores.s3`) and taken from there by the same rules.
+
 Two feed runs never take the same file: a run holds `monitoring/<model>/.feed.lock` from scan to
 the ledger's last write, and a second run that finds it held takes nothing.
 """
@@ -108,6 +111,17 @@ def folder(root: Path, feed: str | None) -> Path:
             f"monitor.feed={feed!r}: no such folder ({found}); create it and drop batch files there"
         )
     return found
+
+
+def inbox(name: str) -> Path:
+    """Where the objects of an S3 feed (`monitor.feed: s3://...`, `reproml.stores.s3`) are copied
+    to be taken like a local feed's files."""
+    return store.home(name) / "feed"
+
+
+def wanted(name: str) -> bool:
+    """Whether a file of this name is one the feed takes (a batch or labels; not a temp file)."""
+    return kind_of(Path(name)) is not None
 
 
 def ledger_path(name: str) -> Path:

@@ -17,6 +17,7 @@ monitoring/README.md):
     archive/<time>/               earlier outputs `reproml simulate` moved aside
     reference/<key>/              the champion's reference profile (reproml.monitoring.profile)
     feed.json                     the production feed's ledger: every file taken (reproml.monitoring.feed)
+    feed/                         an S3 feed's objects, copied down to be taken (reproml.stores.s3)
 
 `monitoring/workspace/` (Evidently's UI) holds one project per model already.
 

@@ -74,15 +74,20 @@ def run_feed(
     from reproml.io import read_json
     from reproml.monitoring import batches, feed, store
     from reproml.monitoring.labels import LabelsError
+    from reproml.stores import s3
 
     params = load(root)
-    folder = feed.folder(root, params.monitor.feed)
     name = params.register_.model_name
-    shown = paths.relative(folder, root)
+    source = params.monitor.feed
+    remote = s3.is_s3(source)
+    folder = root / feed.inbox(name) if remote else feed.folder(root, source)
+    shown = str(source) if remote else paths.relative(folder, root)
     monitor_one = judge or (lambda home, spec: run_monitor(home, spec))
     with feed.feed_lock(root, name) as held:
         if not held:
             return FeedRun(shown, busy=True)
+        if remote:
+            s3.mirror(str(source), folder, feed.wanted)
         ledger = feed.read_ledger(root, name)
         found = feed.scan(root, folder, ledger, params.data.time_column,
                           feed.SETTLE_SECONDS if settle is None else settle)  # fmt: skip
