@@ -475,8 +475,9 @@ def serve(
     cron: str = typer.Option("0 6 * * *", help="When the monitoring deployment runs (cron, UTC)."),
     every: str = typer.Option("month", help="Batch size the scheduled monitoring takes: month | week."),
 ) -> None:
-    """Create the deployments (monitoring/daily on `cron`, training/on-demand) and run them until
-    stopped; `prefect deployment ls` and the Prefect UI list them."""
+    """Create the deployments (monitoring/daily on `cron`, or monitoring-feed/daily when params.yaml
+    names a production feed in monitor.feed; training/on-demand) and run them until stopped;
+    `prefect deployment ls` and the Prefect UI list them."""
     _prefect()
     _flows("deploy").serve(ROOT.resolve(), cron, every)
 
