@@ -15,10 +15,14 @@ from reproml.orchestration.deploy import DAILY, deployment_specs
 def deployments(root: Path, cron: str = DAILY, every: str = "month") -> list[Any]:
     from prefect.types.entrypoint import EntrypointType
 
-    from flows.monitoring import monitoring
+    from flows.monitoring import monitoring, monitoring_feed
     from flows.training import training
 
-    flows: dict[str, Any] = {"monitoring": monitoring, "training": training}
+    flows: dict[str, Any] = {
+        "monitoring": monitoring,
+        "monitoring-feed": monitoring_feed,
+        "training": training,
+    }
     return [
         flows[spec.flow].to_deployment(
             name=spec.name,

@@ -1,5 +1,6 @@
 """The monitoring flow: the next production batch against the champion, and on a `retrain`
-verdict the training flow with that batch as a new data version, then the gate. The steps are
+verdict the training flow with that batch as a new data version, then the gate; and the
+production feed's flow, which does the same for each new file of the feed folder. The steps are
 `reproml.orchestration.monitoring`; what the run shows in Prefect's UI (a summary, the drifted
 features, a link to the report) is built by `reproml.monitoring.artifacts`."""
 
@@ -11,7 +12,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.common import retry_transient
 from flows.training import training
-from reproml.monitoring.records import BatchRecord, BatchSummary
+from reproml.monitoring.records import BatchRecord, BatchSummary, FeedSummary
 from reproml.orchestration import monitoring as steps
 
 next_batch = task(name="next_batch")(steps.next_batch)
@@ -52,11 +53,8 @@ def monitoring(
     unless `backfill`. `root` must be the project the flow runs in (`reproml.paths.project_root`).
     `policy` (`reproml.simulation.POLICIES`): `reproml` retrains on a `retrain` verdict, `always`
     on every measured batch, `never` not at all (the replay's comparison)."""
-    import time
-
     from reproml.monitoring.batches import batch_spec
     from reproml.paths import project_root
-    from reproml.simulation import wants_retrain
 
     log = get_run_logger()
     home = project_root(root, "root")
@@ -65,6 +63,17 @@ def monitoring(
         log.info("no production batch after the newest monitored one: nothing to do")
         return {"batch": None}
     record = monitor(home, spec, backfill)
+    return hand_off(home, record, retrain, branch, policy)
+
+
+def hand_off(home: Path, record: BatchRecord, retrain: bool, branch: str | None, policy: str) -> BatchSummary:
+    """The batch's artifacts, its summary, and on a retrain verdict (as `policy` reads it) the
+    training flow with the batch's labelled rows."""
+    import time
+
+    from reproml.simulation import wants_retrain
+
+    log = get_run_logger()
     try:
         publish(home, record)
     except Exception as exc:  # the record is written and the hand-off below matters more than the view
@@ -89,3 +98,25 @@ def monitoring(
             )
             summary["retrain_seconds"] = round(time.perf_counter() - started, 1)
     return summary
+
+
+@flow(name="monitoring-feed", log_prints=True)
+def monitoring_feed(root: str = ".", retrain: bool = True, branch: str | None = None) -> FeedSummary:
+    """The production feed (`monitor.feed` in params.yaml): every batch file that arrived since the
+    last run, once and in time order, each judged like `monitoring`'s batch and its `retrain`
+    verdict handed to the training flow before the next file is judged; then the labels files
+    that arrived for batches already taken (`reproml.monitoring.feed`)."""
+    from reproml.paths import project_root
+
+    log = get_run_logger()
+    home = project_root(root, "root")
+    result = steps.feed(
+        home, judge=monitor, hand_off=lambda record: hand_off(home, record, retrain, branch, "reproml")
+    )
+    if result["busy"]:
+        log.warning("another feed run holds %s's feed: nothing taken", result["feed"])
+    elif not result["rows"]:
+        log.info("%s: nothing new", result["feed"])
+    for row in result["rows"]:
+        log.info("%s (%s): %s", row["file"], row["batch_id"] or "-", row["outcome"])
+    return result

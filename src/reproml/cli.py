@@ -280,10 +280,17 @@ def registry_history() -> None:
 @app.command()
 def monitor(
     batch: str = typer.Option(
-        ...,
+        "",
         "--batch",
         help="A CSV/Parquet file under data/ or monitoring/, or a period of "
         "data/prepared/production.parquet: 2013-08, 2013-W33, 2013-08-05 or 2013-08-01..2013-08-14.",
+    ),
+    feed: bool = typer.Option(
+        False,
+        "--feed",
+        help="Take every batch file that arrived in the feed folder (monitor.feed) since the last "
+        "run, once and in time order, and attach the labels files (<batch stem>.labels.csv|parquet) "
+        "that arrived for batches already taken. Not with --batch, --labels or --backfill.",
     ),
     backfill: bool = typer.Option(
         False,
@@ -308,7 +315,16 @@ def monitor(
     from reproml.report import verdict_table
     from reproml.stages.monitor import run_labels, run_monitor
 
+    if feed:
+        _monitor_feed(batch, labels, backfill)
+        return
     with _clear_errors("monitor"):
+        if not batch:
+            from reproml.errors import ReproError
+
+            raise ReproError(
+                "--batch is required (a CSV/Parquet file or a period such as 2013-08), or --feed"
+            )
         if labels:
             found = batch_spec(ROOT, labels, "--labels")
             with console.status("[bold]monitor --labels[/bold] running"):
@@ -321,6 +337,41 @@ def monitor(
             record = run_monitor(ROOT, batch=spec, backfill=backfill)
     console.print(verdict_table(record))
     _skip_exit_collection()
+
+
+def _monitor_feed(batch: str, labels: str, backfill: bool) -> None:
+    """`reproml monitor --feed`: the feed once, a row per file taken or left; exit 1 when a file
+    was refused (content changed under a name already taken), so a scheduler sees it."""
+    from reproml.errors import ReproError
+    from reproml.orchestration.monitoring import feed
+    from reproml.report import feed_table
+
+    with _clear_errors("monitor --feed"):
+        given = [
+            flag
+            for flag, value in (("--batch", batch), ("--labels", labels), ("--backfill", backfill))
+            if value
+        ]
+        if given:
+            raise ReproError(
+                f"--feed takes every new file of the feed folder (monitor.feed) in time order; it cannot "
+                f"be combined with {', '.join(given)}: monitor one file with --batch, without --feed"
+            )
+        with console.status("[bold]monitor --feed[/bold] running"):
+            result = feed(ROOT)
+    if result["busy"]:
+        console.print(
+            f"another feed run is taking the files of {result['feed']}: nothing taken by this one",
+            markup=False,
+            highlight=False,
+        )
+    elif not result["rows"]:
+        console.print(f"{result['feed']}: nothing new", markup=False, highlight=False)
+    else:
+        console.print(feed_table(result))
+    _skip_exit_collection()
+    if result["refused"]:
+        raise typer.Exit(1)
 
 
 @app.command("monitoring")
@@ -424,8 +475,9 @@ def serve(
     cron: str = typer.Option("0 6 * * *", help="When the monitoring deployment runs (cron, UTC)."),
     every: str = typer.Option("month", help="Batch size the scheduled monitoring takes: month | week."),
 ) -> None:
-    """Create the deployments (monitoring/daily on `cron`, training/on-demand) and run them until
-    stopped; `prefect deployment ls` and the Prefect UI list them."""
+    """Create the deployments (monitoring/daily on `cron`, or monitoring-feed/daily when params.yaml
+    names a production feed in monitor.feed; training/on-demand) and run them until stopped;
+    `prefect deployment ls` and the Prefect UI list them."""
     _prefect()
     _flows("deploy").serve(ROOT.resolve(), cron, every)
 

@@ -420,6 +420,27 @@ class MonitorParams(_Section):
     # estimate the champion's metric without labels (CBPE / DLE, reproml.monitoring.estimate):
     # recorded on every batch, and a retrain trigger on batches without labels
     estimate: bool = True
+    # the production feed (`reproml monitor --feed`, the daily deployment): the folder new batch
+    # files arrive in, under data/ or monitoring/, or an S3 prefix s3://bucket/prefix
+    # (reproml.monitoring.feed, reproml.stores.s3); null: no feed
+    feed: str | None = None
+
+    @model_validator(mode="after")
+    def _feed_inside_the_project(self) -> MonitorParams:
+        if self.feed is None:
+            return self
+        if self.feed.startswith("s3://"):  # team mode: copied into monitoring/<model>/feed/ first
+            if not self.feed[len("s3://") :].split("/", 1)[0]:
+                raise ValueError(f"feed={self.feed!r}: an S3 feed is s3://<bucket>/<prefix>")
+            return self
+        parts = PurePosixPath(posixpath.normpath(self.feed.replace("\\", "/"))).parts
+        if not parts or parts[0] not in ("data", "monitoring"):
+            raise ValueError(
+                f"feed={self.feed!r}: the feed folder must be a relative path under data/ or "
+                "monitoring/ (for example data/feed), where the project may read batches from, "
+                "or an S3 prefix (s3://bucket/prefix)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _period_covers_cooldown(self) -> MonitorParams:

@@ -18,7 +18,7 @@ from reproml import paths
 from reproml.monitoring import store
 
 if TYPE_CHECKING:
-    from reproml.monitoring.records import BatchRecord, QualityChangeRecord
+    from reproml.monitoring.records import BatchRecord, FeedSummary, QualityChangeRecord
     from reproml.registry import VersionRef
     from reproml.reproduce.compare import Row
 
@@ -216,5 +216,18 @@ def monitoring_table(records: list[BatchRecord], name: str) -> Table:
             _share(None if drift is None else drift.get("weighted_drift_share")),
             _plain(_quality_cell(record.get("quality"))),
             _plain(record.get("summary") or (record.get("reasons") or ["-"])[0]),
+        )
+    return table
+
+
+def feed_table(result: FeedSummary) -> Table:
+    """`reproml monitor --feed`: each file taken (its batch and verdict, or its labels' outcome)
+    or left for a later run, and why."""
+    table = Table(title=f"Production feed {result['feed']}")
+    for header in ("file", "kind", "batch", "outcome"):
+        table.add_column(header, overflow="fold")
+    for row in result["rows"]:
+        table.add_row(
+            _plain(row["file"]), row["kind"], _plain(row["batch_id"] or "-"), _plain(row["outcome"])
         )
     return table

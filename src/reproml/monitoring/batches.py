@@ -151,10 +151,15 @@ def read_file(path: Path) -> tuple[pd.DataFrame, str | None]:
     raise BatchError(f"--batch {path}: expected a .csv or .parquet file, got {suffix or 'no suffix'!r}")
 
 
+def file_batch_id(path: Path, md5: str) -> str:
+    """The id of the batch a file holds: its name and content (the feed checks it before reading)."""
+    return f"{safe_id(path.stem)}-{md5[:8]}"
+
+
 def from_file(path: Path, shown: str) -> Batch:
     md5 = file_md5(path)
     frame, error = read_file(path)
-    return Batch(f"{safe_id(path.stem)}-{md5[:8]}", frame, shown, md5, path, error)
+    return Batch(file_batch_id(path, md5), frame, shown, md5, path, error)
 
 
 UNDATED = (

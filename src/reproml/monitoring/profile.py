@@ -68,7 +68,9 @@ def sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
 
 def key(best: champion.Champion, params: Params) -> str:
     """`<run id>-<md5 of what the profile depends on>[:12]`."""
-    depends = {"format": FORMAT, "seed": params.seed, "monitor": params.monitor.model_dump(mode="json")}
+    # where batches arrive from (`monitor.feed`) changes no statistic: not part of the key
+    watched = params.monitor.model_dump(mode="json", exclude={"feed"})
+    depends = {"format": FORMAT, "seed": params.seed, "monitor": watched}
     digest = hashlib.md5(json.dumps(depends, sort_keys=True, default=str).encode()).hexdigest()
     return f"{best.run_id}-{digest[:12]}"
 

@@ -305,3 +305,46 @@ class BatchSummary(TypedDict, total=False):
     policy: str
     retrain_seconds: float
     champion_after: int | None
+
+
+class FeedEntry(TypedDict):
+    """One file the production feed took (`monitoring.feed`): a batch it monitored, or the labels it
+    attached to a batch taken earlier. Kept in `monitoring/<model>/feed.json` so a file is taken
+    exactly once: the same path with the same md5 is never read again."""
+
+    file: str  # relative to the project root: data/feed/2013-08-02.parquet
+    kind: str  # "batch" | "labels"
+    md5: str
+    size: int
+    mtime: float  # with the size: a file untouched since it was taken is not hashed again
+    taken_at: str  # UTC, ISO 8601
+    batch_id: str | None  # the batch monitored, or the batch the labels belong to
+    outcome: str  # the verdict, "labels attached", or "labels refused"
+    error: NotRequired[str]  # why labels could not be attached (taken all the same: never retried)
+
+
+class FeedLedger(TypedDict):
+    """Every file the feed of one model took, in the order it took them."""
+
+    taken: list[FeedEntry]
+
+
+class FeedRow(TypedDict):
+    """One line of a feed run's result (`reproml monitor --feed`, the monitoring flow in feed mode):
+    a file taken now, or one left for a later run and why."""
+
+    file: str
+    kind: str  # "batch" | "labels"
+    batch_id: str | None
+    outcome: str  # a verdict, "labels attached", "labels refused: ...", or why it was left
+
+
+class FeedSummary(TypedDict):
+    """What one feed run did: each batch's flow summary (the hand-off's `retrain` included), and a
+    row per file it took or left. `busy` when another feed run held the lock, so this one took nothing."""
+
+    feed: str
+    rows: list[FeedRow]
+    batches: list[BatchSummary]
+    busy: bool
+    refused: bool  # a file's content changed under a name already taken: a person must rename it

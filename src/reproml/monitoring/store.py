@@ -16,6 +16,8 @@ monitoring/README.md):
     reports/index.html            every batch: verdict, drift share, quality, links, a plot
     archive/<time>/               earlier outputs `reproml simulate` moved aside
     reference/<key>/              the champion's reference profile (reproml.monitoring.profile)
+    feed.json                     the production feed's ledger: every file taken (reproml.monitoring.feed)
+    feed/                         an S3 feed's objects, copied down to be taken (reproml.stores.s3)
 
 `monitoring/workspace/` (Evidently's UI) holds one project per model already.
 

@@ -1,5 +1,7 @@
 """What `reproml serve` deploys, as plain data: `monitoring/daily` runs the monitoring flow on a
-cron schedule (the next production batch each time); `training/on-demand` has no schedule and runs
+cron schedule (the next production batch each time), or, when params.yaml names a production feed
+(`monitor.feed`), `monitoring-feed/daily` takes every file that arrived there since its last run;
+`training/on-demand` has no schedule and runs
 when triggered (`prefect deployment run training/on-demand`, the UI, or the monitoring flow's
 hand-off). Both allow one run at a time. `flows/deploy.py` turns these into Prefect deployments.
 """
@@ -28,15 +30,30 @@ class DeploymentSpec:
 
 def deployment_specs(root: Path, cron: str = DAILY, every: str = "month") -> list[DeploymentSpec]:
     """The project's two deployments, their `root` the resolved project folder."""
+    from reproml.stages.common import load
+
     home = str(root.resolve())
-    return [
+    feed = load(root).monitor.feed
+    daily = (
         DeploymentSpec(
+            flow="monitoring-feed",
+            name="daily",
+            cron=cron,
+            parameters={"root": home},
+            description=f"Every new batch file of the feed {feed}, once, in time order, against the "
+            "champion; retrain verdicts start training; labels files attach to their batch.",
+        )
+        if feed
+        else DeploymentSpec(
             flow="monitoring",
             name="daily",
             cron=cron,
             parameters={"root": home, "every": every},
             description="The next production batch against the champion; retrain verdicts start training.",
-        ),
+        )
+    )
+    return [
+        daily,
         DeploymentSpec(
             flow="training",
             name="on-demand",

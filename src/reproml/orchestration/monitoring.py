@@ -3,11 +3,12 @@ flow's summary of a monitored batch (what the hand-off to the training flow read
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from reproml.monitoring.records import BatchRecord, BatchSummary
+    from reproml.monitoring.records import BatchRecord, BatchSummary, FeedSummary
 
 
 def next_batch(root: Path, every: str) -> str | None:
@@ -29,6 +30,25 @@ def monitor(root: Path, batch: str, backfill: bool = False) -> BatchRecord:
     from reproml.stages.monitor import run_monitor
 
     return run_monitor(root, batch, backfill=backfill)
+
+
+def feed(
+    root: Path,
+    judge: Callable[[Path, str], BatchRecord] | None = None,
+    hand_off: Callable[[BatchRecord], BatchSummary] | None = None,
+) -> FeedSummary:
+    """Every new file of the production feed, once, in time order (`reproml monitor --feed`):
+    each batch judged by `judge` (the flow's monitor task) and its record handed to `hand_off`
+    (the flow's retrain hand-off) before the next batch is judged; then the labels that arrived."""
+    from reproml.stages.monitor import run_feed
+
+    handed: list[BatchSummary] = []
+
+    def after(record: BatchRecord) -> None:
+        handed.append(hand_off(record) if hand_off is not None else summary(record))
+
+    run = run_feed(root, judge=judge, after=after)
+    return {"feed": run.feed, "rows": run.rows, "batches": handed, "busy": run.busy, "refused": run.refused}
 
 
 def summary(record: BatchRecord) -> BatchSummary:

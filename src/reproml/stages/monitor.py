@@ -7,15 +7,15 @@ calls `run_monitor` on a schedule; people call `reproml monitor --batch ...`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import cast
 
+from reproml import paths
 from reproml.config import Params
-from reproml.monitoring.records import BatchRecord
+from reproml.monitoring.records import BatchRecord, FeedRow
 from reproml.stages.common import load
-
-if TYPE_CHECKING:
-    from reproml.monitoring.records import BatchRecord
 
 
 def run_monitor(root: Path = Path("."), batch: str = "", backfill: bool = False) -> BatchRecord:
@@ -41,6 +41,93 @@ def run_labels(root: Path = Path("."), batch: str = "", labels: str = "") -> Bat
     if not batch or not labels:
         raise ReproError("--labels needs --batch: the id (or period) of the batch these labels belong to")
     return add_labels(root, load(root), batch, labels)
+
+
+@dataclass(frozen=True)
+class FeedRun:
+    """One feed run: every file taken or left (a row each), the records of the batches monitored
+    now, whether another run held the feed (then nothing was taken), and whether a file was refused."""
+
+    feed: str
+    rows: list[FeedRow] = field(default_factory=list)
+    records: list[BatchRecord] = field(default_factory=list)
+    busy: bool = False
+    refused: bool = False
+
+
+def run_feed(
+    root: Path = Path("."),
+    judge: Callable[[Path, str], BatchRecord] | None = None,
+    after: Callable[[BatchRecord], object] | None = None,
+    settle: float | None = None,
+) -> FeedRun:
+    """Take every new file of the feed folder (`monitor.feed`) once: batches in time order, each
+    monitored by `judge` (default `run_monitor`) and handed to `after` (the monitoring flow's
+    hand-off: a retrain verdict trains before the next batch is judged), then labels files, each
+    attached to its batch (`run_labels`). The ledger is written after each file, so a run that
+    stops (an error that is not the file's: no champion, a locked store) keeps what it took and
+    the file it stopped at waits for the next run.
+
+    A batch whose record already exists (monitored by hand, or by a run that stopped before its
+    ledger line) is entered in the ledger without being monitored again.
+    """
+    from reproml.io import read_json
+    from reproml.monitoring import batches, feed, store
+    from reproml.monitoring.labels import LabelsError
+    from reproml.stores import s3
+
+    params = load(root)
+    name = params.register_.model_name
+    source = params.monitor.feed
+    remote = s3.is_s3(source)
+    folder = root / feed.inbox(name) if remote else feed.folder(root, source)
+    shown = str(source) if remote else paths.relative(folder, root)
+    monitor_one = judge or (lambda home, spec: run_monitor(home, spec))
+    with feed.feed_lock(root, name) as held:
+        if not held:
+            return FeedRun(shown, busy=True)
+        if remote:
+            s3.mirror(str(source), folder, feed.wanted)
+        ledger = feed.read_ledger(root, name)
+        found = feed.scan(root, folder, ledger, params.data.time_column,
+                          feed.SETTLE_SECONDS if settle is None else settle)  # fmt: skip
+        run = FeedRun(shown, refused=bool(found.refused))
+        for arrival in found.batches:
+            batch_id = batches.file_batch_id(arrival.path, arrival.md5)
+            done = root / store.record_path(name, batch_id)
+            note = ""
+            if done.is_file():
+                record = cast(BatchRecord, read_json(done))
+                note = " (monitored earlier; not handed on again)"
+            else:
+                record = monitor_one(root, arrival.file)
+            entry = arrival.entry(record["batch_id"], record.get("verdict", "?"))
+            ledger["taken"].append(entry)
+            feed.write_ledger(root, name, ledger)
+            run.rows.append(feed.taken_row(entry, note))
+            if not note:
+                run.records.append(record)
+                if after is not None:
+                    after(record)
+        for arrival in found.labels:
+            batch = feed.labelled_batch(ledger, arrival)
+            if batch is None or batch["batch_id"] is None:
+                run.rows.append(feed.waiting(arrival))
+                continue
+            record_file = root / store.record_path(name, batch["batch_id"])
+            earlier = read_json(record_file).get("labels") if record_file.is_file() else None
+            error = None
+            if not (earlier and earlier.get("md5") == arrival.md5):
+                try:
+                    run_labels(root, batch["batch_id"], arrival.file)
+                except (LabelsError, batches.BatchError, ValueError) as exc:
+                    error = str(exc)  # taken all the same: these labels will not fit on a retry
+            entry = arrival.entry(batch["batch_id"], "labels refused" if error else "labels attached", error)
+            ledger["taken"].append(entry)
+            feed.write_ledger(root, name, ledger)
+            run.rows.append(feed.taken_row(entry))
+        run.rows.extend(found.refused + found.left)
+    return run
 
 
 def check_undated_period(root: Path, batch: str, params: Params) -> None:
