@@ -67,6 +67,8 @@ def dask_client(
                 processes=processes,
                 host="127.0.0.1" if processes else None,  # threads talk in-process, not over TCP
                 dashboard_address=None,
+                # no dashboard; the scheduler's health and metrics routes on a free local port, not 8787
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
             ) as cluster,
             Client(cluster, set_as_default=False) as local,  # type: ignore[no-untyped-call]
         ):
