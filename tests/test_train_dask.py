@@ -86,6 +86,20 @@ def test_binary_fit_on_dask_scores_like_the_local_fit_and_is_an_ordinary_model(
     assert dask.pipeline.predict_proba(raw_rows()).shape == (5, 2)
 
 
+def test_one_parquet_file_is_spread_over_every_worker(client: Client, tmp_path: Path) -> None:
+    """The prepared split is one file of one row group: cut and placed so that each worker boosts
+    on a share of the rows (left to the scheduler, both pieces stay where the file was read)."""
+    from reproml.features import build_preprocessor
+
+    train, _, train_path, _ = _split_files(tmp_path, tiny_frame(800, seed=7))
+    prep = build_preprocessor(SPEC, "xgboost", 64).fit(train[SPEC.input_columns])
+    X, y = fitting_dask._partitions(client, train_path, prep, SPEC, "y", None, at_least=2)
+    assert X.shape == (len(train), 6) and y.shape == (len(train),)
+    held = client.has_what()
+    assert len(held) == 2 and all(held.values())
+    np.testing.assert_array_equal(y.compute(scheduler=client.get), train["y"].to_numpy())
+
+
 def test_regression_on_dask_is_as_good_as_the_local_fit(client: Client, tmp_path: Path) -> None:
     params = make_params("xgboost", task="regression", xgboost={"n_estimators": 200, "learning_rate": 0.1})
     local, dask, valid = _both(client, tmp_path, tiny_frame(2000, seed=4, task="regression"), params, SPEC)
