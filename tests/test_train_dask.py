@@ -95,7 +95,7 @@ def test_one_parquet_file_is_spread_over_every_worker(client: Client, tmp_path: 
     prep = build_preprocessor(SPEC, "xgboost", 64).fit(train[SPEC.input_columns])
     X, y = fitting_dask._partitions(client, train_path, prep, SPEC, "y", None, at_least=2)
     assert X.shape == (len(train), 6) and y.shape == (len(train),)
-    held = client.has_what()
+    held = client.has_what()  # type: ignore[no-untyped-call]
     assert len(held) == 2 and all(held.values())
     np.testing.assert_array_equal(y.compute(scheduler=client.get), train["y"].to_numpy())
 
