@@ -181,6 +181,15 @@ def test_the_scheduler_address_comes_from_the_environment(monkeypatch: pytest.Mo
         assert cluster.status.name == "running"
 
 
+def test_a_scheduler_without_workers_is_a_clear_error() -> None:
+    with (
+        LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster,  # type: ignore[no-untyped-call]
+        dask_client(address=cluster.scheduler_address) as connected,
+        pytest.raises(ReproError, match=r"has no workers after 0\.5 s"),
+    ):
+        fitting_dask.wait_for_a_worker(connected, timeout_s=0.5)
+
+
 def test_an_unreachable_scheduler_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     address = f"tcp://127.0.0.1:{free_port()}"
     monkeypatch.setenv(fitting_dask.SCHEDULER_ENV, address)

@@ -93,6 +93,20 @@ def n_workers(client: Client) -> int:
     return len(client.scheduler_info().get("workers", {}))
 
 
+def wait_for_a_worker(client: Client, timeout_s: float = CONNECT_TIMEOUT_S) -> int:
+    """The number of workers, once there is one: a scheduler without workers would take the job
+    and never run it, so after `timeout_s` that is a ReproError naming the scheduler."""
+    try:
+        client.wait_for_workers(1, timeout=timeout_s)
+    except TimeoutError:
+        raise ReproError(
+            f"the Dask scheduler at {client.scheduler.address if client.scheduler else '?'} has no "
+            f"workers after {timeout_s} s: start some (`dask worker <address>`), or unset "
+            f"{SCHEDULER_ENV} to train on a LocalCluster started for the run"
+        ) from None
+    return n_workers(client)
+
+
 def _transformed(
     part: pd.DataFrame,
     prep: Any,
@@ -183,7 +197,7 @@ def fit_model_dask(
     if order is not None:  # ClassLabels' checks, before the cluster does any work
         ClassLabels(None, order).training_codes(local_train[target].to_numpy())
     del local_train
-    workers = max(n_workers(client), 1)
+    workers = wait_for_a_worker(client)
     X_train, y_train = _partitions(client, train_path, prep, spec, target, order, workers)
     X_valid, y_valid = _partitions(client, valid_path, prep, spec, target, order, workers)
 
