@@ -176,7 +176,12 @@ ThresholdRule = Literal["f1", "cost"]
 
 
 class TrainParams(_Section):
+    """The final fit. `backend: dask` trains `xgboost` with `xgboost.dask` on the Dask scheduler at
+    `DASK_SCHEDULER_ADDRESS` (the team stack's), or on a LocalCluster started for the run when it is
+    unset (`reproml.fitting_dask`); the model it returns is the same kind the local fit returns."""
+
     model: ModelName = "xgboost"
+    backend: Literal["local", "dask"] = "local"
     n_jobs: PositiveInt = 2
     # classification: refit the probabilities on the validation split (sklearn CalibratedClassifierCV)
     calibration: Calibration = "none"
@@ -184,6 +189,14 @@ class TrainParams(_Section):
     random_forest: RandomForestParams = RandomForestParams()
     hist_gradient_boosting: HistGradientBoostingParams = HistGradientBoostingParams()
     linear: LinearParams = LinearParams()
+
+    @model_validator(mode="after")
+    def _dask_trains_xgboost(self) -> TrainParams:
+        if self.backend == "dask" and self.model != "xgboost":
+            raise ValueError(
+                f"train.backend 'dask' trains xgboost only (xgboost.dask), got train.model={self.model!r}"
+            )
+        return self
 
 
 PrunerName = Literal["none", "median", "successive_halving", "hyperband"]

@@ -48,13 +48,27 @@ class ClassLabels(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
 
         return encode(np.asarray(y), list(self.classes))
 
-    def fit(self, X: Any, y: Any, **fit_params: Any) -> ClassLabels:
+    def training_codes(self, y: Any) -> np.ndarray:
+        """Training labels as codes, refusing a class with no rows (see the class docstring)."""
         codes = self.encode(y)
         missing = [self.classes[k] for k in sorted(set(range(len(self.classes))) - set(codes.tolist()))]
         if missing:
             raise ValueError(
                 f"classes {missing} have no training rows; every class in {list(self.classes)} needs some"
             )
+        return codes
+
+    @classmethod
+    def around(cls, fitted: Any, classes: Sequence[Any]) -> ClassLabels:
+        """A fitted ClassLabels over `fitted`, an estimator already fit on the codes of `classes`
+        elsewhere (`fitting_dask` boosts on a Dask cluster and brings the booster back)."""
+        wrapped = cls(fitted, classes)
+        wrapped.classes_ = np.asarray(list(classes))
+        wrapped.estimator_ = fitted
+        return wrapped
+
+    def fit(self, X: Any, y: Any, **fit_params: Any) -> ClassLabels:
+        codes = self.training_codes(y)
         if "eval_set" in fit_params:
             fit_params["eval_set"] = [
                 (X_eval, self.encode(y_eval)) for X_eval, y_eval in fit_params["eval_set"]

@@ -153,7 +153,21 @@ def run_train(root: Path = Path(".")) -> dict[str, Any]:
         for name, frame, context in (("train", train, "training"), ("test", test, "testing")):
             path = str(paths.split_file(name))
             models.log_dataset(run_id, frame, name, path, data_md5[path], context)
-        trained = fit_model(train, valid, spec, params, classes)
+        if params.train.backend == "dask":
+            from reproml.fitting_dask import dask_client, fit_model_dask, n_workers
+
+            with dask_client() as client:
+                runs.log_batch(run_id, tags={"reproml.dask_workers": str(n_workers(client))})
+                trained = fit_model_dask(
+                    client,
+                    root / paths.split_file("train"),
+                    root / paths.split_file("valid"),
+                    spec,
+                    params,
+                    classes,
+                )
+        else:
+            trained = fit_model(train, valid, spec, params, classes)
         served, decided = decisions.decide(
             trained.pipeline,
             valid,
