@@ -252,3 +252,24 @@ def test_a_noisy_equal_challenger_has_an_interval_including_zero_and_is_refused(
     assert result.improvement is not None and result.improvement > 0, result.reason
     assert result.interval is not None and result.interval[0] <= 0.0 < result.interval[1]
     assert "includes 0" in result.reason
+
+
+def test_a_multiclass_shadow_is_compared_on_its_probability_columns() -> None:
+    from reproml.monitoring import scores
+
+    rng = np.random.default_rng(5)
+    classes = ["a", "b", "c"]
+    y = rng.choice(classes, size=600)
+    truth = (y[:, None] == np.array(classes)[None, :]).astype(float)
+    sharp = (truth * 2 + rng.uniform(size=(600, 3))) / 3
+    blurred = (truth * 0.5 + rng.uniform(size=(600, 3))) / 1.5
+    stored = scores.columns(blurred / blurred.sum(axis=1, keepdims=True), classes)
+    challenger = scores.columns(sharp / sharp.sum(axis=1, keepdims=True), classes).add_prefix(shadow.PREFIX)
+    challenger[shadow.VERSION_COLUMN] = 7
+    stored = pd.concat([stored.assign(y=y, champion_version=6), challenger], axis=1)
+    found = shadow.compare(stored, "y", metric_spec(None, "multiclass"), classes, 200)
+    assert found["metric"] == "roc_auc_ovr" and found["version"] == 7 and found["labelled_rows"] == 600
+    assert found["value"] is not None and found["champion_value"] is not None
+    assert found["value"] > found["champion_value"] and found["delta"] == pytest.approx(
+        found["value"] - found["champion_value"]
+    )

@@ -8,6 +8,10 @@ and as tags on the model version.
 
 A version is created, and a model loaded, only after `reproml.provenance` has shown its files to
 be the ones a run of this project logged.
+
+The gate's rows are the test split (plus the newest labelled window), or with production evidence
+(`promote.evidence: production`) the labelled batches the challenger scored as a shadow beside the
+champion (`reproml.monitoring.shadow`): the same rules on other rows, and the record says which.
 """
 
 from __future__ import annotations

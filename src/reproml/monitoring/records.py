@@ -329,6 +329,7 @@ class BatchSummary(TypedDict, total=False):
     champion: ChampionRef
     labelled: str | None
     estimate: EstimateRecord | None  # the quality estimated without labels (CBPE / DLE)
+    shadow: ShadowRecord | None  # the shadow challenger beside the champion (`monitoring.shadow`)
     retrain: TrainingSummary | None
     policy: str
     retrain_seconds: float

@@ -291,7 +291,8 @@ def _shadow_scores(job: _Judging, frame: pd.DataFrame, record: records.BatchReco
     best = job.best
     with job.clock.step("shadow challenger"):
         try:
-            found = shadow.load_challenger(best.name, job.experiment_id, best.version)
+            parent = best.refit_of["version"] if best.refit_of else None
+            found = shadow.load_challenger(best.name, job.experiment_id, best.version, parent)
             if found is None:
                 return None
             return shadow.score(found, frame, best.task, best.classes)

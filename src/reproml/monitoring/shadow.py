@@ -70,16 +70,19 @@ class Challenger:
         return [str(c) for c in self.model.feature_names_in_]
 
 
-def load_challenger(name: str, experiment_id: str, champion_version: int) -> Challenger | None:
-    """The `challenger` version of model `name`, or None when there is none or it is the champion
-    (a promoted version keeps its challenger alias until the next registration).
+def load_challenger(
+    name: str, experiment_id: str, champion_version: int, refit_of: int | None = None
+) -> Challenger | None:
+    """The `challenger` version of model `name`, or None when there is none, or it is the champion
+    (a promoted version keeps its challenger alias until the next registration), or the version
+    the champion refits (`refit_of`: promoted, then refit on its whole window; no longer a candidate).
 
     `provenance.load_model_version` refuses files from outside the project or changed since their
     run logged them, before deserialising: the same gate the champion passes."""
     from reproml import provenance, registry
 
     version = registry.alias_version(name, registry.CHALLENGER)
-    if version is None or int(version.version) == int(champion_version):
+    if version is None or int(version.version) in (int(champion_version), refit_of):
         return None
     model = provenance.load_model_version(version, experiment_id)
     return Challenger(int(version.version), version.run_id, model)
