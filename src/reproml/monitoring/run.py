@@ -57,6 +57,7 @@ from reproml.monitoring import (
     workspace,
 )
 from reproml.monitoring.profile import sample
+from reproml.redaction import scrub
 
 if TYPE_CHECKING:
     from reproml.metrics import MetricSpec
@@ -250,7 +251,8 @@ def _new_record(job: _Judging, backfill: bool) -> records.BatchRecord:
 def _score_batch(
     job: _Judging, frame: pd.DataFrame, schema: quality.Schema, record: records.BatchRecord
 ) -> np.ndarray:
-    """The champion's scores of every row, written (with time and label) to the predictions folder."""
+    """The champion's scores of every row, written (with time and label) to the predictions folder,
+    with the shadow challenger's beside them when one waits (and `record["shadow"]` compares them)."""
     from reproml.scoring import predict_scores
 
     best = job.best
@@ -273,8 +275,9 @@ def _score_batch(
     write_parquet(target, stored)
     record["predictions"] = str(target.relative_to(job.root))
     if challenger is not None:
-        record["shadow"] = shadow.compare(stored, best.target, _gate_metric(job.params, best.task),
-                                          best.classes, job.params.monitor.min_rows)  # fmt: skip
+        with _never_fatal(record):
+            record["shadow"] = shadow.compare(stored, best.target, _gate_metric(job.params, best.task),
+                                              best.classes, job.params.monitor.min_rows)  # fmt: skip
     return scored
 
 
@@ -289,16 +292,23 @@ def _shadow_scores(job: _Judging, frame: pd.DataFrame, record: records.BatchReco
     """The shadow challenger's score columns for every row, or None: no challenger, or one that
     cannot score the batch (why goes to `shadow_skipped`; the champion's monitoring goes on)."""
     best = job.best
-    with job.clock.step("shadow challenger"):
-        try:
-            parent = best.refit_of["version"] if best.refit_of else None
-            found = shadow.load_challenger(best.name, job.experiment_id, best.version, parent)
-            if found is None:
-                return None
-            return shadow.score(found, frame, best.task, best.classes)
-        except Exception as exc:  # provenance, MLflow, a model failing to predict: none stops monitoring
-            record["shadow_skipped"] = f"{type(exc).__name__}: {exc}"
-            return None
+    with job.clock.step("shadow challenger"), _never_fatal(record):
+        parent = best.refit_of["version"] if best.refit_of else None
+        found = shadow.load_challenger(best.name, job.experiment_id, best.version, parent)
+        return None if found is None else shadow.score(found, frame, best.task, best.classes)
+    return None  # it raised: `_never_fatal` kept why
+
+
+@contextmanager
+def _never_fatal(record: records.BatchRecord) -> Iterator[None]:
+    """The shadow challenger's errors end its part only: provenance, MLflow, a model that fails to
+    predict, labels its metric cannot read. Why is kept in `shadow_skipped` (scrubbed: an MLflow
+    error may quote a tracking URI), and the champion's monitoring goes on."""
+    try:
+        yield
+    except Exception as exc:
+        record["shadow"] = None
+        record["shadow_skipped"] = scrub(f"{type(exc).__name__}: {exc}")
 
 
 def _samples(
