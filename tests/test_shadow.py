@@ -9,7 +9,9 @@ build predictions files by hand to check the pooling and the interval rule witho
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -19,9 +21,12 @@ import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
 
 from reproml import gate, registry
+from reproml.cli import app
 from reproml.config import PromoteParams
+from reproml.errors import ConfigError
 from reproml.metrics import metric_spec
 from reproml.monitoring import shadow, store
 from reproml.monitoring.labels import add_labels
@@ -120,8 +125,18 @@ def test_the_shadow_is_logged_side_by_side_and_production_evidence_promotes_a_cl
 
 
 @pytest.mark.integration
-def test_without_labelled_evidence_nothing_is_promoted_until_the_labels_arrive(project: Path) -> None:
-    nothing = promote_on_production(project)
+def test_without_labelled_evidence_nothing_is_promoted_until_the_labels_arrive(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError, match="--evidence 'both'"):
+        run_promote(project, evidence="both")
+    monkeypatch.chdir(project)
+    # the CLI points TMPDIR inside the project (reproml.env.keep_inside): undo that after the test
+    monkeypatch.setenv("TMPDIR", os.environ.get("TMPDIR", tempfile.gettempdir()))
+    monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)
+    result = CliRunner().invoke(app, ["promote", "--evidence", "production"])
+    assert result.exit_code == 0 and "reject" in result.output, result.output
+    nothing = cast(dict[str, Any], registry.history(project)[-1])
     assert nothing["action"] == "reject" and "not enough evidence" in nothing["reason"]
     assert nothing["production"]["rows"] == 0 and nothing["production"]["batches"] == []
     assert "gate" not in nothing
