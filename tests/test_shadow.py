@@ -32,6 +32,7 @@ from reproml.monitoring import shadow, store
 from reproml.monitoring.labels import add_labels
 from reproml.report import registry_table, verdict_table
 from reproml.stages.common import load
+from reproml.stages.refit import run_refit
 from reproml.stages.register import run_promote
 from reproml.stores.mlflow import connection
 from tests.conftest import tiny_frame
@@ -122,6 +123,12 @@ def test_the_shadow_is_logged_side_by_side_and_production_evidence_promotes_a_cl
     after = monitor(project, batch(seed=11, day=1), "july-2")
     assert after["shadow"] is None and "shadow_skipped" not in after
     assert "challenger_prediction" not in pd.read_parquet(project / after["predictions"]).columns
+    # refit on its whole window, v3 is the champion; v2, still aliased challenger, is what it refits
+    run_refit(project)
+    assert aliases() == (3, 2)
+    refitted = monitor(project, batch(seed=12, day=2), "july-3")
+    assert refitted["champion"]["version"] == 3
+    assert refitted["shadow"] is None and "shadow_skipped" not in refitted
 
 
 @pytest.mark.integration
