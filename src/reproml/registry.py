@@ -490,7 +490,11 @@ def _on_production(
     """The gate on production evidence: the labelled rows of every batch the challenger scored
     beside the champion (`monitoring.shadow.pool`), both models' scores as monitoring stored them,
     judged by the same `decide` as the test split. Fewer than `rules.min_rows` such rows (or no
-    champion to compare against) is not enough evidence: rejected, saying so."""
+    champion to compare against) is not enough evidence: rejected, saying so. The champion is the
+    one that served those batches, a refit too (no stand-in as on the test split: neither model
+    learned production rows monitored after both were trained). Nothing is loaded or scored here:
+    the challenger's files were verified above, and both models' scores are the ones monitoring
+    stored."""
     from reproml.monitoring import scores, shadow
 
     said = f"production evidence for challenger v{challenger.version}"
