@@ -103,12 +103,10 @@ def test_the_shadow_is_logged_side_by_side_and_production_evidence_promotes_a_cl
     decided = promote_on_production(project)
     assert decided["action"] == "promote", decided["reason"]
     assert decided["evidence"] == "production"
-    assert decided["production"] == {
-        "challenger": 2,
-        "champion": 1,
-        "batches": [record["batch_id"]],
-        "rows": 1000,
-    }
+    production = decided["production"]
+    assert production["batches"] == [record["batch_id"]] and production["rows"] == 1000
+    assert (production["challenger"], production["champion"], production["overlapping"]) == (2, 1, [])
+    assert production["learned_until"] < record["batch_start"]  # v2 learned only rows before the batch
     assert set(decided["eval_data"]) == {record["predictions"]}
     numbers = decided["gate"]
     assert numbers["rows"] == 1000 and numbers["improvement"] > numbers["margin"]
@@ -230,7 +228,9 @@ def stored_frame(rows: int, seed: int, noise: float, challenger: int = 2, champi
     )
 
 
-def write_batch(root: Path, batch_id: str, seq: int, frame: pd.DataFrame) -> None:
+def write_batch(
+    root: Path, batch_id: str, seq: int, frame: pd.DataFrame, start: str = "2022-07-01T00:00:00"
+) -> None:
     path = store.predictions(NAME) / f"{batch_id}.parquet"
     (root / path).parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(root / path, index=False)
@@ -238,6 +238,7 @@ def write_batch(root: Path, batch_id: str, seq: int, frame: pd.DataFrame) -> Non
     record: Any = {
         "batch_id": batch_id,
         "seq": seq,
+        "batch_start": start,
         "champion": {"name": NAME, "version": int(frame["champion_version"].iloc[0])},
         "predictions": str(path),
         "shadow": shadow.compare(frame, "y", spec, None, 200),
@@ -253,10 +254,19 @@ def test_the_pool_takes_only_batches_this_challenger_shadowed_for_this_champion(
     unlabelled["y"] = np.nan
     write_batch(tmp_path, "d", 4, unlabelled)
     write_batch(tmp_path, "e", 5, stored_frame(900, 5, 0.05))
-    pooled = shadow.pool(tmp_path, NAME, 2, 1, "y", sample_rows=500, seed=0)
+    backfilled = "2022-05-31T23:00:00+00:00"  # monitored late: it starts inside what a model learned
+    write_batch(tmp_path, "f", 6, stored_frame(300, 6, 0.05), start=backfilled)
+    pooled = shadow.pool(tmp_path, NAME, 2, 1, "y", 500, 0, learned_until="2022-06-01T00:00:00")
     assert pooled.batches == ["a", "e"] and pooled.rows == 300 + 500  # e sampled to sample_rows
     assert set(pooled.sources) == {f"monitoring/{NAME}/predictions/{b}.parquet" for b in ("a", "e")}
-    assert pooled.to_dict() == {"challenger": 2, "champion": 1, "batches": ["a", "e"], "rows": 800}
+    assert pooled.to_dict() == {
+        "challenger": 2,
+        "champion": 1,
+        "batches": ["a", "e"],
+        "rows": 800,
+        "learned_until": "2022-06-01T00:00:00",
+        "overlapping": ["f"],
+    }
     unscored = shadow.compare(unlabelled, "y", metric_spec(None, "classification"), None, 200)
     assert unscored["labelled_rows"] == 0 and unscored["value"] is None
 

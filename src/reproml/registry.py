@@ -506,7 +506,14 @@ def _on_production(
             "promote the first model on the test split (`reproml promote --evidence test`)",
         }
     pooled = shadow.pool(
-        root, name, challenger.number, champion.number, rules.target, rules.sample_rows, rules.seed
+        root,
+        name,
+        challenger.number,
+        champion.number,
+        rules.target,
+        rules.sample_rows,
+        rules.seed,
+        learned_until=_learned_until(challenger, champion),
     )
     found: DecisionRecord = {
         "evidence": "production",
@@ -521,6 +528,11 @@ def _on_production(
         if count
         else f"no labelled batch was scored by both {both}"
     )
+    if pooled.overlapping:
+        where += (
+            f" ({len(pooled.overlapping)} more left out: they start by {pooled.learned_until}, "
+            "inside what a model learned)"
+        )
     if pooled.rows < rules.min_rows:
         hint = "monitor labelled batches, or add late labels with `reproml monitor --batch ID --labels FILE`"
         return found | {
@@ -538,6 +550,16 @@ def _on_production(
         "reason": f"on production evidence ({where}): {result.reason}",
         "gate": result.to_dict(),
     }
+
+
+def _learned_until(*models: Version) -> str | None:
+    """The newest row any of `models` learned (their `reproml.learned` tags), ISO; None if unknown."""
+    lasts = []
+    for version in models:
+        what = learned.parse((version.tags or {}).get(learned.TAG), f"version {version.version}")
+        if what and what.get("last"):
+            lasts.append(str(what["last"]))
+    return max(lasts, key=lambda text: pd.Timestamp(text).value) if lasts else None
 
 
 def rollback(root: Path, name: str, reason: str) -> DecisionRecord:

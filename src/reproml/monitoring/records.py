@@ -272,6 +272,8 @@ class ProductionEvidenceRecord(TypedDict):
     champion: int
     batches: list[str]
     rows: int
+    learned_until: str | None  # the newest row either model learned (ISO); None: undated data
+    overlapping: list[str]  # shadowed batches left out: they start inside what was learned
 
 
 class BatchRecord(TypedDict, total=False):

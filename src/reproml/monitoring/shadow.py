@@ -176,6 +176,8 @@ class Pooled:
     sources: dict[str, str]  # predictions file -> md5
     challenger: int
     champion: int
+    learned_until: str | None = None  # the newest row either model learned
+    overlapping: tuple[str, ...] = ()  # shadowed batches left out: they start inside what was learned
 
     @property
     def rows(self) -> int:
@@ -187,6 +189,8 @@ class Pooled:
             "champion": self.champion,
             "batches": list(self.batches),
             "rows": self.rows,
+            "learned_until": self.learned_until,
+            "overlapping": list(self.overlapping),
         }
 
 
@@ -198,18 +202,28 @@ def pool(
     target: str,
     sample_rows: int,
     seed: int,
+    learned_until: str | None = None,
 ) -> Pooled:
     """The labelled rows of every batch of model `name` that challenger v`challenger` scored beside
     champion v`champion` (by the record and by the file's own version columns, so a batch monitored
     again under other versions is not counted), oldest batch first, each batch's labelled rows
     sampled to `sample_rows` as its labelled window is (a million rows would make the bootstrap
-    slow without making it surer)."""
+    slow without making it surer).
+
+    A batch that starts at or before `learned_until` (the newest row either model learned) is left
+    out and named in `overlapping`: a batch monitored late (`--backfill`) may hold rows one of the
+    models was trained on, and a model judged on its own training rows looks better than it is."""
     from reproml.monitoring.profile import sample
 
-    frames, batches, sources = [], [], {}
+    frames, batches, sources, overlapping = [], [], {}, []
+    limit = None if learned_until is None else _utc(learned_until)
     for record in store.history(root, name):
         path = _shadowed(record, challenger, champion)
         if path is None or not (root / path).is_file():
+            continue
+        start = record.get("batch_start")
+        if limit is not None and start and _utc(start) <= limit:
+            overlapping.append(record["batch_id"])
             continue
         stored = pd.read_parquet(root / path)
         versions_match = (
@@ -227,7 +241,13 @@ def pool(
         batches.append(record["batch_id"])
         sources[path] = file_md5(root / path)
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return Pooled(frame, batches, sources, challenger, champion)
+    return Pooled(frame, batches, sources, challenger, champion, learned_until, tuple(overlapping))
+
+
+def _utc(text: str) -> pd.Timestamp:
+    """A record's ISO time, comparable whether it was written with a zone or without (UTC)."""
+    stamp = pd.Timestamp(text)
+    return stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo is not None else stamp
 
 
 def _shadowed(record: BatchRecord, challenger: int, champion: int) -> str | None:
