@@ -231,13 +231,18 @@ def register() -> None:
 def promote(
     version: int | None = typer.Option(None, help="Force this version to champion (needs --reason)."),
     reason: str | None = typer.Option(None, help="Why a forced promotion skips the gate (recorded)."),
+    evidence: str | None = typer.Option(
+        None,
+        help="test: judge on the test split (+ newest labelled window); production: on the labelled "
+        "batches the challenger scored as a shadow beside the champion. Default: promote.evidence.",
+    ),
 ) -> None:
     """Gate the challenger against the champion; move `champion` only if it is clearly better."""
     from reproml.retrain import Promotion
     from reproml.stages.register import run_promote
 
     def decide(root: Path) -> Promotion:
-        record = run_promote(root, version=version, reason=reason)
+        record = run_promote(root, version=version, reason=reason, evidence=evidence)
         # the full record (gate numbers, slices) is in the file; the terminal gets the verdict
         return {
             "action": record.get("action"),

@@ -367,6 +367,9 @@ AUTO_SLICE = "auto"  # promote.slice_column: the data's own slice column (bundle
 BUNDLED_SLICE = "origin"
 
 
+Evidence = Literal["test", "production"]
+
+
 class PromoteParams(_Section):
     """The promotion gate: when a challenger may replace the champion.
 
@@ -381,9 +384,16 @@ class PromoteParams(_Section):
     bundled flights, no slices for your own data; `Params` resolves it. A column named here must be
     a column of the data in use (`ingest` and `reproml promote` check it before any work); null
     judges no slices.
+
+    `evidence` says which rows the gate scores: `test` (the frozen test split plus the newest
+    labelled production window), or `production`: the labelled rows of every batch monitored while
+    the challenger was scored beside the champion as a shadow (`reproml.monitoring.shadow`), at
+    least `monitor.min_rows` of them, with the same margin, interval and slice rules.
+    `reproml promote --evidence` overrides it for one decision.
     """
 
     metric: str | None = None  # null: ROC-AUC for classification, RMSE for regression
+    evidence: Evidence = "test"
     margin: Annotated[float, Field(ge=0.0)] = 0.002
     confidence: Fraction = 0.95
     bootstrap_samples: Annotated[int, Field(ge=100)] = 500

@@ -1,7 +1,9 @@
 """The promotion gate: does a challenger model replace the champion?
 
 The registry scores both models on the same rows (the frozen test split, plus the newest labelled
-production window when there is one) and hands the arrays here; this module only decides. Rules,
+production window when there is one; or, on production evidence, the labelled batches both scored
+while the challenger ran as a shadow, `monitoring.shadow`) and hands the arrays here; this module
+only decides. Rules,
 in order, each with a sentence that says why:
 
 1. no rows -> reject;

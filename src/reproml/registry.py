@@ -8,6 +8,10 @@ and as tags on the model version.
 
 A version is created, and a model loaded, only after `reproml.provenance` has shown its files to
 be the ones a run of this project logged.
+
+The gate's rows are the test split (plus the newest labelled window), or with production evidence
+(`promote.evidence: production`) the labelled batches the challenger scored as a shadow beside the
+champion (`reproml.monitoring.shadow`): the same rules on other rows, and the record says which.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ import pandas as pd
 
 from reproml import learned, paths, provenance
 from reproml.errors import ReproError
-from reproml.gate import GateRecord
+from reproml.gate import GateRecord, GateResult
 from reproml.io import file_lock, file_md5, read_json, write_json
 from reproml.monitoring import store
+from reproml.monitoring.records import ProductionEvidenceRecord
 from reproml.redaction import scrub, scrub_obj
 from reproml.stores.mlflow import runs, versions
 from reproml.stores.mlflow.connection import MlflowError
@@ -185,6 +190,8 @@ class DecisionRecord(TypedDict, total=False):
     gate: GateRecord  # gate.GateResult.to_dict()
     champion_judged_as: VersionRef | None  # a refit champion's parent, which the gate scored
     eval_data: dict[str, str]  # path -> md5 of the rows both models were scored on
+    evidence: str  # test (the test split, + newest labelled window) or production (shadow batches)
+    production: ProductionEvidenceRecord  # with evidence production: the batches and rows pooled
     status: str
     error: str
     aliases_after: dict[str, int | None]
@@ -382,6 +389,7 @@ def promote(
     version: int | None = None,
     reason: str | None = None,
     action: str = "force",
+    production: ProductionRules | None = None,
 ) -> DecisionRecord:
     """Run the gate (or force `version` with `reason`) and move aliases only if the champion is
     still the one that was judged; every outcome is recorded. `action` names a forced move in the
@@ -389,7 +397,8 @@ def promote(
     version refit on the whole window).
 
     `decide(y, challenger_scores, champion_scores, slices) -> GateResult` is the gate, passed in
-    so this function holds only the registry's side of the rule.
+    so this function holds only the registry's side of the rule. With `production` the gate judges
+    the rows the challenger scored as a shadow in production (`_on_production`), not the test split.
     """
     if version is not None and not reason:
         raise RegistryError("a forced promotion needs --reason")
@@ -421,6 +430,9 @@ def promote(
         said = str(reason) if action == "refit" else f"forced by {getpass.getuser()}: {reason}"
         record |= {"action": action, "reason": said}
         promote_it = True
+    elif production is not None:
+        record |= _on_production(root, name, challenger, champion, decide, production)
+        promote_it = record["action"] == "promote"
     else:
         schema = read_json(root / paths.SCHEMA)
         data = eval_data(root, name, schema.get("time_column"))
@@ -436,6 +448,7 @@ def promote(
             "reason": result.reason + (f" ({note})" if note else ""),
             "gate": result.to_dict(),
             "eval_data": data.sources,
+            "evidence": "test",
         }
         if note:
             record["champion_judged_as"] = _describe(judged)
@@ -451,6 +464,102 @@ def promote(
             promote_it = False
         move = (lambda: _move_aliases(name, challenger, champion)) if promote_it else None
         return _decide(root, name, record, move)
+
+
+@dataclass(frozen=True)
+class ProductionRules:
+    """How production evidence is gathered (`promote.evidence: production`): the target column, the
+    class order of multiclass scores (the gate's `labels`), the fewest labelled rows that count as
+    evidence (`monitor.min_rows`), and each batch's sample (`monitor.sample_rows`, `seed`)."""
+
+    target: str
+    min_rows: int
+    sample_rows: int
+    seed: int
+    classes: list[Any] | None = None
+
+
+def _on_production(
+    root: Path,
+    name: str,
+    challenger: Version,
+    champion: Version | None,
+    decide: Any,
+    rules: ProductionRules,
+) -> DecisionRecord:
+    """The gate on production evidence: the labelled rows of every batch the challenger scored
+    beside the champion (`monitoring.shadow.pool`), both models' scores as monitoring stored them,
+    judged by the same `decide` as the test split. Fewer than `rules.min_rows` such rows (or no
+    champion to compare against) is not enough evidence: rejected, saying so. The champion is the
+    one that served those batches, a refit too (no stand-in as on the test split: neither model
+    learned production rows monitored after both were trained). Nothing is loaded or scored here:
+    the challenger's files were verified above, and both models' scores are the ones monitoring
+    stored."""
+    from reproml.monitoring import scores, shadow
+
+    said = f"production evidence for challenger v{challenger.version}"
+    if champion is None:
+        return {
+            "action": "reject",
+            "evidence": "production",
+            "reason": f"{said}: there is no champion, so no batch was scored by both models; "
+            "promote the first model on the test split (`reproml promote --evidence test`)",
+        }
+    pooled = shadow.pool(
+        root,
+        name,
+        challenger.number,
+        champion.number,
+        rules.target,
+        rules.sample_rows,
+        rules.seed,
+        learned_until=_learned_until(challenger, champion),
+    )
+    found: DecisionRecord = {
+        "evidence": "production",
+        "production": pooled.to_dict(),
+        "eval_data": pooled.sources,
+    }
+    both = f"champion v{champion.version} and challenger v{challenger.version}"
+    count = len(pooled.batches)
+    batches = f"{count} monitored batch{'' if count == 1 else 'es'}"
+    where = (
+        f"{pooled.rows} labelled rows in {batches} scored by both {both}"
+        if count
+        else f"no labelled batch was scored by both {both}"
+    )
+    if pooled.overlapping:
+        where += (
+            f" ({len(pooled.overlapping)} more left out: they start by {pooled.learned_until}, "
+            "inside what a model learned)"
+        )
+    if pooled.rows < rules.min_rows:
+        hint = "monitor labelled batches, or add late labels with `reproml monitor --batch ID --labels FILE`"
+        return found | {
+            "action": "reject",
+            "reason": f"{said}: {where}, fewer than monitor.min_rows {rules.min_rows}: not enough "
+            f"evidence, no promotion ({hint})",
+        }
+    frame = pooled.frame
+    y = frame[rules.target].to_numpy()
+    theirs = scores.scores_of(frame, rules.classes)
+    ours = shadow.challenger_scores(frame, rules.classes)
+    result: GateResult = decide(y, ours, theirs, frame)
+    return found | {
+        "action": "promote" if result.promote else "reject",
+        "reason": f"on production evidence ({where}): {result.reason}",
+        "gate": result.to_dict(),
+    }
+
+
+def _learned_until(*models: Version) -> str | None:
+    """The newest row any of `models` learned (their `reproml.learned` tags), ISO; None if unknown."""
+    lasts = []
+    for version in models:
+        what = learned.parse((version.tags or {}).get(learned.TAG), f"version {version.version}")
+        if what and what.get("last"):
+            lasts.append(str(what["last"]))
+    return max(lasts, key=lambda text: pd.Timestamp(text).value) if lasts else None
 
 
 def rollback(root: Path, name: str, reason: str) -> DecisionRecord:

@@ -85,6 +85,9 @@ def registry_table(root: Path) -> Table:
     for record in history(root):
         gate = record.get("gate")
         improvement = None if gate is None else gate.get("improvement")
+        reason = record["reason"]
+        if record.get("evidence") == "production" and not reason.startswith(("on production", "production")):
+            reason = f"(production evidence) {reason}"
         table.add_row(
             record["time"][:19].replace("T", " "),
             _plain(record["model_name"]),
@@ -92,7 +95,7 @@ def registry_table(root: Path) -> Table:
             version(record.get("challenger") or record.get("champion")),
             version(record.get("champion") if record.get("challenger") else record.get("demoted")),
             "-" if improvement is None else f"{improvement:+.4f}",
-            _plain(record["reason"]),
+            _plain(reason),
         )
     return table
 
@@ -175,6 +178,9 @@ def verdict_table(record: BatchRecord) -> Table:
         table.add_row("estimated", _plain(text))
     elif record.get("estimate_skipped"):
         table.add_row("estimated", _plain(f"not made: {record['estimate_skipped']}"))
+    shadowed = _shadow_cell(record)
+    if shadowed:
+        table.add_row("shadow", _plain(shadowed))
     for page, path in (record.get("reports") or {}).items():
         table.add_row(f"{page} report", _plain(path))
     kept = record.get("quarantine")
@@ -184,6 +190,24 @@ def verdict_table(record: BatchRecord) -> Table:
         table.add_row("record", _plain(store.record_path(str(name), record["batch_id"])))
         table.add_row("index", _plain(store.index(str(name))))
     return table
+
+
+def _shadow_cell(record: BatchRecord) -> str | None:
+    """The shadow challenger's comparison with the champion on the batch, or why there is none."""
+    found = record.get("shadow")
+    if not found:
+        skipped = record.get("shadow_skipped")
+        return None if not skipped else f"challenger not scored: {skipped}"
+    text = f"challenger v{found['version']} scored every row"
+    if found.get("value") is None:
+        return text + (f"; {found['note']}" if found.get("note") else "")
+    delta = found.get("delta")
+    return (
+        f"{text}; {found['metric']} {_number(found.get('value'))} vs champion "
+        f"{_number(found.get('champion_value'))} on {found['labelled_rows']} labelled rows "
+        f"(challenger {'better' if delta is not None and delta > 0 else 'not better'} by "
+        f"{_number(delta)})"
+    )
 
 
 def monitoring_table(records: list[BatchRecord], name: str) -> Table:

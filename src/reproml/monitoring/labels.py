@@ -17,7 +17,9 @@ An undated data set has only the test split (a window cannot be placed after wha
 `reproml monitor --batch ID --labels FILE`: FILE is the batch again, same rows in the same order,
 with its labels. The stored predictions gain the labels, the labelled window is written (the next
 batch's estimate reference, and the promotion gate's newest window), and the record gains the
-realised metric, the estimate's error and the shift it shows (`estimate.judge`).
+realised metric, the estimate's error and the shift it shows (`estimate.judge`), and the shadow
+challenger's comparison with the champion on those rows (`shadow.compare`; both scores are in the
+same file).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import pandas as pd
 from reproml.config import Params
 from reproml.errors import ReproError
 from reproml.io import file_md5, write_parquet
-from reproml.monitoring import batches, champion, estimate, scores, store
+from reproml.monitoring import batches, champion, estimate, scores, shadow, store
 from reproml.monitoring.records import BatchRecord, EstimateReference
 
 if TYPE_CHECKING:
@@ -216,6 +218,7 @@ def add_labels(root: Path, params: Params, batch: str, labels_file: str) -> Batc
         if record["labels"]["labelled_rows"] >= params.monitor.min_rows:
             record["labelled"] = _write_window(root, name, record, frame, target, params)
         _realise(record, stored, target, params)
+        _realise_shadow(record, stored, target, params)
         path_written = store.write_record(root, name, record)
         reports.write_index(root, name, store.history(root, name))
         _track_labels(record, path_written)
@@ -290,6 +293,19 @@ def _realise(record: BatchRecord, stored: pd.DataFrame, target: str, params: Par
     record["estimate"] = judged.to_dict()
 
 
+def _realise_shadow(record: BatchRecord, stored: pd.DataFrame, target: str, params: Params) -> None:
+    """The shadow challenger's comparison on the labels that arrived: both scores are in the file."""
+    from reproml.metrics import metric_spec
+
+    found = record.get("shadow")
+    if not found or shadow.VERSION_COLUMN not in stored.columns:
+        return
+    champ = record.get("champion")
+    classes = champ.get("classes") if champ else None
+    spec = metric_spec(found["metric"], params.data.task)
+    record["shadow"] = shadow.compare(stored, target, spec, classes, params.monitor.min_rows)
+
+
 def _track_labels(record: BatchRecord, path: Path) -> None:
     """The batch's monitoring run gains the realised value, the error and the shift."""
     from reproml.stores.mlflow import runs
@@ -301,11 +317,11 @@ def _track_labels(record: BatchRecord, path: Path) -> None:
     found = record.get("estimate")
     metrics = {"labelled_rows": float(record["labelled_rows"])}
     pairs = (("estimate_error", found["error"]), ("quality_realised", found["realised"])) if found else ()
-    for key, value in pairs:
+    for key, value in (*pairs, *shadow.tracked_metrics(record.get("shadow")).items()):
         if value is not None and np.isfinite(float(value)):
             metrics[key] = float(value)
     shift = found["shift"] if found else estimate.NO_SHIFT
-    tags = {"reproml.shift": shift, "reproml.labels": "arrived"}
+    tags = {"reproml.shift": shift, "reproml.labels": "arrived", **shadow.tracked_tags(record)}
     with runs.tracked_run(str(experiment_id), run_id=str(run_id)):  # resumed, and finished again
         runs.log_batch(run_id, metrics=metrics, tags=tags, step=int(record.get("seq", 0)))
         runs.log_artifact(path, artifact_path="record")

@@ -248,6 +248,34 @@ class LabelsArrival(TypedDict):
     arrived_at: str
 
 
+class ShadowRecord(TypedDict):
+    """The shadow challenger's side of a batch (`monitoring.shadow.compare`): the promotion gate's
+    metric for both models on the batch's labelled rows. Values are None under `monitor.min_rows`
+    labelled rows (the comparison waits for labels) or where the metric is undefined."""
+
+    version: int  # the challenger's version
+    metric: str
+    higher_is_better: bool
+    rows: int  # rows both models scored (every row of the batch)
+    labelled_rows: int
+    value: float | None  # the challenger's metric
+    champion_value: float | None  # the champion's, on the same rows
+    delta: float | None  # oriented, as the gate's improvement: positive = challenger better
+    note: str | None
+
+
+class ProductionEvidenceRecord(TypedDict):
+    """What a promotion on production evidence read (`monitoring.shadow.Pooled.to_dict`): the
+    batches both versions scored, oldest first, and their labelled rows pooled."""
+
+    challenger: int
+    champion: int
+    batches: list[str]
+    rows: int
+    learned_until: str | None  # the newest row either model learned (ISO); None: undated data
+    overlapping: list[str]  # shadowed batches left out: they start inside what was learned
+
+
 class BatchRecord(TypedDict, total=False):
     """One monitored batch: identity, champion, quality gate, measurements, decision, timings."""
 
@@ -281,6 +309,8 @@ class BatchRecord(TypedDict, total=False):
     estimate: NotRequired[EstimateRecord | None]
     estimate_skipped: NotRequired[str]
     labels: NotRequired[LabelsArrival]  # labels that arrived after the batch (`reproml monitor --labels`)
+    shadow: NotRequired[ShadowRecord | None]  # the challenger scored beside the champion (None: none)
+    shadow_skipped: NotRequired[str]  # why a challenger there was could not score the batch
 
 
 class BatchSummary(TypedDict, total=False):
@@ -301,6 +331,7 @@ class BatchSummary(TypedDict, total=False):
     champion: ChampionRef
     labelled: str | None
     estimate: EstimateRecord | None  # the quality estimated without labels (CBPE / DLE)
+    shadow: ShadowRecord | None  # the shadow challenger beside the champion (`monitoring.shadow`)
     retrain: TrainingSummary | None
     policy: str
     retrain_seconds: float

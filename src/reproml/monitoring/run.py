@@ -12,7 +12,8 @@ The order matters and is the contract of issue 5:
    with its reason and goes no further (no predictions, no drift, never `labelled/`); a batch
    older than the newest monitored one is `out_of_order` and goes no further either, unless it is
    a deliberate backfill;
-3. every row is scored by the champion and the scores are stored;
+3. every row is scored by the champion and the scores are stored, with the shadow challenger's
+   beside them when a `challenger` version waits (`reproml.monitoring.shadow`; never fatal);
 4. under `min_rows` rows: `insufficient_data`, no statistics at all;
 5. otherwise the batch and the reference are sampled (see `sample`), Evidently measures feature
    and prediction drift, and, with enough labels, the quality change against the test split;
@@ -30,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -51,10 +52,15 @@ from reproml.monitoring import (
     records,
     reports,
     scores,
+    shadow,
     store,
     workspace,
 )
 from reproml.monitoring.profile import sample
+from reproml.redaction import scrub
+
+if TYPE_CHECKING:
+    from reproml.metrics import MetricSpec
 
 SAMPLING_RULE = (
     "a batch (and the champion's test split) with more than monitor.sample_rows rows, and its drift "
@@ -125,7 +131,9 @@ def monitor(root: Path, spec: str, params: Params, backfill: bool = False) -> re
         past = [r for r in store.history(root, best.name) if r.get("batch_id") != batch.id]
         seq = max((int(r.get("seq", 0)) for r in past), default=0) + 1
         with runs.tracked_run(monitoring_id, run_name=batch.id) as run:
-            record = _judge(root, params, best, reference, schema, batch, gate, past, seq, clock, backfill)
+            record = _judge(
+                root, params, best, reference, schema, batch, gate, past, seq, clock, backfill, experiment_id
+            )
             record["mlflow"] = {"experiment_id": monitoring_id, "run_id": run.info.run_id}
             with clock.step("write record"):
                 path = store.write_record(root, best.name, record)
@@ -146,6 +154,7 @@ class _Judging:
     past: list[records.BatchRecord]
     seq: int
     clock: _Clock
+    experiment_id: str = ""  # the pipeline's experiment: where the shadow challenger's files must lie
 
     def decide(self, evidence: decision.Evidence) -> decision.Decision:
         return decision.decide(evidence, self.params.monitor, self.past)
@@ -163,9 +172,10 @@ def _judge(
     seq: int,
     clock: _Clock,
     backfill: bool = False,
+    experiment_id: str = "",
 ) -> records.BatchRecord:
     """The batch's decision record: quality gate, order, scores, drift, quality, labelled window."""
-    job = _Judging(root, params, best, batch, gate, past, seq, clock)
+    job = _Judging(root, params, best, batch, gate, past, seq, clock, experiment_id)
     watch = params.monitor
     record = _new_record(job, backfill)
     if not gate.passed:
@@ -231,6 +241,7 @@ def _new_record(job: _Judging, backfill: bool) -> records.BatchRecord:
         "labelled": None,
         "quarantine": None,
         "estimate": None,
+        "shadow": None,
         "batch_start": None,
         "batch_time": None,
         "backfill": backfill,
@@ -240,7 +251,8 @@ def _new_record(job: _Judging, backfill: bool) -> records.BatchRecord:
 def _score_batch(
     job: _Judging, frame: pd.DataFrame, schema: quality.Schema, record: records.BatchRecord
 ) -> np.ndarray:
-    """The champion's scores of every row, written (with time and label) to the predictions folder."""
+    """The champion's scores of every row, written (with time and label) to the predictions folder,
+    with the shadow challenger's beside them when one waits (and `record["shadow"]` compares them)."""
     from reproml.scoring import predict_scores
 
     best = job.best
@@ -253,10 +265,50 @@ def _score_batch(
     if best.target in frame.columns:
         stored[best.target] = frame[best.target].to_numpy()
     stored["champion_version"] = best.version
+    challenger = _shadow_scores(job, frame, record)
+    if challenger is not None:
+        column = job.params.promote.slice_column  # the gate judges slices on production rows too
+        if column and column in frame.columns and column not in stored.columns:
+            stored[column] = frame[column].to_numpy()
+        stored = pd.concat([stored, challenger], axis=1)
     target = job.root / store.predictions(best.name) / f"{job.batch.id}.parquet"
     write_parquet(target, stored)
     record["predictions"] = str(target.relative_to(job.root))
+    if challenger is not None:
+        with _never_fatal(record):
+            record["shadow"] = shadow.compare(stored, best.target, _gate_metric(job.params, best.task),
+                                              best.classes, job.params.monitor.min_rows)  # fmt: skip
     return scored
+
+
+def _gate_metric(params: Params, task: str) -> MetricSpec:
+    """The promotion gate's metric (`promote.metric`): the shadow record previews that gate."""
+    from reproml.metrics import metric_spec
+
+    return metric_spec(params.promote.metric, task)
+
+
+def _shadow_scores(job: _Judging, frame: pd.DataFrame, record: records.BatchRecord) -> pd.DataFrame | None:
+    """The shadow challenger's score columns for every row, or None: no challenger, or one that
+    cannot score the batch (why goes to `shadow_skipped`; the champion's monitoring goes on)."""
+    best = job.best
+    with job.clock.step("shadow challenger"), _never_fatal(record):
+        parent = best.refit_of["version"] if best.refit_of else None
+        found = shadow.load_challenger(best.name, job.experiment_id, best.version, parent)
+        return None if found is None else shadow.score(found, frame, best.task, best.classes)
+    return None  # it raised: `_never_fatal` kept why
+
+
+@contextmanager
+def _never_fatal(record: records.BatchRecord) -> Iterator[None]:
+    """The shadow challenger's errors end its part only: provenance, MLflow, a model that fails to
+    predict, labels its metric cannot read. Why is kept in `shadow_skipped` (scrubbed: an MLflow
+    error may quote a tracking URI), and the champion's monitoring goes on."""
+    try:
+        yield
+    except Exception as exc:
+        record["shadow"] = None
+        record["shadow_skipped"] = scrub(f"{type(exc).__name__}: {exc}")
 
 
 def _samples(
@@ -440,6 +492,7 @@ def _track(run_id: str, record: records.BatchRecord, root: Path, path: Path) -> 
             "estimated_quality_upper": found["upper"],
             "estimate_error": found["error"],
         }
+    candidates |= shadow.tracked_metrics(record.get("shadow"))
     metrics = {k: float(v) for k, v in candidates.items() if v is not None and np.isfinite(float(v))}
     champ = record["champion"]
     tags = {
@@ -456,6 +509,7 @@ def _track(run_id: str, record: records.BatchRecord, root: Path, path: Path) -> 
         tags["reproml.batch_time"] = batch_time
     if quality_change is not None and quality_change["metric"]:
         tags["reproml.quality_metric"] = quality_change["metric"]
+    tags |= shadow.tracked_tags(record)
     if found:
         tags["reproml.shift"] = str(found.get("shift", estimate.NO_SHIFT))
         tags["reproml.estimate_method"] = str(found.get("method"))

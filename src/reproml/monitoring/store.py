@@ -7,7 +7,8 @@ for another. Layout under `monitoring/<model name>/` (generated, git-ignored; se
 monitoring/README.md):
 
     records/<batch>.json          the decision record: verdict, every number behind it, thresholds
-    predictions/<batch>.parquet   the champion's scores for every row of the batch
+    predictions/<batch>.parquet   the champion's scores for every row of the batch (and the
+                                  shadow challenger's beside them, `monitoring.shadow`)
     labelled/<end>_<batch>.parquet  accepted labelled rows; the promotion gate reads the newest
     quarantine/<batch>.parquet    a batch that failed the quality gate, kept as it arrived...
     quarantine/<batch>.json       ...with the reason

@@ -68,5 +68,6 @@ def summary(record: BatchRecord) -> BatchSummary:
         "champion": record["champion"],
         "labelled": record.get("labelled"),
         "estimate": record.get("estimate"),  # the quality estimated without labels (CBPE / DLE)
+        "shadow": record.get("shadow"),  # the challenger scored beside the champion, if one waits
         "retrain": None,
     }

@@ -121,11 +121,17 @@ def run_register(root: Path = Path(".")) -> Registered:
 
 
 def run_promote(
-    root: Path = Path("."), version: int | None = None, reason: str | None = None
+    root: Path = Path("."), version: int | None = None, reason: str | None = None, evidence: str | None = None
 ) -> DecisionRecord:
+    """The gate (or a forced promotion); `evidence` (test or production) overrides `promote.evidence`."""
     from reproml import gate, registry
 
     params, experiment_id = _context(root)
+    evidence = evidence or params.promote.evidence
+    if evidence not in ("test", "production"):
+        raise ConfigError(
+            f"--evidence {evidence!r}: one of test (the test split) or production (shadow batches)"
+        )
     task, column = params.data.task, params.promote.slice_column
     name = params.register_.model_name
     # before any model is scored: the rows, the slice column and both models belong to the data in use
@@ -159,7 +165,18 @@ def run_promote(
             y, challenger, champion, params.promote, task, slices=slices, seed=params.seed, labels=labels
         )
 
-    return registry.promote(root, name, experiment_id, decide, task, version=version, reason=reason)
+    production = None
+    if evidence == "production":
+        production = registry.ProductionRules(
+            target=params.data.target,
+            min_rows=params.monitor.min_rows,
+            sample_rows=params.monitor.sample_rows,
+            seed=params.seed,
+            classes=labels,
+        )
+    return registry.promote(
+        root, name, experiment_id, decide, task, version=version, reason=reason, production=production
+    )
 
 
 def run_rollback(root: Path = Path("."), reason: str = "") -> DecisionRecord:
