@@ -224,7 +224,7 @@ def _checked_storage(root: Path, params: Params) -> tuple[StorageInfo, list[str]
     from reproml.stores import optuna as storage
 
     tune = params.tune
-    info = storage.resolve(root, tune.storage)
+    info = storage.resolve(root, tune.storage, tune.heartbeat_interval, tune.grace_period, tune.stale_retries)
     if info.kind == "rdb" and info.location.startswith("sqlite") and tune.workers > 1:
         raise storage.TuneError(
             f"tune.workers={tune.workers} on SQLite storage {info.shown}: SQLite must not be shared by "
@@ -282,10 +282,10 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
     spec = _study_spec(params, metric, direction, context)
     model = params.train.model
     info, notes = _checked_storage(root, params)
-    with storage.study_session(info, spec.name):
+    with storage.client_session(info, spec.name):
         store = storage.open_storage(info)
         the_study, created = study.open_study(store, spec, info.shown)
-        interrupted = study.fail_interrupted(the_study, store)
+        interrupted = study.recover(the_study, store, info)
         queued = _warm_start(root, params, store, the_study, spec.name) if created and tune.warm_start else []
         experiment_id = connection.setup(root, params.mlflow.experiment_name)
         trial_filter = f"tags.`reproml.study_name` = '{spec.name}' and tags.`reproml.stage` = '{TRIAL_STAGE}'"

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import os
 import signal
+import socket
 import sys
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -25,7 +28,7 @@ from reproml.metrics import metric_spec
 from reproml.redaction import install_scrubbing, scrub
 from reproml.stores.optuna import StorageInfo, TuneError, open_storage
 from reproml.tuning.objective import Objective, TuneData
-from reproml.tuning.study import Budget, Counts, StudySpec, counts, pruner, run_trials, sampler
+from reproml.tuning.study import CLIENT_ATTR, Budget, Counts, StudySpec, counts, pruner, run_trials, sampler
 
 POLL_SECONDS = 0.5
 
@@ -44,6 +47,7 @@ class WorkerConfig:
     budget: Budget
     threads: int
     index: int = 0
+    client: str = ""  # set by `run_study`: this `reproml tune`, recorded on each of its trials
 
 
 def _work(config: WorkerConfig, data: TuneData, stop: Callable[[], bool]) -> int:
@@ -55,7 +59,7 @@ def _work(config: WorkerConfig, data: TuneData, stop: Callable[[], bool]) -> int
     )
     metric = metric_spec(spec.metric.name, config.params.data.task)
     objective = Objective(data, config.params, metric, config.threads, spec.report_every)
-    return run_trials(study, objective, config.budget, config.info, stop)
+    return run_trials(study, objective, config.budget, config.info, stop, config.client)
 
 
 def _die_with_parent() -> None:
@@ -86,7 +90,13 @@ def run_study(
     on_finished: Callable[[list[optuna.trial.FrozenTrial]], None],
     already_reported: set[int],
 ) -> Counts:
-    """Run `workers` workers to the budget; report progress and finished trials as they happen."""
+    """Run `workers` workers to the budget; report progress and finished trials as they happen.
+
+    On a shared database other clients run trials of the same study at the same time: only this
+    client's own trials are reported as they finish (each client logs its own to MLflow)."""
+    config = replace(
+        config, client=config.client or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    )
     watcher = optuna.load_study(study_name=config.spec.name, storage=open_storage(config.info))
     stopping = threading.Event()
     failure: list[BaseException] = []
@@ -111,7 +121,9 @@ def run_study(
         done = [
             t
             for t in watcher.get_trials(deepcopy=False)
-            if t.state.is_finished() and t.number not in reported
+            if t.state.is_finished()
+            and t.number not in reported
+            and (not config.info.shared or t.user_attrs.get(CLIENT_ATTR) == config.client)
         ]
         if done:
             on_finished(done)
