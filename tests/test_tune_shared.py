@@ -253,3 +253,26 @@ def test_the_budget_is_exact_across_clients_that_share_only_the_database(
     assert not failures
     states = [t.state for t in _trials(url, "race")]
     assert states.count(TrialState.COMPLETE) == 15 and len(states) == 15
+
+
+def test_a_trial_that_never_beat_is_retried_after_the_grace_period(
+    pg: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """A RUNNING trial without any heartbeat (its client had none, or died before the first beat)
+    is invisible to Optuna's stale check; a client that waits for it must still retry it."""
+    url, _ = pg
+    spec = make_spec(name="silent")
+    plain = optuna.storages.RDBStorage(url)  # no heartbeats, like an older client
+    silent, _ = study.open_study(plain, spec, url)
+    silent.ask({"learning_rate": optuna.distributions.FloatDistribution(0.01, 0.3)})
+    info = storage.StorageInfo("rdb", url, tmp_path, HEARTBEAT_S, GRACE_S)
+    the_study = optuna.load_study(study_name="silent", storage=storage.open_storage(info))
+    began = time.monotonic()
+    study.run_trials(
+        the_study, lambda t: t.suggest_float("learning_rate", 0.01, 0.3), study.Budget(3, None), info
+    )
+    assert time.monotonic() - began >= GRACE_S - 0.5  # waited for it, did not fail it at once
+    trials = _trials(url, "silent")
+    assert trials[0].state == TrialState.FAIL
+    assert [t.system_attrs.get("failed_trial") for t in trials].count(0) == 1
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 3

@@ -225,6 +225,45 @@ def reap_stale(study: Any) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    _reap_silent(study)
+
+
+def _reap_silent(study: Any) -> None:
+    """Fail and retry the RUNNING trials that never beat at all, once older than the grace period.
+
+    Optuna's heartbeat check skips a trial without any heartbeat, and such a trial would never end:
+    one left by a client killed between `ask` and its first beat, or by a client without heartbeats
+    (an older reproml). A client waiting for the running trials to finish would wait for ever.
+    """
+    import copy
+
+    import optuna
+    import sqlalchemy
+
+    store = study._storage  # Optuna wraps an RDBStorage in a cache: the database is its backend
+    database = getattr(store, "_backend", store)
+    grace = dt.timedelta(seconds=database.grace_period or 2 * database.heartbeat_interval)
+    running = {
+        t._trial_id: t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if t.datetime_start is not None
+        and dt.datetime.now(t.datetime_start.tzinfo) - t.datetime_start > grace
+    }
+    if not running:
+        return
+    query = sqlalchemy.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids").bindparams(
+        sqlalchemy.bindparam("ids", expanding=True)
+    )
+    with database.engine.connect() as connection:
+        beating = {row[0] for row in connection.execute(query, {"ids": list(running)})}
+    retry = store.get_heartbeat_stale_trial_callback()
+    for trial_id in sorted(set(running) - beating):
+        try:
+            failed = store.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it finished, or another client failed it, meanwhile
+        if failed and retry is not None:
+            retry(study, copy.deepcopy(store.get_trial(trial_id)))
 
 
 def advisory_key(study_name: str) -> int:
