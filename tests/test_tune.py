@@ -469,3 +469,15 @@ def test_a_sqlite_database_stays_a_one_machine_storage(tmp_path: Path) -> None:
     ):
         pass
     assert study.recover(the_study, store, info) == [0]
+
+
+def test_the_dask_backend_needs_a_database_every_worker_reaches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reproml.stages.tune import _checked_storage
+
+    monkeypatch.delenv(storage.STORAGE_ENV, raising=False)
+    raw = default_params()
+    raw["tune"]["backend"] = "dask"
+    with pytest.raises(storage.TuneError, match=r"tune.backend: dask .* is a file on this machine"):
+        _checked_storage(tmp_path, parse_params(raw))

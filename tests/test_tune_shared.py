@@ -29,8 +29,10 @@ from reproml.stores import optuna as storage
 from reproml.team import postgres, processes, stack
 from reproml.team.layout import Layout, choose_ports, database_url, new_password, write_secrets
 from reproml.tuning import study
-from tests.conftest import in_ci
-from tests.test_tune import make_spec
+from reproml.tuning.objective import prepare_data
+from reproml.tuning.runner import WorkerConfig, run_study
+from tests.conftest import in_ci, tiny_frame
+from tests.test_tune import SPEC, make_params, make_spec
 
 pytestmark = [pytest.mark.team, pytest.mark.integration]
 
@@ -276,3 +278,36 @@ def test_a_trial_that_never_beat_is_retried_after_the_grace_period(
     assert trials[0].state == TrialState.FAIL
     assert [t.system_attrs.get("failed_trial") for t in trials].count(0) == 1
     assert [t.state for t in trials].count(TrialState.COMPLETE) == 3
+
+
+def test_the_dask_backend_runs_trials_as_tasks_on_the_workers(
+    pg: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """`tune.backend: dask`: the trials run in the Dask workers' processes against the same
+    database, to the exact budget, and this client still reports each of them as it finishes."""
+    from distributed import Client, LocalCluster
+
+    url, _ = pg
+    params = make_params()
+    frame = tiny_frame(600, seed=3)
+    data = prepare_data(frame.iloc[:400], frame.iloc[400:], SPEC, params)
+    spec = make_spec(name="on-dask")
+    info = storage.StorageInfo("rdb", url, tmp_path, HEARTBEAT_S, GRACE_S)
+    study.open_study(storage.open_storage(info), spec, url)
+    config = WorkerConfig(
+        load=lambda: data, params=params, spec=spec, info=info, budget=study.Budget(6, None), threads=1
+    )
+    reported: list[int] = []
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)  # type: ignore[no-untyped-call]
+    with cluster, Client(cluster) as client:  # type: ignore[no-untyped-call]
+        worker_pids = set(client.run(os.getpid).values())
+        final = run_study(
+            config, 2, data, lambda counts: None, lambda ts: reported.extend(t.number for t in ts), set(),
+            cluster.scheduler_address,
+        )  # fmt: skip
+    trials = _trials(url, "on-dask")
+    assert final.finished == 6 and final.running == 0
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 6
+    ran_in = {t.user_attrs["worker_pid"] for t in trials}
+    assert ran_in <= worker_pids and os.getpid() not in ran_in
+    assert sorted(reported) == sorted(t.number for t in trials if t.state.is_finished())

@@ -223,6 +223,9 @@ class TuneParams(_Section):
     heartbeat_interval: PositiveInt = 10
     grace_period: PositiveInt = 30
     stale_retries: Annotated[int, Field(ge=0)] = 2
+    # processes: `workers` local processes. dask: `workers` tasks on the Dask scheduler named by
+    # DASK_SCHEDULER_ADDRESS (the team stack's), each running trials against the same database storage.
+    backend: Literal["processes", "dask"] = "processes"
 
     @model_validator(mode="after")
     def _budget_and_storage(self) -> TuneParams:

@@ -82,6 +82,53 @@ def worker_main(config: WorkerConfig) -> None:
         raise SystemExit(1) from None
 
 
+def dask_task(config: WorkerConfig, data: TuneData, stop_event: str) -> int:
+    """One worker as a Dask task: trials to the budget on whichever Dask worker runs it, against
+    the same storage; it stops early once the `reproml tune` that submitted it sets `stop_event`
+    (a running Dask task cannot be cancelled from outside)."""
+    from distributed import Event
+
+    install_scrubbing()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stopping = Event(stop_event)  # type: ignore[no-untyped-call]
+    try:
+        return _work(config, data, stopping.is_set)
+    except Exception:  # the traceback travels back to the client: no storage URL in it
+        raise TuneError(scrub(traceback.format_exc())) from None
+
+
+def _on_dask(
+    config: WorkerConfig, workers: int, data: TuneData, poll: Callable[[], Counts], address: str
+) -> None:
+    """`workers` Dask tasks, each a worker loop; this process only watches the storage meanwhile."""
+    from distributed import Client, Event
+
+    with Client(address, timeout=30) as client:  # type: ignore[no-untyped-call]
+        stop_event = f"reproml-tune-stop-{config.client}"
+        stopping = Event(stop_event, client=client)  # type: ignore[no-untyped-call]
+        shared = client.scatter(data, hash=False)  # sent once, shared by this client's tasks
+        futures = [
+            client.submit(
+                dask_task,
+                replace(config, index=i),
+                shared,
+                stop_event,
+                pure=False,
+                key=f"reproml-tune-{config.client}-{i}",
+            )
+            for i in range(workers)
+        ]
+        try:
+            while not all(f.done() for f in futures):
+                time.sleep(POLL_SECONDS)
+                poll()
+            for future in futures:
+                future.result()
+        finally:
+            stopping.set()  # type: ignore[no-untyped-call]
+            client.cancel([f for f in futures if not f.done()])
+
+
 def run_study(
     config: WorkerConfig,
     workers: int,
@@ -89,11 +136,13 @@ def run_study(
     on_counts: Callable[[Counts], None],
     on_finished: Callable[[list[optuna.trial.FrozenTrial]], None],
     already_reported: set[int],
+    dask_address: str | None = None,
 ) -> Counts:
     """Run `workers` workers to the budget; report progress and finished trials as they happen.
 
     On a shared database other clients run trials of the same study at the same time: only this
-    client's own trials are reported as they finish (each client logs its own to MLflow)."""
+    client's own trials are reported as they finish (each client logs its own to MLflow). With
+    `dask_address` the workers are tasks on that Dask scheduler's workers (`tune.backend: dask`)."""
     config = replace(
         config, client=config.client or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     )
@@ -130,6 +179,9 @@ def run_study(
             reported.update(t.number for t in done)
         return now
 
+    if dask_address is not None:
+        _on_dask(config, workers, data, poll, dask_address)
+        return poll()
     try:
         for process in processes:
             process.start()
