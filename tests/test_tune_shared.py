@@ -32,6 +32,7 @@ from reproml.tuning import study
 from reproml.tuning.objective import prepare_data
 from reproml.tuning.runner import WorkerConfig, run_study
 from tests.conftest import in_ci, tiny_frame
+from tests.project import BIN, Project, sampled_params
 from tests.test_tune import SPEC, make_params, make_spec
 
 pytestmark = [pytest.mark.team, pytest.mark.integration]
@@ -311,3 +312,53 @@ def test_the_dask_backend_runs_trials_as_tasks_on_the_workers(
     ran_in = {t.user_attrs["worker_pid"] for t in trials}
     assert ran_in <= worker_pids and os.getpid() not in ran_in
     assert sorted(reported) == sorted(t.number for t in trials if t.state.is_finished())
+
+
+def test_two_clones_run_reproml_tune_on_one_study_at_once(
+    pg: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """The measured bug: two clones of the project tune one study on the shared database at the
+    same time. Neither fails the other's trials, the budget is exact, and each clone's MLflow
+    holds its own trials' runs only, which together are every finished trial."""
+    from mlflow.tracking import MlflowClient
+
+    url, env = pg
+    params = sampled_params(4000)
+    params["tune"].update(
+        {"n_trials": 6, "pruner": "none", "warm_start": False, "study_name": "clones",
+         "heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S}
+    )  # fmt: skip
+    clones = [Project(tmp_path / name, params) for name in ("a", "b")]
+    for clone in clones:
+        clone.env.update({"REPROML_TUNE_STORAGE": url, "PGPASSFILE": env["PGPASSFILE"]})
+        clone.run("dvc", "repro", "prepare")
+    tunes = [
+        subprocess.Popen(
+            [str(BIN / "reproml"), "tune"], cwd=c.root, env=c.env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )
+        for c in clones
+    ]  # fmt: skip
+    for tune in tunes:
+        _finish(tune, timeout=600)
+    trials = _trials(url, "clones")
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) == 6
+    assert TrialState.FAIL not in states and TrialState.RUNNING not in states
+    logged: list[list[int]] = []
+    for clone in clones:
+        client = MlflowClient(tracking_uri=clone.tracking_uri())
+        experiment = client.get_experiment_by_name("reproml")
+        assert experiment is not None
+        found = client.search_runs([experiment.experiment_id], max_results=100)
+        logged.append(
+            [
+                int(r.data.tags["reproml.trial_number"])
+                for r in found
+                if r.data.tags.get("reproml.stage") == "tune-trial"
+            ]
+        )
+        (parent,) = [r for r in found if r.data.tags.get("reproml.stage") == "tune"]
+        assert parent.data.tags["reproml.interrupted_trials"] == "[]"
+    assert not set(logged[0]) & set(logged[1])
+    assert sorted(logged[0] + logged[1]) == sorted(t.number for t in trials)

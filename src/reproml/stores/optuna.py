@@ -173,7 +173,10 @@ def open_storage(info: StorageInfo) -> Any:
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     if info.kind == "rdb":
-        with warnings.catch_warnings():  # both are marked experimental in Optuna 5
+        # Two clients opening a fresh database at once would both create Optuna's tables (and
+        # one fail on a duplicate type): on PostgreSQL, one at a time
+        first_use = _advisory_lock(info.location, SCHEMA_KEY) if info.backend == "postgresql" else None
+        with warnings.catch_warnings(), first_use or contextlib.nullcontext():  # experimental in Optuna 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=info.max_retry)
             return optuna.storages.RDBStorage(
@@ -268,8 +271,15 @@ def _reap_silent(study: Any) -> None:
 
 def advisory_key(study_name: str) -> int:
     """A study's PostgreSQL advisory lock key: a stable signed 64-bit hash of its name."""
-    digest = hashlib.blake2b(f"reproml.budget:{study_name}".encode(), digest_size=8).digest()
+    return _key(f"reproml.budget:{study_name}")
+
+
+def _key(text: str) -> int:
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+SCHEMA_KEY = _key("reproml.optuna-schema")
 
 
 _ENGINES: dict[str, Any] = {}
@@ -285,10 +295,9 @@ def _engine(url: str) -> Any:
 
 
 @contextlib.contextmanager
-def _advisory_lock(url: str, study_name: str) -> Iterator[None]:
+def _advisory_lock(url: str, key: int) -> Iterator[None]:
     import sqlalchemy
 
-    key = advisory_key(study_name)
     with _engine(url).connect() as connection:
         connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
         connection.commit()
@@ -310,7 +319,7 @@ def budget_lock(info: StorageInfo, study_name: str) -> Iterator[None]:
     the clients of one host: run one client per study there, or use PostgreSQL.
     """
     if info.backend == "postgresql":
-        with _advisory_lock(info.location, study_name):
+        with _advisory_lock(info.location, advisory_key(study_name)):
             yield
     else:
         with file_lock(info.lock_dir / f"{study_name}.claim"):
