@@ -445,3 +445,39 @@ def test_a_trial_run_left_half_written_by_a_kill_is_dropped_to_be_logged_again(t
     found = "tags.`reproml.study_name` = 's' and tags.`reproml.stage` = 'tune-trial'"
     assert runs.logged_tag_values(experiment, found, "reproml.trial_number") == {"0"}
     assert client.get_run(torn.info.run_id).info.lifecycle_stage == "deleted"
+
+
+def test_a_grace_period_shorter_than_a_heartbeat_is_refused() -> None:
+    raw = default_params()
+    raw["tune"].update({"heartbeat_interval": 10, "grace_period": 10})
+    with pytest.raises(Exception, match=r"tune.grace_period \(10 s\) must be longer"):
+        parse_params(raw)
+
+
+def test_a_sqlite_database_stays_a_one_machine_storage(tmp_path: Path) -> None:
+    """SQLite gets heartbeats but keeps the host session lock and the start-up repair."""
+    info = storage.resolve(tmp_path, f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=1, grace_period=2)
+    assert info.kind == "rdb" and info.backend == "sqlite" and not info.shared
+    store = storage.open_storage(info)
+    the_study, _ = study.open_study(store, make_spec(), info.shown)
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        the_study.ask()  # left RUNNING, as by a killed process
+    with (
+        storage.client_session(info, "s"),
+        pytest.raises(storage.TuneError, match="being tuned"),
+        storage.client_session(info, "s"),
+    ):
+        pass
+    assert study.recover(the_study, store, info) == [0]
+
+
+def test_the_dask_backend_needs_a_database_every_worker_reaches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reproml.stages.tune import _checked_storage
+
+    monkeypatch.delenv(storage.STORAGE_ENV, raising=False)
+    raw = default_params()
+    raw["tune"]["backend"] = "dask"
+    with pytest.raises(storage.TuneError, match=r"tune.backend: dask .* is a file on this machine"):
+        _checked_storage(tmp_path, parse_params(raw))

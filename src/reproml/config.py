@@ -230,11 +230,25 @@ class TuneParams(_Section):
     # on the rows before it, by data.time_column); the trial's value is the mean over the N. The test
     # split is never used. Data without a time column (a random split) has no windows in time: valid only.
     cv_folds: PositiveInt = 1
+    # A database storage only (Optuna's heartbeats): a running trial beats every heartbeat_interval
+    # seconds; one silent for grace_period seconds (its client died) is marked FAIL by another client
+    # and run again, at most stale_retries times. The journal file has no heartbeats.
+    heartbeat_interval: PositiveInt = 10
+    grace_period: PositiveInt = 30
+    stale_retries: Annotated[int, Field(ge=0)] = 2
+    # processes: `workers` local processes. dask: `workers` tasks on the Dask scheduler named by
+    # DASK_SCHEDULER_ADDRESS (the team stack's), each running trials against the same database storage.
+    backend: Literal["processes", "dask"] = "processes"
 
     @model_validator(mode="after")
     def _budget_and_storage(self) -> TuneParams:
         if self.n_trials is None and self.timeout_s is None:
             raise ValueError("tune needs a budget: set n_trials, timeout_s or both")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(
+                f"tune.grace_period ({self.grace_period} s) must be longer than tune.heartbeat_interval "
+                f"({self.heartbeat_interval} s), or every live trial would look dead between two beats"
+            )
         return self
 
 

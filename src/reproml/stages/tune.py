@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 from reproml import paths
 from reproml.config import Params, flatten, model_section
 from reproml.env import dvc_experiment
+from reproml.errors import ConfigError
 from reproml.io import file_md5, read_json, write_json
 from reproml.stages.common import classes_of, feature_spec, load
 
@@ -224,11 +226,17 @@ def _checked_storage(root: Path, params: Params) -> tuple[StorageInfo, list[str]
     from reproml.stores import optuna as storage
 
     tune = params.tune
-    info = storage.resolve(root, tune.storage)
+    info = storage.resolve(root, tune.storage, tune.heartbeat_interval, tune.grace_period, tune.stale_retries)
     if info.kind == "rdb" and info.location.startswith("sqlite") and tune.workers > 1:
         raise storage.TuneError(
             f"tune.workers={tune.workers} on SQLite storage {info.shown}: SQLite must not be shared by "
             "parallel workers; use the journal file (tune.storage: null) or PostgreSQL/MySQL"
+        )
+    if tune.backend == "dask" and not info.shared:
+        raise storage.TuneError(
+            f"tune.backend: dask runs trials on the Dask workers, which need a database they all reach; "
+            f"{info.shown} is a file on this machine. Set REPROML_TUNE_STORAGE=postgresql://... "
+            "(`source .reproml/team/env` does)"
         )
     notes: list[str] = []
     if info.kind == "journal":
@@ -239,6 +247,19 @@ def _checked_storage(root: Path, params: Params) -> tuple[StorageInfo, list[str]
         for note in notes:
             warnings.warn(note, stacklevel=1)
     return info, notes
+
+
+DASK_ENV = "DASK_SCHEDULER_ADDRESS"
+
+
+def _dask_address() -> str:
+    address = os.environ.get(DASK_ENV)
+    if not address:
+        raise ConfigError(
+            f"tune.backend: dask needs the Dask scheduler's address in {DASK_ENV} "
+            "(`make team-up`, then `source .reproml/team/env`)"
+        )
+    return address
 
 
 def _warm_start(
@@ -282,10 +303,11 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
     spec = _study_spec(params, metric, direction, context)
     model = params.train.model
     info, notes = _checked_storage(root, params)
-    with storage.study_session(info, spec.name):
+    dask_address = _dask_address() if tune.backend == "dask" else None
+    with storage.client_session(info, spec.name):
         store = storage.open_storage(info)
         the_study, created = study.open_study(store, spec, info.shown)
-        interrupted = study.fail_interrupted(the_study, store)
+        interrupted = study.recover(the_study, store, info)
         queued = _warm_start(root, params, store, the_study, spec.name) if created and tune.warm_start else []
         experiment_id = connection.setup(root, params.mlflow.experiment_name)
         trial_filter = f"tags.`reproml.study_name` = '{spec.name}' and tags.`reproml.stage` = '{TRIAL_STAGE}'"
@@ -336,6 +358,7 @@ def run_tune(root: Path = Path("."), on_counts: Callable[[Any], None] | None = N
                 on_counts or (lambda counts: None),
                 log_finished,
                 {int(n) for n in logged},
+                dask_address,
             )
             if final.best_trial is None:
                 raise storage.TuneError(f"study {spec.name!r} has no complete trial; nothing to train with")

@@ -5,12 +5,21 @@ The default is an Optuna journal file in the project: an append-only log that se
 can share, and that keeps every finished trial when a process is killed. A crash in the middle of
 an append can leave a torn last line; Optuna then fails on the next read, so it is repaired here
 (backed up, truncated to the last whole record) before the study is opened.
+
+A database (RDB URL) is opened with Optuna's heartbeats: each running trial records a heartbeat
+every `heartbeat_interval` seconds, and a trial silent for `grace_period` seconds is marked FAIL by
+whichever client looks next and queued again (`RetryHeartbeatStaleTrialCallback`, at most
+`max_retry` times). A server database (PostgreSQL, MySQL) may be shared by clients on several
+machines (`StorageInfo.shared`): nothing here then assumes one host, and the budget's claim is
+guarded by a PostgreSQL advisory lock (`budget_lock`), not a file lock. SQLite is one machine's
+file and keeps the journal's host-local rules (session lock, file lock).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -27,6 +36,11 @@ from reproml.paths import workspace
 from reproml.redaction import redact_url
 
 DEFAULT_JOURNAL = Path("optuna/studies.journal")
+# Heartbeat defaults (`tune.heartbeat_interval` / `tune.grace_period` / `tune.stale_retries`): a
+# trial silent for 30 s is taken as dead; three beats missed is far beyond a busy client's jitter.
+HEARTBEAT_S = 10
+GRACE_S = 30
+STALE_RETRIES = 2
 STORAGE_ENV = "REPROML_TUNE_STORAGE"
 _RDB = re.compile(r"^[a-z][a-z0-9+]*://")
 
@@ -42,6 +56,24 @@ class StorageInfo:
     kind: str  # "journal" | "rdb"
     location: str
     lock_dir: Path
+    heartbeat_interval: int = HEARTBEAT_S  # RDB only: seconds between a running trial's heartbeats
+    grace_period: int = GRACE_S  # RDB only: a trial without a heartbeat this long is stale (FAIL)
+    max_retry: int = STALE_RETRIES  # RDB only: how often a stale trial is queued again
+
+    @property
+    def backend(self) -> str:
+        """`journal`, or the URL's database: `sqlite`, `postgresql`, `mysql`, ..."""
+        if self.kind == "journal":
+            return "journal"
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.location).get_backend_name()
+
+    @property
+    def shared(self) -> bool:
+        """A database server that clients on several machines may share a study on: no host-local
+        lock can guard it, and a RUNNING trial may be another machine's live one."""
+        return self.backend not in ("journal", "sqlite")
 
     @property
     def shown(self) -> str:
@@ -50,11 +82,18 @@ class StorageInfo:
         return redact_url(self.location)
 
 
-def resolve(root: Path, setting: str | None) -> StorageInfo:
+def resolve(
+    root: Path,
+    setting: str | None,
+    heartbeat_interval: int = HEARTBEAT_S,
+    grace_period: int = GRACE_S,
+    max_retry: int = STALE_RETRIES,
+) -> StorageInfo:
     """`REPROML_TUNE_STORAGE`, else `tune.storage`, else the project's journal file."""
     value = os.environ.get(STORAGE_ENV) or setting
     if value and _RDB.match(value):
-        return StorageInfo("rdb", value, (workspace(root) / ".reproml" / "optuna-locks").resolve())
+        lock_dir = (workspace(root) / ".reproml" / "optuna-locks").resolve()
+        return StorageInfo("rdb", value, lock_dir, heartbeat_interval, grace_period, max_retry)
     path = Path(value) if value else workspace(root) / DEFAULT_JOURNAL
     path = path if path.is_absolute() else (root / path)
     path = path.resolve()
@@ -129,14 +168,34 @@ def _repair_locked(path: Path) -> Path | None:
 
 
 def open_storage(info: StorageInfo) -> Any:
+    """The study storage; a database with heartbeats and the bounded retry of stale trials."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     if info.kind == "rdb":
-        return optuna.storages.RDBStorage(info.location)
+        # Two clients opening a fresh database at once would both create Optuna's tables (and
+        # one fail on a duplicate type): on PostgreSQL, one at a time
+        first_use = _advisory_lock(info.location, SCHEMA_KEY) if info.backend == "postgresql" else None
+        with warnings.catch_warnings(), first_use or contextlib.nullcontext():  # experimental in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=info.max_retry)
+            return optuna.storages.RDBStorage(
+                info.location,
+                engine_kwargs={"pool_pre_ping": True},
+                heartbeat_interval=info.heartbeat_interval,
+                grace_period=info.grace_period,
+                heartbeat_stale_trial_callback=retry,
+            )
     path = Path(info.location)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path), lock_obj=journal_lock(path)))
+
+
+def client_session(info: StorageInfo, study_name: str) -> contextlib.AbstractContextManager[None]:
+    """What a `reproml tune` holds while it tunes: the host session lock for a journal or SQLite
+    file (one tuning process per study, `study_session`); nothing for a shared database, whose
+    study is meant to be tuned by several clients at once, from any machine."""
+    return contextlib.nullcontext() if info.shared else study_session(info, study_name)
 
 
 @contextlib.contextmanager
@@ -149,3 +208,119 @@ def study_session(info: StorageInfo, study_name: str) -> Iterator[None]:
                 "wait for it, or add workers to it with tune.workers instead"
             )
         yield
+
+
+def has_heartbeats(study: Any) -> bool:
+    """Whether the study's storage records heartbeats (a database opened by `open_storage`)."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return bool(is_heartbeat_enabled(study._storage))
+
+
+def reap_stale(study: Any) -> None:
+    """Mark FAIL the trials whose heartbeat stopped more than `grace_period` ago, and queue them
+    again (the storage's retry callback). Optuna does this before each of its own trials; the
+    budget's claim does it too, so a client waiting at the end of a study retries a dead one."""
+    import optuna
+
+    if not has_heartbeats(study):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    _reap_silent(study)
+
+
+def _reap_silent(study: Any) -> None:
+    """Fail and retry the RUNNING trials that never beat at all, once older than the grace period.
+
+    Optuna's heartbeat check skips a trial without any heartbeat, and such a trial would never end:
+    one left by a client killed between `ask` and its first beat, or by a client without heartbeats
+    (an older reproml). A client waiting for the running trials to finish would wait for ever.
+    """
+    import copy
+
+    import optuna
+    import sqlalchemy
+
+    store = study._storage  # Optuna wraps an RDBStorage in a cache: the database is its backend
+    database = getattr(store, "_backend", store)
+    grace = dt.timedelta(seconds=database.grace_period or 2 * database.heartbeat_interval)
+    running = {
+        t._trial_id: t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if t.datetime_start is not None
+        and dt.datetime.now(t.datetime_start.tzinfo) - t.datetime_start > grace
+    }
+    if not running:
+        return
+    query = sqlalchemy.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids").bindparams(
+        sqlalchemy.bindparam("ids", expanding=True)
+    )
+    with database.engine.connect() as connection:
+        beating = {row[0] for row in connection.execute(query, {"ids": list(running)})}
+    retry = store.get_heartbeat_stale_trial_callback()
+    for trial_id in sorted(set(running) - beating):
+        try:
+            failed = store.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it finished, or another client failed it, meanwhile
+        if failed and retry is not None:
+            retry(study, copy.deepcopy(store.get_trial(trial_id)))
+
+
+def advisory_key(study_name: str) -> int:
+    """A study's PostgreSQL advisory lock key: a stable signed 64-bit hash of its name."""
+    return _key(f"reproml.budget:{study_name}")
+
+
+def _key(text: str) -> int:
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+SCHEMA_KEY = _key("reproml.optuna-schema")
+
+
+_ENGINES: dict[str, Any] = {}
+
+
+def _engine(url: str) -> Any:
+    """One small pool per URL and process: the lock's connection is reused between claims."""
+    if url not in _ENGINES:
+        import sqlalchemy
+
+        _ENGINES[url] = sqlalchemy.create_engine(url, pool_size=1, max_overflow=4, pool_pre_ping=True)
+    return _ENGINES[url]
+
+
+@contextlib.contextmanager
+def _advisory_lock(url: str, key: int) -> Iterator[None]:
+    import sqlalchemy
+
+    with _engine(url).connect() as connection:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.commit()
+
+
+@contextlib.contextmanager
+def budget_lock(info: StorageInfo, study_name: str) -> Iterator[None]:
+    """Held around "count the trials, then ask for one" so that every client of a study, on any
+    machine, sees the others' claims: the budget stays exact.
+
+    PostgreSQL: a session advisory lock keyed by the study, on a connection of its own; the server
+    drops it when a client dies, even by SIGKILL. The journal and SQLite are files on one machine,
+    so a file lock is exact for them. Other servers (MySQL) get the file lock too, exact only among
+    the clients of one host: run one client per study there, or use PostgreSQL.
+    """
+    if info.backend == "postgresql":
+        with _advisory_lock(info.location, advisory_key(study_name)):
+            yield
+    else:
+        with file_lock(info.lock_dir / f"{study_name}.claim"):
+            yield

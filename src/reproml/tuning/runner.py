@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import os
 import signal
+import socket
 import sys
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -25,7 +28,7 @@ from reproml.metrics import metric_spec
 from reproml.redaction import install_scrubbing, scrub
 from reproml.stores.optuna import StorageInfo, TuneError, open_storage
 from reproml.tuning.objective import Objective, TuneData
-from reproml.tuning.study import Budget, Counts, StudySpec, counts, pruner, run_trials, sampler
+from reproml.tuning.study import CLIENT_ATTR, Budget, Counts, StudySpec, counts, pruner, run_trials, sampler
 
 POLL_SECONDS = 0.5
 
@@ -44,6 +47,7 @@ class WorkerConfig:
     budget: Budget
     threads: int
     index: int = 0
+    client: str = ""  # set by `run_study`: this `reproml tune`, recorded on each of its trials
 
 
 def _work(config: WorkerConfig, data: TuneData, stop: Callable[[], bool]) -> int:
@@ -55,7 +59,7 @@ def _work(config: WorkerConfig, data: TuneData, stop: Callable[[], bool]) -> int
     )
     metric = metric_spec(spec.metric.name, config.params.data.task)
     objective = Objective(data, config.params, metric, config.threads, spec.report_every)
-    return run_trials(study, objective, config.budget, config.info, stop)
+    return run_trials(study, objective, config.budget, config.info, stop, config.client)
 
 
 def _die_with_parent() -> None:
@@ -78,6 +82,53 @@ def worker_main(config: WorkerConfig) -> None:
         raise SystemExit(1) from None
 
 
+def dask_task(config: WorkerConfig, data: TuneData, stop_event: str) -> int:
+    """One worker as a Dask task: trials to the budget on whichever Dask worker runs it, against
+    the same storage; it stops early once the `reproml tune` that submitted it sets `stop_event`
+    (a running Dask task cannot be cancelled from outside)."""
+    from distributed import Event
+
+    install_scrubbing()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stopping = Event(stop_event)  # type: ignore[no-untyped-call]
+    try:
+        return _work(config, data, stopping.is_set)
+    except Exception:  # the traceback travels back to the client: no storage URL in it
+        raise TuneError(scrub(traceback.format_exc())) from None
+
+
+def _on_dask(
+    config: WorkerConfig, workers: int, data: TuneData, poll: Callable[[], Counts], address: str
+) -> None:
+    """`workers` Dask tasks, each a worker loop; this process only watches the storage meanwhile."""
+    from distributed import Client, Event
+
+    with Client(address, timeout=30) as client:  # type: ignore[no-untyped-call]
+        stop_event = f"reproml-tune-stop-{config.client}"
+        stopping = Event(stop_event, client=client)  # type: ignore[no-untyped-call]
+        shared = client.scatter(data, hash=False)  # sent once, shared by this client's tasks
+        futures = [
+            client.submit(
+                dask_task,
+                replace(config, index=i),
+                shared,
+                stop_event,
+                pure=False,
+                key=f"reproml-tune-{config.client}-{i}",
+            )
+            for i in range(workers)
+        ]
+        try:
+            while not all(f.done() for f in futures):
+                time.sleep(POLL_SECONDS)
+                poll()
+            for future in futures:
+                future.result()
+        finally:
+            stopping.set()  # type: ignore[no-untyped-call]
+            client.cancel([f for f in futures if not f.done()])
+
+
 def run_study(
     config: WorkerConfig,
     workers: int,
@@ -85,8 +136,16 @@ def run_study(
     on_counts: Callable[[Counts], None],
     on_finished: Callable[[list[optuna.trial.FrozenTrial]], None],
     already_reported: set[int],
+    dask_address: str | None = None,
 ) -> Counts:
-    """Run `workers` workers to the budget; report progress and finished trials as they happen."""
+    """Run `workers` workers to the budget; report progress and finished trials as they happen.
+
+    On a shared database other clients run trials of the same study at the same time: only this
+    client's own trials are reported as they finish (each client logs its own to MLflow). With
+    `dask_address` the workers are tasks on that Dask scheduler's workers (`tune.backend: dask`)."""
+    config = replace(
+        config, client=config.client or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    )
     watcher = optuna.load_study(study_name=config.spec.name, storage=open_storage(config.info))
     stopping = threading.Event()
     failure: list[BaseException] = []
@@ -111,13 +170,18 @@ def run_study(
         done = [
             t
             for t in watcher.get_trials(deepcopy=False)
-            if t.state.is_finished() and t.number not in reported
+            if t.state.is_finished()
+            and t.number not in reported
+            and (not config.info.shared or t.user_attrs.get(CLIENT_ATTR) == config.client)
         ]
         if done:
             on_finished(done)
             reported.update(t.number for t in done)
         return now
 
+    if dask_address is not None:
+        _on_dask(config, workers, data, poll, dask_address)
+        return poll()
     try:
         for process in processes:
             process.start()

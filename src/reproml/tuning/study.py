@@ -2,12 +2,16 @@
 
 Resuming is refused, before anything is written, when the stored study was made for another
 direction, metric, search space or data: Optuna would otherwise keep the stored direction and mix
-incomparable values. Trials left RUNNING by a killed process are marked FAIL (they will never
-finish) and their parameters are queued again, so a crash loses no completed trial and no idea.
+incomparable values. On a host-local storage (journal, SQLite), trials left RUNNING by a killed
+process are marked FAIL at start (they will never finish) and their parameters are queued again,
+so a crash loses no completed trial and no idea. On a shared database that would fail other
+machines' live trials, so there only Optuna's heartbeats decide that a trial is dead
+(`stores.optuna.reap_stale`), and its retry callback queues it again.
 
 Budget: `n_trials` counts trials that completed or were pruned. Each worker runs Optuna's own
-`study.optimize`; its `ExactBudget` callback claims the next trial under a file lock that counts
-those plus the ones running, so N workers never overshoot it.
+`study.optimize`; its `ExactBudget` callback claims the next trial under the storage's budget lock
+(`stores.optuna.budget_lock`: a file lock, or a PostgreSQL advisory lock for clients on several
+machines) that counts those plus the ones running, so N workers never overshoot it.
 """
 
 from __future__ import annotations
@@ -18,23 +22,25 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, NotRequired, TypedDict
 
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from reproml.io import file_lock
 from reproml.metrics import MetricSpec
 from reproml.redaction import scrub
-from reproml.stores.optuna import StorageInfo, TuneError
+from reproml.stores.optuna import StorageInfo, TuneError, budget_lock, has_heartbeats, reap_stale
 from reproml.tuning.space import space_changes
 
 ATTR_PREFIX = "reproml."
+CLIENT_ATTR = "client"  # a trial's user attribute: which `reproml tune` (host, pid, start) ran it
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 # A worker that fails this many trials in a row stops: the objective is broken, not unlucky.
 MAX_CONSECUTIVE_FAILURES = 3
+# Seconds between looks at a shared study whose budget is taken only by other clients' running
+# trials: if one of them dies, this client retries it once its heartbeat is stale.
+WAIT_POLL_S = 1.0
 
 
 class StudyContext(TypedDict):
@@ -168,24 +174,51 @@ def check_resumable(study: optuna.Study, spec: StudySpec, shown: str) -> None:
 
 
 def open_study(storage: Any, spec: StudySpec, shown: str) -> tuple[optuna.Study, bool]:
-    """The stored study checked for a safe resume, or a new one; True when it was created."""
+    """The stored study checked for a safe resume, or a new one; True when it was created.
+
+    Two clients of a shared database may both find no study and both create it: the loser loads
+    the winner's, once the winner has stored what the study is for (its user attributes)."""
     names = set(optuna.study.get_all_study_names(storage))
     if spec.name in names:
-        study = optuna.load_study(
-            study_name=spec.name, storage=storage, sampler=sampler(spec), pruner=pruner(spec)
+        return _load_checked(storage, spec, shown), False
+    try:
+        study = optuna.create_study(
+            study_name=spec.name,
+            storage=storage,
+            direction=spec.direction,
+            sampler=sampler(spec),
+            pruner=pruner(spec),
         )
-        check_resumable(study, spec, shown)
-        return study, False
-    study = optuna.create_study(
-        study_name=spec.name,
-        storage=storage,
-        direction=spec.direction,
-        sampler=sampler(spec),
-        pruner=pruner(spec),
-    )
+    except optuna.exceptions.DuplicatedStudyError:
+        return _load_checked(storage, spec, shown), False
     for key, value in spec.attrs().items():
         study.set_user_attr(ATTR_PREFIX + key, value)
     return study, True
+
+
+CREATOR_WAIT_S = 10.0  # how long a study without its attributes is taken as being created
+
+
+def _load_checked(storage: Any, spec: StudySpec, shown: str) -> optuna.Study:
+    waited_until = time.monotonic() + CREATOR_WAIT_S
+    while True:
+        study = optuna.load_study(
+            study_name=spec.name, storage=storage, sampler=sampler(spec), pruner=pruner(spec)
+        )
+        being_created = "fingerprint" not in _stored(study) and not study.get_trials(deepcopy=False)
+        if not being_created or time.monotonic() >= waited_until:
+            break
+        time.sleep(0.2)
+    check_resumable(study, spec, shown)
+    return study
+
+
+def recover(study: optuna.Study, storage: BaseStorage, info: StorageInfo) -> list[int]:
+    """At a client's start: fail and requeue the trials a killed process left RUNNING, on a
+    host-local storage (its session lock says no live worker owns them); on a shared database,
+    nothing: a RUNNING trial there may be another machine's live one, and heartbeats reap the dead
+    (`stores.optuna.reap_stale`). The trial numbers failed."""
+    return [] if info.shared else fail_interrupted(study, storage)
 
 
 def fail_interrupted(study: optuna.Study, storage: BaseStorage) -> list[int]:
@@ -267,31 +300,49 @@ class ExactBudget:
 
     `MaxTrialsCallback` counts after a trial ends, and Optuna's next `ask` is not atomic with that
     count, so N workers can overshoot by N - 1. Here the count (finished trials plus running ones)
-    and the next `ask` share a file lock: `claim` takes it and keeps it while the budget has room,
-    and the trial's objective releases it (`started`) once Optuna has created the trial. It also
-    stops a worker whose objective failed `MAX_CONSECUTIVE_FAILURES` times in a row.
+    and the next `ask` share the storage's budget lock: `claim` takes it and keeps it while the
+    budget has room, and the trial's objective releases it (`started`) once Optuna has created the
+    trial. It also stops a worker whose objective failed `MAX_CONSECUTIVE_FAILURES` times in a row.
+
+    With heartbeats (a database), a worker whose budget is taken only because trials are still
+    running does not stop: it waits until they finish, and if one's heartbeat goes stale (its
+    client died), reaps it and runs its retry. Otherwise a study whose last client standing had
+    already stopped would end short of its budget.
     """
 
-    def __init__(self, budget: Budget, lock_path: Path, stop: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        budget: Budget,
+        lock: Callable[[], contextlib.AbstractContextManager[Any]],
+        stop: Callable[[], bool],
+    ) -> None:
         self._budget = budget
-        self._lock_path = lock_path
+        self._lock = lock
         self._stop = stop
         self._held = contextlib.ExitStack()
         self._failures = 0
 
     def claim(self, study: optuna.Study) -> bool:
         """True, holding the lock, when one more trial fits; False (lock released) otherwise."""
-        if self._stop():
-            return False
-        self._held.enter_context(file_lock(self._lock_path))
-        budget = self._budget
-        spent = budget.deadline is not None and time.time() >= budget.deadline
-        if not spent and budget.n_trials is not None:
-            taken = len(study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING)))
-            spent = taken >= budget.n_trials
-        if spent:
+        heartbeats = has_heartbeats(study)
+        while not self._stop():
+            self._held.enter_context(self._lock())
+            budget = self._budget
+            if budget.deadline is not None and time.time() >= budget.deadline:
+                break
+            if budget.n_trials is None:
+                return True
+            reap_stale(study)
+            trials = study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING))
+            running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+            if len(trials) < budget.n_trials:
+                return True
+            if not heartbeats or running == 0 or len(trials) - running >= budget.n_trials:
+                break
             self.started()
-        return not spent
+            time.sleep(WAIT_POLL_S)
+        self.started()
+        return False
 
     def started(self) -> None:
         """The claimed trial exists (RUNNING, so counted): let other workers claim."""
@@ -317,13 +368,17 @@ def run_trials(
     budget: Budget,
     info: StorageInfo,
     stop: Callable[[], bool] = lambda: False,
+    client: str = "",
 ) -> int:
     """`study.optimize` until the budget is spent; returns how many trials this worker ran.
+
+    Each trial records the `client` (the `reproml tune` it belongs to) and its worker's pid, so
+    that on a shared study each client reports its own trials.
 
     A failing trial is kept as FAIL with its (scrubbed) error as the `error` attribute, and tuning
     goes on; a NaN metric is a failure too (Optuna marks it FAIL), named as such.
     """
-    guard = ExactBudget(budget, info.lock_dir / f"{study.study_name}.claim", stop)
+    guard = ExactBudget(budget, lambda: budget_lock(info, study.study_name), stop)
     ran = 0
 
     def measured(trial: optuna.Trial) -> float:
@@ -331,6 +386,8 @@ def run_trials(
         guard.started()
         ran += 1
         trial.set_user_attr("worker_pid", os.getpid())
+        if client:
+            trial.set_user_attr(CLIENT_ATTR, client)
         try:
             value = objective(trial)
         except optuna.TrialPruned:
