@@ -54,9 +54,21 @@ def workspace_env(root: Path) -> contextlib.AbstractContextManager[None]:
     return overridden(WORKSPACE_ENV, str(root))
 
 
+# The team's one-retrain-at-a-time limit (`reproml deploy` ensures it, limit 1): when the Prefect
+# server has it, every training flow takes it, wherever it runs (a pool's worker, `reproml retrain`).
+TEAM_LIMIT = "reproml-retrain"
+
+
 def limit_name(root: Path) -> str:
     """The name of the workspace's one-training-at-a-time concurrency limit on the Prefect server."""
     return "reproml-training-" + hashlib.sha1(str(root).encode()).hexdigest()[:10]
+
+
+def slot_name(root: Path, team: bool) -> str:
+    """The concurrency limit a training flow takes: the team's (`TEAM_LIMIT`) when the server has
+    it, since on workers each flow run has its own clone and so its own workspace, and one limit
+    per workspace would order nothing; else the workspace's own (`limit_name`)."""
+    return TEAM_LIMIT if team else limit_name(root)
 
 
 def champion_values(root: Path, model_name: str, model: str) -> dict[str, Any]:
