@@ -40,16 +40,24 @@ push = task(name="push", **RETRIED)(steps.push)
 commit_lock = task(name="commit")(steps.commit_lock)
 promote = task(name="promote", **RETRIED)(steps.promote)
 refit = task(name="refit")(steps.refit)  # not retried: it registers a version
+pull_branch = task(name="pull_branch", **RETRIED)(steps.pull_branch)
+publish_branch = task(name="publish_branch", **RETRIED)(steps.publish_branch)
 
 
 @flow(name="training", log_prints=True)
 def training(
-    root: str = ".", labelled: str | None = None, reason: str = "on demand", branch: str | None = None
+    root: str = ".",
+    labelled: str | None = None,
+    reason: str = "on demand",
+    branch: str | None = None,
+    shared: bool = False,
 ) -> TrainingSummary:
     """Retrain on the retrain branch (`branch`, default `retrain.branch`): optionally add
     `labelled` (a Parquet batch of labelled production rows under data/ or monitoring/) as a new
     data version, run the DVC pipeline, push, commit, gate. Both paths are checked before anything
-    else (`reproml.paths`): the batch becomes a pushed data version."""
+    else (`reproml.paths`): the batch becomes a pushed data version. `shared` (set by deployments
+    on a work pool, whose workers run in throw-away clones): the retrain branch is fetched from
+    the repository's `origin` first and pushed back after its commits."""
     from reproml.paths import confined, project_root
     from reproml.stages.common import load
     from reproml.training_lock import training_lock
@@ -71,6 +79,8 @@ def training(
         retrain_slot(home, log, LEASE_S),
         training_lock(home, command=held_by, notify=log.warning),
     ):
+        if shared:
+            pull_branch(home, target)
         tree = worktree(home, target)
         env = steps.stage_env(home)
         added = None
@@ -84,6 +94,8 @@ def training(
                 stages[stage_name] = run_stage(tree, stage_name, env)
             push(tree, env)
             lock_commit = commit_lock(tree, f"reproml retrain ({reason}): dvc.lock after dvc repro")
+            if shared:
+                publish_branch(home, target)
         except BaseException:  # a failure, SIGTERM or Ctrl-C: the branch goes back to where it was
             steps.rollback(tree, start)
             raise

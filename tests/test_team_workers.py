@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ from tests.project import Project, sampled_params
 MODEL = "workers-late"  # this module's own registered model on the shared MLflow server
 PROBE = '''"""Holds the retrain slot (as the training flow does) for a while: the team tests' probe."""
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -164,12 +166,22 @@ def _finish(api: str, run_ids: list[Any], timeout: float) -> list[Any]:
             time.sleep(2)
 
 
-def _logs(api: str, run_id: Any) -> list[tuple[dt.datetime, str]]:
+def _logs(api: str, run_id: Any, timeout: float = 60) -> list[tuple[dt.datetime, str]]:
+    """The flow run's log, once it holds the slot's "released" line: a run's last lines reach the
+    server after its final state (its process ships them on exit)."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+    deadline = time.monotonic() + timeout
     with _client(api) as client:
-        found = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-        return sorted((log.timestamp, log.message) for log in found)
+        while True:
+            found = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            logs = sorted((log.timestamp, log.message) for log in found)
+            if (
+                any(m == f"retrain slot {TEAM_LIMIT} released" for _, m in logs)
+                or time.monotonic() > deadline
+            ):
+                return logs
+            time.sleep(1)
 
 
 def _section(logs: list[tuple[dt.datetime, str]]) -> tuple[dt.datetime, dt.datetime]:
@@ -217,31 +229,108 @@ def test_two_runs_started_together_hold_the_retrain_slot_one_after_the_other(dep
     assert waited, logs
 
 
+CHAMPION = """
+import json, sys
+from mlflow.tracking import MlflowClient
+try:
+    v = MlflowClient().get_model_version_by_alias(sys.argv[1], "champion").version
+except Exception:
+    v = None
+print(json.dumps(v))
+"""
+BRANCH = f"reproml/{MODEL}/retrain"
+
+
+def _champion(deployed: Deployed) -> Any:
+    done = subprocess.run(
+        [sys.executable, "-c", CHAMPION, MODEL], env=deployed.project.env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _remote_branch(deployed: Deployed) -> list[str]:
+    """The retrain branch's commits in the bare repository, newest first ([] when it has none)."""
+    done = subprocess.run(
+        ["git", "--git-dir", str(deployed.remote), "log", "--format=%H %s", f"refs/heads/{BRANCH}", "--"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    return done.stdout.splitlines() if done.returncode == 0 else []
+
+
+def _trained(deployed: Deployed, run_ids: list[Any], timeout: float) -> list[tuple[dt.datetime, dt.datetime]]:
+    runs = _finish(deployed.api, run_ids, timeout=timeout)
+    sections = []
+    for run in runs:
+        logs = _logs(deployed.api, run.id)
+        assert run.state.type.value == "COMPLETED", "\n".join(m for _, m in logs[-40:])
+        _on_a_worker(run)
+        sections.append(_section(logs))
+    return sorted(sections)
+
+
 @pytest.mark.team
 @pytest.mark.integration
-def test_the_training_flow_runs_on_a_worker_and_moves_the_shared_champion(deployed: Deployed) -> None:
-    code = (
-        "import json, sys\nfrom mlflow.tracking import MlflowClient\n"
-        "try:\n    v = MlflowClient().get_model_version_by_alias(sys.argv[1], 'champion').version\n"
-        "except Exception:\n    v = None\nprint(json.dumps(v))\n"
-    )
-
-    def champion() -> Any:
-        done = subprocess.run(
-            [sys.executable, "-c", code, MODEL], env=deployed.project.env, capture_output=True, text=True,
-            timeout=120,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout.strip().splitlines()[-1])
-
-    before = champion()
+def test_the_training_flow_runs_on_a_worker_moves_the_shared_champion_and_pushes_its_branch(
+    deployed: Deployed,
+) -> None:
+    before = _champion(deployed)
     began = time.monotonic()
-    run_id = _start(deployed.api, "training/on-demand")
-    (run,) = _finish(deployed.api, [run_id], timeout=900)
+    _trained(deployed, [_start(deployed.api, "training/on-demand")], timeout=900)
     print(f"training on a worker: {time.monotonic() - began:.0f} s")
-    logs = _logs(deployed.api, run_id)
-    assert run.state.type.value == "COMPLETED", "\n".join(m for _, m in logs[-40:])
-    _on_a_worker(run)
-    _section(logs)
-    after = champion()
+    after = _champion(deployed)
     assert after is not None and after != before, (before, after)
+    pushed = _remote_branch(deployed)
+    assert any("dvc.lock after dvc repro" in line for line in pushed), pushed
+
+
+@pytest.mark.team
+@pytest.mark.integration
+@pytest.mark.slow
+def test_two_retrains_started_together_run_one_after_the_other_on_one_branch(deployed: Deployed) -> None:
+    """Two training runs at once: one waits for the other's slot; the second continues the
+    branch the first pushed (a fast-forward), so both retrains' commits are in the repository."""
+    earlier = _remote_branch(deployed)
+    began = time.monotonic()
+    ids = [_start(deployed.api, "training/on-demand", {"reason": f"together {i}"}) for i in (1, 2)]
+    first, second = _trained(deployed, ids, timeout=1200)
+    print(f"two trainings on workers: {time.monotonic() - began:.0f} s")
+    assert first[1] <= second[0], f"the critical sections overlap: {first} and {second}"
+    pushed = _remote_branch(deployed)
+    assert pushed[len(pushed) - len(earlier) :] == earlier, "the branch was rewritten, not continued"
+
+
+@pytest.mark.team
+@pytest.mark.integration
+def test_reproml_retrain_in_a_shell_waits_for_the_team_slot(deployed: Deployed) -> None:
+    """The flow run in-process (`reproml retrain`) against the team's server takes the same slot:
+    while a worker's retrain holds it (here: the test), it says so and runs no step."""
+    from prefect.concurrency.sync import concurrency
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    p = deployed.project
+    with temporary_settings({PREFECT_API_URL: deployed.api}), concurrency(TEAM_LIMIT, occupy=1, strict=True):
+        waiting = subprocess.Popen(
+            ["reproml", "retrain"], cwd=p.root, env=p.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 180
+            said = ""
+            with _client(deployed.api) as client:
+                while "waiting for the retrain slot" not in said:
+                    assert time.monotonic() < deadline and waiting.poll() is None, said
+                    time.sleep(1)
+                    # the in-process run is the one running outside any deployment
+                    mine = [
+                        r.id
+                        for r in client.read_flow_runs()
+                        if r.deployment_id is None and r.state_name == "Running"
+                    ]
+                    said = " ".join(m for i in mine for _, m in _logs(deployed.api, i, timeout=0))
+            assert waiting.poll() is None, "the in-process retrain did not wait"
+            assert "retrain slot reproml-retrain taken" not in said
+        finally:
+            waiting.send_signal(signal.SIGTERM)
+            waiting.communicate(timeout=60)

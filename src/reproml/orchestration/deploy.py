@@ -82,13 +82,15 @@ class GitSource:
 
 def pool_specs(root: Path, cron: str = DAILY, every: str = "month") -> list[DeploymentSpec]:
     """`deployment_specs` for a work pool: the same deployments without `root`, since a worker runs
-    each flow in its own clone of the repository (the flows' default root, `.`), not in this folder."""
+    each flow in its own clone of the repository (the flows' default root, `.`), not in this folder;
+    training with `shared`: its clone is thrown away, so the retrain branch lives in the repository."""
     return [
         DeploymentSpec(
             flow=spec.flow,
             name=spec.name,
             cron=spec.cron,
-            parameters={k: v for k, v in spec.parameters.items() if k != "root"},
+            parameters={k: v for k, v in spec.parameters.items() if k != "root"}
+            | ({"shared": True} if spec.flow == "training" else {}),
             description=spec.description,
             concurrency_limit=spec.concurrency_limit,
             tags=spec.tags,

@@ -184,6 +184,24 @@ def rollback(tree: Path, commit: str) -> None:
         shutil.rmtree(tree / paths.LABELLED_DATA, ignore_errors=True)
 
 
+SHARED_REMOTE = "origin"  # the repository a worker cloned: where a shared retrain branch lives
+
+
+def pull_branch(root: Path, branch: str) -> bool:
+    """Before a retrain in a worker's throw-away clone: the retrain branch as the repository has it
+    (its earlier data versions), so this retrain continues it; False when there is none yet."""
+    found = git.fetch_branch(root, SHARED_REMOTE, branch)
+    logger().info("retrain branch %s %s", branch, f"from {SHARED_REMOTE}" if found else "is new")
+    return found
+
+
+def publish_branch(root: Path, branch: str) -> None:
+    """After the retrain's commits: the retrain branch pushed to the repository, so the commits the
+    MLflow runs name (their lineage) outlive the worker's clone."""
+    git.push_branch(root, SHARED_REMOTE, branch)
+    logger().info("retrain branch %s pushed to %s", branch, SHARED_REMOTE)
+
+
 def stage_order(tree: Path) -> list[str]:
     """The pipeline's stages, upstream first, as DVC's own graph orders them."""
     return pipeline_stages(tree)
