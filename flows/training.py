@@ -1,7 +1,8 @@
 """The training flow: (new labelled data ->) new DVC data version -> `dvc repro` -> challenger ->
 promotion gate, on the retrain branch's worktree. The steps are `reproml.orchestration.training`;
 this module makes them Prefect tasks (retries for what a moment fixes, one task per DVC stage) and
-holds the workspace's slot (a Prefect global concurrency limit) and training lock around them.
+holds the retrain slot (a Prefect global concurrency limit: flows/slot.py) and the workspace's
+training lock around them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
 from flows.common import retry_transient
+from flows.slot import retrain_slot
 from reproml.orchestration import training as steps
 from reproml.orchestration.worktree import open_worktree
 from reproml.retrain import TrainingSummary
@@ -38,19 +40,24 @@ push = task(name="push", **RETRIED)(steps.push)
 commit_lock = task(name="commit")(steps.commit_lock)
 promote = task(name="promote", **RETRIED)(steps.promote)
 refit = task(name="refit")(steps.refit)  # not retried: it registers a version
+pull_branch = task(name="pull_branch", **RETRIED)(steps.pull_branch)
+publish_branch = task(name="publish_branch", **RETRIED)(steps.publish_branch)
 
 
 @flow(name="training", log_prints=True)
 def training(
-    root: str = ".", labelled: str | None = None, reason: str = "on demand", branch: str | None = None
+    root: str = ".",
+    labelled: str | None = None,
+    reason: str = "on demand",
+    branch: str | None = None,
+    shared: bool = False,
 ) -> TrainingSummary:
     """Retrain on the retrain branch (`branch`, default `retrain.branch`): optionally add
     `labelled` (a Parquet batch of labelled production rows under data/ or monitoring/) as a new
     data version, run the DVC pipeline, push, commit, gate. Both paths are checked before anything
-    else (`reproml.paths`): the batch becomes a pushed data version."""
-    from prefect.client.orchestration import get_client
-    from prefect.concurrency.sync import concurrency
-
+    else (`reproml.paths`): the batch becomes a pushed data version. `shared` (set by deployments
+    on a work pool, whose workers run in throw-away clones): the retrain branch is fetched from
+    the repository's `origin` first and pushed back after its commits."""
     from reproml.paths import confined, project_root
     from reproml.stages.common import load
     from reproml.training_lock import training_lock
@@ -64,16 +71,16 @@ def training(
     if refused is not None:  # before the slot, the lock and the worktree: nothing is touched
         log.warning("retrain refused: %s", refused)
         return steps.refusal(target, reason, refused)
-    name = steps.limit_name(home)
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(name, 1)
-    # Prefect's limit orders training flows; the workspace's training lock (held throughout, its
-    # token inherited by the stages' `dvc repro`) keeps out `dvc repro` and `reproml train/promote`.
+    # Prefect's limit orders training flows (the team's across workers: flows/slot.py); the
+    # workspace's training lock (held throughout, its token inherited by the stages' `dvc repro`)
+    # keeps out `dvc repro` and `reproml train/promote`.
     held_by = f"training flow run {flow_run.name} ({flow_run.id})"
     with (
-        concurrency(name, occupy=1, lease_duration=LEASE_S, strict=True),
+        retrain_slot(home, log, LEASE_S),
         training_lock(home, command=held_by, notify=log.warning),
     ):
+        if shared:
+            pull_branch(home, target)
         tree = worktree(home, target)
         env = steps.stage_env(home)
         added = None
@@ -87,6 +94,8 @@ def training(
                 stages[stage_name] = run_stage(tree, stage_name, env)
             push(tree, env)
             lock_commit = commit_lock(tree, f"reproml retrain ({reason}): dvc.lock after dvc repro")
+            if shared:
+                publish_branch(home, target)
         except BaseException:  # a failure, SIGTERM or Ctrl-C: the branch goes back to where it was
             steps.rollback(tree, start)
             raise

@@ -488,6 +488,37 @@ def serve(
 
 
 @app.command()
+def deploy(
+    pool: str = typer.Option(..., "--pool", help="The Prefect work pool whose workers run the flows."),
+    repo: str | None = typer.Option(
+        None, help="The git repository workers clone (URL or path; default: this project's `origin`)."
+    ),
+    branch: str | None = typer.Option(None, help="The branch workers run (default: the one checked out)."),
+    cron: str = typer.Option("0 6 * * *", help="When the monitoring deployment runs (cron, UTC)."),
+    every: str = typer.Option("month", help="Batch size the scheduled monitoring takes: month | week."),
+) -> None:
+    """Register the deployments (as `serve` does) on a work pool: each flow run is picked up by one
+    of the pool's workers, which clones the repository's branch and runs the flow in that clone.
+    Also ensures the `reproml-retrain` concurrency limit: one retrain at a time across all workers."""
+    from reproml.errors import ReproError
+    from reproml.orchestration.deploy import git_source
+
+    try:
+        source = git_source(ROOT, repo, branch)
+    except ReproError as exc:
+        raise _failed("reproml deploy refused", exc) from None
+    _prefect()
+    try:
+        names = _flows("deploy").deploy_to_pool(ROOT.resolve(), pool, source, cron, every)
+    except Exception as exc:  # no such pool, an unreachable repository: Prefect's words, scrubbed
+        raise _failed(f"reproml deploy to pool {pool} failed", exc) from None
+    for name in names:
+        console.print(
+            f"{name} on pool {pool}, code from {_clean(source.url)}@{source.branch}", highlight=False
+        )
+
+
+@app.command()
 def simulate(
     every: str = typer.Option("month", help="month | week"),
     start: str | None = typer.Option(

@@ -62,3 +62,72 @@ def deployment_specs(root: Path, cron: str = DAILY, every: str = "month") -> lis
             description="A new DVC data version (optional), dvc repro, challenger, promotion gate.",
         ),
     ]
+
+
+# Where each flow lives in the project's repository: what a worker's clone runs.
+ENTRYPOINTS = {
+    "training": "flows/training.py:training",
+    "monitoring": "flows/monitoring.py:monitoring",
+    "monitoring-feed": "flows/monitoring.py:monitoring_feed",
+}
+
+
+@dataclass(frozen=True)
+class GitSource:
+    """The repository a worker clones (Prefect's `git_clone` pull step) and the branch it runs."""
+
+    url: str
+    branch: str
+
+
+def pool_specs(root: Path, cron: str = DAILY, every: str = "month") -> list[DeploymentSpec]:
+    """`deployment_specs` for a work pool: the same deployments without `root`, since a worker runs
+    each flow in its own clone of the repository (the flows' default root, `.`), not in this folder;
+    training with `shared`: its clone is thrown away, so the retrain branch lives in the repository."""
+    return [
+        DeploymentSpec(
+            flow=spec.flow,
+            name=spec.name,
+            cron=spec.cron,
+            parameters={k: v for k, v in spec.parameters.items() if k != "root"}
+            | ({"shared": True} if spec.flow == "training" else {}),
+            description=spec.description,
+            concurrency_limit=spec.concurrency_limit,
+            tags=spec.tags,
+        )
+        for spec in deployment_specs(root, cron, every)
+    ]
+
+
+def git_source(root: Path, repo: str | None = None, branch: str | None = None) -> GitSource:
+    """What workers clone: `repo` (a URL or a path), else the project's `origin` remote; `branch`,
+    else the branch checked out here. Workers run what the remote's branch holds: push first.
+
+    Refused, naming the fix: no remote and no `repo`, no branch checked out, or a URL carrying a
+    password (the deployment's pull step stores the URL on the Prefect server for anyone to read;
+    workers get credentials from their own environment, e.g. a git credential helper)."""
+    from urllib.parse import urlsplit
+
+    from reproml.errors import ReproError
+    from reproml.stores import git
+
+    url = repo or (git.output(root, "remote", "get-url", "origin") or "").strip()
+    if not url:
+        raise ReproError(
+            f"{root} has no git remote `origin`: workers clone the project's repository, so push it "
+            "somewhere they can reach and add it (`git remote add origin <url>`), or pass --repo <url>"
+        )
+    if "://" in url and urlsplit(url).password is not None:
+        raise ReproError(
+            "the repository URL carries a password: it would be stored in the deployment for anyone "
+            "with access to the Prefect server; give workers credentials through their environment "
+            "(a git credential helper) and deploy the URL without them"
+        )
+    if "://" not in url and ":" not in url.split("/")[0]:  # a path, not a URL or host:path
+        path = Path(url) if Path(url).is_absolute() else root / url
+        if path.exists():
+            url = str(path.resolve())  # absolute: a worker runs in a folder of its own
+    name = branch or (git.output(root, "symbolic-ref", "--quiet", "--short", "HEAD") or "").strip()
+    if not name:
+        raise ReproError(f"{root} has no branch checked out: pass --branch <name> (the branch workers run)")
+    return GitSource(url=url, branch=name)

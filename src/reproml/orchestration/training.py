@@ -54,9 +54,21 @@ def workspace_env(root: Path) -> contextlib.AbstractContextManager[None]:
     return overridden(WORKSPACE_ENV, str(root))
 
 
+# The team's one-retrain-at-a-time limit (`reproml deploy` ensures it, limit 1): when the Prefect
+# server has it, every training flow takes it, wherever it runs (a pool's worker, `reproml retrain`).
+TEAM_LIMIT = "reproml-retrain"
+
+
 def limit_name(root: Path) -> str:
     """The name of the workspace's one-training-at-a-time concurrency limit on the Prefect server."""
     return "reproml-training-" + hashlib.sha1(str(root).encode()).hexdigest()[:10]
+
+
+def slot_name(root: Path, team: bool) -> str:
+    """The concurrency limit a training flow takes: the team's (`TEAM_LIMIT`) when the server has
+    it, since on workers each flow run has its own clone and so its own workspace, and one limit
+    per workspace would order nothing; else the workspace's own (`limit_name`)."""
+    return TEAM_LIMIT if team else limit_name(root)
 
 
 def champion_values(root: Path, model_name: str, model: str) -> dict[str, Any]:
@@ -170,6 +182,24 @@ def rollback(tree: Path, commit: str) -> None:
         run([tool("dvc"), "checkout", "--force", "--quiet", LABELLED_DVC], tree, quiet=True)
     else:
         shutil.rmtree(tree / paths.LABELLED_DATA, ignore_errors=True)
+
+
+SHARED_REMOTE = "origin"  # the repository a worker cloned: where a shared retrain branch lives
+
+
+def pull_branch(root: Path, branch: str) -> bool:
+    """Before a retrain in a worker's throw-away clone: the retrain branch as the repository has it
+    (its earlier data versions), so this retrain continues it; False when there is none yet."""
+    found = git.fetch_branch(root, SHARED_REMOTE, branch)
+    logger().info("retrain branch %s %s", branch, f"from {SHARED_REMOTE}" if found else "is new")
+    return found
+
+
+def publish_branch(root: Path, branch: str) -> None:
+    """After the retrain's commits: the retrain branch pushed to the repository, so the commits the
+    MLflow runs name (their lineage) outlive the worker's clone."""
+    git.push_branch(root, SHARED_REMOTE, branch)
+    logger().info("retrain branch %s pushed to %s", branch, SHARED_REMOTE)
 
 
 def stage_order(tree: Path) -> list[str]:

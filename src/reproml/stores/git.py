@@ -120,6 +120,38 @@ def add_branch_worktree(root: Path, path: Path, branch: str, reset: bool = False
         run(root, "worktree", "add", "-B", branch, str(path), "HEAD")
 
 
+# Fetches and pushes talk to another machine: slower than a look-up, still never forever.
+NETWORK_TIMEOUT_S = 300.0
+
+
+def fetch_branch(root: Path, remote: str, branch: str) -> bool:
+    """The local branch `branch` set to `remote`'s (created if missing; it must not be checked out
+    in `root` itself); False, changing nothing, when the remote has no such branch."""
+    found = run(root, "ls-remote", "--exit-code", "--heads", remote, branch, check=False,
+                timeout=NETWORK_TIMEOUT_S)  # fmt: skip
+    if found.returncode == 2:
+        return False
+    if found.returncode != 0:
+        reason = found.stderr.strip()
+        raise GitError(f"`git ls-remote {remote} {branch}` failed in {root}: {reason}", reason)
+    run(
+        root,
+        "fetch",
+        "--quiet",
+        remote,
+        f"+refs/heads/{branch}:refs/heads/{branch}",
+        timeout=NETWORK_TIMEOUT_S,
+    )
+    return True
+
+
+def push_branch(root: Path, remote: str, branch: str) -> None:
+    """`branch` pushed to `remote` (a fast-forward: a rejected push is a GitError naming it)."""
+    run(
+        root, "push", "--quiet", remote, f"refs/heads/{branch}:refs/heads/{branch}", timeout=NETWORK_TIMEOUT_S
+    )
+
+
 def ls_files(root: Path, *patterns: str) -> list[str]:
     """Tracked paths matching the pathspecs `patterns` (all tracked paths without any)."""
     return [f for f in run(root, "ls-files", "--", *patterns, timeout=LOOKUP_TIMEOUT_S).stdout.split() if f]
