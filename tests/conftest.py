@@ -7,10 +7,13 @@ MLflow pointed at a SQLite file there and temp files kept there too.
 from __future__ import annotations
 
 import copy
+import glob
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from reproml.team import stack
+from reproml.team.layout import Layout
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -28,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)  # a run started inside `dvc exp run` names it
+    monkeypatch.delenv("REPROML_RECORDS_URL", raising=False)  # records in files unless a test says so
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     yield
@@ -187,3 +194,52 @@ def open_in_chromium(
         assert "</html>" in done.stdout, done.stderr[-2000:]
     console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
     return Opened(console, done.stdout if dump_dom else "")
+
+
+# --- the team stack (tests marked `team`), shared by every test file that needs it ----------------
+
+
+def _postgres_installed() -> bool:
+    return bool(glob.glob("/usr/lib/postgresql/*/bin/postgres")) or shutil.which("postgres") is not None
+
+
+@pytest.fixture(scope="session")
+def team_stack() -> Iterator[Path]:
+    """The stack, started once; its project folder is world-traversable (PostgreSQL runs as the
+    `postgres` user when the tests run as root)."""
+    if not _postgres_installed():
+        message = "PostgreSQL is not installed (apt-get install -y postgresql)"
+        if in_ci():
+            pytest.fail(f"CI=true, so the team tests must run, but {message}: .ci/run installs it")
+        pytest.skip(message)
+    # /tmp itself, not tempfile's cached folder: an earlier test in this worker may have pointed
+    # that inside a pytest folder (0700), which `postgres` cannot enter
+    root = Path(tempfile.mkdtemp(prefix="reproml-team-test-", dir="/tmp"))
+    root.chmod(0o755)
+    began = time.monotonic()
+    try:
+        result = stack.up(root)
+        print(f"team stack up in {time.monotonic() - began:.1f} s, ready after {result.ready}")
+        yield root
+    finally:
+        try:
+            stack.down(root)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def team_env(root: Path) -> dict[str, str]:
+    """The variables `.reproml/team/env` exports, as a dict."""
+    found = {}
+    for line in Layout(root).env_file.read_text().splitlines():
+        if line.startswith("export "):
+            key, _, value = line.removeprefix("export ").partition("=")
+            found[key] = shlex.split(value)[0]
+    return found
+
+
+def clean_env(root: Path) -> dict[str, str]:
+    """This environment with nothing of MLflow, Prefect, AWS or Dask, plus the team variables."""
+    foreign = ("MLFLOW_", "PREFECT_", "AWS_", "DASK_", "PG")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(foreign)}
+    return {**base, **team_env(root)}

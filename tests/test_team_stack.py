@@ -8,17 +8,12 @@ installs it).
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shlex
 import shutil
 import stat
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -28,56 +23,10 @@ import yaml
 from reproml.team import processes, stack
 from reproml.team.layout import BUCKET, Layout, TeamError, choose_ports, password
 from reproml.team.services import DASK_WORKERS, PREFECT_WORKERS, SERVICES
-from tests.conftest import in_ci
+from tests.conftest import clean_env, team_env
 from tests.project import BIN, Project, sampled_params
 
 pytestmark = [pytest.mark.team, pytest.mark.integration]
-
-
-def _postgres_installed() -> bool:
-    return bool(glob.glob("/usr/lib/postgresql/*/bin/postgres")) or shutil.which("postgres") is not None
-
-
-@pytest.fixture(scope="session")
-def team_stack() -> Iterator[Path]:
-    """The stack, started once; its project folder is world-traversable (PostgreSQL runs as the
-    `postgres` user when the tests run as root)."""
-    if not _postgres_installed():
-        message = "PostgreSQL is not installed (apt-get install -y postgresql)"
-        if in_ci():
-            pytest.fail(f"CI=true, so the team tests must run, but {message}: .ci/run installs it")
-        pytest.skip(message)
-    # /tmp itself, not tempfile's cached folder: an earlier test in this worker may have pointed
-    # that inside a pytest folder (0700), which `postgres` cannot enter
-    root = Path(tempfile.mkdtemp(prefix="reproml-team-test-", dir="/tmp"))
-    root.chmod(0o755)
-    began = time.monotonic()
-    try:
-        result = stack.up(root)
-        print(f"team stack up in {time.monotonic() - began:.1f} s, ready after {result.ready}")
-        yield root
-    finally:
-        try:
-            stack.down(root)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-
-
-def team_env(root: Path) -> dict[str, str]:
-    """The variables `.reproml/team/env` exports, as a dict."""
-    found = {}
-    for line in Layout(root).env_file.read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line.removeprefix("export ").partition("=")
-            found[key] = shlex.split(value)[0]
-    return found
-
-
-def clean_env(root: Path) -> dict[str, str]:
-    """This environment with nothing of MLflow, Prefect, AWS or Dask, plus the team variables."""
-    foreign = ("MLFLOW_", "PREFECT_", "AWS_", "DASK_", "PG")
-    base = {k: v for k, v in os.environ.items() if not k.startswith(foreign)}
-    return {**base, **team_env(root)}
 
 
 def python(code: str, env: dict[str, str], cwd: Path, timeout: float = 240) -> str:
