@@ -145,3 +145,30 @@ def test_a_value_that_is_no_url_is_refused_naming_the_variable(monkeypatch: pyte
     monkeypatch.setenv(RECORDS_URL_ENV, "records.db")
     with pytest.raises(RecordsError, match=f"{RECORDS_URL_ENV}='records.db' is not a database URL"):
         records_store()
+
+
+def exclusive(backend: SqlRecords, scope: str) -> list[str]:
+    """What happened, in order, when a second holder asked for `scope` while a first held it."""
+    events: list[str] = []
+    entered = threading.Event()
+
+    def second() -> None:
+        with backend.lock(scope):
+            events.append("second in")
+            entered.set()
+
+    with backend.lock(scope):
+        events.append("first in")
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert not entered.wait(1.0)
+        events.append("first out")
+    assert entered.wait(30)
+    thread.join()
+    return events
+
+
+def test_the_lock_is_held_by_one_holder_at_a_time(shared: str) -> None:
+    assert exclusive(SqlRecords(shared), "promote") == ["first in", "first out", "second in"]
+    with SqlRecords(shared).lock("promote"), SqlRecords(shared).lock("monitor:x"):
+        pass  # another scope is another lock

@@ -148,8 +148,9 @@ def model_scores(version: Version, experiment_id: str, frame: pd.DataFrame, task
 
 @contextlib.contextmanager
 def promotion_lock(root: Path) -> Iterator[None]:
-    """One alias move at a time in this project (MLflow has no compare-and-set on aliases)."""
-    with file_lock(paths.workspace(root) / LOCK):
+    """One alias move at a time in this project (MLflow has no compare-and-set on aliases): on this
+    machine (a file lock), and on every machine sharing the records database (its lock)."""
+    with file_lock(paths.workspace(root) / LOCK), records_store().lock("promote"):
         yield
 
 

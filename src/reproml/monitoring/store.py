@@ -160,6 +160,7 @@ def write_frame(target: Path, frame: pd.DataFrame) -> Path:
 
 @contextlib.contextmanager
 def monitor_lock(root: Path, name: str) -> Iterator[None]:
-    """One batch decision at a time per model: the cooldown reads past records and must see every one."""
-    with file_lock(root / home(name) / ".monitor.lock"):
+    """One batch decision at a time per model: the cooldown reads past records and must see every
+    one (with a records database, those of every machine: its lock is held too)."""
+    with file_lock(root / home(name) / ".monitor.lock"), records_store().lock(f"monitor:{name}"):
         yield

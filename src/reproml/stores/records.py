@@ -17,21 +17,29 @@ mirrored to the record's usual file (after the row is committed), so the monitor
 links, the MLflow monitoring run's artifact and a person browsing the folder still find it there;
 nothing reads the mirror back.
 
+Both also give a lock (`RecordStore.lock`) that decisions reading and then writing records hold
+(a promotion, a monitored batch): none for files, which the callers' file locks already cover on
+their one machine; a PostgreSQL advisory lock for a database, so that the rule "a `pending` audit
+record seen under the promotion lock is a dead process's" still holds when two machines share the
+records (a session lock: the server drops it when the holder's connection dies, even by SIGKILL).
+
 Only this module imports SQLAlchemy for records (an import-linter contract says so).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
+import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from reproml.errors import ReproError
-from reproml.io import read_json, write_json
+from reproml.io import file_lock, read_json, write_json
 from reproml.redaction import redact_url, scrub
 
 if TYPE_CHECKING:
@@ -62,6 +70,8 @@ class RecordStore(Protocol):
 
     def all(self, kind: str, model: str | None, folder: Path) -> list[dict[str, Any]]: ...
 
+    def lock(self, scope: str) -> contextlib.AbstractContextManager[None]: ...
+
 
 class FileRecords:
     """Today's behaviour: one JSON file per record, written atomically, read in name order."""
@@ -78,6 +88,10 @@ class FileRecords:
 
     def all(self, kind: str, model: str | None, folder: Path) -> list[dict[str, Any]]:
         return [_record(read_json(p), str(p)) for p in sorted(folder.glob("*.json"))]
+
+    @contextlib.contextmanager
+    def lock(self, scope: str) -> Iterator[None]:
+        yield  # one machine: the caller's file lock is the lock
 
 
 def _record(found: Any, where: str) -> dict[str, Any]:
@@ -145,6 +159,36 @@ class SqlRecords:
         except SQLAlchemyError as exc:
             raise self._failed(f"listing {kind} records of {model or 'every model'!r}", exc) from None
         return [_record(json.loads(text), f"{self.shown} {kind}/{name}/{key}") for name, key, text in rows]
+
+    @contextlib.contextmanager
+    def lock(self, scope: str) -> Iterator[None]:
+        """`scope` held by one process of every machine on this database at a time (blocking)."""
+        from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
+
+        engine, _ = _open(self.url)
+        if engine.dialect.name != "postgresql":
+            # SQLite: one file on one host; a lock file beside it serves every clone using it
+            database = engine.url.database or ""
+            with file_lock(f"{database}.{hashlib.sha256(scope.encode()).hexdigest()[:16]}.lock"):
+                yield
+            return
+        key = int.from_bytes(hashlib.sha256(f"reproml:{scope}".encode()).digest()[:8], "big", signed=True)
+        try:
+            connection = engine.connect()
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            connection.commit()
+        except SQLAlchemyError as exc:
+            raise self._failed(f"taking the lock {scope!r}", exc) from None
+        try:
+            yield
+        finally:
+            try:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                connection.commit()
+                connection.close()
+            except SQLAlchemyError:
+                connection.invalidate()  # a dropped connection: the server released the lock with it
 
 
 @functools.cache
