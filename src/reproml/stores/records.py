@@ -111,9 +111,10 @@ class SqlRecords:
         return redact_url(self.url)
 
     def _failed(self, doing: str, exc: Exception) -> RecordsError:
+        said = str(exc).split("\n[SQL:")[0][:600]  # not the statement and its parameters (the record)
         return RecordsError(
             f"records store {self.shown} ({RECORDS_URL_ENV}) failed while {doing}: "
-            f"{scrub(f'{type(exc).__name__}: {exc}')}"
+            f"{scrub(f'{type(exc).__name__}: {said}')}"
         )
 
     def put(self, kind: str, model: str, key: str, record: Mapping[str, Any], file: Path) -> None:
