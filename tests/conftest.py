@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)  # a run started inside `dvc exp run` names it
+    monkeypatch.delenv("REPROML_RECORDS_URL", raising=False)  # records in files unless a test says so
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     yield
@@ -195,7 +196,7 @@ def open_in_chromium(
     return Opened(console, done.stdout if dump_dom else "")
 
 
-# --- the team stack (one per test session; the `team` tests share it) ---------------------------
+# --- the team stack (tests marked `team`), shared by every test file that needs it ----------------
 
 
 def _postgres_installed() -> bool:

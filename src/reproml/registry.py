@@ -3,8 +3,9 @@
 MLflow owns versions and aliases; this module owns the rules around them. A version is registered
 only from a run that FINISHED and was evaluated. An alias moves only through `promote` (the gate,
 or a forced promotion with a reason) or `rollback`, and every such decision, including rejections
-and aborted races, is written as a JSON record under `registry/records/` (before any alias moves)
-and as tags on the model version.
+and aborted races, is written as a record (before any alias moves) and as tags on the model
+version. The records go through `reproml.stores.records`: JSON files under `registry/records/` by
+default, or the team's database (`REPROML_RECORDS_URL`), where every clone reads one audit trail.
 
 A version is created, and a model loaded, only after `reproml.provenance` has shown its files to
 be the ones a run of this project logged.
@@ -31,13 +32,14 @@ import pandas as pd
 from reproml import learned, paths, provenance
 from reproml.errors import ReproError
 from reproml.gate import GateRecord, GateResult
-from reproml.io import file_lock, file_md5, read_json, write_json
+from reproml.io import file_lock, file_md5, read_json
 from reproml.monitoring import store
 from reproml.monitoring.records import ProductionEvidenceRecord
 from reproml.redaction import scrub, scrub_obj
 from reproml.stores.mlflow import runs, versions
 from reproml.stores.mlflow.connection import MlflowError
 from reproml.stores.mlflow.versions import Version
+from reproml.stores.records import REGISTRY, records_store
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 RECORDS = Path("registry/records")
@@ -151,8 +153,9 @@ def model_scores(version: Version, experiment_id: str, frame: pd.DataFrame, task
 
 @contextlib.contextmanager
 def promotion_lock(root: Path) -> Iterator[None]:
-    """One alias move at a time in this project (MLflow has no compare-and-set on aliases)."""
-    with file_lock(paths.workspace(root) / LOCK):
+    """One alias move at a time in this project (MLflow has no compare-and-set on aliases): on this
+    machine (a file lock), and on every machine sharing the records database (its lock)."""
+    with file_lock(paths.workspace(root) / LOCK), records_store().lock("promote"):
         yield
 
 
@@ -276,7 +279,7 @@ def _decide(root: Path, name: str, record: DecisionRecord, move: Callable[[], No
     file: the same record is rewritten atomically, never a second one added.
     """
     target, record = _new_record(root, name, {**record, "status": DONE if move is None else PENDING})
-    write_json(target, record)
+    _write(target, record)
     try:
         if move is not None:
             move()
@@ -289,7 +292,7 @@ def _decide(root: Path, name: str, record: DecisionRecord, move: Callable[[], No
             "reason": f"NOT APPLIED, moving the aliases failed ({error}); "
             f"the decision was: {record['reason']}",
         }
-        write_json(target, record)
+        _write(target, record)
         if not isinstance(exc, Exception):
             raise
         raise RegistryError(
@@ -298,7 +301,7 @@ def _decide(root: Path, name: str, record: DecisionRecord, move: Callable[[], No
         ) from exc
     if move is not None:
         record["status"] = DONE
-        write_json(target, record)
+        _write(target, record)
     _tag_decision(name, record)
     return record
 
@@ -312,8 +315,8 @@ def settle_pending(root: Path, name: str) -> list[Path]:
     champion = alias_version(name, CHAMPION)
     now = None if champion is None else int(champion.version)
     settled = []
-    for path in sorted((paths.workspace(root) / RECORDS).glob("*.json")):
-        record = _read_record(path)
+    for record in history(root):
+        path = paths.workspace(root) / record["record"]
         if record.get("status") != PENDING or record.get("model_name") != name:
             continue
         meant = record.get("champion") if record["action"] == "rollback" else record.get("challenger")
@@ -325,7 +328,7 @@ def settle_pending(root: Path, name: str) -> list[Path]:
             f"made this decision ended while moving the aliases; the champion is v{now}, so the "
             f"decision {'took effect' if applied else 'did not take effect'}",
         }
-        write_json(path, record)
+        _write(path, record)
         if applied:
             _tag_decision(name, record)
         settled.append(path)
@@ -333,13 +336,16 @@ def settle_pending(root: Path, name: str) -> list[Path]:
 
 
 def history(root: Path) -> list[DecisionRecord]:
-    """Every decision recorded in this project, oldest first (read back from their JSON files)."""
-    return [_read_record(p) for p in sorted((paths.workspace(root) / RECORDS).glob("*.json"))]
+    """Every decision recorded in this project (or, with a records database, by the team), oldest
+    first: the keys start with the decision's UTC time stamp (the JSON edge: the keys are
+    DecisionRecord's, as `_decide` wrote them)."""
+    folder = paths.workspace(root) / RECORDS
+    return [cast(DecisionRecord, r) for r in records_store().all(REGISTRY, None, folder)]
 
 
-def _read_record(path: Path) -> DecisionRecord:
-    """A decision record file as written by `_decide` (the JSON edge: its keys are DecisionRecord's)."""
-    return cast(DecisionRecord, read_json(path))
+def _write(target: Path, record: DecisionRecord) -> None:
+    """The decision, keyed by its file's stem (time stamp, action, version) under its model."""
+    records_store().put(REGISTRY, record["model_name"], target.stem, record, target)
 
 
 def _move_aliases(name: str, new: Version, old: Version | None) -> None:

@@ -79,7 +79,7 @@ def registry_table(root: Path) -> Table:
     def version(entry: VersionRef | None) -> str:
         return "-" if not entry else f"v{entry['version']}"
 
-    table = Table(title="Registry decisions (registry/records/)")
+    table = Table(title=f"Registry decisions ({_records_place('registry/records/')})")
     for header in ("time (UTC)", "model", "action", "challenger", "champion before", "improvement", "reason"):
         table.add_column(header, overflow="fold")
     for record in history(root):
@@ -210,9 +210,18 @@ def _shadow_cell(record: BatchRecord) -> str | None:
     )
 
 
+def _records_place(folder: str) -> str:
+    """Where the records shown were read: their folder, or the records database (password masked)."""
+    from reproml.stores.records import FileRecords, records_store
+
+    found = records_store()
+    return folder if isinstance(found, FileRecords) else found.shown
+
+
 def monitoring_table(records: list[BatchRecord], name: str) -> Table:
     """`reproml monitoring`: every monitored batch of model `name`, in the order it was monitored."""
-    table = Table(title=f"Monitored batches of {name} ({store.records(name)}/; open {store.index(name)})")
+    where = _records_place(f"{store.records(name)}/")
+    table = Table(title=f"Monitored batches of {name} ({where}; open {store.index(name)})")
     for header in (
         "#",
         "batch",

@@ -42,12 +42,14 @@ import pandas as pd
 
 from reproml import paths
 from reproml.errors import ReproError
-from reproml.io import file_lock, file_md5, read_json, write_json
+from reproml.io import file_lock, file_md5
 from reproml.monitoring import store
 from reproml.monitoring.records import FeedEntry, FeedLedger, FeedRow
+from reproml.stores.records import FEED, records_store
 
 SUFFIXES = (".csv", ".parquet")
 LABELS = ".labels"  # `<batch stem>.labels.csv|parquet`
+LEDGER_KEY = "ledger"  # the one feed record per model
 SETTLE_SECONDS = 5.0  # a file modified more recently may still be being written
 Kind = Literal["batch", "labels"]
 
@@ -129,17 +131,20 @@ def ledger_path(name: str) -> Path:
 
 
 def read_ledger(root: Path, name: str) -> FeedLedger:
-    path = root / ledger_path(name)
-    if not path.is_file():
+    """The model's ledger (`reproml.stores.records`: its file, or the team's records database,
+    where every clone taking one feed sees what the others took)."""
+    found = records_store().get(FEED, name, LEDGER_KEY, root / ledger_path(name))
+    if found is None:
         return {"taken": []}
-    found = read_json(path)
     if not isinstance(found, dict) or not isinstance(found.get("taken"), list):
         raise FeedError(f"{ledger_path(name)} is not a feed ledger (expected an object with a 'taken' list)")
     return {"taken": list(found["taken"])}
 
 
 def write_ledger(root: Path, name: str, ledger: FeedLedger) -> Path:
-    return write_json(root / ledger_path(name), ledger)
+    target = root / ledger_path(name)
+    records_store().put(FEED, name, LEDGER_KEY, ledger, target)
+    return target
 
 
 @contextmanager

@@ -24,6 +24,10 @@ monitoring/README.md):
 
 Paths are relative to the project root (records name files that way). All writes go through
 `reproml.io`'s atomic writers: a reader never sees half a file.
+
+The decision records and the feed ledger go through `reproml.stores.records`: the files above by
+default; with `REPROML_RECORDS_URL` (the team's database) they are read from there, so every clone
+sees one history, and the files are only a mirror of what this clone wrote.
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ import numpy as np
 import pandas as pd
 
 from reproml.errors import ReproError
-from reproml.io import file_lock, read_json, write_json, write_with
+from reproml.io import file_lock, write_with
 from reproml.monitoring.records import BatchRecord
 from reproml.redaction import scrub_obj
+from reproml.stores.records import MONITORING as MONITORING_KIND
+from reproml.stores.records import records_store
 
 MONITORING = Path("monitoring")
 # the folders of one model's history, in the order `reproml simulate` archives them
@@ -116,15 +122,24 @@ def jsonable(value: Any) -> Any:
 
 
 def write_record(root: Path, name: str, record: BatchRecord) -> Path:
+    """Store the batch's record (keyed by its batch id); returns its file (the record itself with
+    files, the mirror with a records database)."""
     target = root / record_path(name, record["batch_id"])
-    write_json(target, scrub_obj(jsonable(record)))  # records feed the reports: no credential in them
+    clean = scrub_obj(jsonable(record))  # records feed the reports: no credential in them
+    records_store().put(MONITORING_KIND, name, record["batch_id"], clean, target)
     return target
+
+
+def find(root: Path, name: str, batch_id: str) -> BatchRecord | None:
+    """The record of batch `batch_id` of model `name`, or None when it was never monitored."""
+    found = records_store().get(MONITORING_KIND, name, batch_id, root / record_path(name, batch_id))
+    return None if found is None else cast(BatchRecord, found)
 
 
 def history(root: Path, name: str) -> list[BatchRecord]:
     """Every decision record of model `name`, in the order the batches were monitored (the JSON
-    edge: files `write_record` wrote, by this version or an earlier one; see `records`)."""
-    found = [cast(BatchRecord, read_json(p)) for p in (root / records(name)).glob("*.json")]
+    edge: records `write_record` wrote, by this version or an earlier one; see `records`)."""
+    found = [cast(BatchRecord, r) for r in records_store().all(MONITORING_KIND, name, root / records(name))]
     return sorted(found, key=lambda r: (r.get("seq", 0), r.get("batch_id", "")))
 
 
@@ -146,6 +161,7 @@ def write_frame(target: Path, frame: pd.DataFrame) -> Path:
 
 @contextlib.contextmanager
 def monitor_lock(root: Path, name: str) -> Iterator[None]:
-    """One batch decision at a time per model: the cooldown reads past records and must see every one."""
-    with file_lock(root / home(name) / ".monitor.lock"):
+    """One batch decision at a time per model: the cooldown reads past records and must see every
+    one (with a records database, those of every machine: its lock is held too)."""
+    with file_lock(root / home(name) / ".monitor.lock"), records_store().lock(f"monitor:{name}"):
         yield

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 from reproml import paths
 from reproml.config import Params
@@ -71,7 +70,6 @@ def run_feed(
     A batch whose record already exists (monitored by hand, or by a run that stopped before its
     ledger line) is entered in the ledger without being monitored again.
     """
-    from reproml.io import read_json
     from reproml.monitoring import batches, feed, store
     from reproml.monitoring.labels import LabelsError
     from reproml.stores import s3
@@ -94,10 +92,10 @@ def run_feed(
         run = FeedRun(shown, refused=bool(found.refused))
         for arrival in found.batches:
             batch_id = batches.file_batch_id(arrival.path, arrival.md5)
-            done = root / store.record_path(name, batch_id)
+            done = store.find(root, name, batch_id)
             note = ""
-            if done.is_file():
-                record = cast(BatchRecord, read_json(done))
+            if done is not None:
+                record = done
                 note = " (monitored earlier; not handed on again)"
             else:
                 record = monitor_one(root, arrival.file)
@@ -114,8 +112,8 @@ def run_feed(
             if batch is None or batch["batch_id"] is None:
                 run.rows.append(feed.waiting(arrival))
                 continue
-            record_file = root / store.record_path(name, batch["batch_id"])
-            earlier = read_json(record_file).get("labels") if record_file.is_file() else None
+            labelled = store.find(root, name, batch["batch_id"])
+            earlier = labelled.get("labels") if labelled is not None else None
             error = None
             if not (earlier and earlier.get("md5") == arrival.md5):
                 try:

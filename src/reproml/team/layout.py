@@ -29,7 +29,7 @@ HOST = "127.0.0.1"
 PORTED = ("postgres", "mlflow", "prefect", "dask", "s3")
 PORT_ENV = {name: f"REPROML_TEAM_{name.upper()}_PORT" for name in PORTED}
 DB_USER = "reproml"
-DATABASES = ("mlflow", "prefect", "optuna")
+DATABASES = ("mlflow", "prefect", "optuna", "reproml")  # reproml: the records store
 WORK_POOL = "reproml-team"
 BUCKET = "reproml-dvc"
 DVC_REMOTE = "team"
@@ -210,6 +210,7 @@ def urls(layout: Layout, ports: dict[str, int]) -> dict[str, str]:
         "PREFECT_API_URL": f"http://{HOST}:{ports['prefect']}/api",
         "PGPASSFILE": str(layout.secrets.resolve()),
         "REPROML_TUNE_STORAGE": database_url(ports, "optuna"),
+        "REPROML_RECORDS_URL": database_url(ports, "reproml"),  # audit trail, monitoring records
         "DASK_SCHEDULER_ADDRESS": f"tcp://{HOST}:{ports['dask']}",
         "REPROML_TEAM_WORK_POOL": WORK_POOL,
         "AWS_ACCESS_KEY_ID": S3_KEY_ID,

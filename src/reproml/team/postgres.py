@@ -156,7 +156,7 @@ def postgres_ready(layout: Layout, ports: dict[str, int]) -> Callable[[], bool]:
 
 
 def create_databases(layout: Layout, ports: dict[str, int]) -> None:
-    """The mlflow, prefect and optuna databases (those missing)."""
+    """The mlflow, prefect, optuna and reproml (records) databases (those missing)."""
     connection = _connect(layout, ports)
     try:
         connection.autocommit = True  # type: ignore[attr-defined]  # CREATE DATABASE refuses a transaction
