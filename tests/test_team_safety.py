@@ -89,7 +89,9 @@ def test_bound_wider_mlflow_and_prefect_ask_for_credentials_kept_in_private_file
 
     mlflow = services.mlflow_command(layout, PORTS)
     assert _flag(mlflow, "--host") == "0.0.0.0" and _flag(mlflow, "--app-name") == "basic-auth"
-    assert services.mlflow_env(layout, PORTS)["MLFLOW_AUTH_CONFIG_PATH"] == str(layout.auth_file.resolve())
+    served = services.mlflow_env(layout, PORTS)
+    assert served["MLFLOW_AUTH_CONFIG_PATH"] == str(layout.auth_file.resolve())
+    assert served["MLFLOW_FLASK_SERVER_SECRET_KEY"] == made.flask_secret
     assert services.prefect_env(layout, PORTS)["PREFECT_SERVER_API_AUTH_STRING"] == made.prefect_auth
     assert _flag(services.prefect_server_command(PORTS), "--host") == "0.0.0.0"
     # Dask and the S3 stand-in have no authentication: they stay on loopback.
@@ -105,7 +107,7 @@ def test_bound_wider_mlflow_and_prefect_ask_for_credentials_kept_in_private_file
     assert env["MLFLOW_TRACKING_URI"].startswith("http://127.0.0.1:")
     write_env(layout, PORTS)
     assert stat.S_IMODE(layout.env_file.stat().st_mode) == 0o600
-    secrets = (made.mlflow_password, made.prefect_auth.partition(":")[2])
+    secrets = (made.mlflow_password, made.prefect_auth.partition(":")[2], made.flask_secret)
     for command in (
         mlflow,
         services.prefect_server_command(PORTS),

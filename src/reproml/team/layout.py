@@ -141,10 +141,12 @@ def reach_host() -> str:
 
 @dataclass(frozen=True)
 class Credentials:
-    """The MLflow admin's password and Prefect's `user:password` auth string (bound wider only)."""
+    """The MLflow admin's password, Prefect's `user:password` auth string, and the key MLflow's
+    auth app signs its CSRF tokens with (bound wider only)."""
 
     mlflow_password: str
     prefect_auth: str
+    flask_secret: str
 
 
 def credentials(layout: Layout) -> Credentials | None:
@@ -156,7 +158,11 @@ def credentials(layout: Layout) -> Credentials | None:
         return None
     try:
         parser.read_string(text)
-        return Credentials(parser["mlflow"]["admin_password"], parser["reproml"]["prefect_auth_string"])
+        return Credentials(
+            parser["mlflow"]["admin_password"],
+            parser["reproml"]["prefect_auth_string"],
+            parser["reproml"]["flask_secret_key"],
+        )
     except (configparser.Error, KeyError) as exc:
         raise TeamError(
             f"{layout.auth_file} is unreadable ({exc!r}): delete it together with {layout.mlflow_auth_db} "
@@ -170,7 +176,7 @@ def ensure_credentials(layout: Layout) -> Credentials:
     found = credentials(layout)
     if found is not None:
         return found
-    made = Credentials(new_password(), f"{PREFECT_USER}:{new_password()}")
+    made = Credentials(new_password(), f"{PREFECT_USER}:{new_password()}", new_password())
     text = (
         "# reproml team stack: MLflow's basic-auth config and Prefect's API auth string; keep it 0600\n"
         "[mlflow]\n"
@@ -181,6 +187,7 @@ def ensure_credentials(layout: Layout) -> Credentials:
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         "[reproml]\n"
         f"prefect_auth_string = {made.prefect_auth}\n"
+        f"flask_secret_key = {made.flask_secret}\n"
     )
     write_private(layout.auth_file, text)
     return made

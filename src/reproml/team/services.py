@@ -159,8 +159,10 @@ def mlflow_env(layout: Layout, ports: dict[str, int]) -> dict[str, str]:
     env = base_env(layout, ports)
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # 2 processes instead of ~16, /health sooner
     del env["MLFLOW_TRACKING_URI"]
-    if exposed():  # the admin's password is read from this 0600 file, never from the command line
+    found = credentials(layout) if exposed() else None
+    if found is not None:  # the admin's password is read from this 0600 file, never from the command line
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(layout.auth_file.resolve())
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = found.flask_secret
     return env
 
 
