@@ -24,8 +24,9 @@ import json
 import os
 import re
 import shutil
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,10 @@ HEARTBEAT_S = 10
 GRACE_S = 30
 STALE_RETRIES = 2
 STORAGE_ENV = "REPROML_TUNE_STORAGE"
+# How long a database client keeps trying while its server is away (a restart takes seconds); the
+# variable overrides it. Beyond it the call fails with an error naming the storage.
+RECONNECT_S = 120.0
+RECONNECT_ENV = "REPROML_TUNE_RECONNECT_S"
 _RDB = re.compile(r"^[a-z][a-z0-9+]*://")
 
 
@@ -179,16 +184,94 @@ def open_storage(info: StorageInfo) -> Any:
         with warnings.catch_warnings(), first_use or contextlib.nullcontext():  # experimental in Optuna 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=info.max_retry)
-            return optuna.storages.RDBStorage(
+            store = optuna.storages.RDBStorage(
                 info.location,
                 engine_kwargs={"pool_pre_ping": True},
                 heartbeat_interval=info.heartbeat_interval,
                 grace_period=info.grace_period,
                 heartbeat_stale_trial_callback=retry,
             )
+        # a database server may restart under its clients; a SQLite file does not go away
+        return reconnecting(store, info.shown) if info.shared else store
     path = Path(info.location)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path), lock_obj=journal_lock(path)))
+
+
+def _server_away(exc: BaseException) -> bool:
+    """Whether `exc` (or what Optuna wrapped in it) says the database server cannot be reached
+    now: a refused or cut connection, a server shutting down or starting up."""
+    import sqlalchemy.exc
+
+    if any(words in str(exc) for words in _NOT_AWAY):
+        return False
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InvalidatePoolError)):
+            return True
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+# A server that answers and refuses: waiting would not help.
+_NOT_AWAY = ("authentication failed", "no password supplied", "does not exist", "permission denied")
+
+
+def _reconnect_s() -> float:
+    value = os.environ.get(RECONNECT_ENV)
+    try:
+        return float(value) if value else RECONNECT_S
+    except ValueError:
+        raise TuneError(f"{RECONNECT_ENV}={value!r} is not a number of seconds") from None
+
+
+def retried(call: Callable[..., Any], shown: str) -> Callable[..., Any]:
+    """`call`, tried again while the database server is away (`_server_away`), for at most
+    `REPROML_TUNE_RECONNECT_S` seconds; the pool's pre-ping then replaces the dead connections.
+
+    Why this is safe for Optuna's writes: a server that stops rolls back every open transaction,
+    so a failed call changed nothing and is simply made again. The one unsafe moment, a commit the
+    server applied whose answer was lost with the connection, is a window of microseconds; an
+    `ask` repeated there would leave one extra RUNNING trial, which the heartbeats fail and the
+    budget does not count.
+    """
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + _reconnect_s()
+        pause = 0.2
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except Exception as exc:
+                if not _server_away(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise TuneError(
+                        f"the study storage {shown} did not answer for {_reconnect_s():.0f} s "
+                        f"({type(exc).__name__}): is the database server running? "
+                        f"({RECONNECT_ENV} sets the wait)"
+                    ) from exc
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    return wrapper
+
+
+def reconnecting(store: Any, shown: str) -> Any:
+    """The RDB storage with each of its public methods `retried`: Optuna's own calls (ask, tell,
+    the heartbeat thread's beats) ride out a database restart. The instance stays an RDBStorage
+    (Optuna checks `isinstance`); only its bound methods are replaced."""
+    for name in dir(type(store)):
+        if name.startswith("_") or name in ("remove_session", "upgrade", "get_current_version"):
+            continue
+        member = getattr(store, name)
+        if callable(member):
+            setattr(store, name, retried(member, shown))
+    return store
 
 
 def client_session(info: StorageInfo, study_name: str) -> contextlib.AbstractContextManager[None]:
@@ -298,14 +381,27 @@ def _engine(url: str) -> Any:
 def _advisory_lock(url: str, key: int) -> Iterator[None]:
     import sqlalchemy
 
-    with _engine(url).connect() as connection:
-        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
-        connection.commit()
+    def locked() -> Any:
+        connection = _engine(url).connect()
         try:
-            yield
-        finally:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            connection.commit()
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    connection = retried(locked, redact_url(url))()  # the server may be restarting
+    try:
+        yield
+    finally:
+        try:
             connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
             connection.commit()
+        except sqlalchemy.exc.OperationalError:
+            pass  # the server restarted meanwhile: the lock went with its session
+        finally:
+            connection.close()
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from reproml.team.layout import DATABASES, DB_USER, HOST, Layout, TeamError
+from reproml.team.layout import DATABASES, DB_USER, Layout, TeamError, bind_host, reach_host
 
 
 def postgres_bin() -> Path:
@@ -108,6 +108,19 @@ def init_cluster(layout: Layout, secret: str) -> None:
         raise TeamError(f"initdb of {layout.pg_dir} failed:\n{done.stdout}{done.stderr}")
 
 
+REMOTE_HBA = "host all all 0.0.0.0/0 scram-sha-256  # reproml: password logins from other hosts\n"
+
+
+def allow_remote_logins(layout: Layout) -> None:
+    """Let other machines log in with the password (scram-sha-256), once the stack is bound wider:
+    initdb's pg_hba.conf admits only loopback. Idempotent; the file keeps its owner."""
+    hba = layout.pg_dir / "pg_hba.conf"
+    text = hba.read_text()
+    if REMOTE_HBA not in text:
+        with hba.open("a") as handle:
+            handle.write(("" if text.endswith("\n") else "\n") + REMOTE_HBA)
+
+
 def postgres_command(layout: Layout, ports: dict[str, int]) -> list[str]:
     # `-k ''`: no Unix socket (nothing of ours in /var/run/postgresql); clients come over TCP.
     return [
@@ -115,7 +128,7 @@ def postgres_command(layout: Layout, ports: dict[str, int]) -> list[str]:
         "-D",
         str(layout.pg_dir.resolve()),
         "-h",
-        HOST,
+        bind_host(),
         "-p",
         str(ports["postgres"]),
         "-k",
@@ -127,7 +140,7 @@ def _connect(layout: Layout, ports: dict[str, int], database: str = "postgres") 
     import psycopg2
 
     return psycopg2.connect(
-        host=HOST,
+        host=reach_host(),
         port=ports["postgres"],
         user=DB_USER,
         dbname=database,

@@ -8,6 +8,7 @@ and two workers, and moto's S3-compatible server as the stand-in for an S3 bucke
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -30,7 +31,11 @@ from reproml.team.layout import (
     WORK_POOL,
     Layout,
     TeamError,
+    bind_host,
+    credentials,
     database_url,
+    exposed,
+    reach_host,
     urls,
 )
 
@@ -74,9 +79,18 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def _api(url: str, body: object | None = None, timeout: float = 10.0) -> object:
+def prefect_auth(layout: Layout) -> str | None:
+    """Prefect's `user:password` auth string when the stack is bound wider, else None."""
+    found = credentials(layout) if exposed() else None
+    return found.prefect_auth if found else None
+
+
+def _api(url: str, body: object | None = None, timeout: float = 10.0, auth: str | None = None) -> object:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if auth is not None:  # what Prefect's own client sends for PREFECT_API_AUTH_STRING
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    request = urllib.request.Request(url, data=data, headers=headers)
     with _http.open(request, timeout=timeout) as response:
         return json.loads(response.read() or b"null")
 
@@ -120,7 +134,9 @@ def base_env(layout: Layout, ports: dict[str, int]) -> dict[str, str]:
 
 
 def mlflow_command(layout: Layout, ports: dict[str, int]) -> list[str]:
+    """Bound wider than loopback, with MLflow's `basic-auth` app (its config: `mlflow_env`)."""
     layout.artifacts.mkdir(parents=True, exist_ok=True)
+    auth = ["--app-name", "basic-auth"] if exposed() else []
     return [
         executable("mlflow"),
         "server",
@@ -130,11 +146,12 @@ def mlflow_command(layout: Layout, ports: dict[str, int]) -> list[str]:
         "--artifacts-destination",
         layout.artifacts.resolve().as_uri(),
         "--host",
-        HOST,
+        bind_host(),
         "--port",
         str(ports["mlflow"]),
         "--workers",
         "1",
+        *auth,
     ]
 
 
@@ -142,17 +159,24 @@ def mlflow_env(layout: Layout, ports: dict[str, int]) -> dict[str, str]:
     env = base_env(layout, ports)
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # 2 processes instead of ~16, /health sooner
     del env["MLFLOW_TRACKING_URI"]
+    found = credentials(layout) if exposed() else None
+    if found is not None:  # the admin's password is read from this 0600 file, never from the command line
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(layout.auth_file.resolve())
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = found.flask_secret
     return env
 
 
 def prefect_env(layout: Layout, ports: dict[str, int]) -> dict[str, str]:
     env = base_env(layout, ports)
     env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url(ports, "prefect", "postgresql+asyncpg")
+    auth = prefect_auth(layout)
+    if auth is not None:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth
     return env
 
 
 def prefect_server_command(ports: dict[str, int]) -> list[str]:
-    return [executable("prefect"), "server", "start", "--host", HOST, "--port", str(ports["prefect"])]
+    return [executable("prefect"), "server", "start", "--host", bind_host(), "--port", str(ports["prefect"])]
 
 
 def prefect_worker_command(name: str) -> list[str]:
@@ -190,12 +214,14 @@ def process_pool_template(layout: Layout, ports: dict[str, int]) -> subprocess.P
     )
 
 
-def ensure_work_pool(ports: dict[str, int], template: subprocess.Popen[str], deadline: float) -> None:
+def ensure_work_pool(
+    ports: dict[str, int], template: subprocess.Popen[str], deadline: float, auth: str | None = None
+) -> None:
     """The process work pool (as `prefect work-pool create --type process` makes it), if missing."""
-    api = f"http://{HOST}:{ports['prefect']}/api"
+    api = f"http://{reach_host()}:{ports['prefect']}/api"
     while True:
         try:
-            _api(f"{api}/work_pools/{WORK_POOL}")
+            _api(f"{api}/work_pools/{WORK_POOL}", auth=auth)
             template.kill()  # not needed: the pool is there
             template.communicate()
             return
@@ -212,7 +238,7 @@ def ensure_work_pool(ports: dict[str, int], template: subprocess.Popen[str], dea
         raise TeamError(f"reading Prefect's process work pool template failed:\n{err}")
     body = {"name": WORK_POOL, "type": "process", "base_job_template": json.loads(out)}
     try:
-        _api(f"{api}/work_pools/", body)
+        _api(f"{api}/work_pools/", body, auth=auth)
     except urllib.error.HTTPError as exc:
         if exc.code != 409:  # made meanwhile by another `up`
             raise TeamError(
@@ -220,13 +246,13 @@ def ensure_work_pool(ports: dict[str, int], template: subprocess.Popen[str], dea
             ) from None
 
 
-def prefect_workers_online(ports: dict[str, int]) -> Callable[[], bool]:
-    url = f"http://{HOST}:{ports['prefect']}/api/work_pools/{WORK_POOL}/workers/filter"
+def prefect_workers_online(ports: dict[str, int], auth: str | None = None) -> Callable[[], bool]:
+    url = f"http://{reach_host()}:{ports['prefect']}/api/work_pools/{WORK_POOL}/workers/filter"
     wanted = {f"{name}@{HOST}" for name in PREFECT_WORKERS}
 
     def ready() -> bool:
         try:
-            workers = _api(url, {})
+            workers = _api(url, {}, auth=auth)
         except (OSError, ValueError):
             return False
         if not isinstance(workers, list):

@@ -25,10 +25,13 @@ from reproml.team.layout import (
     Layout,
     TeamError,
     choose_ports,
+    ensure_credentials,
+    exposed,
     locked,
     new_password,
     password,
     port_in_use,
+    reach_host,
     saved_ports,
     write_env,
     write_secrets,
@@ -74,6 +77,8 @@ def up(root: Path, timeout: float = READY_S) -> Started:
                 )
             secret = new_password()
         write_secrets(layout, secret, ports["postgres"])
+        if exposed():
+            ensure_credentials(layout)
         write_env(layout, ports)
         pids: dict[str, int | None] = {}
 
@@ -99,6 +104,8 @@ def up(root: Path, timeout: float = READY_S) -> Started:
             start("dask-scheduler", services.dask_scheduler_command(layout, ports), dask_env)
             if "postgres" not in running:
                 postgres.init_cluster(layout, secret)
+                if exposed():
+                    postgres.allow_remote_logins(layout)
             start("postgres", postgres.postgres_command(layout, ports), base, user=postgres.postgres_user())
             remote = _configure_dvc_remote(layout, ports)
             template = services.process_pool_template(layout, ports)
@@ -132,7 +139,7 @@ def up(root: Path, timeout: float = READY_S) -> Started:
             services.wait_for(layout, "s3", pids["s3"], services.port_open(ports, "s3"), deadline)
             services.ensure_bucket(ports)
 
-            prefect_api = f"http://{HOST}:{ports['prefect']}/api"
+            prefect_api = f"http://{reach_host()}:{ports['prefect']}/api"
             _wait(
                 result,
                 began,
@@ -142,11 +149,11 @@ def up(root: Path, timeout: float = READY_S) -> Started:
                 lambda: services.http_ok(f"{prefect_api}/health"),
                 deadline,
             )
-            services.ensure_work_pool(ports, template, deadline)
+            services.ensure_work_pool(ports, template, deadline, services.prefect_auth(layout))
             for name in PREFECT_WORKERS:
                 start(name, services.prefect_worker_command(name), base)
 
-            mlflow_health = f"http://{HOST}:{ports['mlflow']}/health"
+            mlflow_health = f"http://{reach_host()}:{ports['mlflow']}/health"
             _wait(
                 result,
                 began,
@@ -171,7 +178,7 @@ def up(root: Path, timeout: float = READY_S) -> Started:
                 layout,
                 PREFECT_WORKERS[0],
                 pids[PREFECT_WORKERS[0]],
-                services.prefect_workers_online(ports),
+                services.prefect_workers_online(ports, services.prefect_auth(layout)),
                 deadline,
             )
             for name in (*DASK_WORKERS, *PREFECT_WORKERS):
@@ -279,12 +286,12 @@ def status(root: Path) -> list[ServiceStatus]:
 
 def _probe(layout: Layout, name: str, ports: dict[str, int]) -> tuple[str, bool]:
     if name == "postgres":
-        return f"{HOST}:{ports['postgres']}", postgres.postgres_ready(layout, ports)()
+        return f"{reach_host()}:{ports['postgres']}", postgres.postgres_ready(layout, ports)()
     if name == "mlflow":
-        url = f"http://{HOST}:{ports['mlflow']}"
+        url = f"http://{reach_host()}:{ports['mlflow']}"
         return url, services.http_ok(f"{url}/health")
     if name == "prefect":
-        url = f"http://{HOST}:{ports['prefect']}/api"
+        url = f"http://{reach_host()}:{ports['prefect']}/api"
         return url, services.http_ok(f"{url}/health")
     if name == "s3":
         return f"http://{HOST}:{ports['s3']}", services.port_open(ports, "s3")()

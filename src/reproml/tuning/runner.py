@@ -106,7 +106,10 @@ def _on_dask(
     with Client(address, timeout=30) as client:  # type: ignore[no-untyped-call]
         stop_event = f"reproml-tune-stop-{config.client}"
         stopping = Event(stop_event, client=client)  # type: ignore[no-untyped-call]
-        shared = client.scatter(data, hash=False)  # sent once, shared by this client's tasks
+        # Sent once, shared by this client's tasks, and held by every worker: data scattered to one
+        # worker only is lost with it (a SIGKILL), and Dask then cancels every task that needs it
+        # instead of running it again elsewhere.
+        shared = client.scatter(data, hash=False, broadcast=True)
         futures = [
             client.submit(
                 dask_task,
