@@ -171,6 +171,8 @@ def test_dvc_push_and_pull_against_the_s3_stand_in(team_stack: Path, tmp_path: P
     assert data.read_text() == "a,b\n1,2\n3,4\n"
 
 
+# `slow`: tests/test_team_records.py runs the same pipeline on the team server (and more) in CI
+@pytest.mark.slow
 def test_dvc_repro_logs_to_the_team_server_and_promote_loads_through_mlflow_artifacts(
     team_stack: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

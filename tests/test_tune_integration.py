@@ -58,6 +58,8 @@ def runs(project: Project, stage: str) -> list[Any]:
     )
 
 
+# `slow`: ~65 s; a client killed mid-trial is covered in CI on PostgreSQL by test_tune_shared
+@pytest.mark.slow
 def test_sigkill_mid_trial_loses_no_finished_trial_and_the_budget_ends_exact(tmp_path: Path) -> None:
     project = Project(tmp_path, tune_params(20000, n_trials=10, pruner="none", warm_start=False))
     project.run("dvc", "repro", "prepare")
