@@ -448,9 +448,22 @@ def study_spec(name: str) -> Any:
     )
 
 
-def part_dask(url: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+def local_cluster(tmp: Path) -> Any:
+    """Two single-thread worker processes on 127.0.0.1, no dashboard on 8787 (as `fitting_dask`)."""
     from distributed import LocalCluster
 
+    return LocalCluster(  # type: ignore[no-untyped-call]
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        local_directory=str(tmp / "dask"),
+    )
+
+
+def part_dask(url: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from reproml.stores import optuna as storage
     from reproml.tuning import study
     from reproml.tuning.runner import WorkerConfig, run_study
@@ -459,15 +472,7 @@ def part_dask(url: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     walls: dict[str, list[float]] = {"cold": [], "local": [], "dask": []}
     trial_s: dict[str, list[float]] = {"cold": [], "local": [], "dask": []}
     started = time.perf_counter()
-    with LocalCluster(  # type: ignore[no-untyped-call]
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # as fitting_dask: local, not 8787
-        local_directory=str(tmp / "dask"),
-    ) as cluster:
+    with local_cluster(tmp) as cluster:
         cluster_s = time.perf_counter() - started
         _log(f"part 2: LocalCluster of 2 workers up in {cluster_s:.1f} s")
         # The first study on fresh Dask workers pays their imports (reproml, Optuna, XGBoost): timed
@@ -584,7 +589,7 @@ def part_xgboost(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     import numpy as np
     import xgboost as xgb
     import xgboost.dask as dxgb
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     rows = args.rows
     rng = np.random.default_rng(0)
@@ -599,15 +604,7 @@ def part_xgboost(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     single: list[float] = []
     dask: list[float] = []
     with (
-        LocalCluster(  # type: ignore[no-untyped-call]
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # as fitting_dask: local, not 8787
-            local_directory=str(tmp / "dask"),
-        ) as cluster,
+        local_cluster(tmp) as cluster,
         Client(cluster) as client,  # type: ignore[no-untyped-call]
     ):
         dx = da.from_array(x, chunks=(rows // 4, 20)).persist()  # type: ignore[no-untyped-call]

@@ -234,7 +234,7 @@ def _running_train_run(p: Project) -> str | None:
     return None if row is None else str(row[0])
 
 
-# `slow`: ~80 s; SIGTERM ending a run KILLED is covered in CI by test_registry's test_sigterm_ends_the_run_killed
+# `slow`: ~80 s; SIGTERM ending a run KILLED: in CI via test_registry's test_sigterm_ends_the_run_killed
 @pytest.mark.slow
 def test_sigterm_mid_training_changes_nothing(project: Project, prefect_api: str) -> None:
     """SIGTERM while `reproml train` runs: flow Crashed, MLflow run KILLED, no version, no alias."""
