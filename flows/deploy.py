@@ -6,11 +6,22 @@ deployed is `reproml.orchestration.deploy`; this module builds the Prefect deplo
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
 from typing import Any
 
-from reproml.orchestration.deploy import DAILY, ENTRYPOINTS, GitSource, deployment_specs, pool_specs
+from reproml.orchestration.deploy import (
+    DAILY,
+    ENTRYPOINTS,
+    POOL_TAG,
+    ZOMBIE_AFTER_S,
+    ZOMBIE_AUTOMATION,
+    GitSource,
+    deployment_specs,
+    pool_job_env,
+    pool_specs,
+)
 from reproml.orchestration.training import TEAM_LIMIT
 
 
@@ -60,6 +71,7 @@ def deploy_to_pool(
     with get_client(sync_client=True) as client:
         client.read_work_pool(pool)  # ObjectNotFound names a pool that does not exist, before any clone
         client.upsert_global_concurrency_limit_by_name(TEAM_LIMIT, 1)
+        ensure_zombie_automation(client)
     names = []
     for spec in pool_specs(root, cron, every):
         remote: Any = Flow.from_source(  # a Flow here (sync context), typed as maybe a coroutine
@@ -75,9 +87,64 @@ def deploy_to_pool(
             description=spec.description,
             print_next_steps=False,
             cron=spec.cron,
+            job_variables={"env": pool_job_env()},
         )
         names.append(f"{spec.flow}/{spec.name}")
     return names
+
+
+def zombie_automation() -> Any:
+    """Prefect's "detect zombie flows" automation, for the pool's runs (tagged POOL_TAG): a run
+    that sent a heartbeat and then neither another one nor a final state for ZOMBIE_AFTER_S (its
+    process, or its worker's machine, died) is proposed Failed. Not forced, so the server's own
+    rule for failed flow runs applies: a flow with retries left goes to AwaitingRetry and a worker
+    of the pool runs it again; else it ends Failed, and its slots are freed."""
+    from prefect.automations import AutomationCore
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    return AutomationCore(
+        name=ZOMBIE_AUTOMATION,
+        description=f"Fail (and so retry, where the flow allows) pool runs silent for {ZOMBIE_AFTER_S} s",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            match_related=ResourceSpecification(
+                {"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{POOL_TAG}"}
+            ),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=dt.timedelta(seconds=ZOMBIE_AFTER_S),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                name=None,  # Failed, not forced: the server's retry rule for failed runs applies
+                force=False,
+                state=StateType.FAILED,
+                message=f"no heartbeat for {ZOMBIE_AFTER_S} s: the flow run's process or machine died",
+            )
+        ],
+    )
+
+
+def ensure_zombie_automation(client: Any) -> None:
+    """Create the team's zombie automation, or bring an existing one of that name up to date."""
+    wanted = zombie_automation()
+    found = client.read_automations_by_name(ZOMBIE_AUTOMATION)
+    if found:
+        client.update_automation(found[0].id, wanted)
+    else:
+        client.create_automation(wanted)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,15 @@ from pathlib import Path
 from typing import Any
 
 DAILY = "0 6 * * *"
+# A work pool's flow runs outlive nothing of the machine that runs them: each beats every
+# HEARTBEAT_S seconds (Prefect's flow-run heartbeat events, set in the deployment's job
+# environment), and the team's zombie automation (`ZOMBIE_AUTOMATION`, made by `reproml deploy
+# --pool`) marks a run tagged POOL_TAG whose beats stopped for ZOMBIE_AFTER_S as Failed: the
+# server then retries it (on any worker) if its flow has retries left, else it stays Failed.
+POOL_TAG = "reproml-pool"
+HEARTBEAT_S = 30  # Prefect's minimum
+ZOMBIE_AFTER_S = 90  # three missed beats
+ZOMBIE_AUTOMATION = "reproml-zombie-flow-runs"
 
 
 @dataclass(frozen=True)
@@ -93,10 +102,15 @@ def pool_specs(root: Path, cron: str = DAILY, every: str = "month") -> list[Depl
             | ({"shared": True} if spec.flow == "training" else {}),
             description=spec.description,
             concurrency_limit=spec.concurrency_limit,
-            tags=spec.tags,
+            tags=[*spec.tags, POOL_TAG],
         )
         for spec in deployment_specs(root, cron, every)
     ]
+
+
+def pool_job_env() -> dict[str, str]:
+    """The environment a pool deployment's flow run gets on top of its worker's: its heartbeat."""
+    return {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}
 
 
 def git_source(root: Path, repo: str | None = None, branch: str | None = None) -> GitSource:
