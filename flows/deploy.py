@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from reproml.orchestration.deploy import (
+    CRASH_AUTOMATION,
     DAILY,
     ENTRYPOINTS,
     POOL_TAG,
+    RERUN_AUTOMATION,
+    RERUN_TAG,
     ZOMBIE_AFTER_S,
-    ZOMBIE_AUTOMATION,
     GitSource,
     deployment_specs,
     pool_job_env,
@@ -71,7 +73,7 @@ def deploy_to_pool(
     with get_client(sync_client=True) as client:
         client.read_work_pool(pool)  # ObjectNotFound names a pool that does not exist, before any clone
         client.upsert_global_concurrency_limit_by_name(TEAM_LIMIT, 1)
-        ensure_zombie_automation(client)
+        ensure_zombie_automations(client)
     names = []
     for spec in pool_specs(root, cron, every):
         remote: Any = Flow.from_source(  # a Flow here (sync context), typed as maybe a coroutine
@@ -93,21 +95,24 @@ def deploy_to_pool(
     return names
 
 
-def zombie_automation() -> Any:
-    """Prefect's "detect zombie flows" automation, for the pool's runs (tagged POOL_TAG): a run
-    that sent a heartbeat and then neither another one nor a final state for ZOMBIE_AFTER_S (its
-    process, or its worker's machine, died) is proposed Failed. Not forced, so the server's own
-    rule for failed flow runs applies: a flow with retries left goes to AwaitingRetry and a worker
-    of the pool runs it again; else it ends Failed, and its slots are freed."""
+def zombie_automation(tag: str) -> Any:
+    """Prefect's "detect zombie flows" automation for the pool's runs tagged `tag`: a run that
+    sent a heartbeat and then neither another one nor a final state for ZOMBIE_AFTER_S (its
+    process, or its worker's machine, died) is marked Crashed (POOL_TAG), or put back to Scheduled
+    for a worker of the pool to run again (RERUN_TAG). A retry through the flow's own `retries`
+    is no use here: the server keeps those for the process that failed (`retry_type:
+    in_process`), and workers never pick them up."""
     from prefect.automations import AutomationCore
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
     from prefect.events.schemas.automations import EventTrigger, Posture
     from prefect.events.schemas.events import ResourceSpecification
 
+    silent = f"no heartbeat for {ZOMBIE_AFTER_S} s: the flow run's process or machine died"
+    rerun = tag == RERUN_TAG
     return AutomationCore(
-        name=ZOMBIE_AUTOMATION,
-        description=f"Fail (and so retry, where the flow allows) pool runs silent for {ZOMBIE_AFTER_S} s",
+        name=RERUN_AUTOMATION if rerun else CRASH_AUTOMATION,
+        description=f"{'Run again' if rerun else 'Crash'} runs tagged {tag} silent for {ZOMBIE_AFTER_S} s",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat"},
             expect={
@@ -119,7 +124,7 @@ def zombie_automation() -> Any:
             },
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
             match_related=ResourceSpecification(
-                {"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{POOL_TAG}"}
+                {"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{tag}"}
             ),
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
@@ -128,23 +133,24 @@ def zombie_automation() -> Any:
         ),
         actions=[
             ChangeFlowRunState(
-                name=None,  # Failed, not forced: the server's retry rule for failed runs applies
+                name="AwaitingRetry" if rerun else None,
                 force=False,
-                state=StateType.FAILED,
-                message=f"no heartbeat for {ZOMBIE_AFTER_S} s: the flow run's process or machine died",
+                state=StateType.SCHEDULED if rerun else StateType.CRASHED,
+                message=f"{silent}: run again" if rerun else silent,
             )
         ],
     )
 
 
-def ensure_zombie_automation(client: Any) -> None:
-    """Create the team's zombie automation, or bring an existing one of that name up to date."""
-    wanted = zombie_automation()
-    found = client.read_automations_by_name(ZOMBIE_AUTOMATION)
-    if found:
-        client.update_automation(found[0].id, wanted)
-    else:
-        client.create_automation(wanted)
+def ensure_zombie_automations(client: Any) -> None:
+    """Create the team's two automations for lost runs, or bring existing ones up to date."""
+    for tag in (POOL_TAG, RERUN_TAG):
+        wanted = zombie_automation(tag)
+        found = client.read_automations_by_name(wanted.name)
+        if found:
+            client.update_automation(found[0].id, wanted)
+        else:
+            client.create_automation(wanted)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ stands in for the remote), a process worker clones it and runs the flow there, a
 
 The ordering test runs a tiny flow holding the same slot as the training flow (`flows/slot.py`),
 long enough that the two runs meet; the full retrain on a worker (3,000 sampled rows, tuning off)
-moves the shared MLflow server's champion: ~70 s on 2 busy cores, so it is not marked `slow`.
+moves the shared MLflow server's champion and pushes its data version to the team's S3 remote:
+~70-130 s on 2 busy cores, so it is not marked `slow`. A worker killed with SIGKILL mid-run (`slow`,
+~2.5 min: lost runs are found after 90 s without a heartbeat) runs last and starts it again.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from prefect import flow, get_run_logger
 from flows.slot import retrain_slot
 
 
-@flow(name="slot-probe", retries=1)
+@flow(name="slot-probe")
 def probe(hold_s: float = 20.0, lease_s: float = 120.0) -> int:
     log = get_run_logger()
     log.info("probe pid %d in %s", os.getpid(), Path.cwd())
@@ -59,10 +61,10 @@ DEPLOY_PROBE = """
 import sys
 from prefect import Flow
 from prefect.runner.storage import GitRepository
-from reproml.orchestration.deploy import POOL_TAG, pool_job_env
+from reproml.orchestration.deploy import RERUN_TAG, pool_job_env
 source = GitRepository(url=sys.argv[1], branch="main")
 Flow.from_source(source=source, entrypoint="flows/probe.py:probe").deploy(
-    name="probe", work_pool_name=sys.argv[2], print_next_steps=False, tags=[POOL_TAG],
+    name="probe", work_pool_name=sys.argv[2], print_next_steps=False, tags=[RERUN_TAG],
     job_variables={"env": pool_job_env()})
 """
 
@@ -128,22 +130,23 @@ def test_the_team_remote_comes_from_the_environment_without_credentials(
     assert "secret" not in str(refused.value)
 
 
-def test_pool_runs_beat_and_the_zombie_automation_fails_only_silent_pool_runs(tmp_path: Path) -> None:
-    """Not forced to Failed (so the server's retry rule applies), only for runs tagged as the
-    pool's (whose deployments set the heartbeat), and only after three missed beats."""
+def test_pool_runs_beat_and_silent_ones_are_crashed_or_run_again_by_their_tag(tmp_path: Path) -> None:
+    """Not forced, only for runs tagged as the pool's (whose deployments set the heartbeat), and
+    only after three missed beats; training and monitoring are crashed, not run again."""
     from flows.deploy import zombie_automation
-    from reproml.orchestration.deploy import HEARTBEAT_S, POOL_TAG, ZOMBIE_AFTER_S, pool_job_env
+    from reproml.orchestration.deploy import HEARTBEAT_S, POOL_TAG, RERUN_TAG, ZOMBIE_AFTER_S, pool_job_env
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(default_params()))
-    assert all(POOL_TAG in s.tags for s in pool_specs(tmp_path))
+    assert all(POOL_TAG in s.tags and RERUN_TAG not in s.tags for s in pool_specs(tmp_path))
     assert pool_job_env() == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}
-    automation = zombie_automation()
-    trigger, (action,) = automation.trigger, automation.actions
-    assert trigger.posture == "Proactive" and trigger.after == {"prefect.flow-run.heartbeat"}
-    assert "prefect.flow-run.Completed" in trigger.expect
-    assert trigger.within.total_seconds() == ZOMBIE_AFTER_S >= 3 * HEARTBEAT_S
-    assert trigger.match_related["prefect.resource.id"] == [f"prefect.tag.{POOL_TAG}"]
-    assert action.state.value == "FAILED" and action.force is False
+    for tag, state in ((POOL_TAG, "CRASHED"), (RERUN_TAG, "SCHEDULED")):
+        automation = zombie_automation(tag)
+        trigger, (action,) = automation.trigger, automation.actions
+        assert trigger.posture == "Proactive" and trigger.after == {"prefect.flow-run.heartbeat"}
+        assert "prefect.flow-run.Completed" in trigger.expect
+        assert trigger.within.total_seconds() == ZOMBIE_AFTER_S >= 3 * HEARTBEAT_S
+        assert trigger.match_related["prefect.resource.id"] == [f"prefect.tag.{tag}"]
+        assert action.state.value == state and action.force is False
 
 
 # --- on the stack ----------------------------------------------------------------------------------
@@ -456,9 +459,13 @@ def _kill_worker_of(root: Path, run: Any) -> str:
     service = next(name for name, procs in found.items() if any(p.pid == pid for p in procs))
     assert service.startswith("prefect-worker-"), service
     groups = {os.getpgid(p.pid) for p in found[service] if p.is_running()}
+    worker = processes.leader(found[service])
+    own = worker is not None and os.getpgid(pid) != worker.pid
     for group in groups:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
+    where = "its own session" if own else "the worker's group"
+    print(f"{service}: SIGKILL to {len(groups)} process group(s); the flow run was in {where}")
     return service
 
 
@@ -483,9 +490,9 @@ def test_a_worker_killed_mid_run_its_run_is_retried_once_on_the_other_worker_and
 ) -> None:
     """`kill -9` of a worker's process groups (the worker and the flow run it started) while the run
     holds the retrain slot: the run stays Running until its heartbeats have been missing for
-    ZOMBIE_AFTER_S, when the team's zombie automation proposes Failed; the server's rule for failed
-    flow runs turns that into AwaitingRetry (the probe flow has retries=1), the other worker runs it
-    again, and it completes: one flow run, two attempts, one effect ("probe done"). The slot the
+    ZOMBIE_AFTER_S, when the team's automation for lost runs tagged RERUN_TAG puts it back to
+    Scheduled (AwaitingRetry), the other worker runs it again, and it completes: one flow run, two
+    attempts, one effect ("probe done"). The slot the
     killed attempt held is a lease that nobody renews: it is free again (the retry takes it, then
     releases it), and no slot is left held at the end. The killed worker is not restarted by the
     stack (no supervisor): `make team-up` starts it again, as the test does at the end."""

@@ -15,13 +15,17 @@ from typing import Any
 DAILY = "0 6 * * *"
 # A work pool's flow runs outlive nothing of the machine that runs them: each beats every
 # HEARTBEAT_S seconds (Prefect's flow-run heartbeat events, set in the deployment's job
-# environment), and the team's zombie automation (`ZOMBIE_AUTOMATION`, made by `reproml deploy
-# --pool`) marks a run tagged POOL_TAG whose beats stopped for ZOMBIE_AFTER_S as Failed: the
-# server then retries it (on any worker) if its flow has retries left, else it stays Failed.
+# environment), and `reproml deploy --pool` makes two automations ("detect zombie flows") for a run
+# whose beats stopped for ZOMBIE_AFTER_S: one marks the run Crashed if it is tagged POOL_TAG (the
+# training and monitoring deployments: a rerun could register or record twice), the other puts it
+# back to Scheduled ("AwaitingRetry") if it is tagged RERUN_TAG (flows safe to run again), and a
+# worker of the pool, any one, runs it again.
 POOL_TAG = "reproml-pool"
+RERUN_TAG = "reproml-rerun-if-lost"
 HEARTBEAT_S = 30  # Prefect's minimum
 ZOMBIE_AFTER_S = 90  # three missed beats
-ZOMBIE_AUTOMATION = "reproml-zombie-flow-runs"
+CRASH_AUTOMATION = "reproml-lost-runs-crashed"
+RERUN_AUTOMATION = "reproml-lost-runs-rerun"
 
 
 @dataclass(frozen=True)
