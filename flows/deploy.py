@@ -6,11 +6,24 @@ deployed is `reproml.orchestration.deploy`; this module builds the Prefect deplo
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
 from typing import Any
 
-from reproml.orchestration.deploy import DAILY, ENTRYPOINTS, GitSource, deployment_specs, pool_specs
+from reproml.orchestration.deploy import (
+    CRASH_AUTOMATION,
+    DAILY,
+    ENTRYPOINTS,
+    POOL_TAG,
+    RERUN_AUTOMATION,
+    RERUN_TAG,
+    ZOMBIE_AFTER_S,
+    GitSource,
+    deployment_specs,
+    pool_job_env,
+    pool_specs,
+)
 from reproml.orchestration.training import TEAM_LIMIT
 
 
@@ -60,6 +73,7 @@ def deploy_to_pool(
     with get_client(sync_client=True) as client:
         client.read_work_pool(pool)  # ObjectNotFound names a pool that does not exist, before any clone
         client.upsert_global_concurrency_limit_by_name(TEAM_LIMIT, 1)
+        ensure_zombie_automations(client)
     names = []
     for spec in pool_specs(root, cron, every):
         remote: Any = Flow.from_source(  # a Flow here (sync context), typed as maybe a coroutine
@@ -75,9 +89,68 @@ def deploy_to_pool(
             description=spec.description,
             print_next_steps=False,
             cron=spec.cron,
+            job_variables={"env": pool_job_env()},
         )
         names.append(f"{spec.flow}/{spec.name}")
     return names
+
+
+def zombie_automation(tag: str) -> Any:
+    """Prefect's "detect zombie flows" automation for the pool's runs tagged `tag`: a run that
+    sent a heartbeat and then neither another one nor a final state for ZOMBIE_AFTER_S (its
+    process, or its worker's machine, died) is marked Crashed (POOL_TAG), or put back to Scheduled
+    for a worker of the pool to run again (RERUN_TAG). A retry through the flow's own `retries`
+    is no use here: the server keeps those for the process that failed (`retry_type:
+    in_process`), and workers never pick them up."""
+    from prefect.automations import AutomationCore
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    silent = f"no heartbeat for {ZOMBIE_AFTER_S} s: the flow run's process or machine died"
+    rerun = tag == RERUN_TAG
+    return AutomationCore(
+        name=RERUN_AUTOMATION if rerun else CRASH_AUTOMATION,
+        description=f"{'Run again' if rerun else 'Crash'} runs tagged {tag} silent for {ZOMBIE_AFTER_S} s",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            match_related=ResourceSpecification(
+                {"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{tag}"}
+            ),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=dt.timedelta(seconds=ZOMBIE_AFTER_S),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                name="AwaitingRetry" if rerun else None,
+                force=False,
+                state=StateType.SCHEDULED if rerun else StateType.CRASHED,
+                message=f"{silent}: run again" if rerun else silent,
+            )
+        ],
+    )
+
+
+def ensure_zombie_automations(client: Any) -> None:
+    """Create the team's two automations for lost runs, or bring existing ones up to date."""
+    for tag in (POOL_TAG, RERUN_TAG):
+        wanted = zombie_automation(tag)
+        found = client.read_automations_by_name(wanted.name)
+        if found:
+            client.update_automation(found[0].id, wanted)
+        else:
+            client.create_automation(wanted)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ stands in for the remote), a process worker clones it and runs the flow there, a
 
 The ordering test runs a tiny flow holding the same slot as the training flow (`flows/slot.py`),
 long enough that the two runs meet; the full retrain on a worker (3,000 sampled rows, tuning off)
-moves the shared MLflow server's champion: ~70 s on 2 busy cores, so it is not marked `slow`.
+moves the shared MLflow server's champion and pushes its data version to the team's S3 remote:
+~70-130 s on 2 busy cores, so it is not marked `slow`. A worker killed with SIGKILL mid-run (`slow`,
+~2.5 min: lost runs are found after 90 s without a heartbeat) runs last and starts it again.
 """
 
 from __future__ import annotations
@@ -47,20 +49,23 @@ from flows.slot import retrain_slot
 
 
 @flow(name="slot-probe")
-def probe(hold_s: float = 20.0) -> int:
+def probe(hold_s: float = 20.0, lease_s: float = 120.0) -> int:
     log = get_run_logger()
     log.info("probe pid %d in %s", os.getpid(), Path.cwd())
-    with retrain_slot(Path.cwd(), log, 120.0):
+    with retrain_slot(Path.cwd(), log, lease_s):
         time.sleep(hold_s)
+    log.info("probe done")  # its one effect: counted by the fault test
     return os.getpid()
 '''
 DEPLOY_PROBE = """
 import sys
 from prefect import Flow
 from prefect.runner.storage import GitRepository
+from reproml.orchestration.deploy import RERUN_TAG, pool_job_env
 source = GitRepository(url=sys.argv[1], branch="main")
 Flow.from_source(source=source, entrypoint="flows/probe.py:probe").deploy(
-    name="probe", work_pool_name=sys.argv[2], print_next_steps=False)
+    name="probe", work_pool_name=sys.argv[2], print_next_steps=False, tags=[RERUN_TAG],
+    job_variables={"env": pool_job_env()})
 """
 
 
@@ -102,6 +107,48 @@ def test_pool_deployments_run_in_the_workers_clone_and_share_one_retrain_limit(t
     assert slot_name(tmp_path, team=False) == limit_name(tmp_path) != limit_name(tmp_path / "other")
 
 
+def test_the_team_remote_comes_from_the_environment_without_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from reproml.env import DVC_REMOTE_ENV, DVC_REMOTE_URL_ENV
+    from reproml.orchestration.worktree import shared_remote
+
+    monkeypatch.delenv(DVC_REMOTE_URL_ENV, raising=False)
+    monkeypatch.delenv(DVC_REMOTE_ENV, raising=False)
+    assert shared_remote() is None
+    monkeypatch.setenv(DVC_REMOTE_URL_ENV, "s3://bucket/dvc")
+    assert shared_remote() == ("team", "s3://bucket/dvc")
+    monkeypatch.setenv(DVC_REMOTE_ENV, "shared")
+    assert shared_remote() == ("shared", "s3://bucket/dvc")
+    monkeypatch.setenv(DVC_REMOTE_ENV, "bad name;")
+    with pytest.raises(ReproError, match=DVC_REMOTE_ENV):
+        shared_remote()
+    monkeypatch.setenv(DVC_REMOTE_ENV, "team")
+    monkeypatch.setenv(DVC_REMOTE_URL_ENV, "https://key:secret@s3.example/bucket")
+    with pytest.raises(ReproError, match="carries credentials") as refused:
+        shared_remote()
+    assert "secret" not in str(refused.value)
+
+
+def test_pool_runs_beat_and_silent_ones_are_crashed_or_run_again_by_their_tag(tmp_path: Path) -> None:
+    """Not forced, only for runs tagged as the pool's (whose deployments set the heartbeat), and
+    only after three missed beats; training and monitoring are crashed, not run again."""
+    from flows.deploy import zombie_automation
+    from reproml.orchestration.deploy import HEARTBEAT_S, POOL_TAG, RERUN_TAG, ZOMBIE_AFTER_S, pool_job_env
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(default_params()))
+    assert all(POOL_TAG in s.tags and RERUN_TAG not in s.tags for s in pool_specs(tmp_path))
+    assert pool_job_env() == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}
+    for tag, state in ((POOL_TAG, "CRASHED"), (RERUN_TAG, "SCHEDULED")):
+        automation = zombie_automation(tag)
+        trigger, (action,) = automation.trigger, automation.actions
+        assert trigger.posture == "Proactive" and trigger.after == {"prefect.flow-run.heartbeat"}
+        assert "prefect.flow-run.Completed" in trigger.expect
+        assert trigger.within.total_seconds() == ZOMBIE_AFTER_S >= 3 * HEARTBEAT_S
+        assert trigger.match_related["prefect.resource.id"] == [f"prefect.tag.{tag}"]
+        assert action.state.value == state and action.force is False
+
+
 # --- on the stack ----------------------------------------------------------------------------------
 
 
@@ -110,6 +157,7 @@ class Deployed:
     project: Project
     remote: Path
     api: str
+    stack: Path
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +185,7 @@ def deployed(team_stack: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         cwd=project.root, env=project.env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    yield Deployed(project, remote, team_env(team_stack)["PREFECT_API_URL"])
+    yield Deployed(project, remote, team_env(team_stack)["PREFECT_API_URL"], team_stack)
 
 
 @contextlib.contextmanager
@@ -283,6 +331,52 @@ def test_the_training_flow_runs_on_a_worker_moves_the_shared_champion_and_pushes
     assert after is not None and after != before, (before, after)
     pushed = _remote_branch(deployed)
     assert any("dvc.lock after dvc repro" in line for line in pushed), pushed
+    # the data version the worker made is on the team's S3 remote (REPROML_DVC_REMOTE_URL), not
+    # only in the committed default remote its fresh clone has
+    wanted = _pushed_outputs(deployed)
+    stored = _bucket_keys(deployed)
+    assert wanted and wanted <= stored, sorted(wanted - stored)
+
+
+def _pushed_outputs(deployed: Deployed) -> set[str]:
+    """The S3 keys (DVC 3's `files/md5/..` layout) of every cached stage output in dvc.lock of
+    the retrain branch the worker pushed."""
+
+    def show(path: str) -> Any:
+        done = subprocess.run(
+            ["git", "--git-dir", str(deployed.remote), "show", f"refs/heads/{BRANCH}:{path}"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return yaml.safe_load(done.stdout)
+
+    uncached = {
+        next(iter(out)) if isinstance(out, dict) else out
+        for stage in show("dvc.yaml")["stages"].values()
+        for out in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", [])
+        if isinstance(out, dict) and (next(iter(out.values())) or {}).get("cache") is False
+    }
+    keys = set()
+    for stage in show("dvc.lock")["stages"].values():
+        for out in stage.get("outs", []):
+            if out["path"] not in uncached:
+                md5 = out["md5"]
+                keys.add(f"dvc/files/md5/{md5[:2]}/{md5[2:]}")
+    return keys
+
+
+def _bucket_keys(deployed: Deployed) -> set[str]:
+    import boto3
+
+    env = team_env(deployed.stack)
+    s3 = boto3.client(
+        "s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"],
+    )  # fmt: skip
+    bucket, _, _ = env["REPROML_DVC_REMOTE_URL"].removeprefix("s3://").partition("/")
+    keys: set[str] = set()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="dvc/"):
+        keys.update(item["Key"] for item in page.get("Contents", []))
+    return keys
 
 
 @pytest.mark.team
@@ -334,3 +428,113 @@ def test_reproml_retrain_in_a_shell_waits_for_the_team_slot(deployed: Deployed) 
         finally:
             waiting.send_signal(signal.SIGTERM)
             waiting.communicate(timeout=60)
+
+
+# --- a worker killed mid-run ------------------------------------------------------------------------
+
+
+def _wait_for_log(api: str, run_id: Any, line: str, timeout: float) -> None:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + timeout
+    with _client(api) as client:
+        while True:
+            found = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            if any(log.message == line for log in found):
+                return
+            run = client.read_flow_run(run_id)
+            said = [log.message for log in found]
+            assert time.monotonic() < deadline and not run.state.is_final(), (run.state, said)
+            time.sleep(1)
+
+
+def _kill_worker_of(root: Path, run: Any) -> str:
+    """SIGKILL to every process group of the worker service whose child runs `run` (the worker,
+    the flow run's process and whatever it started), as a lost machine would; returns the
+    service's name."""
+    from reproml.team import processes
+
+    pid = int(str(run.infrastructure_pid).rsplit(":", 1)[-1])
+    found = processes.ours(root)
+    service = next(name for name, procs in found.items() if any(p.pid == pid for p in procs))
+    assert service.startswith("prefect-worker-"), service
+    groups = {os.getpgid(p.pid) for p in found[service] if p.is_running()}
+    worker = processes.leader(found[service])
+    own = worker is not None and os.getpgid(pid) != worker.pid
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+    where = "its own session" if own else "the worker's group"
+    print(f"{service}: SIGKILL to {len(groups)} process group(s); the flow run was in {where}")
+    return service
+
+
+def _tell(deployed: Deployed, run_id: Any, killed_at: float) -> None:
+    """What the run went through, and the workers' logs: printed when the run did not finish."""
+    from reproml.team.layout import Layout
+    from reproml.team.services import PREFECT_WORKERS
+
+    print(f"the kill was {time.monotonic() - killed_at:.0f} s ago (now {dt.datetime.now(dt.UTC)})")
+    with _client(deployed.api) as client:
+        for state in client.read_flow_run_states(run_id):
+            print("state", state.timestamp, state.name, state.message)
+    for name in PREFECT_WORKERS:
+        print(f"--- {name}:", "".join(Layout(deployed.stack).log(name).read_text().splitlines(True)[-25:]))
+
+
+@pytest.mark.team
+@pytest.mark.integration
+@pytest.mark.slow  # ~2.5 min: the zombie automation waits ZOMBIE_AFTER_S (90 s) for a missed heartbeat
+def test_a_worker_killed_mid_run_its_run_is_retried_once_on_the_other_worker_and_the_slot_is_freed(
+    deployed: Deployed,
+) -> None:
+    """`kill -9` of a worker's process groups (the worker and the flow run it started) while the run
+    holds the retrain slot: the run stays Running until its heartbeats have been missing for
+    ZOMBIE_AFTER_S, when the team's automation for lost runs tagged RERUN_TAG puts it back to
+    Scheduled (AwaitingRetry), the other worker runs it again, and it completes: one flow run, two
+    attempts, one effect ("probe done"). The slot the
+    killed attempt held is a lease that nobody renews: it is free again (the retry takes it, then
+    releases it), and no slot is left held at the end. The killed worker is not restarted by the
+    stack (no supervisor): `make team-up` starts it again, as the test does at the end."""
+    from reproml.orchestration.deploy import ZOMBIE_AFTER_S
+    from reproml.team import processes
+
+    api = deployed.api
+    began = time.monotonic()
+    run_id = _start(api, "slot-probe/probe", {"hold_s": 15.0, "lease_s": 60.0})
+    _wait_for_log(api, run_id, f"retrain slot {TEAM_LIMIT} taken", timeout=180)
+    time.sleep(2)  # the first heartbeat (sent as the run starts) is on the server by now
+    with _client(api) as client:
+        running = client.read_flow_run(run_id)
+    assert running.state is not None and running.state.is_running(), running.state
+    killed = _kill_worker_of(deployed.stack, running)
+    killed_at = time.monotonic()
+    try:
+        time.sleep(5)
+        with _client(api) as client:
+            assert client.read_flow_run(run_id).state.is_running()  # nobody noticed yet: a zombie
+        try:
+            (run,) = _finish(api, [run_id], timeout=ZOMBIE_AFTER_S + 150)
+        except AssertionError:
+            _tell(deployed, run_id, killed_at)
+            raise
+        recovered = time.monotonic() - killed_at
+        print(f"killed {killed}; the run completed {recovered:.0f} s after the kill")
+        assert run.state.type.value == "COMPLETED", run.state
+        assert run.run_count == 2, run.run_count  # the killed attempt and one retry, no more
+        assert killed not in processes.ours(deployed.stack)  # so the other worker ran the retry
+        with _client(api) as client:
+            history = [s.name for s in client.read_flow_run_states(run_id)]
+            assert "AwaitingRetry" in history, history
+            logs = [m for _, m in _logs(api, run_id)]
+            assert sum(m.startswith("probe pid") for m in logs) == 2, logs
+            assert logs.count(f"retrain slot {TEAM_LIMIT} taken") == 2, logs
+            assert logs.count(f"retrain slot {TEAM_LIMIT} released") == 1, logs
+            assert logs.count("probe done") == 1, logs
+            assert client.read_global_concurrency_limit_by_name(TEAM_LIMIT).active_slots == 0
+            mine = [r for r in client.read_flow_runs() if r.parameters.get("lease_s") == 60.0]
+            assert [r.id for r in mine] == [run_id]  # retried in place: no second flow run
+    finally:
+        stack.up(deployed.stack)  # the killed worker back, for whatever runs next
+    assert processes.ours(deployed.stack).get(killed), f"{killed} was not started again"
+    print(f"worker kill test: {time.monotonic() - began:.0f} s")

@@ -19,6 +19,11 @@ LOCAL_DIR = ".reproml"
 # sets neither.
 DVC_EXP_NAME = "DVC_EXP_NAME"
 DVC_EXP_BASELINE_REV = "DVC_EXP_BASELINE_REV"
+# The retrain flow's DVC remote, when set (the team stack's env file sets both): its worktree gets
+# it as the local default remote, so `dvc push` there, in a worker's fresh clone as in yours, goes
+# to the team's bucket. Only a name and a URL: credentials and endpoint come from AWS_*.
+DVC_REMOTE_ENV = "REPROML_DVC_REMOTE"
+DVC_REMOTE_URL_ENV = "REPROML_DVC_REMOTE_URL"
 
 
 def keep_inside(root: Path) -> None:

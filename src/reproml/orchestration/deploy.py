@@ -13,6 +13,19 @@ from pathlib import Path
 from typing import Any
 
 DAILY = "0 6 * * *"
+# A work pool's flow runs outlive nothing of the machine that runs them: each beats every
+# HEARTBEAT_S seconds (Prefect's flow-run heartbeat events, set in the deployment's job
+# environment), and `reproml deploy --pool` makes two automations ("detect zombie flows") for a run
+# whose beats stopped for ZOMBIE_AFTER_S: one marks the run Crashed if it is tagged POOL_TAG (the
+# training and monitoring deployments: a rerun could register or record twice), the other puts it
+# back to Scheduled ("AwaitingRetry") if it is tagged RERUN_TAG (flows safe to run again), and a
+# worker of the pool, any one, runs it again.
+POOL_TAG = "reproml-pool"
+RERUN_TAG = "reproml-rerun-if-lost"
+HEARTBEAT_S = 30  # Prefect's minimum
+ZOMBIE_AFTER_S = 90  # three missed beats
+CRASH_AUTOMATION = "reproml-lost-runs-crashed"
+RERUN_AUTOMATION = "reproml-lost-runs-rerun"
 
 
 @dataclass(frozen=True)
@@ -93,10 +106,15 @@ def pool_specs(root: Path, cron: str = DAILY, every: str = "month") -> list[Depl
             | ({"shared": True} if spec.flow == "training" else {}),
             description=spec.description,
             concurrency_limit=spec.concurrency_limit,
-            tags=spec.tags,
+            tags=[*spec.tags, POOL_TAG],
         )
         for spec in deployment_specs(root, cron, every)
     ]
+
+
+def pool_job_env() -> dict[str, str]:
+    """The environment a pool deployment's flow run gets on top of its worker's: its heartbeat."""
+    return {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}
 
 
 def git_source(root: Path, repo: str | None = None, branch: str | None = None) -> GitSource:

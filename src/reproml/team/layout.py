@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from reproml.env import port
+from reproml.env import DVC_REMOTE_ENV, DVC_REMOTE_URL_ENV, port
 
 HOST = "127.0.0.1"  # loopback: the default bind address, and where Dask and the S3 stand-in always listen
 HOST_ENV = "REPROML_TEAM_HOST"
@@ -318,6 +318,10 @@ def urls(layout: Layout, ports: dict[str, int]) -> dict[str, str]:
         "REPROML_RECORDS_URL": database_url(ports, "reproml"),  # audit trail, monitoring records
         "DASK_SCHEDULER_ADDRESS": f"tcp://{HOST}:{ports['dask']}",
         "REPROML_TEAM_WORK_POOL": WORK_POOL,
+        # the retrain flow's DVC remote (added to its worktree's local config): a worker's fresh
+        # clone pushes data versions here; endpoint and keys come from the AWS_* below
+        DVC_REMOTE_ENV: DVC_REMOTE,
+        DVC_REMOTE_URL_ENV: f"s3://{BUCKET}/dvc",
         "AWS_ACCESS_KEY_ID": S3_KEY_ID,
         "AWS_SECRET_ACCESS_KEY": S3_SECRET,
         "AWS_ENDPOINT_URL": f"http://{HOST}:{ports['s3']}",
