@@ -72,6 +72,23 @@ def test_a_record_written_in_one_clone_is_read_in_the_other(shared: str, tmp_pat
     ]  # fmt: skip
 
 
+def test_a_replays_clean_start_sets_the_models_database_history_aside(shared: str, tmp_path: Path) -> None:
+    """`reproml simulate` moves `records/` to `archive/<stamp>/`; with a database its rows are kept
+    under `monitoring@<stamp>`, so no clone's history, cooldown or batch order sees them again."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    store.write_record(a, NAME, batch("2013-08", 1))
+    store.write_record(a, "other-model", batch("2013-08", 1))
+    assert store.archive_records(b, NAME, "20261203T120000Z") == 1
+    assert store.history(a, NAME) == [] and store.find(b, NAME, "2013-08") is None
+    assert [r["batch_id"] for r in store.history(b, "other-model")] == ["2013-08"]  # only this model's
+    # the rows, ordered by kind: the other model's as they were, this model's set aside
+    assert [(m, k, key) for m, k, key, _ in rows(shared)] == [
+        ("other-model", MONITORING, "2013-08"), (NAME, "monitoring@20261203T120000Z", "2013-08"),
+    ]  # fmt: skip
+    store.write_record(b, NAME, batch("2013-07", 1))  # the replay's first batch: a history of one
+    assert [r["batch_id"] for r in store.history(a, NAME)] == ["2013-07"]
+
+
 def test_a_rewrite_is_one_row_updated_not_a_second_row(shared: str, tmp_path: Path) -> None:
     store.write_record(tmp_path / "a", NAME, batch("2013-07", 1))
     store.write_record(tmp_path / "b", NAME, batch("2013-07", 1, labelled_rows=40))

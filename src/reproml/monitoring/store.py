@@ -159,6 +159,15 @@ def write_frame(target: Path, frame: pd.DataFrame) -> Path:
             raise first from None
 
 
+def archive_records(root: Path, name: str, stamp: str) -> int:
+    """Set model `name`'s decision records aside (`reproml simulate`'s clean start): with files the
+    caller moves `records/` to `archive/<stamp>/`; with a records database its rows are kept under
+    the kind `monitoring@<stamp>`, so the history, cooldown and batch order start empty there too
+    (for every clone reading that database). Returns how many rows moved (0 with files)."""
+    with monitor_lock(root, name):
+        return records_store().archive(MONITORING_KIND, name, stamp)
+
+
 @contextlib.contextmanager
 def monitor_lock(root: Path, name: str) -> Iterator[None]:
     """One batch decision at a time per model: the cooldown reads past records and must see every

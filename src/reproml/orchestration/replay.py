@@ -64,6 +64,7 @@ def reset(root: Path, branch: str, keep_reports: bool = False) -> int:
         if folder.exists():
             archive.mkdir(parents=True, exist_ok=True)
             shutil.move(str(folder), str(archive / kind))
+    store.archive_records(root, name, stamp)  # a records database's rows too (`REPROML_RECORDS_URL`)
     open_worktree(root, branch, reset=True)
     registered = root / REGISTERED
     if not registered.is_file():

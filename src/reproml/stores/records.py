@@ -72,6 +72,13 @@ class RecordStore(Protocol):
 
     def lock(self, scope: str) -> contextlib.AbstractContextManager[None]: ...
 
+    def archive(self, kind: str, model: str, stamp: str) -> int: ...
+
+
+def archived_kind(kind: str, stamp: str) -> str:
+    """The kind a record of `kind` moved aside at `stamp` is kept under (`monitoring@<stamp>`)."""
+    return f"{kind}@{stamp}"
+
 
 class FileRecords:
     """Today's behaviour: one JSON file per record, written atomically, read in name order."""
@@ -92,6 +99,9 @@ class FileRecords:
     @contextlib.contextmanager
     def lock(self, scope: str) -> Iterator[None]:
         yield  # one machine: the caller's file lock is the lock
+
+    def archive(self, kind: str, model: str, stamp: str) -> int:
+        return 0  # the records are their folder, which the caller moves aside
 
 
 def _record(found: Any, where: str) -> dict[str, Any]:
@@ -160,6 +170,25 @@ class SqlRecords:
         except SQLAlchemyError as exc:
             raise self._failed(f"listing {kind} records of {model or 'every model'!r}", exc) from None
         return [_record(json.loads(text), f"{self.shown} {kind}/{name}/{key}") for name, key, text in rows]
+
+    def archive(self, kind: str, model: str, stamp: str) -> int:
+        """Move every `kind` record of `model` aside, kept under the kind `archived_kind(kind, stamp)`
+        (no read of `kind` sees them again): the database's half of moving a records folder to
+        `archive/<stamp>/`. One transaction; returns how many moved."""
+        from sqlalchemy import update
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            engine, table = _open(self.url)
+            moved = (
+                update(table)
+                .where(table.c.model == model, table.c.kind == kind)
+                .values(kind=archived_kind(kind, stamp))
+            )
+            with engine.begin() as connection:
+                return int(connection.execute(moved).rowcount)
+        except SQLAlchemyError as exc:
+            raise self._failed(f"archiving the {kind} records of model {model!r}", exc) from None
 
     @contextlib.contextmanager
     def lock(self, scope: str) -> Iterator[None]:
