@@ -260,11 +260,20 @@ def test_mlflow_ui_compares_the_last_two_pipeline_runs(
     trained: Trained, mlflow_ui: str, chromium: str
 ) -> None:
     runs = last_pipeline_runs(mlflow_ui, 2)
+    assert sorted(run["info"]["run_id"] for run in runs) == sorted(trained.runs)
+    shows_the_runs_compared(chromium, mlflow_ui, runs, dict(zip(trained.runs, DEPTHS, strict=True)))
+
+
+def shows_the_runs_compared(
+    chromium: str, url: str, runs: list[dict[str, Any]], depth: dict[str, int]
+) -> None:
+    """The MLflow UI at `url` opened on its compare page of `runs` (two, as the REST API returns
+    them): both runs, every parameter either logged with its value under the right run
+    (`train.xgboost.max_depth` as `depth` says per run id), and the first metrics of both."""
     ids = [run["info"]["run_id"] for run in runs]
-    assert sorted(ids) == sorted(trained.runs)
     experiment = runs[0]["info"]["experiment_id"]
     query = f"runs={quote(json.dumps(ids))}&experiments={quote(json.dumps([experiment]))}"
-    page = f"{mlflow_ui}/#/compare-runs?{query}"
+    page = f"{url}/#/compare-runs?{query}"
     seen, console = opened(chromium, page)
     assert [line for line in console if "Uncaught" in line] == [], "the MLflow UI threw"
     assert "Comparing 2 Runs from 1 Experiment" in seen.text, seen.text[:2000]
@@ -279,7 +288,6 @@ def test_mlflow_ui_compares_the_last_two_pipeline_runs(
     logged = {run["info"]["run_id"]: {p["key"]: p["value"] for p in run["data"]["params"]} for run in runs}
     params = by_first_cell(seen, "train.xgboost.max_depth")
     assert set(params) == set(logged[ids[0]]) | set(logged[ids[1]])
-    depth = dict(zip(trained.runs, DEPTHS, strict=True))
     assert params["train.xgboost.max_depth"] == [str(depth[run_id]) for run_id in columns]
     wrong = {
         key: shown

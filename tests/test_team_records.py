@@ -6,6 +6,12 @@ monitored batch. Clone B is a second machine with only the repository (`git clon
 variables (`.reproml/team/env`): it reads the audit trail and the monitoring history A wrote (from
 the team's PostgreSQL, `REPROML_RECORDS_URL`), sees the same champion, and rebuilds that champion's
 run with `reproml reproduce`, pulling the data from S3 and the run from the MLflow server.
+
+Then what else works unchanged with the variables set: `reproml simulate` in A replays a production
+period through the monitoring flow (its runs on the MLflow server, its records in the database, no
+local mlflow.db), and the team MLflow server's own UI, in headless Chromium, compares A's two
+pipeline runs (the second a `dvc exp run -S` of one parameter). Those two are `slow` (~3 min
+together on 2 busy cores, after the clones).
 """
 
 from __future__ import annotations
@@ -20,15 +26,20 @@ from typing import Any
 import pytest
 
 from reproml.paths import site_cache
+from reproml.stores.records import MONITORING as MONITORING_KIND
 from reproml.stores.records import SqlRecords
 from reproml.team.layout import BUCKET, DVC_REMOTE, Layout, password
 from tests.conftest import team_env
 from tests.project import BIN, Project, sampled_params
+from tests.test_browser import fetch, shows_the_runs_compared
 from tests.test_records_store import exclusive
 
 pytestmark = [pytest.mark.team, pytest.mark.integration]
 
 NAME = "flights-late"
+# the period `reproml simulate` replays in clone A: before the 2013-08 that A monitored, which the
+# replay's clean start must set aside in the database too (else 2013-07 is turned away as out of order)
+REPLAYED = "2013-07"
 
 
 def params() -> dict[str, Any]:
@@ -155,3 +166,56 @@ def test_the_records_lock_is_one_across_processes_on_postgresql(
     monkeypatch.setenv("PGPASSFILE", env["PGPASSFILE"])
     events = exclusive(SqlRecords(env["REPROML_RECORDS_URL"]), "promote")
     assert events == ["first in", "first out", "second in"]
+
+
+@pytest.mark.slow  # after the clones: simulate ~126 s, the UI comparison ~55 s (2 busy cores)
+def test_simulate_runs_unchanged_on_the_team_stack(
+    clone_a: Project, team_stack: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`reproml simulate` in A with the team variables: the monitoring flow on the team's Prefect
+    server, its run on the MLflow server, its record in the database; no local MLflow store."""
+    env = team_env(team_stack)
+    done = clone_a.run(
+        "reproml", "simulate", "--start", REPLAYED, "--end", REPLAYED, check=False, timeout=900
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"Production replay {REPLAYED}..{REPLAYED}" in done.stdout, done.stdout
+    # the flow ran on the team's Prefect server (no server of the clone's own was started)
+    flows = fetch(f"{env['PREFECT_API_URL']}/flow_runs/filter", {"flows": {"name": {"any_": ["simulate"]}}})
+    assert [run["state_type"] for run in flows] == ["COMPLETED"], flows
+    monkeypatch.setenv("PGPASSFILE", env["PGPASSFILE"])
+    shared = SqlRecords(env["REPROML_RECORDS_URL"])
+    record = shared.get(MONITORING_KIND, NAME, REPLAYED, clone_a.tmp / "unused.json")
+    assert record is not None, f"no {REPLAYED} record in {shared.shown}"
+    # its monitoring run is on the team server, tagged with the batch
+    run = fetch(f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/runs/get?run_id={record['mlflow']['run_id']}")
+    tags = {t["key"]: t["value"] for t in run["run"]["data"]["tags"]}
+    assert tags["reproml.stage"] == "monitor" and tags["reproml.batch_id"] == REPLAYED, tags
+    assert tags["reproml.verdict"] == record["verdict"]
+    # a clean start: A's 2013-08 was set aside, so 2013-07 was judged, not turned away
+    assert record["verdict"] != "out_of_order", record["reasons"]
+    assert [r["batch_id"] for r in shared.all(MONITORING_KIND, NAME, clone_a.tmp / "unused")] == [REPLAYED]
+    # the replay's table is the database's record
+    report = json.loads((clone_a.root / "monitoring" / NAME / "reports" / "simulation.json").read_text())
+    assert [row["batch"] for row in report["rows"]] == [REPLAYED]
+    assert report["rows"][0]["verdict"] == record["verdict"]
+    # nothing went to a local MLflow store
+    assert not (clone_a.root / "mlflow.db").exists() and not (clone_a.root / "mlruns").exists()
+    assert not (clone_a.root / "mlartifacts").exists()
+
+
+@pytest.mark.slow  # after the clones: simulate ~126 s, the UI comparison ~55 s (2 busy cores)
+def test_the_team_mlflow_ui_compares_the_last_two_pipeline_runs(
+    clone_a: Project, team_stack: Path, chromium: str
+) -> None:
+    """The team MLflow server's compare page of A's two pipeline runs, as a person opens it."""
+    url = team_env(team_stack)["MLFLOW_TRACKING_URI"]
+    first = json.loads((clone_a.root / "models" / "registered.json").read_text())["run_id"]
+    clone_a.run("dvc", "exp", "run", "-S", "train.xgboost.max_depth=2", timeout=900)
+    second = json.loads((clone_a.root / "models" / "registered.json").read_text())["run_id"]
+    assert second != first
+    runs = [fetch(f"{url}/api/2.0/mlflow/runs/get?run_id={run_id}")["run"] for run_id in (second, first)]
+    for run in runs:  # both on the team server, both pipeline runs
+        assert {t["key"]: t["value"] for t in run["data"]["tags"]}["reproml.stage"] == "train"
+    assert not (clone_a.root / "mlflow.db").exists()
+    shows_the_runs_compared(chromium, url, runs, {first: 5, second: 2})
