@@ -132,12 +132,13 @@ def test_the_team_remote_comes_from_the_environment_without_credentials(
 
 def test_pool_runs_beat_and_silent_ones_are_crashed_or_run_again_by_their_tag(tmp_path: Path) -> None:
     """Not forced, only for runs tagged as the pool's (whose deployments set the heartbeat), and
-    only after three missed beats; training and monitoring are crashed, not run again."""
+    only after three missed beats; monitoring is crashed, training (which resumes) run again."""
     from flows.deploy import zombie_automation
     from reproml.orchestration.deploy import HEARTBEAT_S, POOL_TAG, RERUN_TAG, ZOMBIE_AFTER_S, pool_job_env
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(default_params()))
-    assert all(POOL_TAG in s.tags and RERUN_TAG not in s.tags for s in pool_specs(tmp_path))
+    tags = {s.flow: set(s.tags) & {POOL_TAG, RERUN_TAG} for s in pool_specs(tmp_path)}
+    assert tags == {"monitoring": {POOL_TAG}, "training": {RERUN_TAG}}
     assert pool_job_env() == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}
     for tag, state in ((POOL_TAG, "CRASHED"), (RERUN_TAG, "SCHEDULED")):
         automation = zombie_automation(tag)
@@ -147,6 +148,35 @@ def test_pool_runs_beat_and_silent_ones_are_crashed_or_run_again_by_their_tag(tm
         assert trigger.within.total_seconds() == ZOMBIE_AFTER_S >= 3 * HEARTBEAT_S
         assert trigger.match_related["prefect.resource.id"] == [f"prefect.tag.{tag}"]
         assert action.state.value == state and action.force is False
+
+
+def test_a_rerun_finds_the_dvc_lock_commit_its_flow_run_published_and_no_other(tmp_path: Path) -> None:
+    from reproml.orchestration.training import FLOW_RUN_TRAILER, earlier_commit, lock_message
+
+    root = tmp_path / "p"
+    root.mkdir()
+    _git(root, "init", "-q", "-b", "retrain")
+    _git(root, "config", "user.email", "t@example.org")
+    _git(root, "config", "user.name", "t")
+    mine, other = "0f3c1a2e-9b7d-4c11-8e2f-5a6b7c8d9e0f", "7d2e4f60-1111-4222-8333-944455556666"
+    assert earlier_commit(root, mine) is None  # no commit at all yet
+    for i, run_id in enumerate((other, None, mine, None)):
+        (root / "dvc.lock").write_text(f"v{i}\n")
+        _git(root, "add", "dvc.lock")
+        _git(root, "commit", "-q", "-m", lock_message("on demand", run_id))
+    shas = subprocess.run(
+        ["git", "log", "--format=%H"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert earlier_commit(root, mine) == shas[1]  # the third commit, with later ones on top
+    assert earlier_commit(root, other) == shas[3]
+    assert earlier_commit(root, "a-flow-run-that-never-committed") is None
+    assert earlier_commit(root, None) is None  # not a flow run (e.g. not shared): never resumes
+    assert lock_message("on demand", mine).endswith(f"\n\n{FLOW_RUN_TRAILER}: {mine}")
+    assert "\n" not in lock_message("on demand")
+    with pytest.raises(ValueError, match="letters, digits and dashes"):
+        lock_message("x", "id\nInjected: trailer")
+    with pytest.raises(ValueError, match="letters, digits and dashes"):
+        earlier_commit(root, "--all")
 
 
 # --- on the stack ----------------------------------------------------------------------------------
