@@ -568,3 +568,103 @@ def test_a_worker_killed_mid_run_its_run_is_retried_once_on_the_other_worker_and
         stack.up(deployed.stack)  # the killed worker back, for whatever runs next
     assert processes.ours(deployed.stack).get(killed), f"{killed} was not started again"
     print(f"worker kill test: {time.monotonic() - began:.0f} s")
+
+
+VERSIONS = """
+import json, sys
+from mlflow.tracking import MlflowClient
+try:
+    found = MlflowClient().search_model_versions(f"name = '{sys.argv[1]}'")
+except Exception:
+    found = []
+print(json.dumps({v.version: dict(v.tags) for v in found}))
+"""
+
+
+def _versions(deployed: Deployed) -> dict[int, dict[str, str]]:
+    """Every registered version of this module's model, with its tags."""
+    done = subprocess.run(
+        [sys.executable, "-c", VERSIONS, MODEL], env=deployed.project.env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return {int(k): v for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+
+
+def _published_by(deployed: Deployed, run_id: Any) -> list[str]:
+    """The retrain branch's commits in the bare repository whose trailer names flow run `run_id`."""
+    from reproml.orchestration.training import FLOW_RUN_TRAILER
+
+    shown = f"--format=%H %(trailers:key={FLOW_RUN_TRAILER},valueonly)"
+    done = subprocess.run(
+        ["git", "--git-dir", str(deployed.remote), "log", shown, f"refs/heads/{BRANCH}", "--"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    return [line.split()[0] for line in done.stdout.splitlines() if line.strip().endswith(str(run_id))]
+
+
+@pytest.mark.team
+@pytest.mark.integration
+@pytest.mark.slow  # ~5 min: a retrain, 90 s of silence, the slot's lease, the resumed rerun
+def test_a_worker_killed_after_its_retrain_published_the_rerun_resumes_and_nothing_is_done_twice(
+    deployed: Deployed,
+) -> None:
+    """`kill -9` of the worker's process groups once the training run has pushed its retrain branch
+    (its dvc.lock commit, trailer naming the flow run, is in the repository): the run is put back
+    to Scheduled and the other worker runs it again, as the same flow run; the rerun finds that
+    commit, pulls its outputs and goes on from there. One commit of it on the branch, one
+    challenger version tagged with the flow run, the gate run to completion once across both
+    attempts, at most one refit of that challenger, the slot free."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from reproml.orchestration.deploy import ZOMBIE_AFTER_S
+    from reproml.orchestration.training import FLOW_RUN_TAG
+    from reproml.team import processes
+
+    api = deployed.api
+    began = time.monotonic()
+    before = _versions(deployed)
+    run_id = _start(api, "training/on-demand", {"reason": "worker lost"})
+    deadline = time.monotonic() + 600
+    with _client(api) as client:
+        while not _published_by(deployed, run_id):  # past the point of no return
+            running = client.read_flow_run(run_id)
+            assert time.monotonic() < deadline and not running.state.is_final(), running.state
+            time.sleep(0.5)
+        running = client.read_flow_run(run_id)
+    assert running.state is not None and running.state.is_running(), running.state
+    killed = _kill_worker_of(deployed.stack, running)
+    killed_at = time.monotonic()
+    print(f"published {killed_at - began:.0f} s after the start; killed {killed}")
+    try:
+        try:
+            (run,) = _finish(api, [run_id], timeout=ZOMBIE_AFTER_S + 480)
+        except AssertionError:
+            _tell(deployed, run_id, killed_at)
+            raise
+        print(f"the run completed {time.monotonic() - killed_at:.0f} s after the kill")
+        logs = [m for _, m in _logs(api, run_id)]
+        assert run.state.type.value == "COMPLETED", "\n".join(logs[-40:])
+        assert run.run_count == 2, run.run_count
+        assert killed not in processes.ours(deployed.stack)  # so the other worker ran the rerun
+        assert any("before: resuming after it" in m for m in logs), logs
+        assert len(_published_by(deployed, run_id)) == 1
+        after = _versions(deployed)
+        new = {v: tags for v, tags in after.items() if v not in before}
+        ours = [v for v, tags in new.items() if tags.get(FLOW_RUN_TAG) == str(run_id)]
+        assert len(ours) == 1, new  # one challenger for this flow run
+        (challenger,) = ours
+        assert new[challenger].get("reproml.decision"), new[challenger]  # the gate decided, once
+        refits = [v for v, tags in new.items() if json.loads(tags.get("reproml.refit_of") or "{}")]
+        assert all(json.loads(new[v]["reproml.refit_of"])["version"] == challenger for v in refits), new
+        assert len(refits) == (1 if new[challenger]["reproml.decision"] == "promote" else 0), new
+        assert set(new) == {challenger, *refits}, new  # nothing else registered
+        with _client(api) as client:
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+            done = [t.name.rsplit("-", 1)[0] for t in tasks if t.state is not None and t.state.is_completed()]
+            assert done.count("promote") <= 1 and done.count("refit") <= 1, sorted(done)
+            assert done.count("commit") == 1 and done.count("restore") == 1, sorted(done)
+            assert client.read_global_concurrency_limit_by_name(TEAM_LIMIT).active_slots == 0
+    finally:
+        stack.up(deployed.stack)
+    print(f"training worker kill test: {time.monotonic() - began:.0f} s")
