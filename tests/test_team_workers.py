@@ -647,7 +647,9 @@ def test_a_worker_killed_after_its_retrain_published_the_rerun_resumes_and_nothi
         assert run.state.type.value == "COMPLETED", "\n".join(logs[-40:])
         assert run.run_count == 2, run.run_count
         assert killed not in processes.ours(deployed.stack)  # so the other worker ran the rerun
-        assert any("before: resuming after it" in m for m in logs), logs
+        resumed = [m for m in logs if m.startswith(f"flow run {run_id}")]
+        print("the rerun:", *resumed, sep="\n  ")
+        assert any("before: resuming after it" in m for m in resumed), logs
         assert len(_published_by(deployed, run_id)) == 1
         after = _versions(deployed)
         new = {v: tags for v, tags in after.items() if v not in before}
