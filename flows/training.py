@@ -2,7 +2,8 @@
 promotion gate, on the retrain branch's worktree. The steps are `reproml.orchestration.training`;
 this module makes them Prefect tasks (retries for what a moment fixes, one task per DVC stage) and
 holds the retrain slot (a Prefect global concurrency limit: flows/slot.py) and the workspace's
-training lock around them.
+training lock around them. On a work pool a run lost with its worker is run again as the same flow
+run, and resumes after what the lost attempt published (`steps.earlier_commit` and the two after it).
 """
 
 from __future__ import annotations

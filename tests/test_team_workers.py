@@ -7,7 +7,9 @@ The ordering test runs a tiny flow holding the same slot as the training flow (`
 long enough that the two runs meet; the full retrain on a worker (3,000 sampled rows, tuning off)
 moves the shared MLflow server's champion and pushes its data version to the team's S3 remote:
 ~70-130 s on 2 busy cores, so it is not marked `slow`. A worker killed with SIGKILL mid-run (`slow`,
-~2.5 min: lost runs are found after 90 s without a heartbeat) runs last and starts it again.
+~2.5 min: lost runs are found after 90 s without a heartbeat) runs last and starts it again; a
+worker killed under a training run that has pushed its branch (`slow`, ~5.5 min) sees the rerun
+resume after it, doing nothing twice.
 """
 
 from __future__ import annotations
@@ -591,6 +593,25 @@ def _versions(deployed: Deployed) -> dict[int, dict[str, str]]:
     return {int(k): v for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
 
 
+AUDIT = """
+import json, sys
+from pathlib import Path
+from reproml import registry
+print(json.dumps([r for r in registry.history(Path(".")) if r.get("model_name") == sys.argv[1]]))
+"""
+
+
+def _audit(deployed: Deployed) -> list[dict[str, Any]]:
+    """This module's model's decisions in the team's audit trail (the records database)."""
+    p = deployed.project
+    done = subprocess.run(
+        [sys.executable, "-c", AUDIT, MODEL], cwd=p.root, env=p.env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def _published_by(deployed: Deployed, run_id: Any) -> list[str]:
     """The retrain branch's commits in the bare repository whose trailer names flow run `run_id`."""
     from reproml.orchestration.training import FLOW_RUN_TRAILER
@@ -661,6 +682,10 @@ def test_a_worker_killed_after_its_retrain_published_the_rerun_resumes_and_nothi
         assert all(json.loads(new[v]["reproml.refit_of"])["version"] == challenger for v in refits), new
         assert len(refits) == (1 if new[challenger]["reproml.decision"] == "promote" else 0), new
         assert set(new) == {challenger, *refits}, new  # nothing else registered
+        audit = _audit(deployed)
+        subjects = [(r["action"], (r.get("challenger") or {}).get("version")) for r in audit]
+        assert sum(v == challenger for _, v in subjects) == 1, subjects  # one audit entry: the gate's
+        assert all(sum(v == r for _, v in subjects) == 1 for r in refits), subjects
         with _client(api) as client:
             tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
             done = [t.name.rsplit("-", 1)[0] for t in tasks if t.state is not None and t.state.is_completed()]
