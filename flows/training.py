@@ -2,7 +2,8 @@
 promotion gate, on the retrain branch's worktree. The steps are `reproml.orchestration.training`;
 this module makes them Prefect tasks (retries for what a moment fixes, one task per DVC stage) and
 holds the retrain slot (a Prefect global concurrency limit: flows/slot.py) and the workspace's
-training lock around them.
+training lock around them. On a work pool a run lost with its worker is run again as the same flow
+run, and resumes after what the lost attempt published (`steps.earlier_commit` and the two after it).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ commit_lock = task(name="commit")(steps.commit_lock)
 promote = task(name="promote", **RETRIED)(steps.promote)
 refit = task(name="refit")(steps.refit)  # not retried: it registers a version
 pull_branch = task(name="pull_branch", **RETRIED)(steps.pull_branch)
+restore = task(name="restore", **RETRIED)(steps.restore)
 publish_branch = task(name="publish_branch", **RETRIED)(steps.publish_branch)
 
 
@@ -74,7 +76,8 @@ def training(
     # Prefect's limit orders training flows (the team's across workers: flows/slot.py); the
     # workspace's training lock (held throughout, its token inherited by the stages' `dvc repro`)
     # keeps out `dvc repro` and `reproml train/promote`.
-    held_by = f"training flow run {flow_run.name} ({flow_run.id})"
+    run_id = str(flow_run.id)
+    held_by = f"training flow run {flow_run.name} ({run_id})"
     with (
         retrain_slot(home, log, LEASE_S),
         training_lock(home, command=held_by, notify=log.warning),
@@ -84,23 +87,41 @@ def training(
         tree = worktree(home, target)
         env = steps.stage_env(home)
         added = None
-        start = steps.head(tree)
-        try:
-            if source is not None:
-                added = add_batch(home, tree, source)
-            stages: dict[str, str] = {}
-            for stage_name in steps.stage_order(tree):
-                run_stage = stage.with_options(name=stage_name, task_run_name=stage_name)
-                stages[stage_name] = run_stage(tree, stage_name, env)
-            push(tree, env)
-            lock_commit = commit_lock(tree, f"reproml retrain ({reason}): dvc.lock after dvc repro")
-            if shared:
-                publish_branch(home, target)
-        except BaseException:  # a failure, SIGTERM or Ctrl-C: the branch goes back to where it was
-            steps.rollback(tree, start)
-            raise
-        decision = promote(home, tree)
-        refitted = refit(home, tree, decision)
+        stages: dict[str, str] = {}
+        # run again after its worker was lost (the same flow run, a fresh clone): what the lost
+        # attempt published is kept, the steps before it are not done twice
+        lock_commit = steps.earlier_commit(tree, run_id) if shared else None
+        if lock_commit is not None:
+            log.warning(
+                "flow run %s published %s before: resuming after it (no repro, push or commit again)",
+                run_id, lock_commit[:10],
+            )  # fmt: skip
+            restore(tree, env)
+        else:
+            start = steps.head(tree)
+            try:
+                if source is not None:
+                    added = add_batch(home, tree, source)
+                for stage_name in steps.stage_order(tree):
+                    run_stage = stage.with_options(name=stage_name, task_run_name=stage_name)
+                    stages[stage_name] = run_stage(tree, stage_name, env)
+                push(tree, env)
+                lock_commit = commit_lock(tree, steps.lock_message(reason, run_id if shared else None))
+                if shared:
+                    publish_branch(home, target)
+            except BaseException:  # a failure, SIGTERM or Ctrl-C: the branch goes back to where it was
+                steps.rollback(tree, start)
+                raise
+        decision = steps.earlier_decision(home, tree, run_id) if shared else None
+        if decision is not None:
+            log.warning("flow run %s: the gate decided before (%s): not again", run_id, decision["action"])
+        else:
+            decision = promote(home, tree)
+        refitted = steps.earlier_refit(home, tree, decision) if shared else None
+        if refitted is not None:
+            log.warning("flow run %s: v%s, its refit, is the champion already", run_id, refitted["version"])
+        else:
+            refitted = refit(home, tree, decision)
     log.info("promotion: %s (%s)", decision.get("action"), decision.get("reason"))
     if refitted is not None:
         log.info("refit: v%s is the champion (%s)", refitted["version"], refitted["decision"]["reason"])

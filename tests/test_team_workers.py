@@ -7,7 +7,9 @@ The ordering test runs a tiny flow holding the same slot as the training flow (`
 long enough that the two runs meet; the full retrain on a worker (3,000 sampled rows, tuning off)
 moves the shared MLflow server's champion and pushes its data version to the team's S3 remote:
 ~70-130 s on 2 busy cores, so it is not marked `slow`. A worker killed with SIGKILL mid-run (`slow`,
-~2.5 min: lost runs are found after 90 s without a heartbeat) runs last and starts it again.
+~2.5 min: lost runs are found after 90 s without a heartbeat) runs last and starts it again; a
+worker killed under a training run that has pushed its branch (`slow`, ~5.5 min) sees the rerun
+resume after it, doing nothing twice.
 """
 
 from __future__ import annotations
@@ -132,12 +134,13 @@ def test_the_team_remote_comes_from_the_environment_without_credentials(
 
 def test_pool_runs_beat_and_silent_ones_are_crashed_or_run_again_by_their_tag(tmp_path: Path) -> None:
     """Not forced, only for runs tagged as the pool's (whose deployments set the heartbeat), and
-    only after three missed beats; training and monitoring are crashed, not run again."""
+    only after three missed beats; monitoring is crashed, training (which resumes) run again."""
     from flows.deploy import zombie_automation
     from reproml.orchestration.deploy import HEARTBEAT_S, POOL_TAG, RERUN_TAG, ZOMBIE_AFTER_S, pool_job_env
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(default_params()))
-    assert all(POOL_TAG in s.tags and RERUN_TAG not in s.tags for s in pool_specs(tmp_path))
+    tags = {s.flow: set(s.tags) & {POOL_TAG, RERUN_TAG} for s in pool_specs(tmp_path)}
+    assert tags == {"monitoring": {POOL_TAG}, "training": {RERUN_TAG}}
     assert pool_job_env() == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}
     for tag, state in ((POOL_TAG, "CRASHED"), (RERUN_TAG, "SCHEDULED")):
         automation = zombie_automation(tag)
@@ -147,6 +150,35 @@ def test_pool_runs_beat_and_silent_ones_are_crashed_or_run_again_by_their_tag(tm
         assert trigger.within.total_seconds() == ZOMBIE_AFTER_S >= 3 * HEARTBEAT_S
         assert trigger.match_related["prefect.resource.id"] == [f"prefect.tag.{tag}"]
         assert action.state.value == state and action.force is False
+
+
+def test_a_rerun_finds_the_dvc_lock_commit_its_flow_run_published_and_no_other(tmp_path: Path) -> None:
+    from reproml.orchestration.training import FLOW_RUN_TRAILER, earlier_commit, lock_message
+
+    root = tmp_path / "p"
+    root.mkdir()
+    _git(root, "init", "-q", "-b", "retrain")
+    _git(root, "config", "user.email", "t@example.org")
+    _git(root, "config", "user.name", "t")
+    mine, other = "0f3c1a2e-9b7d-4c11-8e2f-5a6b7c8d9e0f", "7d2e4f60-1111-4222-8333-944455556666"
+    assert earlier_commit(root, mine) is None  # no commit at all yet
+    for i, run_id in enumerate((other, None, mine, None)):
+        (root / "dvc.lock").write_text(f"v{i}\n")
+        _git(root, "add", "dvc.lock")
+        _git(root, "commit", "-q", "-m", lock_message("on demand", run_id))
+    shas = subprocess.run(
+        ["git", "log", "--format=%H"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert earlier_commit(root, mine) == shas[1]  # the third commit, with later ones on top
+    assert earlier_commit(root, other) == shas[3]
+    assert earlier_commit(root, "a-flow-run-that-never-committed") is None
+    assert earlier_commit(root, None) is None  # not a flow run (e.g. not shared): never resumes
+    assert lock_message("on demand", mine).endswith(f"\n\n{FLOW_RUN_TRAILER}: {mine}")
+    assert "\n" not in lock_message("on demand")
+    with pytest.raises(ValueError, match="letters, digits and dashes"):
+        lock_message("x", "id\nInjected: trailer")
+    with pytest.raises(ValueError, match="letters, digits and dashes"):
+        earlier_commit(root, "--all")
 
 
 # --- on the stack ----------------------------------------------------------------------------------
@@ -538,3 +570,128 @@ def test_a_worker_killed_mid_run_its_run_is_retried_once_on_the_other_worker_and
         stack.up(deployed.stack)  # the killed worker back, for whatever runs next
     assert processes.ours(deployed.stack).get(killed), f"{killed} was not started again"
     print(f"worker kill test: {time.monotonic() - began:.0f} s")
+
+
+VERSIONS = """
+import json, sys
+from mlflow.tracking import MlflowClient
+try:
+    found = MlflowClient().search_model_versions(f"name = '{sys.argv[1]}'")
+except Exception:
+    found = []
+print(json.dumps({v.version: dict(v.tags) for v in found}))
+"""
+
+
+def _versions(deployed: Deployed) -> dict[int, dict[str, str]]:
+    """Every registered version of this module's model, with its tags."""
+    done = subprocess.run(
+        [sys.executable, "-c", VERSIONS, MODEL], env=deployed.project.env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return {int(k): v for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+
+
+AUDIT = """
+import json, sys
+from pathlib import Path
+from reproml import registry
+print(json.dumps([r for r in registry.history(Path(".")) if r.get("model_name") == sys.argv[1]]))
+"""
+
+
+def _audit(deployed: Deployed) -> list[dict[str, Any]]:
+    """This module's model's decisions in the team's audit trail (the records database)."""
+    p = deployed.project
+    done = subprocess.run(
+        [sys.executable, "-c", AUDIT, MODEL], cwd=p.root, env=p.env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _published_by(deployed: Deployed, run_id: Any) -> list[str]:
+    """The retrain branch's commits in the bare repository whose trailer names flow run `run_id`."""
+    from reproml.orchestration.training import FLOW_RUN_TRAILER
+
+    shown = f"--format=%H %(trailers:key={FLOW_RUN_TRAILER},valueonly)"
+    done = subprocess.run(
+        ["git", "--git-dir", str(deployed.remote), "log", shown, f"refs/heads/{BRANCH}", "--"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    return [line.split()[0] for line in done.stdout.splitlines() if line.strip().endswith(str(run_id))]
+
+
+@pytest.mark.team
+@pytest.mark.integration
+@pytest.mark.slow  # ~5 min: a retrain, 90 s of silence, the slot's lease, the resumed rerun
+def test_a_worker_killed_after_its_retrain_published_the_rerun_resumes_and_nothing_is_done_twice(
+    deployed: Deployed,
+) -> None:
+    """`kill -9` of the worker's process groups once the training run has pushed its retrain branch
+    (its dvc.lock commit, trailer naming the flow run, is in the repository): the run is put back
+    to Scheduled and the other worker runs it again, as the same flow run; the rerun finds that
+    commit, pulls its outputs and goes on from there. One commit of it on the branch, one
+    challenger version tagged with the flow run, the gate run to completion once across both
+    attempts, at most one refit of that challenger, the slot free."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from reproml.orchestration.deploy import ZOMBIE_AFTER_S
+    from reproml.orchestration.training import FLOW_RUN_TAG
+    from reproml.team import processes
+
+    api = deployed.api
+    began = time.monotonic()
+    before = _versions(deployed)
+    run_id = _start(api, "training/on-demand", {"reason": "worker lost"})
+    deadline = time.monotonic() + 600
+    with _client(api) as client:
+        while not _published_by(deployed, run_id):  # past the point of no return
+            running = client.read_flow_run(run_id)
+            assert time.monotonic() < deadline and not running.state.is_final(), running.state
+            time.sleep(0.5)
+        running = client.read_flow_run(run_id)
+    assert running.state is not None and running.state.is_running(), running.state
+    killed = _kill_worker_of(deployed.stack, running)
+    killed_at = time.monotonic()
+    print(f"published {killed_at - began:.0f} s after the start; killed {killed}")
+    try:
+        try:
+            (run,) = _finish(api, [run_id], timeout=ZOMBIE_AFTER_S + 480)
+        except AssertionError:
+            _tell(deployed, run_id, killed_at)
+            raise
+        print(f"the run completed {time.monotonic() - killed_at:.0f} s after the kill")
+        logs = [m for _, m in _logs(api, run_id)]
+        assert run.state.type.value == "COMPLETED", "\n".join(logs[-40:])
+        assert run.run_count == 2, run.run_count
+        assert killed not in processes.ours(deployed.stack)  # so the other worker ran the rerun
+        resumed = [m for m in logs if m.startswith(f"flow run {run_id}")]
+        print("the rerun:", *resumed, sep="\n  ")
+        assert any("before: resuming after it" in m for m in resumed), logs
+        assert len(_published_by(deployed, run_id)) == 1
+        after = _versions(deployed)
+        new = {v: tags for v, tags in after.items() if v not in before}
+        ours = [v for v, tags in new.items() if tags.get(FLOW_RUN_TAG) == str(run_id)]
+        assert len(ours) == 1, new  # one challenger for this flow run
+        (challenger,) = ours
+        assert new[challenger].get("reproml.decision"), new[challenger]  # the gate decided, once
+        refits = [v for v, tags in new.items() if json.loads(tags.get("reproml.refit_of") or "{}")]
+        assert all(json.loads(new[v]["reproml.refit_of"])["version"] == challenger for v in refits), new
+        assert len(refits) == (1 if new[challenger]["reproml.decision"] == "promote" else 0), new
+        assert set(new) == {challenger, *refits}, new  # nothing else registered
+        audit = _audit(deployed)
+        subjects = [(r["action"], (r.get("challenger") or {}).get("version")) for r in audit]
+        assert sum(v == challenger for _, v in subjects) == 1, subjects  # one audit entry: the gate's
+        assert all(sum(v == r for _, v in subjects) == 1 for r in refits), subjects
+        with _client(api) as client:
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+            done = [t.name.rsplit("-", 1)[0] for t in tasks if t.state is not None and t.state.is_completed()]
+            assert done.count("promote") <= 1 and done.count("refit") <= 1, sorted(done)
+            assert done.count("commit") == 1 and done.count("restore") == 1, sorted(done)
+            assert client.read_global_concurrency_limit_by_name(TEAM_LIMIT).active_slots == 0
+    finally:
+        stack.up(deployed.stack)
+    print(f"training worker kill test: {time.monotonic() - began:.0f} s")

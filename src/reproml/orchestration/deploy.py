@@ -17,11 +17,13 @@ DAILY = "0 6 * * *"
 # HEARTBEAT_S seconds (Prefect's flow-run heartbeat events, set in the deployment's job
 # environment), and `reproml deploy --pool` makes two automations ("detect zombie flows") for a run
 # whose beats stopped for ZOMBIE_AFTER_S: one marks the run Crashed if it is tagged POOL_TAG (the
-# training and monitoring deployments: a rerun could register or record twice), the other puts it
-# back to Scheduled ("AwaitingRetry") if it is tagged RERUN_TAG (flows safe to run again), and a
-# worker of the pool, any one, runs it again.
+# monitoring deployments: a rerun could record a batch twice), the other puts it back to Scheduled
+# ("AwaitingRetry") if it is tagged RERUN_TAG (flows safe to run again: training, which resumes
+# after what its lost attempt published, keyed by its flow run's id), and a worker of the pool, any
+# one, runs it again. A run carries one of the two tags, never both.
 POOL_TAG = "reproml-pool"
 RERUN_TAG = "reproml-rerun-if-lost"
+RERUN_FLOWS = frozenset({"training"})  # tagged RERUN_TAG on a pool, the others POOL_TAG
 HEARTBEAT_S = 30  # Prefect's minimum
 ZOMBIE_AFTER_S = 90  # three missed beats
 CRASH_AUTOMATION = "reproml-lost-runs-crashed"
@@ -106,7 +108,7 @@ def pool_specs(root: Path, cron: str = DAILY, every: str = "month") -> list[Depl
             | ({"shared": True} if spec.flow == "training" else {}),
             description=spec.description,
             concurrency_limit=spec.concurrency_limit,
-            tags=[*spec.tags, POOL_TAG],
+            tags=[*spec.tags, RERUN_TAG if spec.flow in RERUN_FLOWS else POOL_TAG],
         )
         for spec in deployment_specs(root, cron, every)
     ]

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -200,6 +201,112 @@ def publish_branch(root: Path, branch: str) -> None:
     MLflow runs name (their lineage) outlive the worker's clone."""
     git.push_branch(root, SHARED_REMOTE, branch)
     logger().info("retrain branch %s pushed to %s", branch, SHARED_REMOTE)
+
+
+# --- a flow run run again (its worker was lost): resume after the last step that took effect ---
+#
+# Prefect reruns a lost flow run as the same flow run (same id) on another worker, in a fresh clone.
+# What the lost attempt left where every worker sees it, keyed by that id: the dvc.lock commit on
+# the shared retrain branch (a `Reproml-Flow-Run: <id>` trailer), the challenger version's tag
+# FLOW_RUN_TAG with the gate's decision tags next to it, and a refit version naming its parent.
+FLOW_RUN_TRAILER = "Reproml-Flow-Run"
+FLOW_RUN_TAG = "reproml.flow_run"
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+
+
+def _checked(flow_run_id: str) -> str:
+    if not _RUN_ID.fullmatch(flow_run_id):
+        raise ValueError(f"flow run id {flow_run_id!r}: letters, digits and dashes only")
+    return flow_run_id
+
+
+def lock_message(reason: str, flow_run_id: str | None = None) -> str:
+    """The dvc.lock commit's message; with the flow run's id as a trailer when there is one."""
+    message = f"reproml retrain ({reason}): dvc.lock after dvc repro"
+    if flow_run_id:
+        message += f"\n\n{FLOW_RUN_TRAILER}: {_checked(flow_run_id)}"
+    return message
+
+
+def earlier_commit(tree: Path, flow_run_id: str | None) -> str | None:
+    """The commit on the checked-out branch whose trailer names this flow run: an earlier attempt
+    of it committed (and, shared, published) its dvc.lock; None when none did."""
+    if not flow_run_id:
+        return None
+    key = _checked(flow_run_id)
+    found = git.output(
+        tree, "log", f"--format=%H %(trailers:key={FLOW_RUN_TRAILER},valueonly,separator=%x2C)", "HEAD"
+    )
+    for line in (found or "").splitlines():
+        sha, _, ids = line.partition(" ")
+        if key in (i.strip() for i in ids.split(",")):
+            return sha
+    return None
+
+
+def restore(tree: Path, env: dict[str, str]) -> None:
+    """The outputs dvc.lock names, from the DVC remote the earlier attempt pushed them to."""
+    run([tool("dvc"), "pull", "--quiet"], tree, env=env)
+
+
+def earlier_decision(root: Path, tree: Path, flow_run_id: str | None) -> DecisionRecord | None:
+    """The gate's decision on this worktree's challenger if this flow run already made it (the
+    version carries FLOW_RUN_TAG = the id and the decision's tags); else None, and the version is
+    tagged with the id now, before the gate decides."""
+    from reproml.registry import _describe
+    from reproml.stages.common import load
+    from reproml.stages.register import REGISTERED
+    from reproml.stores.mlflow import connection, versions
+
+    if not flow_run_id:
+        return None
+    with workspace_env(root):
+        params = load(tree)
+        connection.setup(tree, params.mlflow.experiment_name)
+        name = params.register_.model_name
+        ours = versions.get_version(name, json.loads((tree / REGISTERED).read_text())["version"])
+        decided = ours.tags.get(FLOW_RUN_TAG) == flow_run_id and "reproml.decision" in ours.tags
+        if not decided:
+            versions.set_version_tag(name, ours.version, FLOW_RUN_TAG, _checked(flow_run_id))
+            return None
+        return {
+            "action": ours.tags["reproml.decision"],
+            "reason": ours.tags.get("reproml.decision_reason", ""),
+            "challenger": _describe(ours),
+            "champion": None,
+            "record": ours.tags.get("reproml.decision_record", ""),
+        }
+
+
+def earlier_refit(root: Path, tree: Path, decision: DecisionRecord) -> RefitOutcome | None:
+    """The refit of the decision's challenger if one was registered and made the champion (its
+    version carries its parent and its `refit` decision); else None."""
+    from reproml.stages.common import load
+    from reproml.stores.mlflow import connection, versions
+
+    parent = (decision.get("challenger") or {}).get("version")
+    if parent is None:
+        return None
+    with workspace_env(root):
+        params = load(tree)
+        connection.setup(tree, params.mlflow.experiment_name)
+        for version in versions.all_versions(params.register_.model_name):
+            of = json.loads(version.tags.get("reproml.refit_of") or "{}")
+            if of.get("version") == int(parent) and version.tags.get("reproml.decision"):
+                return {
+                    "version": version.number,
+                    "run_id": version.run_id or "",
+                    "refit_of": of,
+                    "learned": json.loads(version.tags.get("reproml.learned") or "{}"),
+                    "rounds": None,
+                    "fit_seconds": 0.0,
+                    "decision": {
+                        "action": version.tags["reproml.decision"],
+                        "reason": version.tags.get("reproml.decision_reason"),
+                        "record": version.tags.get("reproml.decision_record"),
+                    },
+                }
+    return None
 
 
 def stage_order(tree: Path) -> list[str]:

@@ -65,6 +65,15 @@ def create_version(name: str, model_uri: str, run_id: str, tags: dict[str, str])
     return Version.of(created)
 
 
+def all_versions(name: str) -> list[Version]:
+    """Every version of model `name` ([] when the model does not exist)."""
+    try:
+        found = MlflowClient().search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    return [Version.of(v) for v in found]
+
+
 def set_alias(name: str, alias: str, version: int | str) -> None:
     MlflowClient().set_registered_model_alias(name, alias, str(version))
 
