@@ -223,9 +223,31 @@ def team_stack() -> Iterator[Path]:
         yield root
     finally:
         try:
-            stack.down(root)
+            stop_and_check_nothing_is_left(root)
         finally:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def stop_and_check_nothing_is_left(root: Path) -> None:
+    """`stack.down` at the end of the session (a test cannot do it: every team module of this
+    worker shares the stack): every service stops, psutil finds no process carrying the stack's
+    marker (nor any descendant of one), and a second `down` finds nothing to stop. A failure here
+    is reported as an error at the teardown of the last test that used the stack."""
+    import psutil
+
+    from reproml.team import processes
+    from reproml.team.services import SERVICES
+
+    pids = [p.pid for procs in processes.ours(root).values() for p in procs]
+    stopped = stack.down(root)
+    assert sorted(stopped) == sorted(SERVICES), stopped
+    assert processes.ours(root) == {}
+    marker = f"@{root.resolve()}"
+    for process in psutil.process_iter(["environ"]):
+        value = (process.info.get("environ") or {}).get(processes.MARKER_ENV, "")
+        assert not value.endswith(marker), process
+    assert not [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert stack.down(root) == []
 
 
 def team_env(root: Path) -> dict[str, str]:
