@@ -301,6 +301,7 @@ def zones(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Iterato
     yield _start(tmp_path_factory.mktemp("zones"), prefect_api, "data/raw/zones.csv", zones_frame(), params)
 
 
+@pytest.mark.slow  # the zones loop: ~3 min of a CI worker; multiclass loops in CI: test_own_data
 @pytest.mark.integration
 def test_multiclass_month_like_training_is_ok_with_class_predictions(zones: Project) -> None:
     p = zones
@@ -323,6 +324,7 @@ def test_multiclass_month_like_training_is_ok_with_class_predictions(zones: Proj
     assert set(window["zone"]) == set(CLASSES) and len(window) == 750
 
 
+@pytest.mark.slow  # the zones loop: ~3 min of a CI worker; multiclass loops in CI: test_own_data
 @pytest.mark.integration
 def test_multiclass_quality_drop_gives_retrain_with_macro_and_per_class_numbers(zones: Project) -> None:
     p = zones
@@ -355,6 +357,7 @@ def test_multiclass_quality_drop_gives_retrain_with_macro_and_per_class_numbers(
     assert metrics["retrain"] == 1.0
 
 
+@pytest.mark.slow  # the zones loop: ~3 min of a CI worker; multiclass loops in CI: test_own_data
 @pytest.mark.integration
 def test_a_multiclass_retrain_is_judged_on_the_macro_metric(zones: Project) -> None:
     p = zones
@@ -377,6 +380,7 @@ def test_a_multiclass_retrain_is_judged_on_the_macro_metric(zones: Project) -> N
     assert json.loads(run.data.tags["reproml.classes"]) == CLASSES
 
 
+@pytest.mark.slow  # the zones loop: ~3 min of a CI worker; multiclass loops in CI: test_own_data
 @pytest.mark.integration
 def test_a_multiclass_window_without_a_class_is_refused_and_nothing_moves(zones: Project) -> None:
     p = zones

@@ -34,7 +34,8 @@ from tests.project import BIN, Project, sampled_params
 from tests.test_browser import fetch, shows_the_runs_compared
 from tests.test_records_store import exclusive
 
-pytestmark = [pytest.mark.team, pytest.mark.integration]
+# `slow` (~4 min of a CI worker: two clones, a pipeline, a reproduce): `make test-slow` runs it
+pytestmark = [pytest.mark.team, pytest.mark.integration, pytest.mark.slow]
 
 NAME = "flights-late"
 # the period `reproml simulate` replays in clone A: before the 2013-08 that A monitored, which the

@@ -23,7 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tests.project import BIN, Project, sampled_params
 
-pytestmark = pytest.mark.integration
+# `slow` (~1.5 min of a CI worker's time): shared studies are covered in CI by test_tune_shared
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
