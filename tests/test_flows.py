@@ -273,6 +273,7 @@ def test_sigterm_mid_training_changes_nothing(project: Project, prefect_api: str
     assert not leftovers.strip(), f"processes left in the worktree: {leftovers}"
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 def test_served_deployments_are_listed_scheduled_and_run(project: Project, prefect_api: str) -> None:
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -358,6 +359,7 @@ def test_transient_failures_are_retried_and_real_ones_are_not(tmp_path: Path, pr
         assert (tmp_path / "count").read_text() == "x"  # not retried
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 def test_a_failed_retrain_leaves_the_champion_as_it_was(project: Project, prefect_api: str) -> None:
     """A labelled batch the data cannot take: ingest fails, the flow fails, nothing is promoted."""
     p = project
@@ -377,6 +379,7 @@ def test_a_failed_retrain_leaves_the_champion_as_it_was(project: Project, prefec
     assert p.run("git", "-C", str(worktree(p)), "status", "--porcelain").stdout == ""
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 def test_one_training_flow_per_workspace(project: Project, prefect_api: str) -> None:
     """While another training flow holds the workspace's slot, a new one waits and runs nothing."""
     from prefect.client.orchestration import get_client

@@ -177,6 +177,7 @@ NESTED_HOLDER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 @pytest.mark.usefixtures("wait_zero")
 def test_stages_started_by_the_holder_run_inside_its_lock(project: Project) -> None:
     """What the training flow does: hold the lock, run `dvc repro` whose stage runs nested in it,
@@ -345,6 +346,7 @@ def _assert_nothing_half_written(p: Project) -> None:
                 assert _complete(path), f"{path} is half-written"
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 def test_kill_9_during_train_leaves_dvc_lock_and_outputs_whole(project: Project) -> None:
     p = project
     params = yaml.safe_load((p.root / "params.yaml").read_text())
@@ -380,7 +382,7 @@ def test_kill_9_during_train_leaves_dvc_lock_and_outputs_whole(project: Project)
     assert client(p).get_run(fresh).info.status == "FINISHED"
 
 
-@pytest.mark.slow  # ~20 s; the train-stage kill above runs in the default suite
+# ~20 s: the default suite's kill -9 mid-stage (the train-stage kill above is `slow`)
 def test_kill_9_during_evaluate_leaves_dvc_lock_and_outputs_whole(project: Project) -> None:
     p = project
     params = yaml.safe_load((p.root / "params.yaml").read_text())

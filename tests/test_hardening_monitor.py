@@ -242,6 +242,7 @@ def test_a_shift_from_rare_to_never_seen_values_is_drift() -> None:
 # --- back-dated batches -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 def test_a_back_dated_period_is_out_of_order_unless_backfilled(project: Project) -> None:
     august = run_monitor(project.root, "2013-08")
     assert august["verdict"] != decision.OUT_OF_ORDER
@@ -261,6 +262,7 @@ def test_a_back_dated_period_is_out_of_order_unless_backfilled(project: Project)
     assert backfilled["drift"] is not None and backfilled["predictions"] is not None
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 def test_a_file_batch_with_older_times_is_out_of_order_and_the_flow_can_backfill_it(
     project: Project, prefect_api: str
 ) -> None:

@@ -233,6 +233,7 @@ def open_to_others(root: Path) -> list[str]:
     return found
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 @pytest.mark.integration
 def test_nothing_is_world_writable_after_a_real_pipeline(pipeline: Project) -> None:
     root = pipeline.root
@@ -263,6 +264,7 @@ def test_make_install_makes_the_site_cache_private_in_an_older_clone(tmp_path: P
     assert [stat.S_IMODE(f.stat().st_mode) for f in (site, site / "repo")] == [0o700, 0o700]
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 @pytest.mark.integration
 def test_cli_monitor_takes_files_in_data_and_refuses_others(pipeline: Project) -> None:
     p = pipeline

@@ -278,6 +278,7 @@ HOLD_PROMOTION = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 def test_a_promotion_killed_while_moving_aliases_leaves_a_record_the_next_one_settles(
     project: Path,  # noqa: F811
 ) -> None:

@@ -608,6 +608,7 @@ def undated_commands_say_so(p: Project) -> None:
 # --- last, as it leaves the pipeline's outputs behind: the bundled name pinned for user data ------
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 def test_the_bundled_model_name_pinned_for_user_data_is_refused_at_register(
     project: Project, dated_binary: Loop
 ) -> None:

@@ -158,6 +158,7 @@ def test_forced_promotion_needs_a_reason_and_is_recorded(project: Path) -> None:
     assert alias("champion") == 1
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 def test_rollback_restores_previous_and_is_reversible(project: Path) -> None:
     pipeline(project)
     run_promote(project, version=1, reason="first")
@@ -252,6 +253,7 @@ def test_sigterm_ends_the_run_killed(tmp_path: Path) -> None:
     assert run_status(tmp_path, run_id) == "KILLED"
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 def test_sigkilled_run_is_marked_killed_when_the_next_run_starts(tmp_path: Path) -> None:
     proc, run_id = start_holder(tmp_path)
     proc.kill()
@@ -281,6 +283,7 @@ def test_a_live_run_of_another_process_is_left_alone(tmp_path: Path) -> None:
 # --- the gate's other rules, with real models in a real store -------------------------------------
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 def test_regression_worse_challenger_is_rejected(make_project) -> None:
     """RMSE: lower is better, so the gate's direction flips."""
     params = project_params(floor=1000.0)

@@ -135,6 +135,7 @@ def test_pipeline_run_reproduces_identically(project: Project, baseline: Any) ->
     assert result.notes == ()
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 def test_cli_reproduces_an_experiment_from_its_params_json(project: Project, runs: dict[str, Any]) -> None:
     """A `dvc exp run -S` run trains with params.yaml modified and uncommitted; its params.json
     holds what it used, so it is rebuilt from the commit plus those params."""
@@ -148,6 +149,8 @@ def test_cli_reproduces_an_experiment_from_its_params_json(project: Project, run
     assert_cleaned_up(project.root, experiment.info.run_id)
 
 
+# suite time (issue 15): in `make test-slow`; CI rebuilds a fresh clone's run in test_team_workers
+@pytest.mark.slow
 def test_fresh_clone_reproduces_with_data_from_the_dvc_remote(
     project: Project, baseline: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -170,6 +173,7 @@ def test_fresh_clone_reproduces_with_data_from_the_dvc_remote(
     assert fetched is not None and fetched.resolve().is_relative_to((clone / ".dvc" / "cache").resolve())
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 def test_changed_param_is_named_with_its_key(project: Project, baseline: Any) -> None:
     """Stands for a record whose params are not what produced its metrics: its params.json (and
     the params hash) say 5 boosting rounds at most, while MLflow's logged params and the metrics
@@ -209,6 +213,7 @@ def test_changed_data_file_is_refused_naming_the_object(project: Project, baseli
     assert_cleaned_up(project.root, baseline.info.run_id)
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 def test_changed_line_of_code_is_named(project: Project, baseline: Any) -> None:
     """Stands for a record that names code other than what ran: its commit tag points at a
     commit whose model code has one line changed (XGBoost's learning rate doubled)."""

@@ -160,6 +160,34 @@ def test_a_missing_object_is_pulled_from_the_remote_and_verified(project: Path) 
         assert store.verified_object(md5, "data.txt") == found.path
 
 
+def test_the_team_remote_from_the_environment_is_read_after_the_committed_ones(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`REPROML_DVC_REMOTE_URL` (team mode): a fresh clone fetches what a worker pushed to the
+    team's remote without configuring DVC; a committed remote of the same name keeps its URL."""
+    import shutil
+
+    md5 = md5_of("the data\n")
+    team = project.parent / "team-bucket"
+    shutil.move(str(project.parent / "storage"), team)  # the data is only on the team's remote now
+    monkeypatch.setenv("REPROML_DVC_REMOTE_URL", str(team))
+    with DvcStore.open(project) as store:
+        assert store.remotes == {"storage": str(project.parent / "storage"), "team": str(team)}
+        assert store.ordered_remotes() == ["storage", "team"]
+        cached = store.object_path(md5)
+        assert cached is not None
+        cached.chmod(0o644)
+        cached.unlink()
+        found = verified_objects(store, {"data.txt": md5})["data.txt"]
+    assert found.source == "DVC remote 'team'" and found.path.read_text() == "the data\n"
+    monkeypatch.setenv("REPROML_DVC_REMOTE", "storage")
+    with DvcStore.open(project) as store:
+        assert store.remotes == {"storage": str(project.parent / "storage"), "storage-env": str(team)}
+    monkeypatch.setenv("REPROML_DVC_REMOTE_URL", "s3://key:secret@bucket/dvc")
+    with pytest.raises(ReproError, match="carries credentials"):
+        DvcStore.open(project)
+
+
 def test_a_corrupt_object_is_refused_naming_it_and_both_md5s(project: Path) -> None:
     md5 = md5_of("the data\n")
     with DvcStore.open(project) as store:

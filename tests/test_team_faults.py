@@ -129,6 +129,7 @@ def test_postgres_restarted_mid_study_both_clients_reconnect_and_the_budget_is_e
     print(f"PostgreSQL away {away:.1f} s; states {[s.name for s in states]}")
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 def test_a_dask_worker_killed_mid_trial_has_its_trial_retried_and_the_budget_stays_exact(
     pg: tuple[str, dict[str, str]], tmp_path: Path
 ) -> None:

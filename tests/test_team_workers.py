@@ -6,7 +6,8 @@ stands in for the remote), a process worker clones it and runs the flow there, a
 The ordering test runs a tiny flow holding the same slot as the training flow (`flows/slot.py`),
 long enough that the two runs meet; the full retrain on a worker (3,000 sampled rows, tuning off)
 moves the shared MLflow server's champion and pushes its data version to the team's S3 remote:
-~70-130 s on 2 busy cores, so it is not marked `slow`. A worker killed with SIGKILL mid-run (`slow`,
+~70-130 s on 2 busy cores, so it is not marked `slow`; a fresh clone of the branch it pushed then
+rebuilds its run `identical` with only the team variables (~40 s). A worker killed with SIGKILL mid-run (`slow`,
 ~2.5 min: lost runs are found after 90 s without a heartbeat) runs last and starts it again; a
 worker killed under a training run that has pushed its branch (`slow`, ~5.5 min) sees the rerun
 resume after it, doing nothing twice.
@@ -33,10 +34,11 @@ import yaml
 from reproml.errors import ReproError
 from reproml.orchestration.deploy import ENTRYPOINTS, git_source, pool_specs
 from reproml.orchestration.training import TEAM_LIMIT, limit_name, slot_name
+from reproml.paths import site_cache
 from reproml.team import stack
 from reproml.team.layout import WORK_POOL
 from tests.conftest import default_params, team_env
-from tests.project import Project, sampled_params
+from tests.project import BIN, Project, sampled_params
 
 MODEL = "workers-late"  # this module's own registered model on the shared MLflow server
 PROBE = '''"""Holds the retrain slot (as the training flow does) for a while: the team tests' probe."""
@@ -113,7 +115,7 @@ def test_the_team_remote_comes_from_the_environment_without_credentials(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from reproml.env import DVC_REMOTE_ENV, DVC_REMOTE_URL_ENV
-    from reproml.orchestration.worktree import shared_remote
+    from reproml.stores.dvc import shared_remote
 
     monkeypatch.delenv(DVC_REMOTE_URL_ENV, raising=False)
     monkeypatch.delenv(DVC_REMOTE_ENV, raising=False)
@@ -370,6 +372,67 @@ def test_the_training_flow_runs_on_a_worker_moves_the_shared_champion_and_pushes
     assert wanted and wanted <= stored, sorted(wanted - stored)
 
 
+TRAINED_RUN = """
+import json, sys
+from mlflow.tracking import MlflowClient
+client = MlflowClient()
+champion = client.get_model_version_by_alias(sys.argv[1], "champion")
+parent = json.loads(champion.tags.get("reproml.refit_of") or "null")
+trained = client.get_model_version(sys.argv[1], str(parent["version"])) if parent else champion
+print(json.dumps(trained.run_id))
+"""
+
+
+@pytest.mark.team
+@pytest.mark.integration
+def test_a_workers_champion_is_rebuilt_identically_in_a_clone_with_only_the_repo_and_the_variables(
+    deployed: Deployed, tmp_path: Path
+) -> None:
+    """Reproducible from anywhere: a `git clone` of the retrain branch the worker pushed, on a
+    "machine" with no DVC cache, no MLflow store and no records of its own, only the team
+    variables: `reproml reproduce` of the run the worker's `dvc repro` trained (the champion's
+    parent: the champion is its refit on the whole window, which has no held-out test split to
+    compare and is refused by `reproduce`) reads the run from the shared MLflow server, pulls its
+    data versions from the team's S3 remote and rebuilds the same model."""
+    found = subprocess.run(
+        [sys.executable, "-c", TRAINED_RUN, MODEL], env=deployed.project.env, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    run_id = json.loads(found.stdout.strip().splitlines()[-1])
+    home, tmp, clone = tmp_path / "home", tmp_path / "tmp", tmp_path / "clone"
+    home.mkdir()
+    tmp.mkdir()
+    foreign = ("MLFLOW_", "PREFECT_", "AWS_", "DASK_", "PG", "DVC_", "GIT_", "REPROML_")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(foreign)},
+        **team_env(deployed.stack),
+        "HOME": str(home),
+        "TMPDIR": str(tmp),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+        "COLUMNS": "200",
+        **{k: v for k, v in deployed.project.env.items() if k.startswith("GIT_")},
+    }
+    git = ["git", "clone", "-q", "--branch", BRANCH, str(deployed.remote), str(clone)]
+    subprocess.run(git, env=env, check=True, timeout=120)
+    subprocess.run(
+        ["dvc", "config", "--local", "core.site_cache_dir", str(site_cache(clone))],
+        cwd=clone,
+        env=env,
+        check=True,
+        timeout=120,
+    )  # fmt: skip (as `make install` does)
+    done = subprocess.run(
+        ["reproml", "reproduce", run_id], cwd=clone, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().endswith("identical"), done.stdout
+    remote = env["REPROML_DVC_REMOTE"]
+    assert f"DVC remote '{remote}'" in done.stdout, done.stdout  # the worker's data came from S3
+    assert (clone / ".dvc" / "cache").is_dir()
+
+
 def _pushed_outputs(deployed: Deployed) -> set[str]:
     """The S3 keys (DVC 3's `files/md5/..` layout) of every cached stage output in dvc.lock of
     the retrain branch the worker pushed."""
@@ -427,6 +490,7 @@ def test_two_retrains_started_together_run_one_after_the_other_on_one_branch(dep
     assert pushed[len(pushed) - len(earlier) :] == earlier, "the branch was rewritten, not continued"
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 @pytest.mark.team
 @pytest.mark.integration
 def test_reproml_retrain_in_a_shell_waits_for_the_team_slot(deployed: Deployed) -> None:

@@ -180,6 +180,7 @@ def test_a_shared_database_is_no_host_local_storage(pg: tuple[str, dict[str, str
     assert key == storage.advisory_key("s") != storage.advisory_key("t") and -(2**63) <= key < 2**63
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 def test_two_clients_finish_exactly_the_budget_and_never_fail_each_others_trials(
     pg: tuple[str, dict[str, str]], tmp_path: Path
 ) -> None:
@@ -281,6 +282,7 @@ def test_a_trial_that_never_beat_is_retried_after_the_grace_period(
     assert [t.state for t in trials].count(TrialState.COMPLETE) == 3
 
 
+@pytest.mark.slow  # suite time (issue 15): in `make test-slow`, not the default suite
 def test_the_dask_backend_runs_trials_as_tasks_on_the_workers(
     pg: tuple[str, dict[str, str]], tmp_path: Path
 ) -> None:

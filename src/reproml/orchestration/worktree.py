@@ -3,17 +3,15 @@ project's DVC cache and remote, so new data versions never touch the branch the 
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
 
-from reproml.env import DVC_REMOTE_ENV, DVC_REMOTE_URL_ENV
-from reproml.errors import ReproError
+from reproml.env import DVC_REMOTE_URL_ENV
 from reproml.orchestration.commands import logger, run
 from reproml.paths import branch_name, site_cache
 from reproml.stores import git
-from reproml.stores.dvc import DvcStore
+from reproml.stores.dvc import DvcStore, shared_remote
 
 
 def tool(name: str) -> str:
@@ -41,9 +39,10 @@ def open_worktree(root: Path, branch: str, reset: bool = False) -> Path:
     dvc = tool("dvc")
     run([dvc, "config", "--local", "cache.dir", str(cache)], path, quiet=True)
     run([dvc, "config", "--local", "core.site_cache_dir", str(site_cache(root))], path, quiet=True)
-    for name, url in remotes.items():
-        run([dvc, "remote", "modify", "--local", name, "url", url], path, quiet=True)
     shared = shared_remote()
+    for name, url in remotes.items():
+        if shared is None or url != shared[1]:  # the team's remote is added below, as the default
+            run([dvc, "remote", "modify", "--local", name, "url", url], path, quiet=True)
     if shared is not None:  # the team's remote, as this worktree's default: `dvc push` goes there
         name, url = shared
         run([dvc, "remote", "add", "--local", "--force", "--default", name, url], path, quiet=True)
@@ -54,21 +53,6 @@ def open_worktree(root: Path, branch: str, reset: bool = False) -> Path:
     if tracked:
         run([dvc, "checkout", "--quiet", *tracked], path, quiet=True)
     return path
-
-
-def shared_remote() -> tuple[str, str] | None:
-    """The team's DVC remote from `REPROML_DVC_REMOTE_URL` (and its name, `REPROML_DVC_REMOTE`,
-    default `team`), or None when unset. A URL carrying credentials is refused: keys come from
-    AWS_* (or the usual AWS profile), never from a variable that ends up in a DVC config."""
-    url = os.environ.get(DVC_REMOTE_URL_ENV, "").strip()
-    if not url:
-        return None
-    name = os.environ.get(DVC_REMOTE_ENV, "").strip() or "team"
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
-        raise ReproError(f"{DVC_REMOTE_ENV}={name!r} is not a DVC remote name (letters, digits, - and _)")
-    if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
-        raise ReproError(f"{DVC_REMOTE_URL_ENV} carries credentials: give only the URL, keys in AWS_*")
-    return name, url
 
 
 def commit(tree: Path, message: str, paths: list[str]) -> str | None:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from reproml.env import DVC_REMOTE_ENV, DVC_REMOTE_URL_ENV
 from reproml.errors import ReproError
 from reproml.io import file_md5
 from reproml.redaction import scrub
@@ -38,6 +41,21 @@ Progress = Callable[[str], None]
 
 def _quiet(message: str) -> None:
     return None
+
+
+def shared_remote() -> tuple[str, str] | None:
+    """The team's DVC remote from `REPROML_DVC_REMOTE_URL` (and its name, `REPROML_DVC_REMOTE`,
+    default `team`), or None when unset. A URL carrying credentials is refused: keys come from
+    AWS_* (or the usual AWS profile), never from a variable that ends up in a DVC config."""
+    url = os.environ.get(DVC_REMOTE_URL_ENV, "").strip()
+    if not url:
+        return None
+    name = os.environ.get(DVC_REMOTE_ENV, "").strip() or "team"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+        raise ReproError(f"{DVC_REMOTE_ENV}={name!r} is not a DVC remote name (letters, digits, - and _)")
+    if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
+        raise ReproError(f"{DVC_REMOTE_URL_ENV} carries credentials: give only the URL, keys in AWS_*")
+    return name, url
 
 
 class CorruptCacheError(ReproError):
@@ -81,13 +99,27 @@ class DvcStore:
 
         Opened without git (`core.no_scm`): nothing here needs it, a project's `.dvc/cache` is
         readable even outside a git repository, and DVC then leaves `.gitignore` files alone.
+        With `REPROML_DVC_REMOTE_URL` set (team mode), the team's remote is one of the remotes a
+        missing data version is fetched from, as retrains push there: a fresh clone on another
+        machine reads what a worker trained on without configuring DVC first.
         """
         from dvc.exceptions import DvcException
         from dvc.repo import Repo
 
+        config: dict[str, Any] = {"core": {"no_scm": True}}
         try:
             with _dvc_quiet():
-                repo = Repo(str(root), config={"core": {"no_scm": True}})
+                repo = Repo(str(root), config=config)
+                shared = shared_remote()
+                if shared is not None:
+                    name, url = shared
+                    configured = repo.config["remote"]
+                    if any(str(options.get("url")) == url for options in configured.values()):
+                        return cls(repo)
+                    if name in configured:  # a committed remote of that name elsewhere stays as it is
+                        name = f"{name}-env"
+                    repo.close()
+                    repo = Repo(str(root), config={**config, "remote": {name: {"url": url}}})
         except DvcException as exc:
             raise ReproError(f"{root} is not a usable DVC repository: {exc}") from None
         return cls(repo)
