@@ -77,7 +77,7 @@ def hand_off(home: Path, record: BatchRecord, retrain: bool, branch: str | None,
     (`labels.retrain_window`), or, when there is none, no retrain and why in the summary."""
     import time
 
-    from reproml.monitoring.labels import retrain_window
+    from reproml.monitoring.labels import retrain_window, skip_retrain
     from reproml.simulation import wants_retrain
     from reproml.stages.common import load
 
@@ -97,6 +97,7 @@ def hand_off(home: Path, record: BatchRecord, retrain: bool, branch: str | None,
             if labelled is None:
                 log.warning("verdict %s: %s", record["verdict"], why)
                 summary["retrain_skipped"] = why
+                skip_retrain(home, record, why)  # started no retrain: no cooldown after it
                 return summary
             log.info("verdict %s: %s", record["verdict"], why)
             summary["retrain_window"] = labelled

@@ -22,8 +22,9 @@ import pytest
 import yaml
 from sklearn import metrics as skm
 
-from reproml.monitoring import scores, store
-from reproml.monitoring.labels import retrain_window
+from reproml.config import MonitorParams
+from reproml.monitoring import decision, drift, scores, store
+from reproml.monitoring.labels import retrain_window, skip_retrain
 from reproml.monitoring.records import BatchSummary
 from reproml.orchestration import monitoring as steps
 from reproml.orchestration import replay
@@ -80,6 +81,9 @@ def test_a_period_judged_without_labels_gets_them_late_and_a_retrain_learns_the_
     # no labelled window has arrived yet: a retrain verdict has nothing to learn, and says so
     path, why = retrain_window(root, february, params)
     assert path is None and "nothing to retrain on" in why
+    skip_retrain(root, february, why)  # what the hand-off does then: the record says so
+    kept = json.loads((root / store.record_path(NAME, "2022-02")).read_text())
+    assert kept["retrain_skipped"] == why and kept["labels_withheld"]
 
     arrived = replay.arrive_labels(root, "2022-02")
     assert arrived is not None and arrived["labels"]["labelled_rows"] == len(stored)
@@ -124,6 +128,22 @@ def test_labels_now_and_labels_late_give_a_period_the_same_quality(
     quality = steps.summary(with_labels)["quality"]
     realised = replay.with_realised(late, steps.summary(without))["quality"]
     assert quality is not None and realised == pytest.approx(quality, abs=1e-9)
+
+
+def test_a_retrain_verdict_that_started_no_retrain_starts_no_cooldown() -> None:
+    watch = MonitorParams(cooldown_unit="batches", cooldown=1, retrain_period=10, max_retrains=2)
+    drifted = drift.DriftResult(0.9, 1000, 1000, [], None, 1.0, 1.0, "importance")
+    now = decision.Evidence(True, [], 1000, 0, drifted, None, pd.Timestamp("2013-08-31"), 2)
+    before = {
+        "verdict": decision.RETRAIN,
+        "seq": 1,
+        "batch_id": "2013-07",
+        "batch_time": "2013-07-31T23:00:00",
+    }
+    held = decision.decide(now, watch, [before])  # type: ignore[list-item]
+    assert held.verdict == decision.HELD, held.reasons
+    skipped = {**before, "retrain_skipped": "no labels in batch 2013-07 ...: nothing to retrain on"}
+    assert decision.decide(now, watch, [skipped]).verdict == decision.RETRAIN  # type: ignore[list-item]
 
 
 # --- the replay: `reproml simulate --labels late` on a user's dated CSV (slow) ---------------------

@@ -381,3 +381,15 @@ def _track_labels(record: BatchRecord, path: Path) -> None:
     with runs.tracked_run(str(experiment_id), run_id=str(run_id)):  # resumed, and finished again
         runs.log_batch(run_id, metrics=metrics, tags=tags, step=int(record.get("seq", 0)))
         runs.log_artifact(path, artifact_path="record")
+
+
+def skip_retrain(root: Path, record: BatchRecord, why: str) -> BatchRecord:
+    """The batch's retrain verdict started no retrain (`retrain_window` found nothing): its record
+    says why (`retrain_skipped`), so the loop guard does not count it as a retrain (a cooldown
+    after a retrain that never ran would hold the next one, which has labels to learn)."""
+    name = record["champion"]["name"]
+    with store.monitor_lock(root, name):
+        found = store.find(root, name, record["batch_id"]) or record
+        found["retrain_skipped"] = why
+        store.write_record(root, name, found)
+    return found

@@ -320,6 +320,7 @@ class BatchRecord(TypedDict, total=False):
     labels: NotRequired[LabelsArrival]  # labels that arrived after the batch (`reproml monitor --labels`)
     realised: NotRequired[RealisedRecord]  # the champion's metric once those labels arrived
     labels_withheld: NotRequired[bool]  # judged without its labels on purpose (`simulate --labels late`)
+    retrain_skipped: NotRequired[str]  # a retrain verdict with nothing to learn: started no retrain (why)
     shadow: NotRequired[ShadowRecord | None]  # the challenger scored beside the champion (None: none)
     shadow_skipped: NotRequired[str]  # why a challenger there was could not score the batch
 
