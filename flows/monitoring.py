@@ -46,13 +46,17 @@ def monitoring(
     branch: str | None = None,
     backfill: bool = False,
     policy: str = "reproml",
+    withhold_labels: bool = False,
 ) -> BatchSummary:
     """Monitor `batch` (a file under data/ or monitoring/, or a period; default: the next one after
     the newest monitored) and hand a `retrain` verdict to the training flow with the batch's
-    labelled rows. A `batch` older than the newest monitored one is `out_of_order` (not judged)
-    unless `backfill`. `root` must be the project the flow runs in (`reproml.paths.project_root`).
-    `policy` (`reproml.simulation.POLICIES`): `reproml` retrains on a `retrain` verdict, `always`
-    on every measured batch, `never` not at all (the replay's comparison)."""
+    labelled rows (a batch without labels: the newest labelled window that has arrived after what
+    the champion learned). A `batch` older than the newest monitored one is `out_of_order` (not
+    judged) unless `backfill`. `root` must be the project the flow runs in
+    (`reproml.paths.project_root`). `policy` (`reproml.simulation.POLICIES`): `reproml` retrains on
+    a `retrain` verdict, `always` on every measured batch, `never` not at all (the replay's
+    comparison). `withhold_labels`: the batch is judged without its labels (on the estimate;
+    `reproml simulate --labels late` brings them with the next period)."""
     from reproml.monitoring.batches import batch_spec
     from reproml.paths import project_root
 
@@ -62,16 +66,20 @@ def monitoring(
     if spec is None:
         log.info("no production batch after the newest monitored one: nothing to do")
         return {"batch": None}
-    record = monitor(home, spec, backfill)
+    record = monitor(home, spec, backfill, withhold_labels)
     return hand_off(home, record, retrain, branch, policy)
 
 
 def hand_off(home: Path, record: BatchRecord, retrain: bool, branch: str | None, policy: str) -> BatchSummary:
     """The batch's artifacts, its summary, and on a retrain verdict (as `policy` reads it) the
-    training flow with the batch's labelled rows."""
+    training flow with the batch's labelled rows; for a batch without labels (withheld, or still
+    to come), with the newest labelled window that has arrived after what the champion learned
+    (`labels.retrain_window`), or, when there is none, no retrain and why in the summary."""
     import time
 
+    from reproml.monitoring.labels import retrain_window, skip_retrain
     from reproml.simulation import wants_retrain
+    from reproml.stages.common import load
 
     log = get_run_logger()
     try:
@@ -83,20 +91,22 @@ def hand_off(home: Path, record: BatchRecord, retrain: bool, branch: str | None,
     summary["policy"] = policy
     if retrain and wants_retrain(policy, record["verdict"]):
         labelled = record.get("labelled")
+        reason = f"monitor {record['batch_id']}" + ("" if policy == "reproml" else f" (policy {policy})")
         if not labelled:
-            log.warning(
-                "verdict %s but the batch kept no labelled rows: nothing to retrain on", record["verdict"]
-            )
-        else:
-            started = time.perf_counter()
-            summary["retrain"] = training(
-                root=str(home),
-                labelled=str(home / labelled),
-                reason=f"monitor {record['batch_id']}"
-                + ("" if policy == "reproml" else f" (policy {policy})"),
-                branch=branch,
-            )
-            summary["retrain_seconds"] = round(time.perf_counter() - started, 1)
+            labelled, why = retrain_window(home, record, load(home))
+            if labelled is None:
+                log.warning("verdict %s: %s", record["verdict"], why)
+                summary["retrain_skipped"] = why
+                skip_retrain(home, record, why)  # started no retrain: no cooldown after it
+                return summary
+            log.info("verdict %s: %s", record["verdict"], why)
+            summary["retrain_window"] = labelled
+            reason += f" (no labels: the window {Path(labelled).stem})"
+        started = time.perf_counter()
+        summary["retrain"] = training(
+            root=str(home), labelled=str(home / labelled), reason=reason, branch=branch
+        )
+        summary["retrain_seconds"] = round(time.perf_counter() - started, 1)
     return summary
 
 

@@ -6,6 +6,11 @@ Each period goes through the same monitoring flow the daily schedule runs; a `re
 hands the batch to the training flow (new DVC data version on the simulation's own branch,
 `reproml/<model>/simulation`, `dvc repro`, challenger, gate). The steps (clean start, report) are
 `reproml.orchestration.replay`.
+
+`labels="late"`: before period t is judged, the labels of period t-1 arrive (the path `reproml
+monitor --labels` takes); period t is judged without its own (on the estimate), and a retrain
+learns the newest labelled window that has arrived, never t's rows. The last period's labels
+arrive after it, so every period's quality is realised, as in the labels-now replay.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from reproml.orchestration import replay
 reset = task(name="reset")(replay.reset)
 report = task(name="report")(replay.report)
 compare = task(name="compare")(replay.compare)
+arrive_labels = task(name="arrive_labels")(replay.arrive_labels)
 
 
 @flow(name="simulate", log_prints=True)
@@ -31,34 +37,59 @@ def simulate(
     end: str | None = None,
     branch: str | None = None,
     policies: list[str] | None = None,
+    labels: str = "now",
 ) -> dict[str, Any]:
     """Replay the periods `start`..`end` (default: every period of the held-back production rows)
     on `branch` (default: `reproml/<model>/simulation`) under each retrain policy in `policies`
     (`never`, `always`, `reproml`; default: `reproml` alone), each from the same clean start.
     Checked before anything moves: the data is dated and the periods lie in its production rows.
-    With more than one policy, `comparison` holds the table written to policies.md/.html."""
+    With more than one policy, `comparison` holds the table written to policies.md/.html.
+    `labels`: `now` (each period judged with its labels) or `late` (they arrive with the next
+    period; see the module's docstring)."""
     import time
 
     from reproml.config import simulation_branch
     from reproml.monitoring.batches import replay_periods
     from reproml.paths import branch_name, project_root
-    from reproml.simulation import REPROML, parse_policies
+    from reproml.simulation import REPROML, parse_labels, parse_policies
     from reproml.stages.common import load
 
     log = get_run_logger()
     home = project_root(root, "root")
     params = load(home)
     chosen = parse_policies(",".join(policies or [REPROML]))
+    late = parse_labels(labels) == "late"
     spans = replay_periods(home, params.data.time_column, start, end, every)
     replay_branch = branch_name(branch or simulation_branch(params.register_.model_name))
     results: list[replay.ReplayReport] = []
+
+    def arrived(period: str) -> None:
+        record = arrive_labels(home, period)
+        if record is None:
+            log.warning("labels of %s: the period was not scored, nothing to label", period)
+            return
+        realised = record.get("realised")
+        log.info(
+            "labels of %s arrived: realised %s %s",
+            period,
+            None if realised is None else realised["metric"],
+            None if realised is None else realised["value"],
+        )
+
     for number, policy in enumerate(chosen):
         started = time.perf_counter()
         baseline_version = reset(home, replay_branch, keep_reports=number > 0)
         outcomes: list[BatchSummary] = []
-        for period in spans:
+        for index, period in enumerate(spans):
+            if late and index > 0:
+                arrived(spans[index - 1].label)
             outcome = monitoring(
-                root=str(home), batch=period.label, every=every, branch=replay_branch, policy=policy
+                root=str(home),
+                batch=period.label,
+                every=every,
+                branch=replay_branch,
+                policy=policy,
+                withhold_labels=late,
             )
             outcome["champion_after"] = replay.champion_version(home)
             log.info(
@@ -69,10 +100,16 @@ def simulate(
                 outcome["champion_after"],
             )
             outcomes.append(outcome)
-        result = report(home, outcomes, baseline_version, None if len(chosen) == 1 else policy)
+        if late:
+            arrived(spans[-1].label)  # the last period's labels come after it
+            outcomes = [replay.with_realised(home, outcome) for outcome in outcomes]
+        result = report(
+            home, outcomes, baseline_version, None if len(chosen) == 1 else policy, "late" if late else "now"
+        )
         results.append({**result, "policy": policy, "seconds": time.perf_counter() - started})
     last = next((r for r in results if r["policy"] == REPROML), results[-1])
     out: dict[str, Any] = {**last, "start": spans[0].label, "end": spans[-1].label, "policies": chosen}
+    out["labels"] = "late" if late else "now"
     if len(chosen) > 1:
         out["comparison"] = compare(home, results)
     return out

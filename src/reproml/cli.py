@@ -532,21 +532,30 @@ def simulate(
         help="Retrain policies replayed one after the other from the same start, comma-separated: "
         "never, always, reproml. More than one also writes policies.md/.html/.svg side by side.",
     ),
+    labels: str = typer.Option(
+        "now",
+        help="now: each period is judged with its labels; late: without them (on the estimate), "
+        "its labels arriving with the next period (the last one's after it), a retrain learning "
+        "the newest labelled window that has arrived.",
+    ),
 ) -> None:
     """Replay the held-back production rows (the bundled flights: July-December 2013) period by
     period through the monitoring flow: drift checks, retrain verdicts, DVC data versions,
     challengers, promotions, refits; then a table and monitoring/<model>/reports/simulation.html
     against the model never retrained. `--policies never,always,reproml` replays the same periods
     under each policy and compares them (quality per period, mean, retrains, compute time).
+    `--labels late` withholds each period's labels for one period: judged on the estimate, retrained
+    on the labels that have arrived, each period's quality realised once its labels came.
     Needs a dated data set (data.time_column)."""
     from reproml.data.source import check_committed
     from reproml.errors import ReproError
     from reproml.monitoring.batches import replay_periods
-    from reproml.simulation import parse_policies
+    from reproml.simulation import LABEL_MODES, parse_labels, parse_policies
     from reproml.stages.common import load
 
     try:  # refused before a Prefect server is started for it
         chosen = parse_policies(policies)
+        mode = parse_labels(labels)
         params = load(ROOT)
         spans = replay_periods(ROOT, params.data.time_column, start, end, every)
         check_committed(ROOT, params, "reproml simulate")
@@ -560,10 +569,12 @@ def simulate(
     replay = _flows("simulate").simulate
 
     first, last = spans[0].label, spans[-1].label
-    result = replay(root=str(ROOT.resolve()), every=every, start=first, end=last, policies=chosen)
+    result = replay(
+        root=str(ROOT.resolve()), every=every, start=first, end=last, policies=chosen, labels=mode
+    )
     table = Table(
         title=f"Production replay {first}..{last} ({result['metric']}; never retrained: "
-        f"v{result['baseline_version']})"
+        f"v{result['baseline_version']}; {LABEL_MODES[mode]})"
     )
     for label in headers(result["metric"]):
         table.add_column(label, justify="right")
@@ -573,7 +584,7 @@ def simulate(
     console.print(f"final champion: v{result['final_champion']} · report: {result['html']}")
     comparison = result.get("comparison")
     if comparison:
-        side = Table(title=f"Retrain policies {first}..{last} ({result['metric']} per period)")
+        side = Table(title=f"Retrain policies {first}..{last} ({result['metric']} per period; labels {mode})")
         for label in ["policy", *comparison["batches"], "mean", "vs never", "retrains", "training s"]:
             side.add_column(label, justify="right")
         for line in comparison["policies"]:

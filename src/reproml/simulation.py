@@ -54,6 +54,7 @@ class SimulationRow(TypedDict):
     verdict: str | None
     retrain: str  # what the training flow did: `promote v3, refit v4`, `reject v3`, `-`
     data_version: str | None  # the added batch's md5, shortened
+    retrained_on: NotRequired[str | None]  # the labelled window the training flow added (file name)
     champion_before: int | None
     champion: int | None  # after the batch
     reasons: list[str]
@@ -120,6 +121,7 @@ def row(outcome: BatchSummary, baseline: float, champion_after: int | None) -> S
     """One batch of the replay: the monitoring flow's summary plus what the retrain did."""
     retrain = outcome.get("retrain")
     what, data_version, outcome_reasons = "-", None, list(outcome.get("reasons") or [])
+    retrained_on = None
     if retrain:
         promotion = retrain.get("promotion")
         action, why = (
@@ -129,6 +131,7 @@ def row(outcome: BatchSummary, baseline: float, champion_after: int | None) -> S
         version = None if challenger is None else challenger.get("version")
         what = str(action) + ("" if version is None else f" v{version}")
         data_version = ((None if added is None else added.get("md5")) or "")[:10] or None
+        retrained_on = None if added is None else Path(added["file"]).name
         if why:
             outcome_reasons.append(f"retrain: {action}: {why}")
         refit = retrain.get("refit")
@@ -136,6 +139,8 @@ def row(outcome: BatchSummary, baseline: float, champion_after: int | None) -> S
             what += f", refit v{refit['version']}"
             decided = refit.get("decision")
             outcome_reasons.append(f"refit: {None if decided is None else decided.get('reason')}")
+    elif outcome.get("retrain_skipped"):
+        outcome_reasons.append(f"retrain: {outcome['retrain_skipped']}")
     return {
         "batch": outcome.get("batch"),
         "rows": outcome.get("rows"),
@@ -147,6 +152,7 @@ def row(outcome: BatchSummary, baseline: float, champion_after: int | None) -> S
         "verdict": outcome.get("verdict"),
         "retrain": what,
         "data_version": data_version,
+        "retrained_on": retrained_on,
         "champion_before": champion.get("version") if (champion := outcome.get("champion")) else None,
         "champion": champion_after,
         "reasons": outcome_reasons,
@@ -226,10 +232,18 @@ def write(
     baseline_version: int | None,
     title: str,
     policy: str | None = None,
+    labels: str = "now",
 ) -> Path:
-    """simulation.html and .json; under a policy other than `reproml`, simulation-<policy>.*."""
+    """simulation.html and .json; under a policy other than `reproml`, simulation-<policy>.*.
+    `labels`: the replay's label mode (`LABEL_MODES`), kept in the JSON."""
     stem = "simulation" if policy in (None, REPROML) else f"simulation-{policy}"
-    payload = {"baseline_version": baseline_version, "metric": metric, "rows": rows, "policy": policy}
+    payload = {
+        "baseline_version": baseline_version,
+        "metric": metric,
+        "rows": rows,
+        "policy": policy,
+        "labels": labels,
+    }
     write_json(folder / f"{stem}.json", payload)
     return safehtml.write_page(folder / f"{stem}.html", render_html(rows, metric, baseline_version, title))
 
@@ -237,6 +251,11 @@ def write(
 # --- policies side by side (`reproml simulate --policies never,always,reproml`) ---------------
 
 NEVER, ALWAYS, REPROML = "never", "always", "reproml"
+# `reproml simulate --labels`: when a period's labels arrive
+LABEL_MODES = {
+    "now": "labels now (each period judged with its own labels)",
+    "late": "labels late (each period judged without its labels, which arrive with the next period)",
+}
 POLICIES = {
     NEVER: "never retrain: the model the replay starts with serves every period",
     ALWAYS: "retrain after every period with enough labelled rows, whatever the verdict "
@@ -260,6 +279,16 @@ def parse_policies(text: str) -> list[str]:
             f"--policies: unknown policy {unknown or text!r}; choose from {', '.join(POLICIES)}"
         )
     return list(dict.fromkeys(names))
+
+
+def parse_labels(text: str) -> str:
+    """`now` or `late` (`reproml simulate --labels`); anything else is refused."""
+    from reproml.errors import ConfigError
+
+    mode = text.strip().lower()
+    if mode not in LABEL_MODES:
+        raise ConfigError(f"--labels: unknown mode {text!r}; choose from {', '.join(LABEL_MODES)}")
+    return mode
 
 
 def wants_retrain(policy: str, verdict: str) -> bool:

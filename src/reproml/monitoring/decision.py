@@ -171,13 +171,14 @@ def loop_guard(
 ) -> tuple[str | None, LoopGuardRecord]:
     """Why a retrain verdict must be held (cooldown or max per period), or None; plus the numbers.
 
-    Only earlier retrain verdicts count: a held verdict did not start a retrain. In `days`, a
+    Only earlier retrain verdicts count: a held verdict did not start a retrain, and neither did
+    one the hand-off could not act on (`retrain_skipped`: no labels, none arrived). In `days`, a
     batch without a time column falls back to its position (`batches`), said in the numbers.
     In `batches`, a position counts the batches monitored before it, `out_of_order` ones excluded:
     a late batch that was turned away must not shorten a cooldown.
     """
     unit = params.cooldown_unit if batch_time is not None else "batches"
-    retrains = [r for r in past if r.get("verdict") == RETRAIN]
+    retrains = [r for r in past if r.get("verdict") == RETRAIN and not r.get("retrain_skipped")]
     turned_away = [int(r.get("seq", 0)) for r in past if r.get("verdict") == OUT_OF_ORDER]
 
     def ordinal(at: int) -> float:

@@ -35,7 +35,7 @@ from reproml.config import Params
 from reproml.errors import ReproError
 from reproml.io import file_md5, write_parquet
 from reproml.monitoring import batches, champion, estimate, scores, shadow, store
-from reproml.monitoring.records import BatchRecord, EstimateReference
+from reproml.monitoring.records import BatchRecord, EstimateReference, RealisedRecord
 
 if TYPE_CHECKING:
     from reproml.monitoring.profile import Profile
@@ -269,28 +269,84 @@ def _write_window(
 
 
 def _realise(record: BatchRecord, stored: pd.DataFrame, target: str, params: Params) -> None:
-    """The estimate judged against the realised metric of the labelled rows, on the same rows the
-    estimate read (the stored scores of every row)."""
+    """The champion's realised metric on the labelled rows (`record["realised"]`, the stored scores
+    of every row: what it served), and the estimate judged against it, on the same rows it read."""
     from reproml.metrics import THRESHOLD, metric_spec, score
 
     found = record.get("estimate")
-    if not found:
-        return
     labelled = stored[stored[target].notna()]
     if len(labelled) < params.monitor.min_rows:
         return
     champ = record.get("champion")
     classes = champ.get("classes") if champ else None
-    spec = metric_spec(found["metric"], params.data.task, "monitor.metric")
-    realised = score(
-        spec,
-        labelled[target].to_numpy(),
-        scores.scores_of(labelled, classes),
-        labels=classes,
-        threshold=(champ.get("threshold") if champ else None) or THRESHOLD,
+    metric = found["metric"] if found else params.monitor.metric
+    spec = metric_spec(metric, params.data.task, "monitor.metric")
+    realised = float(
+        score(
+            spec,
+            labelled[target].to_numpy(),
+            scores.scores_of(labelled, classes),
+            labels=classes,
+            threshold=(champ.get("threshold") if champ else None) or THRESHOLD,
+        )
     )
-    judged = estimate.judge(estimate.from_dict(found), float(realised), params.monitor.quality_margin)
-    record["estimate"] = judged.to_dict()
+    value = realised if np.isfinite(realised) else None
+    made: RealisedRecord = {"metric": spec.name, "value": value, "rows": len(labelled)}
+    record["realised"] = made
+    if found:
+        judged = estimate.judge(estimate.from_dict(found), realised, params.monitor.quality_margin)
+        record["estimate"] = judged.to_dict()
+
+
+def arrived_window(
+    root: Path, name: str, target: str, time_column: str | None, after: pd.Timestamp, min_rows: int
+) -> Path | None:
+    """The newest labelled window of model `name` that has arrived (`monitoring/<name>/labelled/`,
+    written when a batch came with its labels or they came later) with at least `min_rows` labelled
+    rows, all after `after`; None if there is none."""
+    folder = root / store.labelled(name)
+    if time_column is None or not folder.is_dir():
+        return None
+    for path in sorted(folder.glob("*.parquet"), reverse=True):
+        frame = pd.read_parquet(path)
+        if target not in frame.columns or time_column not in frame.columns:
+            continue
+        labelled = frame[frame[target].notna()]
+        if len(labelled) >= min_rows and pd.to_datetime(labelled[time_column]).min() > after:
+            return path
+    return None
+
+
+def retrain_window(root: Path, record: BatchRecord, params: Params) -> tuple[str | None, str]:
+    """What a retrain verdict on a batch without labels (its labels withheld or still to come)
+    retrains on: the newest labelled window that has arrived whose rows all come after the newest
+    row the judging champion learned (the record's drift window ends there), as a path relative to
+    `root`, with why; or None with why not. Never the batch's own rows: they have no labels."""
+    champ = record.get("champion")
+    version = f"v{champ['version']}" if champ else "the champion"
+    name = champ["name"] if champ else params.register_.model_name
+    reference = record.get("reference")
+    last = reference["drift_window"].get("last") if reference else None
+    if params.data.time_column is None or not last:
+        return None, (
+            f"no labels in batch {record['batch_id']} and no dated end of what {version} learned: "
+            "nothing to retrain on"
+        )
+    after = pd.Timestamp(last)
+    found = arrived_window(
+        root, name, params.data.target, params.data.time_column, after, params.monitor.min_rows
+    )
+    if found is None:
+        return None, (
+            f"no labels in batch {record['batch_id']}, and no labelled window of at least "
+            f"{params.monitor.min_rows} rows has arrived after what {version} learned "
+            f"(rows up to {after:%Y-%m-%d %H:%M}): nothing to retrain on"
+        )
+    shown = str(found.relative_to(root))
+    return shown, (
+        f"no labels in batch {record['batch_id']}: retrain on the newest labelled window that has "
+        f"arrived after what {version} learned, {shown}"
+    )
 
 
 def _realise_shadow(record: BatchRecord, stored: pd.DataFrame, target: str, params: Params) -> None:
@@ -325,3 +381,15 @@ def _track_labels(record: BatchRecord, path: Path) -> None:
     with runs.tracked_run(str(experiment_id), run_id=str(run_id)):  # resumed, and finished again
         runs.log_batch(run_id, metrics=metrics, tags=tags, step=int(record.get("seq", 0)))
         runs.log_artifact(path, artifact_path="record")
+
+
+def skip_retrain(root: Path, record: BatchRecord, why: str) -> BatchRecord:
+    """The batch's retrain verdict started no retrain (`retrain_window` found nothing): its record
+    says why (`retrain_skipped`), so the loop guard does not count it as a retrain (a cooldown
+    after a retrain that never ran would hold the next one, which has labels to learn)."""
+    name = record["champion"]["name"]
+    with store.monitor_lock(root, name):
+        found = store.find(root, name, record["batch_id"]) or record
+        found["retrain_skipped"] = why
+        store.write_record(root, name, found)
+    return found

@@ -248,6 +248,15 @@ class LabelsArrival(TypedDict):
     arrived_at: str
 
 
+class RealisedRecord(TypedDict):
+    """The champion's realised metric on a batch whose labels arrived after it was judged
+    (`reproml monitor --labels`): every stored row with a label, scored when the batch was judged."""
+
+    metric: str
+    value: float | None
+    rows: int
+
+
 class ShadowRecord(TypedDict):
     """The shadow challenger's side of a batch (`monitoring.shadow.compare`): the promotion gate's
     metric for both models on the batch's labelled rows. Values are None under `monitor.min_rows`
@@ -309,6 +318,9 @@ class BatchRecord(TypedDict, total=False):
     estimate: NotRequired[EstimateRecord | None]
     estimate_skipped: NotRequired[str]
     labels: NotRequired[LabelsArrival]  # labels that arrived after the batch (`reproml monitor --labels`)
+    realised: NotRequired[RealisedRecord]  # the champion's metric once those labels arrived
+    labels_withheld: NotRequired[bool]  # judged without its labels on purpose (`simulate --labels late`)
+    retrain_skipped: NotRequired[str]  # a retrain verdict with nothing to learn: started no retrain (why)
     shadow: NotRequired[ShadowRecord | None]  # the challenger scored beside the champion (None: none)
     shadow_skipped: NotRequired[str]  # why a challenger there was could not score the batch
 
@@ -336,6 +348,9 @@ class BatchSummary(TypedDict, total=False):
     policy: str
     retrain_seconds: float
     champion_after: int | None
+    labels_withheld: bool  # judged without its labels (`reproml simulate --labels late`)
+    retrain_window: str  # a retrain verdict without labels: the labelled window retrained on
+    retrain_skipped: str  # a retrain verdict that could not retrain, and why
 
 
 class FeedEntry(TypedDict):

@@ -106,11 +106,16 @@ def _quarantine(root: Path, name: str, batch: batches.Batch, problems: list[str]
     return {"batch": str(kept.relative_to(root)), "reason": str(reason.relative_to(root))}
 
 
-def monitor(root: Path, spec: str, params: Params, backfill: bool = False) -> records.BatchRecord:
+def monitor(
+    root: Path, spec: str, params: Params, backfill: bool = False, withhold_labels: bool = False
+) -> records.BatchRecord:
     """Monitor the batch `spec` names (a file or a period) against the current champion.
 
     A batch older than the newest one monitored gets the verdict `out_of_order` and is not
     measured, unless `backfill` says it is monitored late on purpose (then it is judged as usual).
+    `withhold_labels`: the batch is judged as if it came without its labels (its target column is
+    dropped before anything reads it: no realised quality, no labelled window; the verdict reads
+    the estimate); `reproml simulate --labels late` brings them later (`labels.add_labels`).
     """
     from reproml.stores.mlflow import connection, runs
 
@@ -123,6 +128,8 @@ def monitor(root: Path, spec: str, params: Params, backfill: bool = False) -> re
     with clock.step("read batch"):
         coding = batches.label_coding(root, best.target, best.task)
         batch = batches.resolve(root, spec, best.time_column or params.data.time_column, best.target, coding)
+        if withhold_labels and best.target in batch.frame.columns:
+            batch = replace(batch, frame=batch.frame.drop(columns=[best.target]))
     schema = reference.schema
     with clock.step("quality gate"):
         gate = quality.check(batch.frame, reference.stats, schema, params.monitor, batch.read_error)
@@ -135,6 +142,8 @@ def monitor(root: Path, spec: str, params: Params, backfill: bool = False) -> re
                 root, params, best, reference, schema, batch, gate, past, seq, clock, backfill, experiment_id
             )
             record["mlflow"] = {"experiment_id": monitoring_id, "run_id": run.info.run_id}
+            if withhold_labels:
+                record["labels_withheld"] = True
             with clock.step("write record"):
                 path = store.write_record(root, best.name, record)
                 reports.write_index(root, best.name, store.history(root, best.name))

@@ -50,7 +50,7 @@ from reproml.stores.records import records_store
 
 MONITORING = Path("monitoring")
 # the folders of one model's history, in the order `reproml simulate` archives them
-KINDS = ("records", "predictions", "labelled", "quarantine", "reports")
+KINDS = ("records", "predictions", "labelled", "quarantine", "reports", "late-labels")
 
 
 def home(name: str) -> Path:
@@ -73,6 +73,12 @@ def predictions(name: str) -> Path:
 def labelled(name: str) -> Path:
     """Accepted labelled windows; `registry.eval_data` adds the newest to the promotion gate's rows."""
     return home(name) / "labelled"
+
+
+def late_labels(name: str) -> Path:
+    """The labels files `reproml simulate --labels late` brings one period late (each the period's
+    rows again, with their labels, as `reproml monitor --labels` reads them)."""
+    return home(name) / "late-labels"
 
 
 def quarantine(name: str) -> Path:

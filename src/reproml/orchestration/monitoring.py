@@ -25,11 +25,12 @@ def next_batch(root: Path, every: str) -> str | None:
     return batches.next_period(max(seen, default=None), first, last, every)
 
 
-def monitor(root: Path, batch: str, backfill: bool = False) -> BatchRecord:
-    """One batch against the champion (`reproml monitor`): its record, verdict included."""
+def monitor(root: Path, batch: str, backfill: bool = False, withhold_labels: bool = False) -> BatchRecord:
+    """One batch against the champion (`reproml monitor`): its record, verdict included;
+    `withhold_labels`: judged without its labels (`reproml simulate --labels late`)."""
     from reproml.stages.monitor import run_monitor
 
-    return run_monitor(root, batch, backfill=backfill)
+    return run_monitor(root, batch, backfill=backfill, withhold_labels=withhold_labels)
 
 
 def feed(
@@ -69,5 +70,6 @@ def summary(record: BatchRecord) -> BatchSummary:
         "labelled": record.get("labelled"),
         "estimate": record.get("estimate"),  # the quality estimated without labels (CBPE / DLE)
         "shadow": record.get("shadow"),  # the challenger scored beside the champion, if one waits
+        "labels_withheld": bool(record.get("labels_withheld")),
         "retrain": None,
     }

@@ -4,6 +4,11 @@ period, and the report against the model never retrained.
 The replay starts from the pipeline's model and a clean history (the model's earlier outputs are
 moved to `monitoring/<model>/archive/`), so running it twice tells the same story. Binary,
 multiclass and regression alike: the table and the page show the monitor's metric for the task.
+
+Labels late (`--labels late`): each period is judged without its labels, which arrive at the start
+of the next period (`arrive_labels`, the path `reproml monitor --batch ID --labels FILE` takes), the
+last period's after the replay; each period's quality is then the realised metric its record gained
+(`with_realised`), the same rows and scores the labels-now replay judges.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import TYPE_CHECKING, NotRequired, TypedDict
 from reproml.orchestration.worktree import open_worktree
 
 if TYPE_CHECKING:
-    from reproml.monitoring.records import BatchSummary
+    from reproml.monitoring.records import BatchRecord, BatchSummary
     from reproml.simulation import PolicySummary, SimulationRow
 
 
@@ -29,6 +34,7 @@ class ReplayReport(TypedDict):
     baseline_version: int
     final_champion: int | None
     metric: str
+    labels: str  # `now` (each period judged with its labels) or `late` (they came a period later)
     seconds: NotRequired[float]
 
 
@@ -39,6 +45,7 @@ class Comparison(TypedDict):
     policies: list[PolicySummary]
     files: dict[str, str]  # md, svg, json, html -> path relative to the project
     metric: str
+    labels: str
 
 
 def reset(root: Path, branch: str, keep_reports: bool = False) -> int:
@@ -87,11 +94,60 @@ def champion_version(root: Path) -> int | None:
     return None if champion is None else int(champion.version)
 
 
+def arrive_labels(root: Path, period: str) -> BatchRecord | None:
+    """The labels of the replayed period `period` arrive (`--labels late`): its production rows,
+    labels included, are written to `monitoring/<model>/late-labels/<batch id>.parquet` and
+    attached to its record by `labels.add_labels` (`reproml monitor --batch ID --labels FILE`):
+    realised metric, labelled window (the next retrain's rows), estimate's error. None when the
+    period was not scored (never monitored, quarantined, back-dated): there is nothing to label."""
+    from reproml.io import write_parquet
+    from reproml.monitoring import batches, store
+    from reproml.monitoring.labels import add_labels
+    from reproml.stages.common import load
+
+    params = load(root)
+    name = params.register_.model_name
+    found = batches.parse_period(period)
+    if found is None:
+        raise batches.BatchError(f"{period!r} is not a period ({batches.PERIOD_FORMS})")
+    record = store.find(root, name, found.batch_id)
+    if record is None or not record.get("predictions"):
+        return None
+    rows = batches.from_period(root, found, params.data.time_column).frame
+    path = write_parquet(root / store.late_labels(name) / f"{found.batch_id}.parquet", rows)
+    return add_labels(root, params, found.batch_id, str(path.relative_to(root)))
+
+
+def with_realised(root: Path, outcome: BatchSummary) -> BatchSummary:
+    """A period judged without its labels, once they arrived: its quality is the realised metric
+    of the champion that judged it (the record's `realised`), its labelled window the one the
+    labels wrote; the estimate as the record now holds it (its error against the realised)."""
+    from reproml.monitoring import store
+    from reproml.stages.common import load
+
+    batch = outcome.get("batch")
+    if not batch:
+        return outcome
+    record = store.find(root, load(root).register_.model_name, batch)
+    if record is None:
+        return outcome
+    realised = record.get("realised")
+    out: BatchSummary = {**outcome, "labelled": record.get("labelled"), "estimate": record.get("estimate")}
+    if realised:
+        out["quality"], out["metric"] = realised["value"], realised["metric"]
+    return out
+
+
 def report(
-    root: Path, outcomes: list[BatchSummary], baseline_version: int, policy: str | None = None
+    root: Path,
+    outcomes: list[BatchSummary],
+    baseline_version: int,
+    policy: str | None = None,
+    labels: str = "now",
 ) -> ReplayReport:
     """Score the never-retrained model on each batch's labelled rows; write the HTML and JSON
-    (simulation.html, or simulation-<policy>.html for a policy other than `reproml`)."""
+    (simulation.html, or simulation-<policy>.html for a policy other than `reproml`). `labels`:
+    the replay's label mode (`now`, `late`), named in the title and the JSON."""
     import pandas as pd
 
     from reproml import provenance, registry, simulation
@@ -118,8 +174,12 @@ def report(
         (m for r in rows if (m := r.get("metric"))),
         simulation.metric_name(params.data.task, params.monitor.metric),
     )
-    title = f"reproml simulate: {name}'s production replay" + (f" (policy {policy})" if policy else "")
-    page = simulation.write(root / store.reports(name), rows, metric, baseline_version, title, policy)
+    title = (
+        f"reproml simulate: {name}'s production replay"
+        + (f" (policy {policy})" if policy else "")
+        + f", {simulation.LABEL_MODES[labels]}"
+    )
+    page = simulation.write(root / store.reports(name), rows, metric, baseline_version, title, policy, labels)
     return {
         "policy": policy,
         "rows": rows,
@@ -127,6 +187,7 @@ def report(
         "baseline_version": baseline_version,
         "final_champion": None if champion is None else int(champion.version),
         "metric": metric,
+        "labels": labels,
     }
 
 
@@ -143,7 +204,14 @@ def compare(root: Path, results: list[ReplayReport]) -> Comparison:
     judged = next((r for r in results if r["policy"] == simulation.REPROML), results[-1])
     verdicts = simulation.verdict_lines(judged["rows"])
     metric = results[0]["metric"]
-    title = f"reproml simulate: retrain policies side by side ({name})"
+    labels = results[0].get("labels", "now")
+    title = f"reproml simulate: retrain policies side by side ({name}), {simulation.LABEL_MODES[labels]}"
     written = simulation.write_policies(root / store.reports(name), table, metric, verdicts, title)
     files = {k: str(v.relative_to(root)) for k, v in written.items()}
-    return {"batches": table["batches"], "policies": table["policies"], "files": files, "metric": metric}
+    return {
+        "batches": table["batches"],
+        "policies": table["policies"],
+        "files": files,
+        "metric": metric,
+        "labels": labels,
+    }

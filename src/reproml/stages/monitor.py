@@ -17,9 +17,12 @@ from reproml.monitoring.records import BatchRecord, FeedRow
 from reproml.stages.common import load
 
 
-def run_monitor(root: Path = Path("."), batch: str = "", backfill: bool = False) -> BatchRecord:
+def run_monitor(
+    root: Path = Path("."), batch: str = "", backfill: bool = False, withhold_labels: bool = False
+) -> BatchRecord:
     """Monitor `batch` (a CSV/Parquet file, or a period such as 2013-08 of the production split);
-    `backfill`: judge it even when it is older than the newest monitored batch."""
+    `backfill`: judge it even when it is older than the newest monitored batch; `withhold_labels`:
+    judge it without its labels (they arrive later: `run_labels`)."""
     from reproml.errors import ReproError
     from reproml.monitoring.run import monitor
 
@@ -28,7 +31,7 @@ def run_monitor(root: Path = Path("."), batch: str = "", backfill: bool = False)
     params = load(root)
     check_undated_period(root, batch, params)
     check_champion_source(root, params)
-    return monitor(root, batch, params, backfill=backfill)
+    return monitor(root, batch, params, backfill=backfill, withhold_labels=withhold_labels)
 
 
 def run_labels(root: Path = Path("."), batch: str = "", labels: str = "") -> BatchRecord:
