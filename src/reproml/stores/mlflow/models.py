@@ -7,8 +7,10 @@ checked are the bytes loaded (`reproml.provenance` decides what may be loaded).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,18 +83,49 @@ def log_sklearn_model(
     signature = infer_signature(example, pipeline.predict(example))
     signature.inputs = frame_schema(inputs)
     trusted = untrusted_types(pipeline)
-    info = mlflow.sklearn.log_model(
-        pipeline,
-        name="model",
-        signature=signature,
-        input_example=example,
-        code_paths=[str(code_dir)],
-        pip_requirements=requirements,
-        serialization_format="skops",
-        skops_trusted_types=trusted,
-    )
+    with _no_module_scan():
+        info = mlflow.sklearn.log_model(
+            pipeline,
+            name="model",
+            signature=signature,
+            input_example=example,
+            code_paths=[str(code_dir)],
+            pip_requirements=requirements,
+            serialization_format="skops",
+            skops_trusted_types=trusted,
+        )
     record_model_digest(info.run_id, info.model_id)
     return str(info.model_uri)
+
+
+@contextlib.contextmanager
+def _no_module_scan() -> Iterator[None]:
+    """Spare `log_model` MLflow's map of every installed distribution's top-level modules.
+
+    Given explicit `pip_requirements`, MLflow still checks each one against the installed version
+    (a warning on a mismatch), and first builds that map with
+    `importlib.metadata.packages_distributions()`, which reads the file list of all ~300
+    distributions in this venv: about 1.5 s on a 2-core machine, with no documented switch. The
+    check reads versions by distribution name and uses the map only when a name is not installed,
+    where the map could not hold it either, so an empty map gives the same answers. The map is a
+    private MLflow global: it is set only while nothing has built it, and reset afterwards so any
+    later user in the process builds the real one. Should MLflow drop or rename it, nothing
+    changes here but the time.
+    """
+    try:
+        from mlflow.utils import requirements_utils as reqs
+    except ImportError:  # pragma: no cover - depends on the installed MLflow
+        yield
+        return
+    if getattr(reqs, "_MODULES_TO_PACKAGES", False) is not None:
+        yield  # built already in this process (free to use), or not MLflow's layout any more
+        return
+    reqs._MODULES_TO_PACKAGES = {}
+    try:
+        yield
+    finally:
+        reqs._MODULES_TO_PACKAGES = None
+        reqs._PACKAGES_TO_MODULES = None
 
 
 def untrusted_types(obj: Any) -> list[str]:
