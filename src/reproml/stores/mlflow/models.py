@@ -120,12 +120,13 @@ def _no_module_scan() -> Iterator[None]:
     if getattr(reqs, "_MODULES_TO_PACKAGES", False) is not None:
         yield  # built already in this process (free to use), or not MLflow's layout any more
         return
-    reqs._MODULES_TO_PACKAGES = {}
+    state = vars(reqs)  # MLflow's module globals (typed None there)
+    state["_MODULES_TO_PACKAGES"] = {}
     try:
         yield
     finally:
-        reqs._MODULES_TO_PACKAGES = None
-        reqs._PACKAGES_TO_MODULES = None
+        state["_MODULES_TO_PACKAGES"] = None
+        state["_PACKAGES_TO_MODULES"] = None
 
 
 def untrusted_types(obj: Any) -> list[str]:
