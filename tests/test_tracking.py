@@ -150,3 +150,25 @@ def test_dataset_input_records_the_given_digest(experiment: str) -> None:
     assert only.dataset.digest == "d" * 32
     assert only.dataset.name == "train"
     assert '"num_rows": 3' in str(only.dataset.profile)
+
+
+def test_requirement_check_answers_the_same_without_the_module_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`log_model` runs MLflow's requirement check with an empty module map (no scan of every
+    installed distribution): the same answers for our requirements, a mismatch and a missing one,
+    and the real map is built again afterwards."""
+    from mlflow.utils import requirements_utils as reqs
+
+    from reproml.lineage import library_versions
+    from reproml.stages.train import _requirements
+
+    monkeypatch.setattr(reqs, "_MODULES_TO_PACKAGES", None)  # as in a fresh train process
+    monkeypatch.setattr(reqs, "_PACKAGES_TO_MODULES", None)
+    wanted = [*_requirements(library_versions()), "scikit-learn==0.0.1", "no-such-distribution-xyz==1.0"]
+    with models._no_module_scan():
+        quick = [str(reqs._check_requirement_satisfied(r)) for r in wanted]
+        assert reqs._MODULES_TO_PACKAGES == {}
+    assert reqs._MODULES_TO_PACKAGES is None and reqs._PACKAGES_TO_MODULES is None
+    scanned = [str(reqs._check_requirement_satisfied(r)) for r in wanted]
+    assert reqs._MODULES_TO_PACKAGES  # the real map, built by the check itself
+    assert quick == scanned
+    assert [a != "None" for a in quick] == [False] * (len(wanted) - 2) + [True, True]

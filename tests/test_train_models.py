@@ -232,3 +232,37 @@ def test_fit_model_fits_preprocessing_on_train_only(model: str) -> None:
     else:
         onehot = prep.named_transformers_["categorical"]
     assert [list(c) for c in onehot.categories_] == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize(
+    ("model", "task", "calibration"),
+    [
+        ("xgboost", "classification", "none"),
+        ("xgboost", "classification", "isotonic"),
+        ("hist_gradient_boosting", "classification", "sigmoid"),
+        ("random_forest", "classification", "none"),
+        ("logistic", "classification", "none"),
+        ("xgboost", "regression", "none"),
+        ("xgboost", "multiclass", "isotonic"),
+    ],
+)
+def test_untrusted_types_match_skops_own_audit_of_a_dump(model: str, task: str, calibration: str) -> None:
+    """`log_sklearn_model` trusts exactly the types skops' public audit of a dump names, without
+    dumping: the served pipelines (threshold, calibration, class labels) of every model family."""
+    import skops.io
+
+    from reproml.decisions import decide
+    from reproml.stores.mlflow.models import untrusted_types
+
+    train, valid = split_frame("regression" if task == "regression" else "classification")
+    classes = None
+    if task == "multiclass":
+        for frame in (train, valid):
+            frame["y"] = np.where(frame["x1"] < -0.4, "low", np.where(frame["x1"] < 0.4, "mid", "high"))
+        classes = ["high", "low", "mid"]
+    params = make_params(model, task)
+    trained = fit_model(train, valid, SPEC, params, classes)
+    served, _ = decide(trained.pipeline, valid, SPEC.input_columns, "y", task, calibration=calibration)
+    expected = skops.io.get_untrusted_types(data=skops.io.dumps(served))
+    assert untrusted_types(served) == expected
+    assert any(name.startswith("reproml.") for name in expected)  # the check sees our own types

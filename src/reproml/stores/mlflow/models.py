@@ -7,8 +7,10 @@ checked are the bytes loaded (`reproml.provenance` decides what may be loaded).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,24 +78,84 @@ def log_sklearn_model(
     (our `DateParts` and XGBoost's estimator); `code_paths` ships `reproml` so the model loads
     where the package is not installed.
     """
-    import skops.io
     from mlflow.models import infer_signature
 
     signature = infer_signature(example, pipeline.predict(example))
     signature.inputs = frame_schema(inputs)
-    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))
-    info = mlflow.sklearn.log_model(
-        pipeline,
-        name="model",
-        signature=signature,
-        input_example=example,
-        code_paths=[str(code_dir)],
-        pip_requirements=requirements,
-        serialization_format="skops",
-        skops_trusted_types=trusted,
-    )
+    trusted = untrusted_types(pipeline)
+    with _no_module_scan():
+        info = mlflow.sklearn.log_model(
+            pipeline,
+            name="model",
+            signature=signature,
+            input_example=example,
+            code_paths=[str(code_dir)],
+            pip_requirements=requirements,
+            serialization_format="skops",
+            skops_trusted_types=trusted,
+        )
     record_model_digest(info.run_id, info.model_id)
     return str(info.model_uri)
+
+
+@contextlib.contextmanager
+def _no_module_scan() -> Iterator[None]:
+    """Spare `log_model` MLflow's map of every installed distribution's top-level modules.
+
+    Given explicit `pip_requirements`, MLflow still checks each one against the installed version
+    (a warning on a mismatch), and first builds that map with
+    `importlib.metadata.packages_distributions()`, which reads the file list of all ~300
+    distributions in this venv: about 1.5 s on a 2-core machine, with no documented switch. The
+    check reads versions by distribution name and uses the map only when a name is not installed,
+    where the map could not hold it either, so an empty map gives the same answers. The map is a
+    private MLflow global: it is set only while nothing has built it, and reset afterwards so any
+    later user in the process builds the real one. Should MLflow drop or rename it, nothing
+    changes here but the time.
+    """
+    try:
+        from mlflow.utils import requirements_utils as reqs
+    except ImportError:  # pragma: no cover - depends on the installed MLflow
+        yield
+        return
+    if getattr(reqs, "_MODULES_TO_PACKAGES", False) is not None:
+        yield  # built already in this process (free to use), or not MLflow's layout any more
+        return
+    state = vars(reqs)  # MLflow's module globals (typed None there)
+    state["_MODULES_TO_PACKAGES"] = {}
+    try:
+        yield
+    finally:
+        state["_MODULES_TO_PACKAGES"] = None
+        state["_PACKAGES_TO_MODULES"] = None
+
+
+def untrusted_types(obj: Any) -> list[str]:
+    """The types skops does not trust by default in `obj`'s skops dump, sorted: what
+    `skops.io.get_untrusted_types(data=skops.io.dumps(obj))` returns, without the dump.
+
+    That public route encodes the whole state as indented JSON and parses it back (most of its
+    cost, a few tenths of a second for a boosted model) only to walk the same tree; MLflow
+    serialises the model again anyway. Here the state skops would save is walked in memory by
+    the same skops functions. Should a skops release move them, the public route is used.
+    """
+    import io
+    import zipfile
+
+    try:
+        from skops.io._audit import get_tree
+        from skops.io._utils import LoadContext, SaveContext, get_state
+    except ImportError:  # pragma: no cover - depends on the installed skops
+        import skops.io
+
+        return list(skops.io.get_untrusted_types(data=skops.io.dumps(obj)))
+    buffer = io.BytesIO()  # arrays and raw bytes go into an in-memory zip, as in a dump
+    with zipfile.ZipFile(buffer, "w") as archive:
+        saving = SaveContext(zip_file=archive)
+        state = get_state(obj, saving)
+        saving.clear_memo()
+    with zipfile.ZipFile(buffer) as archive:
+        tree = get_tree(state, load_context=LoadContext(src=archive, protocol=saving.protocol), trusted=None)
+        return sorted(tree.get_unsafe_set())
 
 
 # MLflow writes this (the registered name and version, nothing it loads) into a *local* model's own
@@ -136,14 +198,35 @@ def fetch_model_files(location: str, into: Path) -> Path:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(into)))
 
 
+def _local_directory(location: str) -> Path | None:
+    """The folder of a `file:` artifact location on this machine, else None."""
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(location)
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+        return None
+    folder = Path(urllib.request.url2pathname(parts.path))
+    return folder if folder.is_dir() else None
+
+
 def record_model_digest(run_id: str, model_id: str) -> str:
-    """Hash the files just logged as model `model_id` and tag the run (and the logged model)."""
+    """Hash the files just logged as model `model_id` and tag the run (and the logged model).
+
+    A store on this machine (`file:` artifacts, the default) is hashed where MLflow wrote it:
+    nothing is loaded here, so there is no need for the copy every load hashes. Other stores
+    (S3, an MLflow server) are hashed from a downloaded copy.
+    """
     import tempfile
 
     client = MlflowClient()
     location = str(client.get_logged_model(model_id).artifact_location)
-    with tempfile.TemporaryDirectory(prefix="reproml-model-") as scratch:
-        digest = model_digest(fetch_model_files(location, Path(scratch)))
+    local = _local_directory(location)
+    if local is not None:
+        digest = model_digest(local)
+    else:
+        with tempfile.TemporaryDirectory(prefix="reproml-model-") as scratch:
+            digest = model_digest(fetch_model_files(location, Path(scratch)))
     client.set_tag(run_id, MODEL_SHA256_TAG, digest)
     client.set_logged_model_tags(model_id, {MODEL_SHA256_TAG: digest})
     return digest
