@@ -131,7 +131,8 @@ def row(outcome: BatchSummary, baseline: float, champion_after: int | None) -> S
         version = None if challenger is None else challenger.get("version")
         what = str(action) + ("" if version is None else f" v{version}")
         data_version = ((None if added is None else added.get("md5")) or "")[:10] or None
-        retrained_on = None if added is None else Path(added["file"]).name
+        file = None if added is None else added.get("file")
+        retrained_on = None if not file else Path(file).name
         if why:
             outcome_reasons.append(f"retrain: {action}: {why}")
         refit = retrain.get("refit")
