@@ -190,6 +190,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
     yield p
 
 
+@pytest.mark.slow  # suite time (issue 15); CI's own-data pipelines: test_registry, test_multiclass_pipeline
 def test_the_bundled_pipeline_keeps_its_names_and_a_history_of_its_own(project: Project) -> None:
     p = project
     assert json.loads((p.root / "models" / "registered.json").read_text())["model_name"] == BUNDLED
@@ -234,6 +235,7 @@ def dated_binary(project: Project) -> Loop:
     )
 
 
+@pytest.mark.slow  # suite time (issue 15); CI's own-data pipelines: test_registry, test_multiclass_pipeline
 def test_a_user_csv_gets_its_own_registered_model(project: Project, dated_binary: Loop) -> None:
     p = project
     registered = json.loads((p.root / "models" / "registered.json").read_text())
@@ -243,6 +245,7 @@ def test_a_user_csv_gets_its_own_registered_model(project: Project, dated_binary
     assert version.tags["reproml.data_source"] == "data/raw/signups.csv, target 'churned' (classification)"
 
 
+@pytest.mark.slow  # suite time (issue 15); CI's own-data pipelines: test_registry, test_multiclass_pipeline
 def test_promote_judges_it_on_its_own_rows_never_the_flights_window(
     project: Project, dated_binary: Loop
 ) -> None:
@@ -255,6 +258,7 @@ def test_promote_judges_it_on_its_own_rows_never_the_flights_window(
     assert champion(p, "signups-churned") == 1 and champion(p, BUNDLED) == 1
 
 
+@pytest.mark.slow  # suite time (issue 15); CI's own-data pipelines: test_registry, test_multiclass_pipeline
 def test_monitor_takes_a_period_of_its_own_production_rows(project: Project, dated_binary: Loop) -> None:
     p = project
     home = p.root / "monitoring" / "signups-churned"
@@ -269,6 +273,7 @@ def test_monitor_takes_a_period_of_its_own_production_rows(project: Project, dat
     assert "2021-09" in listed.stdout and "2013-08" not in listed.stdout
 
 
+@pytest.mark.slow  # suite time (issue 15); CI's own-data pipelines: test_registry, test_multiclass_pipeline
 def test_a_window_of_another_schema_is_refused_naming_file_and_columns(
     project: Project, dated_binary: Loop
 ) -> None:
@@ -579,6 +584,7 @@ def test_an_undated_set_stops_after_promote_with_a_clear_message(
     undated_commands_say_so(project)
 
 
+@pytest.mark.slow  # suite time (issue 15); CI's own-data pipelines: test_registry, test_multiclass_pipeline
 def test_an_undated_set_says_at_once_that_monitoring_needs_a_time_column_or_a_file(project: Project) -> None:
     """The fast sibling: the same commands on params switched to an undated set, before `dvc repro`."""
     p = project
