@@ -58,7 +58,8 @@ def simulate(
     home = project_root(root, "root")
     params = load(home)
     chosen = parse_policies(",".join(policies or [REPROML]))
-    late = parse_labels(labels) == "late"
+    mode = parse_labels(labels)
+    late = mode == "late"
     spans = replay_periods(home, params.data.time_column, start, end, every)
     replay_branch = branch_name(branch or simulation_branch(params.register_.model_name))
     results: list[replay.ReplayReport] = []
@@ -103,13 +104,11 @@ def simulate(
         if late:
             arrived(spans[-1].label)  # the last period's labels come after it
             outcomes = [replay.with_realised(home, outcome) for outcome in outcomes]
-        result = report(
-            home, outcomes, baseline_version, None if len(chosen) == 1 else policy, "late" if late else "now"
-        )
+        result = report(home, outcomes, baseline_version, None if len(chosen) == 1 else policy, mode)
         results.append({**result, "policy": policy, "seconds": time.perf_counter() - started})
     last = next((r for r in results if r["policy"] == REPROML), results[-1])
     out: dict[str, Any] = {**last, "start": spans[0].label, "end": spans[-1].label, "policies": chosen}
-    out["labels"] = "late" if late else "now"
+    out["labels"] = mode
     if len(chosen) > 1:
         out["comparison"] = compare(home, results)
     return out
