@@ -110,18 +110,52 @@ def hand_off(home: Path, record: BatchRecord, retrain: bool, branch: str | None,
     return summary
 
 
+def hand_off_labels(
+    home: Path, record: BatchRecord, retrain: bool, branch: str | None, policy: str
+) -> BatchSummary:
+    """Labels arrived for a batch judged without them: when its verdict on them (the record's
+    `labels_decision`, as `policy` reads it) is a retrain, the training flow learns the batch's
+    labelled window now, before the next batch is judged. The summary gains `labels_retrain`."""
+    import time
+
+    from reproml.monitoring.labels import note_labels_retrain
+    from reproml.simulation import wants_retrain
+
+    log = get_run_logger()
+    summary = steps.summary(record)
+    summary["policy"] = policy
+    decided, labelled = record.get("labels_decision"), record.get("labelled")
+    if not decided:
+        return summary
+    log.info("%s on its labels: %s (%s)", record["batch_id"], decided["verdict"], decided["summary"])
+    if retrain and labelled and wants_retrain(policy, decided["verdict"]):
+        reason = f"labels of {record['batch_id']} arrived" + (
+            "" if policy == "reproml" else f" (policy {policy})"
+        )
+        started = time.perf_counter()
+        done = training(root=str(home), labelled=str(home / labelled), reason=reason, branch=branch)
+        summary["labels_retrain"] = done
+        summary["labels_retrain_seconds"] = round(time.perf_counter() - started, 1)
+        note_labels_retrain(home, record, str(done["promotion"].get("action")))
+    return summary
+
+
 @flow(name="monitoring-feed", log_prints=True)
 def monitoring_feed(root: str = ".", retrain: bool = True, branch: str | None = None) -> FeedSummary:
     """The production feed (`monitor.feed` in params.yaml): every batch file that arrived since the
     last run, once and in time order, each judged like `monitoring`'s batch and its `retrain`
     verdict handed to the training flow before the next file is judged; then the labels files
-    that arrived for batches already taken (`reproml.monitoring.feed`)."""
+    that arrived for batches already taken (`reproml.monitoring.feed`), each batch's verdict on
+    them handed on the same way."""
     from reproml.paths import project_root
 
     log = get_run_logger()
     home = project_root(root, "root")
     result = steps.feed(
-        home, judge=monitor, hand_off=lambda record: hand_off(home, record, retrain, branch, "reproml")
+        home,
+        judge=monitor,
+        hand_off=lambda record: hand_off(home, record, retrain, branch, "reproml"),
+        hand_off_labels=lambda record: hand_off_labels(home, record, retrain, branch, "reproml"),
     )
     if result["busy"]:
         log.warning("another feed run holds %s's feed: nothing taken", result["feed"])

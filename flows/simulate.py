@@ -8,9 +8,11 @@ hands the batch to the training flow (new DVC data version on the simulation's o
 `reproml.orchestration.replay`.
 
 `labels="late"`: before period t is judged, the labels of period t-1 arrive (the path `reproml
-monitor --labels` takes); period t is judged without its own (on the estimate), and a retrain
-learns the newest labelled window that has arrived, never t's rows. The last period's labels
-arrive after it, so every period's quality is realised, as in the labels-now replay.
+monitor --labels` takes): t-1 is judged again on them, and a `retrain` verdict on them hands its
+labelled window to the training flow then, before t is judged. Period t is judged without its own
+labels (on the estimate), and a retrain it starts learns the newest labelled window that has
+arrived after what the champion learned, never t's rows. The last period's labels arrive after
+it, so every period's quality is realised, as in the labels-now replay.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.monitoring import monitoring
+from flows.monitoring import hand_off_labels, monitoring
 from reproml.monitoring.records import BatchSummary
 from reproml.orchestration import replay
 
@@ -64,7 +66,8 @@ def simulate(
     replay_branch = branch_name(branch or simulation_branch(params.register_.model_name))
     results: list[replay.ReplayReport] = []
 
-    def arrived(period: str) -> None:
+    def arrived(period: str, outcome: BatchSummary, policy: str) -> None:
+        """Period's labels arrive; the verdict on them may retrain (kept on its `outcome`)."""
         record = arrive_labels(home, period)
         if record is None:
             log.warning("labels of %s: the period was not scored, nothing to label", period)
@@ -76,6 +79,11 @@ def simulate(
             None if realised is None else realised["metric"],
             None if realised is None else realised["value"],
         )
+        handed = hand_off_labels(home, record, True, replay_branch, policy)
+        if "labels_retrain" in handed:
+            outcome["labels_retrain"] = handed["labels_retrain"]
+            outcome["labels_retrain_seconds"] = handed.get("labels_retrain_seconds", 0.0)
+            outcome["champion_after"] = replay.champion_version(home)
 
     for number, policy in enumerate(chosen):
         started = time.perf_counter()
@@ -83,7 +91,7 @@ def simulate(
         outcomes: list[BatchSummary] = []
         for index, period in enumerate(spans):
             if late and index > 0:
-                arrived(spans[index - 1].label)
+                arrived(spans[index - 1].label, outcomes[index - 1], policy)
             outcome = monitoring(
                 root=str(home),
                 batch=period.label,
@@ -102,7 +110,7 @@ def simulate(
             )
             outcomes.append(outcome)
         if late:
-            arrived(spans[-1].label)  # the last period's labels come after it
+            arrived(spans[-1].label, outcomes[-1], policy)  # the last period's labels come after it
             outcomes = [replay.with_realised(home, outcome) for outcome in outcomes]
         result = report(home, outcomes, baseline_version, None if len(chosen) == 1 else policy, mode)
         results.append({**result, "policy": policy, "seconds": time.perf_counter() - started})

@@ -21,7 +21,11 @@ from reproml.orchestration.worktree import open_worktree
 from reproml.retrain import TrainingSummary
 
 BACKOFF_S = [5.0, 30.0]  # two more tries for what a moment fixes (commands.TRANSIENT_MARKERS)
-LEASE_S = 120.0  # a training flow killed with SIGKILL frees the slot after this long
+# A training flow killed with SIGKILL frees the slot after this long. Prefect renews it every
+# 0.75 x LEASE_S, so a renewal late by more than a quarter of it loses the slot and Prefect ends the
+# flow: at 120 s, `make run` on 2 cores busy with other jobs lost a retrain that way (renewal
+# answered 410 Gone). 300 s is Prefect's own default.
+LEASE_S = 300.0
 RETRIED: dict[str, Any] = {
     "retries": 2,
     "retry_delay_seconds": BACKOFF_S,

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from reproml.cli import app
 from reproml.config import MonitorParams
-from reproml.monitoring import feed, store
+from reproml.monitoring import decision, feed, store
 from reproml.monitoring.records import FeedLedger
 from reproml.stages.monitor import run_feed, run_monitor
 from tests.conftest import user_data_params
@@ -224,17 +224,24 @@ def test_the_feed_flow_judges_each_new_file_in_order_and_hands_each_verdict_on(
     (root / "dvc.yaml").write_text("stages: {}\n")  # what makes the folder a project for the flow
     drop(root, "b-first.parquet", batch(seed=41, day=0, labelled=False))
     drop(root, "a-second.parquet", batch(seed=42, day=1, labelled=False, x1=2.0))  # drifted: retrain
+    drop(root, "b-first.labels.parquet", batch(seed=41, day=0))  # the first batch's labels
     monkeypatch.chdir(root)
     with temporary_settings({PREFECT_API_URL: prefect_api}):
         out = monitoring_feed(root=str(root), retrain=False)
         again = monitoring_feed(root=str(root), retrain=False)
-    first, second = out["batches"]
+    first, second, on_labels = out["batches"]
+    # the labels' batch judged again on them, and that verdict handed on too (retrain=False: kept)
+    assert on_labels["batch"] == first["batch"] and on_labels["policy"] == "reproml"
+    record = store.find(root, NAME, str(first["batch"]))
+    assert record is not None and record["labels_decision"]["verdict"] in decision.MEASURED
+    assert "labels_retrain" not in on_labels
     assert str(first["batch"]).startswith("b-first-") and str(second["batch"]).startswith("a-second-")
     assert (
         second["verdict"] == "retrain" and second["retrain"] is None
     )  # retrain=False: not handed to training
     assert first["policy"] == second["policy"] == "reproml"  # both went through the hand-off
-    assert [r["outcome"] for r in out["rows"]] == [first["verdict"], "retrain"] and not out["busy"]
+    assert [r["outcome"] for r in out["rows"]] == [first["verdict"], "retrain", "labels attached"]
+    assert not out["busy"]
     assert again == {"feed": FEED, "rows": [], "batches": [], "busy": False, "refused": False}
 
 

@@ -3,7 +3,8 @@
 Each period is judged without its labels (on the estimate), the labels of the period before arrive
 first (`labels.add_labels`, the path `reproml monitor --batch ID --labels FILE` takes), and a retrain
 verdict on a batch without labels retrains on the newest labelled window that has arrived after
-what the champion learned, never on the batch's own rows.
+what the champion learned, never on the batch's own rows. When its labels arrive the batch is
+judged again on them (`labels_decision`), and a retrain verdict then learns its own window.
 
 The first tests use a tiny dated project (no git, DVC or Prefect: the stages and the monitor called
 in-process); the replay itself (`slow`) runs `reproml simulate --labels late --policies always` on
@@ -14,6 +15,7 @@ learned.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,6 +97,14 @@ def test_a_period_judged_without_labels_gets_them_late_and_a_retrain_learns_the_
     assert judged is not None and judged["realised"] == pytest.approx(realised["value"])
     window = pd.read_parquet(root / str(arrived["labelled"]))
     assert window["when"].max() < pd.Timestamp("2022-03-01")
+    # ...and February is judged again on them: the realised change against the test split, the
+    # same rules, the same drift; the verdict it had when it came stays what was done then
+    again = arrived["labels_decision"]
+    assert arrived["verdict"] == february["verdict"] and again["verdict"] in decision.MEASURED
+    assert arrived["quality"] is not None and "quality_drop" in again["triggers"]
+    assert arrived["quality"]["batch_value"] == pytest.approx(realised["value"])  # every row: < sample_rows
+    assert arrived["drift"] == february["drift"] and "feature_drift" in again["triggers"]
+    assert (root / arrived["reports"]["quality"]).is_file()
 
     march = run_monitor(root, "2022-03", withhold_labels=True)
     path, why = retrain_window(root, march, params)
@@ -128,6 +138,60 @@ def test_labels_now_and_labels_late_give_a_period_the_same_quality(
     quality = steps.summary(with_labels)["quality"]
     realised = replay.with_realised(late, steps.summary(without))["quality"]
     assert quality is not None and realised == pytest.approx(quality, abs=1e-9)
+
+
+@pytest.mark.integration
+def test_labels_that_show_the_model_wrong_turn_a_batch_into_a_retrain_when_they_arrive(
+    dated_project: Path, tmp_path: Path
+) -> None:
+    """April judged on its estimate, then its labels arrive shuffled against its rows (the model is
+    now no better than chance on them): judged again, the realised drop fires; the flow hands that
+    verdict on (`labels_decision`) and the monitoring run carries it as a tag."""
+    import shutil
+
+    import mlflow
+
+    from reproml.monitoring.labels import add_labels
+
+    root = Path(shutil.copytree(dated_project, tmp_path / "shuffled"))
+    shutil.rmtree(root / "monitoring", ignore_errors=True)
+    params = load(root)
+    april = run_monitor(root, "2022-04", withhold_labels=True)
+    assert april["quality"] is None and "quality_drop" not in april["decision"]["triggers"]
+    rows = dated_frame().set_index("when").loc["2022-04-01":"2022-04-30 23:59"].reset_index()
+    rows["y"] = rows["y"].sample(frac=1.0, random_state=7).to_numpy()
+    (root / "data" / "april-labels.parquet").parent.mkdir(exist_ok=True)
+    rows.to_parquet(root / "data" / "april-labels.parquet", index=False)
+    arrived = add_labels(root, params, "2022-04", "data/april-labels.parquet")
+    again = arrived["labels_decision"]
+    assert again["verdict"] == decision.RETRAIN and again["triggers"]["quality_drop"], again["reasons"]
+    change = arrived["quality"]
+    assert arrived["verdict"] == april["verdict"] and change is not None and (change["drop"] or 0) > 0.05
+    run = mlflow.get_run(arrived["mlflow"]["run_id"])
+    assert run.data.tags["reproml.verdict_on_labels"] == decision.RETRAIN
+    # the same labels again: judged once, not a second time
+    twice = add_labels(root, params, "2022-04", "data/april-labels.parquet")
+    assert twice["labels_decision"] == again
+
+
+def test_a_retrain_verdict_on_arrived_labels_holds_the_next_one_like_any_retrain() -> None:
+    watch = MonitorParams(cooldown_unit="batches", cooldown=1, retrain_period=10, max_retrains=2)
+    drifted = drift.DriftResult(0.9, 1000, 1000, [], None, 1.0, 1.0, "importance")
+    now = decision.Evidence(True, [], 1000, 0, drifted, None, pd.Timestamp("2013-08-31"), 2)
+    before = {"verdict": decision.OK, "seq": 1, "batch_id": "2013-07", "batch_time": "2013-07-31T23:00:00"}
+    assert decision.decide(now, watch, [before]).verdict == decision.RETRAIN  # type: ignore[list-item]
+    on_labels = {**before, "labels_decision": {"verdict": decision.RETRAIN}}
+    assert decision.decide(now, watch, [on_labels]).verdict == decision.HELD  # type: ignore[list-item]
+
+
+def test_a_records_drift_read_back_is_the_drift_that_was_measured() -> None:
+    column = drift.ColumnDrift("x1", "numeric", "wasserstein", 0.4, True, True, 0.3, 0.75, 900, 1e-9)
+    other = drift.ColumnDrift(
+        "c", "categorical", "jensenshannon", None, False, False, 0.1, 0.25, 3, None, "few"
+    )
+    made = drift.DriftResult(0.1, 1000, 900, [column, other], other, 0.5, 0.75, "importance", [column])
+    back = drift.DriftResult.from_dict(json.loads(json.dumps(made.to_dict())))
+    assert back == made and back.drifted == ["x1"]
 
 
 def test_a_retrain_verdict_that_started_no_retrain_starts_no_cooldown() -> None:
@@ -170,20 +234,16 @@ def test_the_late_labels_replay_never_learns_a_periods_own_labels(regression_loo
     assert list(rows) == ["2021-06", "2021-07", "2021-08"]
     for batch, row in rows.items():
         record = json.loads((history / "records" / f"{batch}.json").read_text())
-        assert record["labels_withheld"] and record["quality"] is None  # judged without its labels
-        assert record["realised"]["value"] is not None  # ...and every period's labels arrived
+        assert record["labels_withheld"] and record["realised"]["value"] is not None
         assert row["quality"] == pytest.approx(record["realised"]["value"])
         assert row["baseline"] is not None
-    # June: no labels had arrived, so no retrain; July learns June's window, August July's
-    assert rows["2021-06"]["retrain"] == "-" and any(
-        "nothing to retrain on" in r for r in rows["2021-06"]["reasons"]
-    )
-    for batch, before in (("2021-07", "2021-06"), ("2021-08", "2021-07")):
-        learned = rows[batch]["retrained_on"]
-        assert learned is not None and learned.endswith(f"_{before}.parquet"), rows[batch]
-        window = pd.read_parquet(history / "labelled" / learned)
-        assert pd.to_datetime(window["when"]).max() < pd.Timestamp(f"{batch}-01")
-    # the simulation branch's data versions: only windows that had arrived, never a period's own
-    added = p.run("git", "log", "--format=%s", "reproml/load-late/simulation").stdout
-    assert "_2021-06.parquet" in added and "_2021-07.parquet" in added
-    assert "_2021-08.parquet" not in added
+        # judged without its labels: nothing newer than what the champion learned had arrived
+        # (each window went to training when its labels came), so its own verdict retrained nothing
+        assert any("nothing to retrain on" in r for r in row["reasons"]), row["reasons"]
+        # ...then judged again when they came, and that verdict learned its window, after it was judged
+        assert record["labels_decision"]["verdict"] in ("ok", "retrain", "retrain_held")
+        assert record["labels_retrained"]["window"].endswith(f"_{batch}.parquet")
+        assert row["retrained_on"] is not None and row["retrained_on"].endswith(f"_{batch}.parquet"), row
+        learned = re.search(r"on labels: \w+ v(\d+)", row["retrain"])
+        assert learned is not None and int(learned.group(1)) > record["champion"]["version"], row["retrain"]
+    assert sum(r["retrains"] for r in rows.values()) == 3

@@ -692,7 +692,7 @@ def _published_by(deployed: Deployed, run_id: Any) -> list[str]:
 
 @pytest.mark.team
 @pytest.mark.integration
-@pytest.mark.slow  # ~5 min: a retrain, 90 s of silence, the slot's lease, the resumed rerun
+@pytest.mark.slow  # ~8 min: a retrain, 90 s of silence, the slot's 300 s lease, the resumed rerun
 def test_a_worker_killed_after_its_retrain_published_the_rerun_resumes_and_nothing_is_done_twice(
     deployed: Deployed,
 ) -> None:
@@ -725,7 +725,7 @@ def test_a_worker_killed_after_its_retrain_published_the_rerun_resumes_and_nothi
     print(f"published {killed_at - began:.0f} s after the start; killed {killed}")
     try:
         try:
-            (run,) = _finish(api, [run_id], timeout=ZOMBIE_AFTER_S + 480)
+            (run,) = _finish(api, [run_id], timeout=ZOMBIE_AFTER_S + 660)  # the lease (LEASE_S) included
         except AssertionError:
             _tell(deployed, run_id, killed_at)
             raise

@@ -160,6 +160,13 @@ def verdict_table(record: BatchRecord) -> Table:
     table.add_row("summary", _plain(record.get("summary", "")))
     for reason in record.get("reasons", []):
         table.add_row("why", _plain(reason))
+    again = record.get("labels_decision")
+    if again:  # judged again when its labels arrived
+        table.add_row("on its labels", _plain(f"{again['verdict']}: {again['summary']}"))
+        for reason in again["reasons"]:
+            table.add_row("why", _plain(reason))
+    elif record.get("labels_decision_skipped"):
+        table.add_row("on its labels", _plain(f"not judged again: {record['labels_decision_skipped']}"))
     table.add_row(
         "drift share",
         f"{_share(None if drift is None else drift.get('drift_share'))} "

@@ -22,9 +22,11 @@ import pandas as pd
 
 from reproml import safehtml
 from reproml.io import write_json
+from reproml.monitoring.decision import MEASURED  # measured: could be learned
 
 if TYPE_CHECKING:
     from reproml.monitoring.records import BatchSummary
+    from reproml.retrain import TrainingSummary
 
 HTML_NAME, JSON_NAME = "simulation.html", "simulation.json"
 COLUMNS = {
@@ -60,6 +62,8 @@ class SimulationRow(TypedDict):
     reasons: list[str]
     summary: str | None
     retrain_seconds: float | None
+    retrains: NotRequired[int]  # training flows the batch started (labels late: up to two)
+    promotions: NotRequired[int]  # of them, those that changed the champion
 
 
 class PolicySummary(TypedDict):
@@ -117,31 +121,44 @@ def baseline_metric(model: Any, frame: pd.DataFrame, target: str, task: str, met
     return score(spec, labelled[target].to_numpy(), scores, labels=labels, threshold=cut)
 
 
+def _retrain_cell(
+    retrain: TrainingSummary, reasons: list[str], when: str
+) -> tuple[str, str | None, str | None, bool]:
+    """One training flow's part of a row: what it did (`promote v3, refit v4`), the added data's
+    md5 (short) and file name, and whether it changed the champion; its reasons go to `reasons`,
+    prefixed by `when` (`retrain`, or `retrain on labels`)."""
+    promotion = retrain.get("promotion")
+    action, why = (None, None) if promotion is None else (promotion.get("action"), promotion.get("reason"))
+    challenger, added = retrain.get("challenger"), retrain.get("added")
+    version = None if challenger is None else challenger.get("version")
+    what = str(action) + ("" if version is None else f" v{version}")
+    data_version = ((None if added is None else added.get("md5")) or "")[:10] or None
+    file = None if added is None else added.get("file")
+    if why:
+        reasons.append(f"{when}: {action}: {why}")
+    refit = retrain.get("refit")
+    if refit:
+        what += f", refit v{refit['version']}"
+        decided = refit.get("decision")
+        reasons.append(f"refit: {None if decided is None else decided.get('reason')}")
+    return what, data_version, None if not file else Path(file).name, what.startswith(("promote", "refit"))
+
+
 def row(outcome: BatchSummary, baseline: float, champion_after: int | None) -> SimulationRow:
-    """One batch of the replay: the monitoring flow's summary plus what the retrain did."""
-    retrain = outcome.get("retrain")
-    what, data_version, outcome_reasons = "-", None, list(outcome.get("reasons") or [])
-    retrained_on = None
-    if retrain:
-        promotion = retrain.get("promotion")
-        action, why = (
-            (None, None) if promotion is None else (promotion.get("action"), promotion.get("reason"))
-        )
-        challenger, added = retrain.get("challenger"), retrain.get("added")
-        version = None if challenger is None else challenger.get("version")
-        what = str(action) + ("" if version is None else f" v{version}")
-        data_version = ((None if added is None else added.get("md5")) or "")[:10] or None
-        file = None if added is None else added.get("file")
-        retrained_on = None if not file else Path(file).name
-        if why:
-            outcome_reasons.append(f"retrain: {action}: {why}")
-        refit = retrain.get("refit")
-        if refit:
-            what += f", refit v{refit['version']}"
-            decided = refit.get("decision")
-            outcome_reasons.append(f"refit: {None if decided is None else decided.get('reason')}")
-    elif outcome.get("retrain_skipped"):
+    """One batch of the replay: the monitoring flow's summary plus what the retrains did: the one
+    its verdict started and, labels late, the one its verdict on the labels started when they came."""
+    outcome_reasons = list(outcome.get("reasons") or [])
+    parts, data_version, retrained_on, promotions = [], None, None, 0
+    started = (("retrain", outcome.get("retrain")), ("retrain on labels", outcome.get("labels_retrain")))
+    for when, retrain in started:
+        if not retrain:
+            continue
+        what, data_version, retrained_on, promoted = _retrain_cell(retrain, outcome_reasons, when)
+        parts.append(what if when == "retrain" else f"on labels: {what}")
+        promotions += promoted
+    if not outcome.get("retrain") and outcome.get("retrain_skipped"):
         outcome_reasons.append(f"retrain: {outcome['retrain_skipped']}")
+    seconds = [v for v in (outcome.get("retrain_seconds"), outcome.get("labels_retrain_seconds")) if v]
     return {
         "batch": outcome.get("batch"),
         "rows": outcome.get("rows"),
@@ -151,14 +168,16 @@ def row(outcome: BatchSummary, baseline: float, champion_after: int | None) -> S
         "baseline": None if not np.isfinite(baseline) else float(baseline),
         "metric": outcome.get("metric"),
         "verdict": outcome.get("verdict"),
-        "retrain": what,
+        "retrain": "; ".join(parts) or "-",
         "data_version": data_version,
         "retrained_on": retrained_on,
         "champion_before": champion.get("version") if (champion := outcome.get("champion")) else None,
         "champion": champion_after,
         "reasons": outcome_reasons,
         "summary": outcome.get("summary"),
-        "retrain_seconds": outcome.get("retrain_seconds"),
+        "retrain_seconds": round(sum(seconds), 1) if seconds else None,
+        "retrains": len(parts),
+        "promotions": promotions,
     }
 
 
@@ -265,8 +284,6 @@ POLICIES = {
     "the champion learned, within the loop guard), through the same training flow",
 }
 POLICIES_STEM = "policies"
-# verdicts after which the batch was measured and could be learned (not quarantined, back-dated or tiny)
-MEASURED = ("retrain", "retrain_held", "ok")
 
 
 def parse_policies(text: str) -> list[str]:
@@ -314,8 +331,10 @@ def policy_summary(policy: str, rows: list[SimulationRow], seconds: float) -> Po
         "policy": policy,
         "quality": {str(r["batch"]): r.get("quality") for r in rows},
         "mean": _mean([r.get("quality") for r in rows]),
-        "retrains": len(ran),
-        "promotions": sum(1 for r in ran if str(r["retrain"]).startswith(("promote", "refit"))),
+        "retrains": sum(r.get("retrains", 1) for r in ran),
+        "promotions": sum(
+            r.get("promotions", int(str(r["retrain"]).startswith(("promote", "refit")))) for r in ran
+        ),
         "training_seconds": round(sum(float(r.get("retrain_seconds") or 0.0) for r in rows), 1),
         "seconds": round(seconds, 1),
     }

@@ -34,7 +34,7 @@ import pandas as pd
 from reproml.bootstrap import unpaired_bootstrap
 from reproml.metrics import METRICS, THRESHOLD, MetricSpec, for_task, oriented, per_class, score
 from reproml.monitoring.records import QualityChangeRecord
-from reproml.monitoring.scores import PREDICTION, proba_columns
+from reproml.monitoring.scores import PREDICTION, proba_columns, scores_of
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,45 @@ def quality_change(
             spec, {"test split": (reference_value, y_reference), "batch": (batch_value, y_batch)}, labels
         ),
     )
+
+
+def check(
+    spec: MetricSpec,
+    target: str,
+    test: pd.DataFrame,
+    labelled: pd.DataFrame,
+    *,
+    classes: list[Any] | None,
+    task: str,
+    samples: int,
+    confidence: float,
+    seed: int,
+    threshold: float,
+    when: datetime | None,
+    name: str,
+) -> tuple[QualityChange, Any]:
+    """The champion's quality on the `labelled` batch rows against its `test` split (both with
+    their score columns): the change with its interval and Evidently's values beside it, and the
+    Evidently snapshot for the HTML report. One routine for a batch judged with its labels and for
+    labels that arrive later."""
+    from dataclasses import replace
+
+    change = quality_change(
+        spec,
+        test[target].to_numpy(),
+        scores_of(test, classes),
+        labelled[target].to_numpy(),
+        scores_of(labelled, classes),
+        samples,
+        confidence,
+        seed,
+        labels=classes,
+        task=task,
+        threshold=threshold,
+    )
+    snapshot, values = report(task, target, test, labelled, classes=classes, when=when, name=name,
+                              threshold=threshold)  # fmt: skip
+    return replace(change, evidently=values), snapshot
 
 
 def _per_class(y: np.ndarray, scores: np.ndarray, labels: list[Any] | None) -> dict[str, dict[str, float]]:

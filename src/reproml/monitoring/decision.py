@@ -45,6 +45,7 @@ from reproml.monitoring.records import BatchDecision, BatchRecord, LoopGuardReco
 RETRAIN, HELD, OK = "retrain", "retrain_held", "ok"
 INSUFFICIENT, QUARANTINED, OUT_OF_ORDER = "insufficient_data", "quarantined", "out_of_order"
 VERDICTS = (RETRAIN, HELD, OK, INSUFFICIENT, QUARANTINED, OUT_OF_ORDER)
+MEASURED = (RETRAIN, HELD, OK)  # the verdicts of a batch whose drift (and quality) were measured
 
 
 @dataclass(frozen=True)
@@ -172,13 +173,17 @@ def loop_guard(
     """Why a retrain verdict must be held (cooldown or max per period), or None; plus the numbers.
 
     Only earlier retrain verdicts count: a held verdict did not start a retrain, and neither did
-    one the hand-off could not act on (`retrain_skipped`: no labels, none arrived). In `days`, a
+    one the hand-off could not act on (`retrain_skipped`: no labels, none arrived). A batch judged
+    again when its labels arrived (`labels_decision`) counts its retrain verdict on them too, at the
+    batch's own time: a batch may so count twice (its estimate retrained on older rows, its labels
+    on its own). In `days`, a
     batch without a time column falls back to its position (`batches`), said in the numbers.
     In `batches`, a position counts the batches monitored before it, `out_of_order` ones excluded:
     a late batch that was turned away must not shorten a cooldown.
     """
     unit = params.cooldown_unit if batch_time is not None else "batches"
     retrains = [r for r in past if r.get("verdict") == RETRAIN and not r.get("retrain_skipped")]
+    retrains += [r for r in past if (again := r.get("labels_decision")) and again["verdict"] == RETRAIN]
     turned_away = [int(r.get("seq", 0)) for r in past if r.get("verdict") == OUT_OF_ORDER]
 
     def ordinal(at: int) -> float:

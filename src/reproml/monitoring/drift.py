@@ -87,6 +87,23 @@ class ColumnDrift:
             "note": self.note,
         }
 
+    @classmethod
+    def from_dict(cls, data: ColumnDriftRecord) -> ColumnDrift:
+        """A column's drift as a record holds it (`to_dict` read back)."""
+        return cls(
+            column=data["column"],
+            kind=data["kind"],
+            method=data["method"],
+            score=data["score"],
+            drifted=data["drifted"],
+            judged=data["judged"],
+            importance=data["importance"],
+            weight=data["weight"],
+            present=data["present"],
+            p_value=data.get("p_value"),
+            note=data.get("note"),
+        )
+
 
 @dataclass(frozen=True)
 class DriftResult:
@@ -119,6 +136,23 @@ class DriftResult:
             "methods": {"numeric": NUMERIC_METHOD, "categorical": CATEGORICAL_METHOD},
             "drifted": self.drifted,
         }
+
+    @classmethod
+    def from_dict(cls, data: DriftRecord) -> DriftResult:
+        """The drift a record holds (`to_dict` read back, without the Evidently snapshot): what the
+        decision reads when a batch is judged again once its labels arrive."""
+        prediction = data.get("prediction")
+        return cls(
+            effect_floor=data["effect_floor"],
+            reference_rows=data["reference_rows"],
+            batch_rows=data["batch_rows"],
+            columns=[ColumnDrift.from_dict(c) for c in data["columns"]],
+            prediction=None if prediction is None else ColumnDrift.from_dict(prediction),
+            drift_share=data["drift_share"],
+            weighted_drift_share=data["weighted_drift_share"],
+            weighting=data["weighting"],
+            probabilities=[ColumnDrift.from_dict(c) for c in data.get("probabilities", [])],
+        )
 
 
 def reference_levels(reference: pd.Series, max_categories: int) -> CategoryLevels:

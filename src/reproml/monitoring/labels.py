@@ -219,6 +219,7 @@ def add_labels(root: Path, params: Params, batch: str, labels_file: str) -> Batc
             record["labelled"] = _write_window(root, name, record, frame, target, params)
         _realise(record, stored, target, params)
         _realise_shadow(record, stored, target, params)
+        _decide_on_labels(root, name, record, stored, target, params)
         path_written = store.write_record(root, name, record)
         reports.write_index(root, name, store.history(root, name))
         _track_labels(record, path_written)
@@ -298,16 +299,98 @@ def _realise(record: BatchRecord, stored: pd.DataFrame, target: str, params: Par
         record["estimate"] = judged.to_dict()
 
 
+def _decide_on_labels(
+    root: Path, name: str, record: BatchRecord, stored: pd.DataFrame, target: str, params: Params
+) -> None:
+    """A batch judged without its labels is judged again on them (`record["labels_decision"]`): the
+    realised quality change against the test split, with Evidently's quality report, and the same
+    rules over the same drift as when it arrived. The verdict it had stays: it is what was done
+    then. Taken once, on the first labels that make the quality measurable; a batch that had its
+    labels when it was judged already has its realised verdict.
+
+    The loop guard looks at the other batches only: a retrain this batch's estimate started learned
+    older rows (its labels were not there), and must not hold the retrain that learns them now."""
+    from reproml.metrics import THRESHOLD, metric_spec
+    from reproml.monitoring import concept, decision, drift, profile
+    from reproml.safehtml import write_evidently_html
+
+    measured, reference, champ = record.get("drift"), record.get("reference"), record.get("champion")
+    if record.get("quality") is not None or measured is None or reference is None or champ is None:
+        return
+    if record.get("verdict") not in decision.MEASURED:
+        return
+    watch = params.monitor
+    current = profile.sample(stored, watch.sample_rows, params.seed)  # the check's rows: same count, seed
+    labelled = current[current[target].notna()]
+    if len(labelled) < watch.min_rows:
+        return
+    test = profile.test_reference_of(root, name, reference["profile"]["key"])
+    if test is None:
+        record["labels_decision_skipped"] = (
+            f"the reference profile {reference['profile']['key']} of v{champ['version']} is gone or was "
+            "altered: the realised quality change cannot be measured against its test split"
+        )
+        return
+    stamp = record.get("batch_time")
+    when = None if stamp is None else pd.Timestamp(stamp)
+    try:
+        change, snapshot = concept.check(
+            metric_spec(watch.metric, params.data.task, "monitor.metric"),
+            target,
+            test,
+            labelled,
+            classes=champ.get("classes"),
+            task=params.data.task,
+            samples=watch.bootstrap_samples,
+            confidence=watch.confidence,
+            seed=params.seed,
+            threshold=champ.get("threshold") or THRESHOLD,
+            when=None if when is None else when.to_pydatetime(),
+            name=f"{record['batch_id']} quality",
+        )
+    except Exception as exc:  # Evidently on labels it cannot read (one class): the labels still count
+        record["labels_decision_skipped"] = (
+            f"the realised quality could not be measured: {type(exc).__name__}: {exc}"
+        )
+        return
+    page = root / store.report_dir(name, record["batch_id"]) / "quality.html"
+    write_evidently_html(snapshot, page)
+    record["quality"] = change.to_dict()
+    record.setdefault("reports", {})["quality"] = str(page.relative_to(root))
+    found = record.get("estimate")
+    evidence = decision.Evidence(
+        True,
+        [],
+        int(record.get("rows") or 0),
+        int(record.get("labelled_rows") or 0),
+        drift.DriftResult.from_dict(measured),
+        change,
+        when,
+        int(record.get("seq", 0)),
+        estimate=None if found is None else estimate.from_dict(found),
+    )
+    past = [r for r in store.history(root, name) if r.get("batch_id") != record["batch_id"]]
+    record["labels_decision"] = decision.decide(evidence, watch, past).to_dict()
+
+
 def arrived_window(
     root: Path, name: str, target: str, time_column: str | None, after: pd.Timestamp, min_rows: int
 ) -> Path | None:
     """The newest labelled window of model `name` that has arrived (`monitoring/<name>/labelled/`,
     written when a batch came with its labels or they came later) with at least `min_rows` labelled
-    rows, all after `after`; None if there is none."""
+    rows, all after `after`, and not handed to a training flow when it came
+    (`note_labels_retrain`); None if there is none."""
     folder = root / store.labelled(name)
     if time_column is None or not folder.is_dir():
         return None
+    tried = {
+        Path(r["labels_retrained"]["window"]).name
+        for r in store.history(root, name)
+        if r.get("labels_retrained")
+    }
     for path in sorted(folder.glob("*.parquet"), reverse=True):
+        if path.name in tried:  # a training flow had it when its labels came (learned, or rejected)
+            continue
         frame = pd.read_parquet(path)
         if target not in frame.columns or time_column not in frame.columns:
             continue
@@ -378,9 +461,24 @@ def _track_labels(record: BatchRecord, path: Path) -> None:
             metrics[key] = float(value)
     shift = found["shift"] if found else estimate.NO_SHIFT
     tags = {"reproml.shift": shift, "reproml.labels": "arrived", **shadow.tracked_tags(record)}
+    again = record.get("labels_decision")
+    if again:
+        tags["reproml.verdict_on_labels"] = again["verdict"]
     with runs.tracked_run(str(experiment_id), run_id=str(run_id)):  # resumed, and finished again
         runs.log_batch(run_id, metrics=metrics, tags=tags, step=int(record.get("seq", 0)))
         runs.log_artifact(path, artifact_path="record")
+
+
+def note_labels_retrain(root: Path, record: BatchRecord, action: str) -> BatchRecord:
+    """The batch's labelled window went to a training flow when its labels arrived (the gate's
+    `action`): the record says so (`labels_retrained`), and a later verdict without labels does not
+    hand the same window on again (`arrived_window` passes it by)."""
+    name = record["champion"]["name"]
+    with store.monitor_lock(root, name):
+        found = store.find(root, name, record["batch_id"]) or record
+        found["labels_retrained"] = {"window": str(record.get("labelled")), "action": action}
+        store.write_record(root, name, found)
+    return found
 
 
 def skip_retrain(root: Path, record: BatchRecord, why: str) -> BatchRecord:

@@ -170,6 +170,21 @@ def _write(home: Path, best: champion.Champion, made: Profile) -> None:
     )
 
 
+def test_reference_of(root: Path, name: str, profile_key: str) -> pd.DataFrame | None:
+    """The scored test split kept in model `name`'s profile `profile_key` (a record names the key of
+    the champion that judged it), or None when that profile is gone or its file's bytes changed."""
+    home = root / store.home(name) / "reference" / profile_key
+    try:
+        data = read_json(home / PROFILE)
+        if data.get("format") != FORMAT or data.get("key") != profile_key:
+            return None
+        if file_md5(home / TEST) != data["files"][TEST]:
+            return None
+        return pd.read_parquet(home / TEST)
+    except (OSError, ValueError, KeyError, TypeError, ReproError):
+        return None
+
+
 def _read(home: Path, best: champion.Champion, params: Params) -> Profile | None:
     """The kept profile, or None when there is none or it is not exactly this champion's (another
     key, another data version, a file whose bytes changed): then it is computed again."""

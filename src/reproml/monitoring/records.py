@@ -248,6 +248,13 @@ class LabelsArrival(TypedDict):
     arrived_at: str
 
 
+class LabelsRetrain(TypedDict):
+    """A batch's labelled window handed to the training flow when its labels arrived."""
+
+    window: str
+    action: str  # the gate's: promote, reject, ...
+
+
 class RealisedRecord(TypedDict):
     """The champion's realised metric on a batch whose labels arrived after it was judged
     (`reproml monitor --labels`): every stored row with a label, scored when the batch was judged."""
@@ -319,6 +326,9 @@ class BatchRecord(TypedDict, total=False):
     estimate_skipped: NotRequired[str]
     labels: NotRequired[LabelsArrival]  # labels that arrived after the batch (`reproml monitor --labels`)
     realised: NotRequired[RealisedRecord]  # the champion's metric once those labels arrived
+    labels_decision: NotRequired[BatchDecision]  # judged again on those labels (`labels.add_labels`)
+    labels_decision_skipped: NotRequired[str]  # why it could not be judged again on them
+    labels_retrained: NotRequired[LabelsRetrain]  # its window went to a training flow then
     labels_withheld: NotRequired[bool]  # judged without its labels on purpose (`simulate --labels late`)
     retrain_skipped: NotRequired[str]  # a retrain verdict with nothing to learn: started no retrain (why)
     shadow: NotRequired[ShadowRecord | None]  # the challenger scored beside the champion (None: none)
@@ -351,6 +361,8 @@ class BatchSummary(TypedDict, total=False):
     labels_withheld: bool  # judged without its labels (`reproml simulate --labels late`)
     retrain_window: str  # a retrain verdict without labels: the labelled window retrained on
     retrain_skipped: str  # a retrain verdict that could not retrain, and why
+    labels_retrain: TrainingSummary | None  # the retrain its labels' verdict started when they arrived
+    labels_retrain_seconds: float
 
 
 class FeedEntry(TypedDict):

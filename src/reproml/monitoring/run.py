@@ -389,36 +389,16 @@ def _measure_quality(
     labelled = current[current[best.target].notna()] if best.target in current.columns else current.iloc[:0]
     if len(labelled) < watch.min_rows:
         return None
-    with job.clock.step("quality"):
+    with job.clock.step("quality (with Evidently's report)"):
         spec = metric_spec(watch.metric, best.task, "monitor.metric")
         test = reference.test_reference  # sampled, scored by the model whose test scores the gate saw
         record["reference"]["test"]["rows_used"] = len(test)
-        change = concept.quality_change(
-            spec,
-            test[best.target].to_numpy(),
-            scores.scores_of(test, best.classes),
-            labelled[best.target].to_numpy(),
-            scores.scores_of(labelled, best.classes),
-            watch.bootstrap_samples,
-            watch.confidence,
-            seed,
-            labels=best.classes,
-            task=best.task,
-            threshold=best.threshold or THRESHOLD,
-        )
-    with job.clock.step("quality report (Evidently)"):
-        snapshot, values = concept.report(
-            best.task,
-            best.target,
-            test,
-            labelled,
-            classes=best.classes,
-            when=stamp,
-            name=f"{job.batch.id} quality",
-            threshold=best.threshold or THRESHOLD,
-        )
+        change, snapshot = concept.check(spec, best.target, test, labelled, classes=best.classes,
+                                         task=best.task, samples=watch.bootstrap_samples,
+                                         confidence=watch.confidence, seed=seed,
+                                         threshold=best.threshold or THRESHOLD, when=stamp,
+                                         name=f"{job.batch.id} quality")  # fmt: skip
         snapshots.append(snapshot)
-        change = replace(change, evidently=values)
         _save_html(snapshot, folder / "quality.html")
     record["quality"] = change.to_dict()
     record["reports"]["quality"] = str((folder / "quality.html").relative_to(job.root))

@@ -37,10 +37,12 @@ def feed(
     root: Path,
     judge: Callable[[Path, str], BatchRecord] | None = None,
     hand_off: Callable[[BatchRecord], BatchSummary] | None = None,
+    hand_off_labels: Callable[[BatchRecord], BatchSummary] | None = None,
 ) -> FeedSummary:
     """Every new file of the production feed, once, in time order (`reproml monitor --feed`):
     each batch judged by `judge` (the flow's monitor task) and its record handed to `hand_off`
-    (the flow's retrain hand-off) before the next batch is judged; then the labels that arrived."""
+    (the flow's retrain hand-off) before the next batch is judged; then the labels that arrived,
+    each batch they label handed to `hand_off_labels` (its verdict on them)."""
     from reproml.stages.monitor import run_feed
 
     handed: list[BatchSummary] = []
@@ -48,7 +50,11 @@ def feed(
     def after(record: BatchRecord) -> None:
         handed.append(hand_off(record) if hand_off is not None else summary(record))
 
-    run = run_feed(root, judge=judge, after=after)
+    def after_labels(record: BatchRecord) -> None:
+        if hand_off_labels is not None:
+            handed.append(hand_off_labels(record))
+
+    run = run_feed(root, judge=judge, after=after, after_labels=after_labels)
     return {"feed": run.feed, "rows": run.rows, "batches": handed, "busy": run.busy, "refused": run.refused}
 
 

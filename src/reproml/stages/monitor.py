@@ -62,11 +62,13 @@ def run_feed(
     judge: Callable[[Path, str], BatchRecord] | None = None,
     after: Callable[[BatchRecord], object] | None = None,
     settle: float | None = None,
+    after_labels: Callable[[BatchRecord], object] | None = None,
 ) -> FeedRun:
     """Take every new file of the feed folder (`monitor.feed`) once: batches in time order, each
     monitored by `judge` (default `run_monitor`) and handed to `after` (the monitoring flow's
     hand-off: a retrain verdict trains before the next batch is judged), then labels files, each
-    attached to its batch (`run_labels`). The ledger is written after each file, so a run that
+    attached to its batch (`run_labels`) and handed to `after_labels` (the flow's hand-off of the
+    verdict on those labels). The ledger is written after each file, so a run that
     stops (an error that is not the file's: no champion, a locked store) keeps what it took and
     the file it stopped at waits for the next run.
 
@@ -117,16 +119,18 @@ def run_feed(
                 continue
             labelled = store.find(root, name, batch["batch_id"])
             earlier = labelled.get("labels") if labelled is not None else None
-            error = None
+            error, attached = None, None
             if not (earlier and earlier.get("md5") == arrival.md5):
                 try:
-                    run_labels(root, batch["batch_id"], arrival.file)
+                    attached = run_labels(root, batch["batch_id"], arrival.file)
                 except (LabelsError, batches.BatchError, ValueError) as exc:
                     error = str(exc)  # taken all the same: these labels will not fit on a retry
             entry = arrival.entry(batch["batch_id"], "labels refused" if error else "labels attached", error)
             ledger["taken"].append(entry)
             feed.write_ledger(root, name, ledger)
             run.rows.append(feed.taken_row(entry))
+            if attached is not None and after_labels is not None:
+                after_labels(attached)
         run.rows.extend(found.refused + found.left)
     return run
 
