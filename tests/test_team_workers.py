@@ -296,6 +296,7 @@ def test_the_deployments_clone_the_repository_and_the_retrain_limit_exists(deplo
     assert limit.limit == 1
 
 
+@pytest.mark.slow  # suite time: the default suite runs the two real retrains below, which take this slot
 @pytest.mark.team
 @pytest.mark.integration
 def test_two_runs_started_together_hold_the_retrain_slot_one_after_the_other(deployed: Deployed) -> None:
@@ -477,8 +478,7 @@ def _bucket_keys(deployed: Deployed) -> set[str]:
 
 
 @pytest.mark.team
-@pytest.mark.integration
-@pytest.mark.slow  # ~2.7 min; in CI the slot's ordering is the probe test above
+@pytest.mark.integration  # ~2.7 min of one xdist worker: issue 15's must-show, so in the default suite
 def test_two_retrains_started_together_run_one_after_the_other_on_one_branch(deployed: Deployed) -> None:
     """Two training runs at once: one waits for the other's slot; the second continues the
     branch the first pushed (a fast-forward), so both retrains' commits are in the repository."""
