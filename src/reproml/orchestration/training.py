@@ -250,37 +250,46 @@ def restore(tree: Path, env: dict[str, str]) -> None:
 
 
 def earlier_decision(root: Path, tree: Path, flow_run_id: str | None) -> DecisionRecord | None:
-    """The gate's decision on this worktree's challenger if this flow run already made it (the
-    version carries FLOW_RUN_TAG = the id and the decision's tags); else None, and the version is
-    tagged with the id now, before the gate decides."""
-    from reproml.registry import _describe
+    """The gate's decision on this worktree's challenger if this flow run already made it, else
+    None (and the gate decides now). The version is tagged FLOW_RUN_TAG = the id before the gate
+    decides; the decision is found on the version's decision tags next to that tag, or, when the
+    lost attempt died after writing the audit record but before tagging, in the audit trail
+    (`registry.recorded_decision`, which tags the version as that attempt would have): one
+    decision, and one audit entry, per (version, flow run)."""
+    from reproml import registry
     from reproml.stages.common import load
     from reproml.stages.register import REGISTERED
     from reproml.stores.mlflow import connection, versions
 
     if not flow_run_id:
         return None
+    key = _checked(flow_run_id)
     with workspace_env(root):
         params = load(tree)
         connection.setup(tree, params.mlflow.experiment_name)
         name = params.register_.model_name
         ours = versions.get_version(name, json.loads((tree / REGISTERED).read_text())["version"])
-        decided = ours.tags.get(FLOW_RUN_TAG) == flow_run_id and "reproml.decision" in ours.tags
-        if not decided:
-            versions.set_version_tag(name, ours.version, FLOW_RUN_TAG, _checked(flow_run_id))
-            return None
-        return {
-            "action": ours.tags["reproml.decision"],
-            "reason": ours.tags.get("reproml.decision_reason", ""),
-            "challenger": _describe(ours),
-            "champion": None,
-            "record": ours.tags.get("reproml.decision_record", ""),
-        }
+        if ours.tags.get(FLOW_RUN_TAG) == key and "reproml.decision" in ours.tags:
+            return {
+                "action": ours.tags["reproml.decision"],
+                "reason": ours.tags.get("reproml.decision_reason", ""),
+                "challenger": registry._describe(ours),
+                "champion": None,
+                "record": ours.tags.get("reproml.decision_record", ""),
+            }
+        if ours.tags.get(FLOW_RUN_TAG) != key:
+            versions.set_version_tag(name, ours.version, FLOW_RUN_TAG, key)
+        return registry.recorded_decision(tree, name, ours.number, key)
 
 
-def earlier_refit(root: Path, tree: Path, decision: DecisionRecord) -> RefitOutcome | None:
-    """The refit of the decision's challenger if one was registered and made the champion (its
-    version carries its parent and its `refit` decision); else None."""
+def earlier_refit(
+    root: Path, tree: Path, decision: DecisionRecord, flow_run_id: str | None = None
+) -> RefitOutcome | None:
+    """The refit of the decision's challenger if one was registered and made the champion: its
+    version carries its parent and its `refit` decision, or (its attempt lost before tagging it)
+    the audit trail holds that decision, made by this flow run (`registry.recorded_decision`,
+    which tags it now); else None."""
+    from reproml import registry
     from reproml.stages.common import load
     from reproml.stores.mlflow import connection, versions
 
@@ -290,20 +299,32 @@ def earlier_refit(root: Path, tree: Path, decision: DecisionRecord) -> RefitOutc
     with workspace_env(root):
         params = load(tree)
         connection.setup(tree, params.mlflow.experiment_name)
-        for version in versions.all_versions(params.register_.model_name):
+        name = params.register_.model_name
+        for version in versions.all_versions(name):
             of = json.loads(version.tags.get("reproml.refit_of") or "{}")
-            if of.get("version") == int(parent) and version.tags.get("reproml.decision"):
+            if of.get("version") != int(parent):
+                continue
+            tags: dict[str, Any] = dict(version.tags)
+            if not tags.get("reproml.decision") and flow_run_id:
+                found = registry.recorded_decision(tree, name, version.number, _checked(flow_run_id))
+                if found is not None:
+                    tags |= {
+                        "reproml.decision": found["action"],
+                        "reproml.decision_reason": found.get("reason"),
+                        "reproml.decision_record": found.get("record"),
+                    }
+            if tags.get("reproml.decision"):
                 return {
                     "version": version.number,
                     "run_id": version.run_id or "",
                     "refit_of": of,
-                    "learned": json.loads(version.tags.get("reproml.learned") or "{}"),
+                    "learned": json.loads(tags.get("reproml.learned") or "{}"),
                     "rounds": None,
                     "fit_seconds": 0.0,
                     "decision": {
-                        "action": version.tags["reproml.decision"],
-                        "reason": version.tags.get("reproml.decision_reason"),
-                        "record": version.tags.get("reproml.decision_record"),
+                        "action": tags["reproml.decision"],
+                        "reason": tags.get("reproml.decision_reason"),
+                        "record": tags.get("reproml.decision_record"),
                     },
                 }
     return None
@@ -329,8 +350,9 @@ def commit_lock(tree: Path, message: str) -> str | None:
     return commit(tree, message, PIPELINE_FILES)
 
 
-def promote(root: Path, tree: Path) -> DecisionRecord:
-    """The promotion gate over the worktree's challenger, with the workspace's registry."""
+def promote(root: Path, tree: Path, flow_run_id: str | None = None) -> DecisionRecord:
+    """The promotion gate over the worktree's challenger, with the workspace's registry; the flow
+    run's id (shared retrains) goes into the audit record, where a rerun finds it (`earlier_decision`)."""
     from reproml import registry
     from reproml.stages.common import load
     from reproml.stages.register import REGISTERED, run_promote
@@ -346,13 +368,16 @@ def promote(root: Path, tree: Path) -> DecisionRecord:
         current = registry.alias_version(params.register_.model_name, registry.CHALLENGER)
         if current is None or int(current.version) != int(ours):
             versions.set_alias(params.register_.model_name, registry.CHALLENGER, ours)
-        return run_promote(tree)
+        return run_promote(tree, flow_run=None if flow_run_id is None else _checked(flow_run_id))
 
 
-def refit(root: Path, tree: Path, decision: DecisionRecord) -> RefitOutcome | None:
+def refit(
+    root: Path, tree: Path, decision: DecisionRecord, flow_run_id: str | None = None
+) -> RefitOutcome | None:
     """After the gate promoted the challenger: the same model refit on the whole window, the
     newest labelled batch included, becomes the champion (`reproml.stages.refit`); None when the
-    gate did not promote or `retrain.refit` is off."""
+    gate did not promote or `retrain.refit` is off. The flow run's id goes into the refit's record
+    (`earlier_refit`)."""
     from reproml.stages.common import load
     from reproml.stages.refit import run_refit
 
@@ -362,7 +387,8 @@ def refit(root: Path, tree: Path, decision: DecisionRecord) -> RefitOutcome | No
     if not load(tree).retrain.refit or challenger.get("refit_of"):
         return None  # off, or the promoted version already is a refit: nothing more to learn
     with workspace_env(root):
-        return run_refit(tree, version=int(challenger["version"]))
+        flow_run = None if flow_run_id is None else _checked(flow_run_id)
+        return run_refit(tree, version=int(challenger["version"]), flow_run=flow_run)
 
 
 def data_versions(tree: Path) -> dict[str, str]:

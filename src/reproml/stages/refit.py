@@ -63,9 +63,13 @@ def _copy_artifact(run_id: str, artifact: str) -> None:
         runs.log_artifact(runs.download_artifact(run_id, artifact, Path(tmp)))
 
 
-def run_refit(root: Path = Path("."), version: int | None = None) -> RefitOutcome:
+def run_refit(
+    root: Path = Path("."), version: int | None = None, flow_run: str | None = None
+) -> RefitOutcome:
     """Refit champion `version` (default: the current champion, which must be this worktree's
-    registered model, models/model.joblib) on train + valid + test and make the refit the champion.
+    registered model, models/model.joblib) on train + valid + test and make the refit the champion;
+    `flow_run`: the training flow run refitting, kept in the refit's record
+    (`registry.recorded_decision`).
     """
     import joblib
 
@@ -174,6 +178,7 @@ def run_refit(root: Path = Path("."), version: int | None = None) -> RefitOutcom
         version=int(refit.version),
         reason=reason,
         action="refit",
+        flow_run=flow_run,
     )
     return {
         "version": int(refit.version),
