@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 import pytest
 from mlflow.tracking import MlflowClient
 
-from reproml import gate, registry
+from reproml import fitting, gate, registry
 from reproml.orchestration import training as steps
 from reproml.orchestration.training import FLOW_RUN_TAG
 from reproml.stores.records import RECORDS_URL_ENV, REGISTRY, SqlRecords
@@ -44,22 +44,27 @@ def lost(*_: Any, **__: Any) -> NoReturn:
 
 
 def not_judged(*_: Any, **__: Any) -> NoReturn:
-    raise AssertionError("the gate judged again")
+    raise AssertionError("judged (or fit) again")
 
 
 def tags_of(version: int) -> dict[str, str]:
     return dict(MlflowClient().get_model_version(NAME, str(version)).tags)
 
 
-@pytest.mark.parametrize("records", ["files", "database"])
+@pytest.mark.parametrize(
+    ("records", "resumed_by"), [("files", "rerun"), ("database", "rerun"), ("files", "retried task")]
+)
 def test_a_rerun_after_a_loss_between_the_record_and_the_tags_takes_the_recorded_decision(
     project: Path,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     records: str,
+    resumed_by: str,
 ) -> None:
     """`database`: the audit trail in a records database (`SqlRecords`, the team's backend; here
-    on SQLite, where PostgreSQL differs only in its lock and upsert dialect)."""
+    on SQLite, where PostgreSQL differs only in its lock and upsert dialect). `retried task`: the
+    flow's promote task run again by its own retries (a transient failure after the record) rather
+    than by a rerun of the flow."""
     if records == "database":
         monkeypatch.setenv(RECORDS_URL_ENV, f"sqlite:///{tmp_path / 'records.db'}")
     registered = pipeline(project)
@@ -74,7 +79,10 @@ def test_a_rerun_after_a_loss_between_the_record_and_the_tags_takes_the_recorded
     assert "reproml.decision" not in tags_of(version)  # the window: recorded, not tagged
     with monkeypatch.context() as patched:
         patched.setattr(gate, "decide", not_judged)
-        again = steps.earlier_decision(project, project, RUN)
+        if resumed_by == "rerun":
+            again = steps.earlier_decision(project, project, RUN)
+        else:
+            again = steps.promote(project, project, RUN)
     assert again == recorded  # the recorded decision, not a new one
     assert registry.history(project) == [recorded]
     if records == "database":  # the rows are the record; the files only mirror them
@@ -131,13 +139,17 @@ def test_a_rerun_after_a_kill_while_the_aliases_moved_settles_and_takes_that_dec
     assert tags_of(version)["reproml.decision"] == "promote"
 
 
-def test_a_rerun_takes_the_decision_its_tags_hold_and_the_refit_its_record_holds(
+@pytest.mark.parametrize("lost_at", ["_tag_decision", "promote"])
+def test_a_rerun_takes_the_decision_its_tags_hold_and_the_refit_it_registered(
     project: Path,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
+    lost_at: str,
 ) -> None:
-    """The decision-reuse path (the lost attempt tagged its decision), then a loss between the
-    refit's record and its tags: neither the gate nor the refit runs again, nothing is recorded
-    twice, and the rerun's promotion is the first attempt's."""
+    """The decision-reuse path (the lost attempt tagged its decision), then a refit lost before
+    tagging its decision (`_tag_decision`: its record is written) or before deciding it at all
+    (`promote`: registered, no record): neither the gate nor the refit runs again, nothing is
+    recorded twice, and the rerun's promotion is the first attempt's."""
+    assert steps.FLOW_RUN_TAG == registry.FLOW_RUN_TAG
     registered = pipeline(project)
     version = registered["version"]
     assert steps.earlier_decision(project, project, RUN) is None  # the first attempt: judge
@@ -157,26 +169,43 @@ def test_a_rerun_takes_the_decision_its_tags_hold_and_the_refit_its_record_holds
     assert registry.history(project) == trail  # no second entry
     assert steps.earlier_refit(project, project, again, RUN) is None  # nothing refit yet
     with monkeypatch.context() as patched:
-        patched.setattr(registry, "_tag_decision", lost)
+        patched.setattr(registry, lost_at, lost)
         with pytest.raises(Lost):
             steps.refit(project, project, again, RUN)
+    (refit_version,) = (
+        int(v.version)
+        for v in MlflowClient().search_model_versions(f"name='{NAME}'")
+        if int(v.version) != version
+    )
+    refit_tags = tags_of(refit_version)
+    assert json.loads(refit_tags["reproml.refit_of"])["version"] == version
+    assert refit_tags[FLOW_RUN_TAG] == RUN  # tagged as it was created
+    assert "reproml.decision" not in refit_tags  # the window: not tagged (nor recorded: `promote`)
+    assert [r["action"] for r in registry.history(project)] == (
+        ["promote", "refit"] if lost_at == "_tag_decision" else ["promote"]
+    )
+    assert alias("champion") == (refit_version if lost_at == "_tag_decision" else version)
+    with monkeypatch.context() as patched:
+        patched.setattr(fitting, "refit_model", not_judged)  # nothing is fit again
+        refitted = steps.earlier_refit(project, project, again, RUN)  # the rerun: no second refit
+    assert refitted is not None
+    assert refitted["version"] == refit_version
     trail = registry.history(project)
     refit_record = trail[-1]
     assert [r["action"] for r in trail] == ["promote", "refit"]
-    assert refit_record["flow_run"] == RUN
+    assert (refit_record["flow_run"], refit_record["status"]) == (RUN, "done")
     assert refit_record["challenger"] is not None
-    refit_version = refit_record["challenger"]["version"]
-    assert json.loads(tags_of(refit_version)["reproml.refit_of"])["version"] == version
-    assert "reproml.decision" not in tags_of(refit_version)  # the window: recorded, not tagged
-    refitted = steps.earlier_refit(project, project, again, RUN)  # the next rerun: no second refit
-    assert refitted is not None
-    assert refitted["version"] == refit_version
+    assert refit_record["challenger"]["version"] == refit_version
     assert refitted["decision"] == {
         "action": "refit",
         "reason": refit_record["reason"],
         "record": refit_record["record"],
     }
-    assert registry.history(project) == trail
     assert tags_of(refit_version)["reproml.decision"] == "refit"
     assert alias("champion") == refit_version
     assert len(MlflowClient().search_model_versions(f"name='{NAME}'")) == 2
+    assert steps.earlier_refit(project, project, again, RUN) == refitted | {
+        "rounds": None,
+        "fit_seconds": 0.0,
+    }
+    assert registry.history(project) == trail

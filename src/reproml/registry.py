@@ -42,6 +42,9 @@ from reproml.stores.mlflow.versions import Version
 from reproml.stores.records import REGISTRY, records_store
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+# the training flow run that made a version (its challenger, tagged before the gate; its refit,
+# tagged as it is created from its run's tag): how a rerun of that flow run finds it
+FLOW_RUN_TAG = "reproml.flow_run"
 RECORDS = Path("registry/records")
 LOCK = Path("registry/.promote.lock")
 
@@ -91,7 +94,7 @@ def register(
         k: v
         for k, v in run.tags.items()
         if k.startswith("reproml.data.")
-        or k in ("reproml.git_commit", "reproml.params_sha256", learned.TAG, "reproml.refit_of")
+        or k in ("reproml.git_commit", "reproml.params_sha256", learned.TAG, "reproml.refit_of", FLOW_RUN_TAG)
     }
     version = versions.create_version(model_name, model_uri, run_id, {"reproml.run_id": run_id, **lineage})
     if alias is not None:

@@ -210,7 +210,7 @@ def publish_branch(root: Path, branch: str) -> None:
 # the shared retrain branch (a `Reproml-Flow-Run: <id>` trailer), the challenger version's tag
 # FLOW_RUN_TAG with the gate's decision tags next to it, and a refit version naming its parent.
 FLOW_RUN_TRAILER = "Reproml-Flow-Run"
-FLOW_RUN_TAG = "reproml.flow_run"
+FLOW_RUN_TAG = "reproml.flow_run"  # registry.FLOW_RUN_TAG (the registry is imported lazily here)
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 
 
@@ -288,9 +288,11 @@ def earlier_refit(
     """The refit of the decision's challenger if one was registered and made the champion: its
     version carries its parent and its `refit` decision, or (its attempt lost before tagging it)
     the audit trail holds that decision, made by this flow run (`registry.recorded_decision`,
-    which tags it now); else None."""
+    which tags it now). A refit this flow run registered but never decided (lost in between) is
+    made the champion now (`stages.refit.decide_registered_refit`), not refit again. Else None."""
     from reproml import registry
     from reproml.stages.common import load
+    from reproml.stages.refit import decide_registered_refit
     from reproml.stores.mlflow import connection, versions
 
     parent = (decision.get("challenger") or {}).get("version")
@@ -306,13 +308,18 @@ def earlier_refit(
                 continue
             tags: dict[str, Any] = dict(version.tags)
             if not tags.get("reproml.decision") and flow_run_id:
-                found = registry.recorded_decision(tree, name, version.number, _checked(flow_run_id))
-                if found is not None:
-                    tags |= {
-                        "reproml.decision": found["action"],
-                        "reproml.decision_reason": found.get("reason"),
-                        "reproml.decision_record": found.get("record"),
-                    }
+                key = _checked(flow_run_id)
+                found = registry.recorded_decision(tree, name, version.number, key)
+                if found is None:
+                    decided = decide_registered_refit(tree, version.number, key)
+                    if decided is not None:
+                        return decided
+                    continue
+                tags |= {
+                    "reproml.decision": found["action"],
+                    "reproml.decision_reason": found.get("reason"),
+                    "reproml.decision_record": found.get("record"),
+                }
             if tags.get("reproml.decision"):
                 return {
                     "version": version.number,
@@ -351,24 +358,31 @@ def commit_lock(tree: Path, message: str) -> str | None:
 
 
 def promote(root: Path, tree: Path, flow_run_id: str | None = None) -> DecisionRecord:
-    """The promotion gate over the worktree's challenger, with the workspace's registry; the flow
-    run's id (shared retrains) goes into the audit record, where a rerun finds it (`earlier_decision`)."""
+    """The promotion gate over the worktree's challenger, with the workspace's registry. The flow
+    run's id (shared retrains) goes into the audit record, where a rerun finds it
+    (`earlier_decision`), and so does this step when its task is retried after a failure that
+    followed the record (tagging the version): the recorded decision, not a second judgement."""
     from reproml import registry
     from reproml.stages.common import load
     from reproml.stages.register import REGISTERED, run_promote
     from reproml.stores.mlflow import connection, versions
 
+    key = None if flow_run_id is None else _checked(flow_run_id)
     with workspace_env(root):
         # the gate judges this worktree's model: when DVC restored `register` from its run cache
         # (the same data and params as an earlier retrain), no version was registered now and the
         # `challenger` alias may name another retrain's model; models/registered.json names ours
         params = load(tree)
         connection.setup(tree, params.mlflow.experiment_name)
+        name = params.register_.model_name
         ours = json.loads((tree / REGISTERED).read_text())["version"]
-        current = registry.alias_version(params.register_.model_name, registry.CHALLENGER)
+        recorded = None if key is None else registry.recorded_decision(tree, name, int(ours), key)
+        if recorded is not None:
+            return recorded
+        current = registry.alias_version(name, registry.CHALLENGER)
         if current is None or int(current.version) != int(ours):
-            versions.set_alias(params.register_.model_name, registry.CHALLENGER, ours)
-        return run_promote(tree, flow_run=None if flow_run_id is None else _checked(flow_run_id))
+            versions.set_alias(name, registry.CHALLENGER, ours)
+        return run_promote(tree, flow_run=key)
 
 
 def refit(
