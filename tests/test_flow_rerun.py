@@ -27,6 +27,8 @@ from mlflow.tracking import MlflowClient
 from reproml import fitting, gate, registry
 from reproml.orchestration import training as steps
 from reproml.orchestration.training import FLOW_RUN_TAG
+from reproml.stages.register import DATA_SOURCE_TAG
+from reproml.stores.mlflow import versions as mlflow_versions
 from reproml.stores.records import RECORDS_URL_ENV, REGISTRY, SqlRecords
 from tests.test_registry import NAME, alias, pipeline, project  # noqa: F401  (fixture)
 
@@ -139,16 +141,16 @@ def test_a_rerun_after_a_kill_while_the_aliases_moved_settles_and_takes_that_dec
     assert tags_of(version)["reproml.decision"] == "promote"
 
 
-@pytest.mark.parametrize("lost_at", ["_tag_decision", "promote"])
+@pytest.mark.parametrize("lost_at", ["tags", "registration"])
 def test_a_rerun_takes_the_decision_its_tags_hold_and_the_refit_it_registered(
     project: Path,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
     lost_at: str,
 ) -> None:
     """The decision-reuse path (the lost attempt tagged its decision), then a refit lost before
-    tagging its decision (`_tag_decision`: its record is written) or before deciding it at all
-    (`promote`: registered, no record): neither the gate nor the refit runs again, nothing is
-    recorded twice, and the rerun's promotion is the first attempt's."""
+    tagging its decision (`tags`: its record is written) or right after its version was created
+    (`registration`: no data-source tag, no record): neither the gate nor the refit runs again,
+    nothing is recorded twice, and the rerun's promotion is the first attempt's."""
     assert steps.FLOW_RUN_TAG == registry.FLOW_RUN_TAG
     registered = pipeline(project)
     version = registered["version"]
@@ -169,7 +171,10 @@ def test_a_rerun_takes_the_decision_its_tags_hold_and_the_refit_it_registered(
     assert registry.history(project) == trail  # no second entry
     assert steps.earlier_refit(project, project, again, RUN) is None  # nothing refit yet
     with monkeypatch.context() as patched:
-        patched.setattr(registry, lost_at, lost)
+        if lost_at == "tags":
+            patched.setattr(registry, "_tag_decision", lost)
+        else:  # the first call after registry.register: the refit's data-source tag
+            patched.setattr(mlflow_versions, "set_version_tag", lost)
         with pytest.raises(Lost):
             steps.refit(project, project, again, RUN)
     (refit_version,) = (
@@ -182,9 +187,10 @@ def test_a_rerun_takes_the_decision_its_tags_hold_and_the_refit_it_registered(
     assert refit_tags[FLOW_RUN_TAG] == RUN  # tagged as it was created
     assert "reproml.decision" not in refit_tags  # the window: not tagged (nor recorded: `promote`)
     assert [r["action"] for r in registry.history(project)] == (
-        ["promote", "refit"] if lost_at == "_tag_decision" else ["promote"]
+        ["promote", "refit"] if lost_at == "tags" else ["promote"]
     )
-    assert alias("champion") == (refit_version if lost_at == "_tag_decision" else version)
+    assert alias("champion") == (refit_version if lost_at == "tags" else version)
+    assert (DATA_SOURCE_TAG in refit_tags) == (lost_at == "tags")
     with monkeypatch.context() as patched:
         patched.setattr(fitting, "refit_model", not_judged)  # nothing is fit again
         refitted = steps.earlier_refit(project, project, again, RUN)  # the rerun: no second refit
@@ -202,6 +208,7 @@ def test_a_rerun_takes_the_decision_its_tags_hold_and_the_refit_it_registered(
         "record": refit_record["record"],
     }
     assert tags_of(refit_version)["reproml.decision"] == "refit"
+    assert tags_of(refit_version)[DATA_SOURCE_TAG] == tags_of(version)[DATA_SOURCE_TAG]
     assert alias("champion") == refit_version
     assert len(MlflowClient().search_model_versions(f"name='{NAME}'")) == 2
     assert steps.earlier_refit(project, project, again, RUN) == refitted | {

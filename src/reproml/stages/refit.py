@@ -223,6 +223,7 @@ def decide_registered_refit(root: Path, version: int, flow_run: str) -> RefitOut
     now, as `run_refit` would have gone on, instead of being refit again; None when `version` is
     not such a refit."""
     from reproml import learned, registry
+    from reproml.stages.register import DATA_SOURCE_TAG
     from reproml.stores.mlflow import connection, runs, versions
 
     params = load(root)
@@ -236,6 +237,9 @@ def decide_registered_refit(root: Path, version: int, flow_run: str) -> RefitOut
     what = learned.parse(tags.get(learned.TAG), f"version {refit.version}")
     if what is None or not refit.run_id:
         return None
+    if not tags.get(DATA_SOURCE_TAG):  # lost before this too: as run_refit tags it
+        source = promoted.tags.get(DATA_SOURCE_TAG) or read_json(root / paths.SCHEMA)["source"]
+        versions.set_version_tag(name, refit.version, DATA_SOURCE_TAG, source)
     metrics = runs.get_run(refit.run_id).metrics
     rounds = int(metrics.get("refit_rounds", 0.0)) or None  # logged as 0 when there were none
     fit_seconds = float(metrics.get("fit_seconds", 0.0))
