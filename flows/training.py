@@ -120,12 +120,12 @@ def training(
         if decision is not None:
             log.warning("flow run %s: the gate decided before (%s): not again", run_id, decision["action"])
         else:
-            decision = promote(home, tree)
-        refitted = steps.earlier_refit(home, tree, decision) if shared else None
+            decision = promote(home, tree, run_id if shared else None)
+        refitted = steps.earlier_refit(home, tree, decision, run_id) if shared else None
         if refitted is not None:
             log.warning("flow run %s: v%s, its refit, is the champion already", run_id, refitted["version"])
         else:
-            refitted = refit(home, tree, decision)
+            refitted = refit(home, tree, decision, run_id if shared else None)
     log.info("promotion: %s (%s)", decision.get("action"), decision.get("reason"))
     if refitted is not None:
         log.info("refit: v%s is the champion (%s)", refitted["version"], refitted["decision"]["reason"])

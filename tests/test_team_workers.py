@@ -11,7 +11,7 @@ rebuilds its run `identical` with only the team variables (~40 s). Two real retr
 together run one after the other (`slow`, ~2.7 min). A worker killed with SIGKILL
 mid-run (`slow`, ~2.5 min: lost runs are found after 90 s without a heartbeat) runs last and
 starts it again; a
-worker killed under a training run that has pushed its branch (`slow`, ~5.5 min) sees the rerun
+worker killed under a training run that has pushed its branch (`slow`, ~8 min) sees the rerun
 resume after it, doing nothing twice.
 """
 
@@ -252,13 +252,24 @@ def _finish(api: str, run_ids: list[Any], timeout: float) -> list[Any]:
 
 def _logs(api: str, run_id: Any, timeout: float = 60) -> list[tuple[dt.datetime, str]]:
     """The flow run's log, once it holds the slot's "released" line: a run's last lines reach the
-    server after its final state (its process ships them on exit)."""
+    server after its final state (its process ships them on exit). Read page by page: the server
+    answers at most 200 lines a query (its default limit), fewer than two attempts of a retrain log."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     deadline = time.monotonic() + timeout
+    page = 200
     with _client(api) as client:
         while True:
-            found = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            found: list[Any] = []
+            while True:
+                more = client.read_logs(
+                    log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+                    limit=page,
+                    offset=len(found),
+                )
+                found += more
+                if len(more) < page:
+                    break
             logs = sorted((log.timestamp, log.message) for log in found)
             if (
                 any(m == f"retrain slot {TEAM_LIMIT} released" for _, m in logs)
@@ -741,10 +752,12 @@ def test_a_worker_killed_after_its_retrain_published_the_rerun_resumes_and_nothi
         after = _versions(deployed)
         new = {v: tags for v, tags in after.items() if v not in before}
         ours = [v for v, tags in new.items() if tags.get(FLOW_RUN_TAG) == str(run_id)]
-        assert len(ours) == 1, new  # one challenger for this flow run
-        (challenger,) = ours
-        assert new[challenger].get("reproml.decision"), new[challenger]  # the gate decided, once
         refits = [v for v, tags in new.items() if json.loads(tags.get("reproml.refit_of") or "{}")]
+        assert set(refits) <= set(ours), new  # a refit names the flow run that made it, from its creation
+        challengers = [v for v in ours if v not in refits]
+        assert len(challengers) == 1, new  # one challenger for this flow run
+        (challenger,) = challengers
+        assert new[challenger].get("reproml.decision"), new[challenger]  # the gate decided, once
         assert all(json.loads(new[v]["reproml.refit_of"])["version"] == challenger for v in refits), new
         assert len(refits) == (1 if new[challenger]["reproml.decision"] == "promote" else 0), new
         assert set(new) == {challenger, *refits}, new  # nothing else registered

@@ -42,6 +42,9 @@ from reproml.stores.mlflow.versions import Version
 from reproml.stores.records import REGISTRY, records_store
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+# the training flow run that made a version (its challenger, tagged before the gate; its refit,
+# tagged as it is created from its run's tag): how a rerun of that flow run finds it
+FLOW_RUN_TAG = "reproml.flow_run"
 RECORDS = Path("registry/records")
 LOCK = Path("registry/.promote.lock")
 
@@ -91,7 +94,7 @@ def register(
         k: v
         for k, v in run.tags.items()
         if k.startswith("reproml.data.")
-        or k in ("reproml.git_commit", "reproml.params_sha256", learned.TAG, "reproml.refit_of")
+        or k in ("reproml.git_commit", "reproml.params_sha256", learned.TAG, "reproml.refit_of", FLOW_RUN_TAG)
     }
     version = versions.create_version(model_name, model_uri, run_id, {"reproml.run_id": run_id, **lineage})
     if alias is not None:
@@ -203,6 +206,7 @@ class DecisionRecord(TypedDict, total=False):
     user: str
     model_name: str
     record: str  # the file, relative to the workspace
+    flow_run: str  # the training flow run that made it (shared retrains): `recorded_decision`'s key
 
 
 def _version_of(version: Version | None) -> int | None:
@@ -335,6 +339,38 @@ def settle_pending(root: Path, name: str) -> list[Path]:
     return settled
 
 
+def recorded_decision(root: Path, name: str, version: int, flow_run: str) -> DecisionRecord | None:
+    """The decision on `version` of model `name` that flow run `flow_run` recorded and that took
+    effect, tagged on the version now (the tags its process, lost after writing the record, never
+    set); None when the audit trail holds none, or only one that did not take effect.
+
+    A training flow run lost with its worker is run again as the same flow run: the rerun calls
+    this before judging, so the audit trail keeps one decision per (version, flow run), whichever
+    step the lost attempt died after. A `pending` record of it (lost while moving the aliases) is
+    settled first, under the promotion lock as `promote` settles it; one `not applied` or `failed`
+    is left as it says, and the version is judged again."""
+
+    def ours(record: DecisionRecord) -> bool:
+        subject = record.get("challenger") or {}
+        return (
+            record.get("model_name") == name
+            and record.get("flow_run") == flow_run
+            and subject.get("version") is not None
+            and int(subject["version"]) == int(version)
+        )
+
+    found = [r for r in history(root) if ours(r)]
+    if any(r.get("status") == PENDING for r in found):
+        with promotion_lock(root):
+            settle_pending(root, name)
+        found = [r for r in history(root) if ours(r)]
+    done = [r for r in found if r.get("status") == DONE]
+    if not done:
+        return None
+    _tag_decision(name, done[-1])
+    return done[-1]
+
+
 def history(root: Path) -> list[DecisionRecord]:
     """Every decision recorded in this project (or, with a records database, by the team), oldest
     first: the keys start with the decision's UTC time stamp (the JSON edge: the keys are
@@ -396,11 +432,13 @@ def promote(
     reason: str | None = None,
     action: str = "force",
     production: ProductionRules | None = None,
+    flow_run: str | None = None,
 ) -> DecisionRecord:
     """Run the gate (or force `version` with `reason`) and move aliases only if the champion is
     still the one that was judged; every outcome is recorded. `action` names a forced move in the
     record: `force` (a person's, with their name) or `refit` (`reproml refit`: the promoted
-    version refit on the whole window).
+    version refit on the whole window). `flow_run`: the training flow run deciding, kept in the
+    record, so that a rerun of it finds this decision (`recorded_decision`) instead of deciding again.
 
     `decide(y, challenger_scores, champion_scores, slices) -> GateResult` is the gate, passed in
     so this function holds only the registry's side of the rule. With `production` the gate judges
@@ -432,6 +470,8 @@ def promote(
             "reason": f"version {challenger.version} is already the champion; nothing to decide",
         }
     record: DecisionRecord = {"challenger": _describe(challenger), "champion": _describe(champion)}
+    if flow_run is not None:
+        record["flow_run"] = flow_run
     if version is not None:
         said = str(reason) if action == "refit" else f"forced by {getpass.getuser()}: {reason}"
         record |= {"action": action, "reason": said}

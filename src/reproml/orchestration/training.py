@@ -210,7 +210,7 @@ def publish_branch(root: Path, branch: str) -> None:
 # the shared retrain branch (a `Reproml-Flow-Run: <id>` trailer), the challenger version's tag
 # FLOW_RUN_TAG with the gate's decision tags next to it, and a refit version naming its parent.
 FLOW_RUN_TRAILER = "Reproml-Flow-Run"
-FLOW_RUN_TAG = "reproml.flow_run"
+FLOW_RUN_TAG = "reproml.flow_run"  # registry.FLOW_RUN_TAG (the registry is imported lazily here)
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 
 
@@ -250,38 +250,49 @@ def restore(tree: Path, env: dict[str, str]) -> None:
 
 
 def earlier_decision(root: Path, tree: Path, flow_run_id: str | None) -> DecisionRecord | None:
-    """The gate's decision on this worktree's challenger if this flow run already made it (the
-    version carries FLOW_RUN_TAG = the id and the decision's tags); else None, and the version is
-    tagged with the id now, before the gate decides."""
-    from reproml.registry import _describe
+    """The gate's decision on this worktree's challenger if this flow run already made it, else
+    None (and the gate decides now). The version is tagged FLOW_RUN_TAG = the id before the gate
+    decides; the decision is found on the version's decision tags next to that tag, or, when the
+    lost attempt died after writing the audit record but before tagging, in the audit trail
+    (`registry.recorded_decision`, which tags the version as that attempt would have): one
+    decision, and one audit entry, per (version, flow run)."""
+    from reproml import registry
     from reproml.stages.common import load
     from reproml.stages.register import REGISTERED
     from reproml.stores.mlflow import connection, versions
 
     if not flow_run_id:
         return None
+    key = _checked(flow_run_id)
     with workspace_env(root):
         params = load(tree)
         connection.setup(tree, params.mlflow.experiment_name)
         name = params.register_.model_name
         ours = versions.get_version(name, json.loads((tree / REGISTERED).read_text())["version"])
-        decided = ours.tags.get(FLOW_RUN_TAG) == flow_run_id and "reproml.decision" in ours.tags
-        if not decided:
-            versions.set_version_tag(name, ours.version, FLOW_RUN_TAG, _checked(flow_run_id))
-            return None
-        return {
-            "action": ours.tags["reproml.decision"],
-            "reason": ours.tags.get("reproml.decision_reason", ""),
-            "challenger": _describe(ours),
-            "champion": None,
-            "record": ours.tags.get("reproml.decision_record", ""),
-        }
+        if ours.tags.get(FLOW_RUN_TAG) == key and "reproml.decision" in ours.tags:
+            return {
+                "action": ours.tags["reproml.decision"],
+                "reason": ours.tags.get("reproml.decision_reason", ""),
+                "challenger": registry._describe(ours),
+                "champion": None,
+                "record": ours.tags.get("reproml.decision_record", ""),
+            }
+        if ours.tags.get(FLOW_RUN_TAG) != key:
+            versions.set_version_tag(name, ours.version, FLOW_RUN_TAG, key)
+        return registry.recorded_decision(tree, name, ours.number, key)
 
 
-def earlier_refit(root: Path, tree: Path, decision: DecisionRecord) -> RefitOutcome | None:
-    """The refit of the decision's challenger if one was registered and made the champion (its
-    version carries its parent and its `refit` decision); else None."""
+def earlier_refit(
+    root: Path, tree: Path, decision: DecisionRecord, flow_run_id: str | None = None
+) -> RefitOutcome | None:
+    """The refit of the decision's challenger if one was registered and made the champion: its
+    version carries its parent and its `refit` decision, or (its attempt lost before tagging it)
+    the audit trail holds that decision, made by this flow run (`registry.recorded_decision`,
+    which tags it now). A refit this flow run registered but never decided (lost in between) is
+    made the champion now (`stages.refit.decide_registered_refit`), not refit again. Else None."""
+    from reproml import registry
     from reproml.stages.common import load
+    from reproml.stages.refit import decide_registered_refit
     from reproml.stores.mlflow import connection, versions
 
     parent = (decision.get("challenger") or {}).get("version")
@@ -290,20 +301,37 @@ def earlier_refit(root: Path, tree: Path, decision: DecisionRecord) -> RefitOutc
     with workspace_env(root):
         params = load(tree)
         connection.setup(tree, params.mlflow.experiment_name)
-        for version in versions.all_versions(params.register_.model_name):
+        name = params.register_.model_name
+        for version in versions.all_versions(name):
             of = json.loads(version.tags.get("reproml.refit_of") or "{}")
-            if of.get("version") == int(parent) and version.tags.get("reproml.decision"):
+            if of.get("version") != int(parent):
+                continue
+            tags: dict[str, Any] = dict(version.tags)
+            if not tags.get("reproml.decision") and flow_run_id:
+                key = _checked(flow_run_id)
+                found = registry.recorded_decision(tree, name, version.number, key)
+                if found is None:
+                    decided = decide_registered_refit(tree, version.number, key)
+                    if decided is not None:
+                        return decided
+                    continue
+                tags |= {
+                    "reproml.decision": found["action"],
+                    "reproml.decision_reason": found.get("reason"),
+                    "reproml.decision_record": found.get("record"),
+                }
+            if tags.get("reproml.decision"):
                 return {
                     "version": version.number,
                     "run_id": version.run_id or "",
                     "refit_of": of,
-                    "learned": json.loads(version.tags.get("reproml.learned") or "{}"),
+                    "learned": json.loads(tags.get("reproml.learned") or "{}"),
                     "rounds": None,
                     "fit_seconds": 0.0,
                     "decision": {
-                        "action": version.tags["reproml.decision"],
-                        "reason": version.tags.get("reproml.decision_reason"),
-                        "record": version.tags.get("reproml.decision_record"),
+                        "action": tags["reproml.decision"],
+                        "reason": tags.get("reproml.decision_reason"),
+                        "record": tags.get("reproml.decision_record"),
                     },
                 }
     return None
@@ -329,30 +357,41 @@ def commit_lock(tree: Path, message: str) -> str | None:
     return commit(tree, message, PIPELINE_FILES)
 
 
-def promote(root: Path, tree: Path) -> DecisionRecord:
-    """The promotion gate over the worktree's challenger, with the workspace's registry."""
+def promote(root: Path, tree: Path, flow_run_id: str | None = None) -> DecisionRecord:
+    """The promotion gate over the worktree's challenger, with the workspace's registry. The flow
+    run's id (shared retrains) goes into the audit record, where a rerun finds it
+    (`earlier_decision`), and so does this step when its task is retried after a failure that
+    followed the record (tagging the version): the recorded decision, not a second judgement."""
     from reproml import registry
     from reproml.stages.common import load
     from reproml.stages.register import REGISTERED, run_promote
     from reproml.stores.mlflow import connection, versions
 
+    key = None if flow_run_id is None else _checked(flow_run_id)
     with workspace_env(root):
         # the gate judges this worktree's model: when DVC restored `register` from its run cache
         # (the same data and params as an earlier retrain), no version was registered now and the
         # `challenger` alias may name another retrain's model; models/registered.json names ours
         params = load(tree)
         connection.setup(tree, params.mlflow.experiment_name)
+        name = params.register_.model_name
         ours = json.loads((tree / REGISTERED).read_text())["version"]
-        current = registry.alias_version(params.register_.model_name, registry.CHALLENGER)
+        recorded = None if key is None else registry.recorded_decision(tree, name, int(ours), key)
+        if recorded is not None:
+            return recorded
+        current = registry.alias_version(name, registry.CHALLENGER)
         if current is None or int(current.version) != int(ours):
-            versions.set_alias(params.register_.model_name, registry.CHALLENGER, ours)
-        return run_promote(tree)
+            versions.set_alias(name, registry.CHALLENGER, ours)
+        return run_promote(tree, flow_run=key)
 
 
-def refit(root: Path, tree: Path, decision: DecisionRecord) -> RefitOutcome | None:
+def refit(
+    root: Path, tree: Path, decision: DecisionRecord, flow_run_id: str | None = None
+) -> RefitOutcome | None:
     """After the gate promoted the challenger: the same model refit on the whole window, the
     newest labelled batch included, becomes the champion (`reproml.stages.refit`); None when the
-    gate did not promote or `retrain.refit` is off."""
+    gate did not promote or `retrain.refit` is off. The flow run's id goes into the refit's record
+    (`earlier_refit`)."""
     from reproml.stages.common import load
     from reproml.stages.refit import run_refit
 
@@ -362,7 +401,8 @@ def refit(root: Path, tree: Path, decision: DecisionRecord) -> RefitOutcome | No
     if not load(tree).retrain.refit or challenger.get("refit_of"):
         return None  # off, or the promoted version already is a refit: nothing more to learn
     with workspace_env(root):
-        return run_refit(tree, version=int(challenger["version"]))
+        flow_run = None if flow_run_id is None else _checked(flow_run_id)
+        return run_refit(tree, version=int(challenger["version"]), flow_run=flow_run)
 
 
 def data_versions(tree: Path) -> dict[str, str]:

@@ -24,15 +24,16 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from reproml import paths
-from reproml.config import flat_params
+from reproml.config import Params, flat_params
 from reproml.errors import ReproError
 from reproml.io import file_md5, read_json
 from reproml.stages.common import classes_of, feature_spec, load
 
 if TYPE_CHECKING:
     from reproml.fitting import HistoryRecord
-    from reproml.learned import ParentRef
+    from reproml.learned import LearnedRecord, ParentRef
     from reproml.retrain import RefitOutcome
+    from reproml.stores.mlflow.versions import Version
 
 SPLITS = ("train", "valid", "test")
 REFIT_OF = "reproml.refit_of"
@@ -63,9 +64,13 @@ def _copy_artifact(run_id: str, artifact: str) -> None:
         runs.log_artifact(runs.download_artifact(run_id, artifact, Path(tmp)))
 
 
-def run_refit(root: Path = Path("."), version: int | None = None) -> RefitOutcome:
+def run_refit(
+    root: Path = Path("."), version: int | None = None, flow_run: str | None = None
+) -> RefitOutcome:
     """Refit champion `version` (default: the current champion, which must be this worktree's
-    registered model, models/model.joblib) on train + valid + test and make the refit the champion.
+    registered model, models/model.joblib) on train + valid + test and make the refit the champion;
+    `flow_run`: the training flow run refitting, kept in the refit's record
+    (`registry.recorded_decision`).
     """
     import joblib
 
@@ -124,6 +129,8 @@ def run_refit(root: Path = Path("."), version: int | None = None) -> RefitOutcom
         run_id = run.info.run_id
         tags = {k: parent.tags[k] for k in INHERITED if k in parent.tags}
         tags |= {k: v for k, v in parent.tags.items() if k.startswith("reproml.data.")}
+        if flow_run is not None:  # copied onto the version as it is created (registry.register)
+            tags[registry.FLOW_RUN_TAG] = flow_run
         tags |= {
             "mlflow.source.name": "reproml refit",
             "reproml.stage": "refit",
@@ -161,6 +168,25 @@ def run_refit(root: Path = Path("."), version: int | None = None) -> RefitOutcom
     versions.set_version_tag(
         name, refit.version, DATA_SOURCE_TAG, promoted.tags.get(DATA_SOURCE_TAG, schema["source"])
     )
+    fit_seconds = round(trained.fit_seconds, 3)
+    return _make_champion(root, experiment_id, params, refit, promoted, rounds, what, fit_seconds, flow_run)
+
+
+def _make_champion(
+    root: Path,
+    experiment_id: str,
+    params: Params,
+    refit: Version,
+    promoted: Version,
+    rounds: int | None,
+    what: LearnedRecord,
+    fit_seconds: float,
+    flow_run: str | None,
+) -> RefitOutcome:
+    """The registered refit becomes the champion, through its audit record (action `refit`)."""
+    from reproml import learned, registry
+
+    name = params.register_.model_name
     reason = (
         f"refit of v{promoted.version} (promoted by the gate) with its hyperparameters and {rounds} "
         f"rounds on the whole window: {learned.summary(what)}"
@@ -174,17 +200,47 @@ def run_refit(root: Path = Path("."), version: int | None = None) -> RefitOutcom
         version=int(refit.version),
         reason=reason,
         action="refit",
+        flow_run=flow_run,
     )
     return {
         "version": int(refit.version),
-        "run_id": run_id,
-        "refit_of": parent_of,
+        "run_id": refit.run_id or "",
+        "refit_of": {"version": int(promoted.version), "run_id": promoted.run_id},
         "learned": what,
         "rounds": rounds,
-        "fit_seconds": round(trained.fit_seconds, 3),
+        "fit_seconds": fit_seconds,
         "decision": {
             "action": decision.get("action"),
             "reason": decision.get("reason"),
             "record": decision.get("record"),
         },
     }
+
+
+def decide_registered_refit(root: Path, version: int, flow_run: str) -> RefitOutcome | None:
+    """A refit that training flow run `flow_run` registered (its version tagged with the flow run as
+    it was created) and that no decision names yet, its process lost in between: made the champion
+    now, as `run_refit` would have gone on, instead of being refit again; None when `version` is
+    not such a refit."""
+    from reproml import learned, registry
+    from reproml.stages.register import DATA_SOURCE_TAG
+    from reproml.stores.mlflow import connection, runs, versions
+
+    params = load(root)
+    name = params.register_.model_name
+    experiment_id = connection.setup(root, params.mlflow.experiment_name)
+    refit = versions.get_version(name, version)
+    tags = refit.tags or {}
+    if tags.get(registry.FLOW_RUN_TAG) != flow_run or not tags.get(REFIT_OF) or tags.get("reproml.decision"):
+        return None
+    promoted = versions.get_version(name, json.loads(tags[REFIT_OF])["version"])
+    what = learned.parse(tags.get(learned.TAG), f"version {refit.version}")
+    if what is None or not refit.run_id:
+        return None
+    if not tags.get(DATA_SOURCE_TAG):  # lost before this too: as run_refit tags it
+        source = promoted.tags.get(DATA_SOURCE_TAG) or read_json(root / paths.SCHEMA)["source"]
+        versions.set_version_tag(name, refit.version, DATA_SOURCE_TAG, source)
+    metrics = runs.get_run(refit.run_id).metrics
+    rounds = int(metrics.get("refit_rounds", 0.0)) or None  # logged as 0 when there were none
+    fit_seconds = float(metrics.get("fit_seconds", 0.0))
+    return _make_champion(root, experiment_id, params, refit, promoted, rounds, what, fit_seconds, flow_run)

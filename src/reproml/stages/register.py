@@ -121,9 +121,14 @@ def run_register(root: Path = Path(".")) -> Registered:
 
 
 def run_promote(
-    root: Path = Path("."), version: int | None = None, reason: str | None = None, evidence: str | None = None
+    root: Path = Path("."),
+    version: int | None = None,
+    reason: str | None = None,
+    evidence: str | None = None,
+    flow_run: str | None = None,
 ) -> DecisionRecord:
-    """The gate (or a forced promotion); `evidence` (test or production) overrides `promote.evidence`."""
+    """The gate (or a forced promotion); `evidence` (test or production) overrides `promote.evidence`;
+    `flow_run`: the training flow run deciding, kept in the record (`registry.recorded_decision`)."""
     from reproml import gate, registry
 
     params, experiment_id = _context(root)
@@ -175,7 +180,15 @@ def run_promote(
             classes=labels,
         )
     return registry.promote(
-        root, name, experiment_id, decide, task, version=version, reason=reason, production=production
+        root,
+        name,
+        experiment_id,
+        decide,
+        task,
+        version=version,
+        reason=reason,
+        production=production,
+        flow_run=flow_run,
     )
 
 
