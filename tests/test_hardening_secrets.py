@@ -139,6 +139,34 @@ def test_free_text_loses_url_passwords_dsn_passwords_and_environment_secrets() -
     assert "/usr/bin" not in secret_values(env)
 
 
+def test_nested_values_are_scrubbed_like_free_text_with_the_environment_read_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from reproml import redaction
+
+    env = {"MLFLOW_TRACKING_TOKEN": "tok-1234567", "PATH": "/usr/bin"}
+    record = {
+        "why tok-1234567": ["postgresql://me:pa/ss@db/x", ("tok-1234567", 3)],
+        "nested": {"ok": "nothing secret", "n": 1.5, "none": None},
+    }
+    reads: list[int] = []
+    listed = redaction.secret_values
+
+    def counted(environ: Any = None) -> list[str]:
+        reads.append(1)
+        return listed(environ)
+
+    monkeypatch.setattr(redaction, "secret_values", counted)
+    clean = redaction.scrub_obj(record, environ=env)
+    assert len(reads) == 1  # a record holds hundreds of strings: the environment is walked once
+    assert clean == {
+        f"why {redaction.MASK}": [scrub("postgresql://me:pa/ss@db/x", environ=env), (redaction.MASK, 3)],
+        "nested": {"ok": "nothing secret", "n": 1.5, "none": None},
+    }
+    assert "pa/ss" not in str(clean) and "tok-1234567" not in str(clean)
+    assert isinstance(clean["why " + redaction.MASK][1], tuple)
+
+
 def test_userinfo_is_split_off_percent_decoded() -> None:
     clean, user, password = split_userinfo("http://reproml:c%2Fa%40n%3Ab@127.0.0.1:5000/")
     assert (clean, user, password) == ("http://127.0.0.1:5000/", "reproml", "c/a@n:b")

@@ -449,3 +449,19 @@ def test_evidently_is_imported_only_when_a_check_runs() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_check_runs_the_garbage_collector_less_often_and_restores_it_even_when_it_fails() -> None:
+    import gc
+
+    from reproml.stages.monitor import GC_THRESHOLD, fewer_collections
+
+    before = gc.get_threshold()
+    with fewer_collections():
+        assert gc.get_threshold() == (GC_THRESHOLD, *before[1:])
+        assert gc.isenabled()  # still collecting, only less often
+    assert gc.get_threshold() == before
+    with pytest.raises(RuntimeError), fewer_collections(5_000):
+        assert gc.get_threshold()[0] == 5_000
+        raise RuntimeError("a check that fails")
+    assert gc.get_threshold() == before

@@ -169,22 +169,35 @@ def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
 def scrub(text: str, environ: Mapping[str, str] | None = None) -> str:
     """Free text (an error message, a log line, a tag value) with every credential masked: URL
     passwords, secret `name=value` pairs, and the values of the environment's secrets."""
+    return _scrub_with(text, secret_values(environ))
+
+
+def _scrub_with(text: str, secrets: list[str]) -> str:
+    """`scrub` with the environment's secrets (`secret_values`) already listed."""
     if not text:
         return text
-    for value in secret_values(environ):
+    for value in secrets:
         text = text.replace(value, MASK)
     return _mask_pairs(_mask_userinfo(text))
 
 
 def scrub_obj(value: Any, environ: Mapping[str, str] | None = None) -> Any:
-    """`scrub` applied to every string inside nested dicts, lists and tuples (keys included)."""
-    if isinstance(value, str):
-        return scrub(value, environ)
-    if isinstance(value, dict):
-        return {scrub_obj(k, environ): scrub_obj(v, environ) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(scrub_obj(v, environ) for v in value)
-    return value
+    """`scrub` applied to every string inside nested dicts, lists and tuples (keys included).
+
+    The environment is read for secrets once per call, not once per string: a decision record
+    holds hundreds of strings, and listing the secrets walks every environment variable."""
+    secrets = secret_values(environ)
+
+    def clean(item: Any) -> Any:
+        if isinstance(item, str):
+            return _scrub_with(item, secrets)
+        if isinstance(item, dict):
+            return {clean(k): clean(v) for k, v in item.items()}
+        if isinstance(item, list | tuple):
+            return type(item)(clean(v) for v in item)
+        return item
+
+    return clean(value)
 
 
 def find_credential(value: str, environ: Mapping[str, str] | None = None) -> str | None:
