@@ -123,6 +123,7 @@ KILLED_WHILE_MOVING = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # suite time: a real SIGKILL mid-promotion; the record look-up runs in CI above
 def test_a_rerun_after_a_kill_while_the_aliases_moved_settles_and_takes_that_decision(
     project: Path,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
@@ -146,7 +147,10 @@ def test_a_rerun_after_a_kill_while_the_aliases_moved_settles_and_takes_that_dec
     assert tags_of(version)["reproml.decision"] == "promote"
 
 
-@pytest.mark.parametrize("lost_at", ["tags", "registration"])
+@pytest.mark.parametrize(
+    "lost_at",
+    ["tags", pytest.param("registration", marks=pytest.mark.slow)],  # suite time
+)
 def test_a_rerun_takes_the_decision_its_tags_hold_and_the_refit_it_registered(
     project: Path,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
