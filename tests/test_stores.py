@@ -148,13 +148,18 @@ def test_a_cache_dir_set_elsewhere_is_followed(project: Path, tmp_path: Path) ->
     assert found.source == "DVC remote 'storage'" and found.path.is_relative_to(tmp_path / "elsewhere")
 
 
+def evict(store: DvcStore, md5: str) -> None:
+    """Remove object `md5` from the cache (DVC keeps it read-only), so a read must fetch it."""
+    cached = store.object_path(md5)
+    assert cached is not None
+    cached.chmod(0o644)
+    cached.unlink()
+
+
 def test_a_missing_object_is_pulled_from_the_remote_and_verified(project: Path) -> None:
     md5 = md5_of("the data\n")
     with DvcStore.open(project) as store:
-        cached = store.object_path(md5)
-        assert cached is not None
-        cached.chmod(0o644)
-        cached.unlink()
+        evict(store, md5)
         found = verified_objects(store, {"data.txt": md5})["data.txt"]
         assert found.source == "DVC remote 'storage'" and found.path.read_text() == "the data\n"
         assert store.verified_object(md5, "data.txt") == found.path
@@ -174,10 +179,7 @@ def test_the_team_remote_from_the_environment_is_read_after_the_committed_ones(
     with DvcStore.open(project) as store:
         assert store.remotes == {"storage": str(project.parent / "storage"), "team": str(team)}
         assert store.ordered_remotes() == ["storage", "team"]
-        cached = store.object_path(md5)
-        assert cached is not None
-        cached.chmod(0o644)
-        cached.unlink()
+        evict(store, md5)
         found = verified_objects(store, {"data.txt": md5})["data.txt"]
     assert found.source == "DVC remote 'team'" and found.path.read_text() == "the data\n"
     monkeypatch.setenv("REPROML_DVC_REMOTE", "storage")
